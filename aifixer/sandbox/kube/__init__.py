@@ -1,0 +1,1 @@
+"""A Kubernetes API server stand-in: object store, REST API, controllers and a pod simulator."""
