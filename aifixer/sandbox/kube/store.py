@@ -122,6 +122,8 @@ class Store:
         self._watches: set[Watch] = set()
         self._listeners: list[ChangeListener] = []
 
+    copy = staticmethod(copy)
+
     # -- reading -------------------------------------------------------------
 
     @property
