@@ -162,7 +162,8 @@ class Token:
     kind: str  # Loki's token name as it appears in its error messages
     text: str
     pos: int  # offset of the first character
-    value: object = None  # decoded string, range in ns, ...
+    string: str = ""  # decoded value of a STRING
+    ns: int = 0  # length of a RANGE
 
 
 @dataclass
@@ -230,7 +231,7 @@ class _Lexer:
             return Token(lower.upper(), word, start)
         if lower in _KEYWORDS:
             return Token(lower, word, start)
-        return Token("IDENTIFIER", word, start, word)
+        return Token("IDENTIFIER", word, start)
 
     def _followed_by_call(self) -> bool:
         """Loki lexes `sum` as a function only before `(` or `by (`/`without (`."""
@@ -255,7 +256,7 @@ class _Lexer:
         self.pos = i + 1
         raw = src[start + 1: i]
         value = raw if quote == "`" else self._unescape(raw, start)
-        return Token("STRING", src[start: i + 1], start, value)
+        return Token("STRING", src[start: i + 1], start, string=value)
 
     def _unescape(self, raw: str, start: int) -> str:
         out: list[str] = []
@@ -290,7 +291,7 @@ class _Lexer:
         ns = parse_duration_ns(text)
         if ns is None:
             raise self.error(f'not a valid duration string: "{text}"', end + 1)
-        return Token("RANGE", self.src[start: end + 1], start, ns)
+        return Token("RANGE", self.src[start: end + 1], start, ns=ns)
 
 
 def position(src: str, offset: int) -> tuple[int, int]:
@@ -302,10 +303,12 @@ def position(src: str, offset: int) -> tuple[int, int]:
 
 def parse_duration_ns(text: str) -> int | None:
     """Prometheus duration (`1h30m`, `5m`, `250ms`) in nanoseconds, or None."""
+    if text == "0":
+        return 0
     m = _DURATION_RE.fullmatch(text)
     if not text or m is None:
         return None
-    return sum(int(g) * unit for g, unit in zip(m.groups(), _DURATION_UNITS_NS) if g)
+    return sum(int(g) * unit for g, unit in zip(m.groups(), _DURATION_UNITS_NS, strict=True) if g)
 
 
 # ---------------------------------------------------------------- parser
@@ -394,8 +397,7 @@ class _Parser:
         if self.tok.kind not in _MATCH_OPS:
             raise self.syntax_error("=", "=~", "!~", "!=")
         op = self.advance().kind
-        value = self.expect("STRING").value
-        assert isinstance(value, str)
+        value = self.expect("STRING").string
         # Prometheus anchors label regexes and lets `.` match newlines.
         regex = compile_regex(f"^(?s:{value})$") if op in ("=~", "!~") else None
         return Matcher(name, op, value, regex)
@@ -421,11 +423,11 @@ class _Parser:
         op = self.advance().kind
         if self.tok.kind == "ip":
             raise UnsupportedQuery("ip() line filters are not supported")
-        values = [self.expect("STRING", "ip").value]
+        values = [self.expect("STRING", "ip").string]
         while self.tok.kind == "or":
             self.advance()
-            values.append(self.expect("STRING", "ip").value)
-        strs = tuple(str(v) for v in values)
+            values.append(self.expect("STRING", "ip").string)
+        strs = tuple(values)
         regexes = tuple(compile_regex(v) for v in strs) if op in ("|~", "!~") else ()
         return LineFilter(op, strs, regexes)
 
@@ -438,8 +440,7 @@ class _Parser:
         query = self.log_query()
         if self.tok.kind != "RANGE":
             raise self.syntax_error()
-        range_ns = self.advance().value
-        assert isinstance(range_ns, int)
+        range_ns = self.advance().ns
         if self.tok.kind == "offset":
             raise UnsupportedQuery("offset modifiers are not supported")
         self.expect(")")
