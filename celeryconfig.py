@@ -1,0 +1,76 @@
+"""Celery settings for the aifixer farm, read by `app.config_from_object("celeryconfig")`.
+
+Plain lowercase module-level names, as Celery expects. Celery imports this module
+lazily, the first time the app's configuration is read (when a worker, beat or
+Flower starts), so reading the broker URL from the environment here happens at
+start-up, not at import of the aifixer package.
+"""
+
+import os
+
+from kombu import Queue
+
+from beat_schedule import beat_schedule
+
+broker_url = os.environ.get("AIFIXER_REDIS_URL", "redis://127.0.0.1:6379/0")
+result_backend = broker_url
+broker_connection_retry_on_startup = True
+
+# JSON only: messages carry ids and pydantic dumps, never pickles a worker would
+# have to trust.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_expires = 24 * 3600
+
+timezone = "UTC"
+enable_utc = True
+
+# A task is acknowledged only when it has finished, so a worker that dies mid-task
+# leaves it to another worker; every side effect is idempotent for that reason.
+# Prefetching one message at a time keeps a slow model call from holding other
+# incidents hostage in its worker's buffer.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+
+# The model runs on CPU in the reference deployment: a call can take minutes. Past
+# the soft limit a task gets SoftTimeLimitExceeded and can clean up; past the hard
+# limit its process is killed.
+task_soft_time_limit = 300
+task_time_limit = 360
+
+# With the Redis broker, a message not acknowledged within the visibility timeout
+# is delivered again. It must exceed the longest task run (task_time_limit) and the
+# longest countdown or ETA any task uses, or work runs twice; verify therefore
+# re-polls with short countdowns instead of one long one.
+broker_transport_options = {"visibility_timeout": 3600}
+
+# One queue per kind of work, so each scales and stalls on its own:
+# - polls: the frequent, cheap polls of Loki and events; they must never wait
+#   behind a slow task, or detection lags;
+# - model: the slow model calls (diagnose, patch), bounded by the model server's
+#   capacity rather than by the farm's;
+# - cluster: apply and verify against the application cluster, short and frequent;
+# - notify: pull requests and phone calls, rare side effects that must not be
+#   starved by a burst of incidents.
+# A worker can serve a subset with `-Q`; the default serves all four.
+task_queues = (Queue("polls"), Queue("model"), Queue("cluster"), Queue("notify"))
+task_routes = {
+    "aifixer.tasks.poll_*": {"queue": "polls"},
+    "aifixer.tasks.diagnose": {"queue": "model"},
+    "aifixer.tasks.patch": {"queue": "model"},
+    "aifixer.tasks.apply": {"queue": "cluster"},
+    "aifixer.tasks.verify": {"queue": "cluster"},
+    "aifixer.tasks.open_pr": {"queue": "notify"},
+    "aifixer.tasks.call_oncall": {"queue": "notify"},
+    "aifixer.tasks.finalize": {"queue": "notify"},
+}
+# An unrouted task lands on a queue every worker serves, never on Celery's default
+# "celery" queue, which no worker here listens to.
+task_default_queue = "cluster"
+
+# Flower and `celery events` see tasks only when workers send events.
+worker_send_task_events = True
+task_send_sent_event = True
+task_track_started = True
