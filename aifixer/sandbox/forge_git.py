@@ -19,7 +19,7 @@ import binascii
 import logging
 import os
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +85,14 @@ class ChangedFile:
 
 
 # `git diff --raw` status letters → GitHub file status words.
-_STATUS = {"A": "added", "D": "removed", "M": "modified", "R": "renamed", "C": "copied", "T": "changed"}
+_STATUS = {
+    "A": "added",
+    "D": "removed",
+    "M": "modified",
+    "R": "renamed",
+    "C": "copied",
+    "T": "changed",
+}
 
 
 class BareRepo:
@@ -100,13 +107,17 @@ class BareRepo:
         await git(self.path, "init", "--quiet", "--bare", f"--initial-branch={default_branch}")
         await git(self.path, "config", "http.receivepack", "true")
 
-    async def _git(self, *args: str, stdin: bytes | None = None, env: Mapping[str, str] | None = None) -> bytes:
+    async def _git(
+        self, *args: str, stdin: bytes | None = None, env: Mapping[str, str] | None = None
+    ) -> bytes:
         return await git(self.path, *args, stdin=stdin, env=env)
 
     async def resolve(self, rev: str) -> str | None:
         """The commit sha `rev` names, or None if it names no commit."""
         try:
-            out = await self._git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}")
+            out = await self._git(
+                "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"
+            )
         except GitError:
             return None
         return out.decode().strip()
@@ -114,7 +125,7 @@ class BareRepo:
     async def refs(self, prefix: str = "refs/") -> dict[str, str]:
         """All refs under `prefix` (full names) mapped to the sha they point at."""
         out = await self._git("for-each-ref", "--format=%(refname) %(objectname)", prefix)
-        return dict(line.split(" ", 1)[::-1][::-1] for line in out.decode().splitlines())
+        return dict(line.split(" ", 1) for line in out.decode().splitlines())
 
     async def branches(self) -> dict[str, str]:
         """Branch name → tip sha."""
@@ -143,8 +154,14 @@ class BareRepo:
                 if content is None:
                     await self._git("update-index", "--force-remove", "--", path, env=index_env)
                     continue
-                blob = (await self._git("hash-object", "-w", "--stdin", stdin=content.encode())).decode().strip()
-                await self._git("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=index_env)
+                blob = (
+                    (await self._git("hash-object", "-w", "--stdin", stdin=content.encode()))
+                    .decode()
+                    .strip()
+                )
+                await self._git(
+                    "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=index_env
+                )
             tree = (await self._git("write-tree", env=index_env)).decode().strip()
         name, email = author
         who = {
@@ -154,13 +171,28 @@ class BareRepo:
             "GIT_COMMITTER_EMAIL": email,
         }
         parent_args = ("-p", parent) if parent else ()
-        sha = (await self._git("commit-tree", tree, *parent_args, stdin=message.encode(), env=who)).decode().strip()
+        sha = (
+            (await self._git("commit-tree", tree, *parent_args, stdin=message.encode(), env=who))
+            .decode()
+            .strip()
+        )
         await self._git("update-ref", f"refs/heads/{branch}", sha, parent or ZERO_SHA)
         return sha
 
     async def count_commits(self, base: str, head: str) -> int:
         """Commits reachable from `head` but not from `base`."""
         return int(await self._git("rev-list", "--count", f"{base}..{head}"))
+
+    async def merges_cleanly(self, base: str, head: str) -> bool:
+        """Whether merging `head` into `base` would succeed without conflicts (nothing is written
+        to any ref; the merged tree is an unreferenced object)."""
+        try:
+            await self._git("merge-tree", "--write-tree", "--no-messages", base, head)
+        except GitError as e:
+            if e.returncode == 1:  # conflicts
+                return False
+            raise
+        return True
 
     async def commit_info(self, sha: str) -> dict[str, str]:
         """Author, committer, dates, message, tree and parents of one commit."""
@@ -182,7 +214,9 @@ class BareRepo:
         patches = _split_patch((await self._git("diff", "-M", span)).decode(errors="replace"))
         counts = _parse_numstat(numstat)
         files = []
-        for (status, old_sha, new_sha, old_path, new_path), patch in zip(_parse_raw(raw), patches, strict=True):
+        for (status, old_sha, new_sha, old_path, new_path), patch in zip(
+            _parse_raw(raw), patches, strict=True
+        ):
             additions, deletions = counts.get(new_path, (0, 0))
             files.append(
                 ChangedFile(
@@ -237,15 +271,12 @@ def _split_patch(diff: str) -> list[str | None]:
     GitHub's `patch` field holds the hunks only (from the first `@@`), without the
     `diff --git`/index/---/+++ header; files without hunks (binary, pure rename) get None.
     """
-    chunks = diff.split("\ndiff --git ")
     patches: list[str | None] = []
-    for chunk in chunks:
+    for chunk in diff.split("\ndiff --git "):
         if not chunk.strip():
             continue
-        start = chunk.find("\n@@")
-        if chunk.startswith("@@"):
-            start = -1
-        patches.append(chunk[start + 1 :].rstrip("\n") if start != -1 or chunk.startswith("@@") else None)
+        hunks = chunk.find("\n@@")
+        patches.append(chunk[hunks + 1 :].rstrip("\n") if hunks != -1 else None)
     return patches
 
 
@@ -258,7 +289,9 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
     if not header or not header.lower().startswith("basic "):
         return None
     try:
-        user, _, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
+        user, _, password = (
+            base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
+        )
     except (binascii.Error, UnicodeDecodeError):
         return None
     return user, password
@@ -266,7 +299,9 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
 
 def is_push(request: web.Request) -> bool:
     """Whether a smart-HTTP request is part of a push (git-receive-pack)."""
-    return request.query.get("service") == "git-receive-pack" or request.path.endswith("/git-receive-pack")
+    return request.query.get("service") == "git-receive-pack" or request.path.endswith(
+        "/git-receive-pack"
+    )
 
 
 def _auth_challenge(text: str) -> web.Response:
@@ -279,7 +314,9 @@ def _auth_challenge(text: str) -> web.Response:
     )
 
 
-def _cgi_env(request: web.Request, root: Path, path_info: str, remote_user: str | None) -> dict[str, str]:
+def _cgi_env(
+    request: web.Request, root: Path, path_info: str, remote_user: str | None
+) -> dict[str, str]:
     env = {
         **_GIT_ENV,
         "GIT_PROJECT_ROOT": str(root),
@@ -329,7 +366,7 @@ async def serve_smart_http(
     request: web.Request,
     root: Path,
     path_info: str,
-    authorize: Callable[[tuple[str, str] | None], Awaitable[str | None] | str | None],
+    authorize: Callable[[tuple[str, str] | None], str | None],
 ) -> web.StreamResponse:
     """Answer one smart-HTTP request for the repository at `root` + `path_info`.
 
@@ -339,10 +376,11 @@ async def serve_smart_http(
     """
     creds = basic_credentials(request.headers.get("Authorization"))
     user = authorize(creds)
-    if asyncio.iscoroutine(user):
-        user = await user
     if creds is not None and user is None:
-        return _auth_challenge("Invalid username or token. Password authentication is not supported for Git operations.")
+        return _auth_challenge(
+            "Invalid username or token."
+            " Password authentication is not supported for Git operations."
+        )
     if user is None and is_push(request):
         return _auth_challenge("Authentication required to push.")
 
@@ -354,17 +392,19 @@ async def serve_smart_http(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    assert proc.stdin and proc.stdout and proc.stderr
-    feeder = asyncio.create_task(_feed(request, proc.stdin))
-    stderr_task = asyncio.create_task(proc.stderr.read())
+    stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
+    if stdin is None or stdout is None or stderr is None:
+        raise RuntimeError("git http-backend started without pipes")
+    feeder = asyncio.create_task(_feed(request, stdin))
+    stderr_task = asyncio.create_task(stderr.read())
     try:
-        head = await proc.stdout.readuntil(b"\r\n\r\n") if False else await _read_cgi_head(proc.stdout)
+        head = await _read_cgi_head(stdout)
         status, headers = _parse_cgi_head(head)
         response = web.StreamResponse(status=status)
         for key, value in headers:
             response.headers.add(key, value)
         await response.prepare(request)
-        while chunk := await proc.stdout.read(CHUNK):
+        while chunk := await stdout.read(CHUNK):
             await response.write(chunk)
         await response.write_eof()
         return response
@@ -373,7 +413,12 @@ async def serve_smart_http(
         await proc.wait()
         err = await stderr_task
         if proc.returncode or err:
-            log.debug("git http-backend %s exited %s: %s", path_info, proc.returncode, err.decode(errors="replace"))
+            log.debug(
+                "git http-backend %s exited %s: %s",
+                path_info,
+                proc.returncode,
+                err.decode(errors="replace"),
+            )
 
 
 async def _read_cgi_head(stdout: asyncio.StreamReader) -> bytes:
