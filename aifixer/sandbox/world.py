@@ -1,0 +1,310 @@
+"""The whole stand-in world on one event loop: cluster, Loki, forge and phone.
+
+`World` starts every stand-in on its own loopback port, loads a scenario the way a
+team would have set up their cluster — the healthy manifests applied through the API
+server (server-side apply, so defaulting and validation run exactly as for any
+client) and committed to the GitOps repository, then, once the workloads are healthy,
+the bad `change` applied and committed too — scripts the on-call people, and writes
+the files a user points aifixer at: a kubeconfig and `endpoints.json`.
+
+It runs either in the foreground (`aifixer sandbox up`) or on a background thread
+(tests, the demo); product code only ever sees the URLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from . import forge as forge_mod
+from . import loki as loki_mod
+from . import phone as phone_mod
+from .clock import Clock
+from .kube import server as kube_server
+from .kube.cluster import Cluster
+from .kube.resources import by_kind
+from .kube.selectors import match_label_selector
+from .scenario import ManifestFile, Scenario
+from .serve import LoopThread, Site, start_site, stop_site
+
+log = logging.getLogger("aifixer.sandbox")
+
+APPLY_MANAGER = "kubectl"  # the team applied their manifests with kubectl --server-side
+
+
+class WorldError(RuntimeError):
+    pass
+
+
+@dataclass
+class Endpoints:
+    """Everything a client needs to talk to the world. Written to endpoints.json."""
+
+    kubernetes: str
+    kubeconfig: str
+    loki: str
+    github_api: str
+    git_base: str
+    gitops_repo: str
+    gitops_clone_url: str
+    github_token: str
+    twilio_base: str
+    twilio_account_sid: str
+    twilio_auth_token: str
+    twilio_from: str
+    oncall_numbers: list[str]
+    state_dir: str
+
+
+class World:
+    def __init__(self, scenario: Scenario | None, state_dir: Path, *, speed: float = 1.0,
+                 ports: dict[str, int] | None = None) -> None:
+        self.scenario = scenario
+        self.state_dir = Path(state_dir)
+        self.clock = Clock(speed)
+        self.ports = ports or {}
+        self.github_token = "ghs_" + secrets.token_hex(18)
+        self.twilio_sid = "AC" + secrets.token_hex(16)
+        self.twilio_token = secrets.token_hex(16)
+        self.twilio_from = "+15005550006"
+        self.logs = loki_mod.LogStore()
+        self.cluster = Cluster(self.clock, self._image, self.logs.push)
+        self.forge = forge_mod.Forge(self.state_dir / "git", self.github_token)
+        self.phone = phone_mod.Phone(self.state_dir / "calls", {self.twilio_sid: self.twilio_token},
+                                     self.clock)
+        self.sites: dict[str, Site] = {}
+        self.endpoints: Endpoints | None = None
+        self._thread: LoopThread | None = None
+
+    def _image(self, ref: str):
+        return self.scenario.image(ref) if self.scenario else None
+
+    # -- lifecycle on the running loop --------------------------------------------
+
+    async def astart(self) -> Endpoints:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.cluster.start()
+        if self.scenario is not None:
+            self.cluster.register_nodes(self.scenario.nodes)
+        apps = {
+            "kubernetes": kube_server.make_app(self.cluster.store, self.cluster.logs),
+            "loki": loki_mod.make_app(self.logs),
+            "forge": forge_mod.make_app(self.forge, lambda: self.sites["forge"].url),
+            "twilio": phone_mod.make_app(self.phone),
+        }
+        for name, app in apps.items():
+            self.sites[name] = await start_site(Site(name, app, self.ports.get(name, 0)))
+        self.endpoints = self._write_endpoints()
+        log.info("sandbox up: kubernetes %s, loki %s, forge %s, twilio %s",
+                 self.sites["kubernetes"].url, self.sites["loki"].url,
+                 self.sites["forge"].url, self.sites["twilio"].url)
+        return self.endpoints
+
+    async def astop(self) -> None:
+        await self.phone.close()
+        for site in self.sites.values():
+            await stop_site(site)
+        await self.cluster.stop()
+
+    async def aload(self, *, apply_change: bool = True, healthy_timeout: float = 60.0) -> None:
+        """Set the scenario's world up: healthy start, then (optionally) the bad change."""
+        sc = self.scenario
+        if sc is None:
+            return
+        for number in sc.oncall.numbers:
+            self.phone.set_person(number, sc.oncall.answers.get(number, "no-answer"))
+        for number, answer in sc.oncall.answers.items():
+            if number not in sc.oncall.numbers:
+                self.phone.set_person(number, answer)
+        owner, name = sc.gitops.repo.split("/", 1)
+        await self.forge.create_repo(owner, name, _files(sc.manifests),
+                                     f"Add {sc.name} manifests")
+        await self.apply(sc.manifests)
+        await self.wait_healthy(_deployments(sc.manifests), healthy_timeout)
+        if apply_change and sc.change:
+            await self.apply_change()
+
+    async def apply_change(self) -> None:
+        sc = self.scenario
+        assert sc is not None
+        owner, name = sc.gitops.repo.split("/", 1)
+        await self.forge.commit(owner, name, _files(sc.change),
+                                f"Update {', '.join(m.path for m in sc.change)}")
+        await self.apply(sc.change)
+
+    async def apply(self, files: list[ManifestFile]) -> None:
+        """Server-side apply every document over HTTP, as `kubectl apply --server-side` would."""
+        base = self.sites["kubernetes"].url
+        async with aiohttp.ClientSession() as http:
+            for mf in files:
+                for doc in mf.documents():
+                    res = by_kind(doc["apiVersion"], doc["kind"])
+                    if res is None:
+                        raise WorldError(f"{mf.path}: the sandbox does not serve {doc['apiVersion']} {doc['kind']}")
+                    meta = doc.setdefault("metadata", {})
+                    ns = meta.setdefault("namespace", "default") if res.namespaced else None
+                    if ns:
+                        self.cluster.ensure_namespace(ns)
+                    prefix = f"/apis/{res.group}/{res.version}" if res.group else "/api/v1"
+                    path = f"{prefix}/namespaces/{ns}/{res.plural}/{meta['name']}" if ns else \
+                        f"{prefix}/{res.plural}/{meta['name']}"
+                    async with http.patch(
+                        base + path,
+                        params={"fieldManager": APPLY_MANAGER, "force": "true"},
+                        data=json.dumps(doc),
+                        headers={"Content-Type": "application/apply-patch+yaml"},
+                    ) as resp:
+                        if resp.status >= 300:
+                            body = await resp.text()
+                            raise WorldError(f"{mf.path}: applying {doc['kind']} {meta['name']} failed: "
+                                             f"{resp.status} {body[:500]}")
+
+    async def wait_healthy(self, deployments: list[tuple[str, str]], timeout: float) -> None:
+        """Wait (wall seconds) until every Deployment has rolled out completely."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pending = list(deployments)
+        while pending:
+            pending = [d for d in pending if not self.rolled_out(*d)]
+            if not pending:
+                return
+            if loop.time() > deadline:
+                raise WorldError("the scenario's starting state never became healthy: " +
+                                 ", ".join(f"{ns}/{n}" for ns, n in pending))
+            await asyncio.sleep(0.05)
+
+    def rolled_out(self, namespace: str, name: str) -> bool:
+        """`kubectl rollout status`'s success condition."""
+        dep = self.cluster.store.try_get(by_kind("apps/v1", "Deployment"), namespace, name)
+        if dep is None:
+            return False
+        st = dep.get("status") or {}
+        replicas = dep["spec"].get("replicas", 1)
+        return (dep["metadata"].get("generation", 0) <= st.get("observedGeneration", -1)
+                and st.get("updatedReplicas", 0) >= replicas
+                and st.get("replicas", 0) <= st.get("updatedReplicas", 0)
+                and st.get("availableReplicas", 0) >= st.get("updatedReplicas", 0))
+
+    def symptoms(self, namespace: str, deployment: str) -> dict[str, Any]:
+        """What is wrong with a Deployment's pods right now: reasons and Warning events."""
+        store = self.cluster.store
+        dep = store.try_get(by_kind("apps/v1", "Deployment"), namespace, deployment)
+        if dep is None:
+            return {"reasons": [], "events": []}
+        selector = dep["spec"].get("selector") or {}
+        pods = [p for p in store.list(by_kind("v1", "Pod"), namespace)
+                if match_label_selector(selector, p["metadata"].get("labels") or {})]
+        names = {p["metadata"]["name"] for p in pods}
+        reasons = sorted({r for p in pods for r in pod_symptoms(p)})
+        events = sorted({e["reason"] for e in store.list(by_kind("v1", "Event"), namespace)
+                         if e.get("type") == "Warning" and e["involvedObject"].get("name") in names})
+        return {"reasons": reasons, "events": events}
+
+    def _write_endpoints(self) -> Endpoints:
+        kube_url = self.sites["kubernetes"].url
+        kubeconfig = self.state_dir / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "sandbox", "cluster": {"server": kube_url}}],
+            "users": [{"name": "sandbox", "user": {}}],
+            "contexts": [{"name": "sandbox",
+                          "context": {"cluster": "sandbox", "user": "sandbox", "namespace": "default"}}],
+            "current-context": "sandbox",
+        }))
+        repo = self.scenario.gitops.repo if self.scenario else "acme/gitops"
+        forge_url = self.sites["forge"].url
+        ep = Endpoints(
+            kubernetes=kube_url,
+            kubeconfig=str(kubeconfig),
+            loki=self.sites["loki"].url,
+            github_api=f"{forge_url}/api/v3",
+            git_base=forge_url,
+            gitops_repo=repo,
+            gitops_clone_url=f"{forge_url}/{repo}.git",
+            github_token=self.github_token,
+            twilio_base=self.sites["twilio"].url,
+            twilio_account_sid=self.twilio_sid,
+            twilio_auth_token=self.twilio_token,
+            twilio_from=self.twilio_from,
+            oncall_numbers=list(self.scenario.oncall.numbers) if self.scenario else [],
+            state_dir=str(self.state_dir),
+        )
+        path = self.state_dir / "endpoints.json"
+        path.write_text(json.dumps(asdict(ep), indent=2))
+        path.chmod(0o600)  # it holds the sandbox's credentials
+        return ep
+
+    # -- synchronous facade (tests, demo) -----------------------------------------
+
+    def start(self, *, load: bool = True, apply_change: bool = True) -> Endpoints:
+        self._thread = LoopThread().start()
+        try:
+            ep = self._thread.call(self.astart)
+            if load:
+                self._thread.call(lambda: self.aload(apply_change=apply_change), timeout=120)
+        except BaseException:
+            self.stop()
+            raise
+        return ep
+
+    def call(self, coro_fn, *args, timeout: float = 60):
+        """Run a coroutine function on the world's loop (from another thread)."""
+        assert self._thread is not None, "world not started"
+        return self._thread.call(coro_fn, *args, timeout=timeout)
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        try:
+            self._thread.call(self.astop, timeout=30)
+        finally:
+            self._thread.stop()
+            self._thread = None
+
+    def __enter__(self) -> World:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _files(manifests: list[ManifestFile]) -> dict[str, str]:
+    return {m.path: m.yaml for m in manifests}
+
+
+def _deployments(manifests: list[ManifestFile]) -> list[tuple[str, str]]:
+    out = []
+    for mf in manifests:
+        for doc in mf.documents():
+            if doc.get("kind") == "Deployment":
+                meta = doc.get("metadata") or {}
+                out.append((meta.get("namespace", "default"), meta["name"]))
+    return out
+
+
+def pod_symptoms(pod: dict[str, Any]) -> list[str]:
+    """The failure reasons a person would read off `kubectl get pods`/`describe` for one pod."""
+    out: list[str] = []
+    st = pod.get("status") or {}
+    for cond in st.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            out.append(cond.get("reason") or "Unschedulable")
+    for cs in st.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting")
+        if waiting and waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
+            out.append(waiting["reason"])
+        last = (cs.get("lastState") or {}).get("terminated")
+        if last and last.get("reason") not in (None, "Completed"):
+            out.append(last["reason"])
+        if (cs.get("state") or {}).get("running") and not cs.get("ready"):
+            out.append("NotReady")
+    return out
