@@ -340,7 +340,7 @@ class Phone:
         token = self.accounts.get(creds.login) if creds else None
         if (
             token is None
-            or not hmac.compare_digest(token, creds.password)
+            or not hmac.compare_digest(token.encode(), creds.password.encode())
             or creds.login != account_sid
         ):
             raise TwilioError(
@@ -588,14 +588,19 @@ class CallPlayer:
         if event == "completed":
             params["CallDuration"] = str(call.duration or 0)
         self.sequence += 1
-        entry: dict[str, Any] = {"event": event, "status": call_status, "url": call.status_callback}
+        entry: dict[str, Any] = {
+            "event": event,
+            "status": call_status,
+            "url": call.status_callback,
+            "http_status": None,  # stays None if the request fails or the call is hung up meanwhile
+        }
         call.callbacks.append(entry)
         try:
             entry["http_status"], _ = await self._send(
                 call.status_callback, call.status_callback_method, params
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
-            entry["http_status"], entry["error"] = None, str(exc) or type(exc).__name__
+            entry["error"] = str(exc) or type(exc).__name__
 
     async def _fetch(self, purpose: str, url: str, method: str, extra: dict[str, str]) -> Document:
         """Request TwiML from the customer's application and parse it."""
@@ -607,12 +612,12 @@ class CallPlayer:
             "url": url,
             "method": method,
             "params": dict(extra),
+            "http_status": None,
         }
         self.call.events.append(entry)
         try:
             status, body = await self._send(url, method, self._params("in-progress") | extra)
         except (TimeoutError, aiohttp.ClientError) as exc:
-            entry["http_status"] = None
             raise CallFailure(
                 11200, f"HTTP retrieval failure: {exc or type(exc).__name__}"
             ) from None
@@ -796,7 +801,12 @@ async def speak(text: str, language: str, voice: str, wav: Path) -> float:
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
-    _, stderr = await proc.communicate(text.encode())
+    try:
+        _, stderr = await proc.communicate(text.encode())
+    except asyncio.CancelledError:
+        proc.kill()  # the call was hung up mid-sentence
+        await proc.wait()
+        raise
     if proc.returncode != 0:
         raise RuntimeError(
             f"{ESPEAK} failed ({proc.returncode}): {stderr.decode(errors='replace').strip()}"
@@ -821,6 +831,10 @@ async def twilio_errors(request: web.Request, handler) -> web.StreamResponse:
     except web.HTTPNotFound:
         if request.path.startswith(f"/{API_VERSION}/"):
             return not_found(request.path).response()
+        raise
+    except web.HTTPMethodNotAllowed:
+        if request.path.startswith(f"/{API_VERSION}/"):
+            return TwilioError(405, 20004, "Method not allowed").response()
         raise
 
 

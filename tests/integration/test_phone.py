@@ -9,9 +9,11 @@ rather than against the stand-in's idea of it.
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 import wave
 from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
 from xml.sax.saxutils import escape
 
 import pytest
@@ -42,8 +44,9 @@ THANKS = "Thank you, the incident is acknowledged."
 @dataclass
 class Received:
     path: str
+    method: str
     url: str
-    params: dict[str, str]
+    params: dict[str, str]  # the POST body; GET parameters stay in the URL
     signature: str
 
 
@@ -57,6 +60,8 @@ class Webhook:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/voice", self.voice)
+        app.router.add_get("/voice", self.voice)
+        app.router.add_post("/broken", self.broken)
         app.router.add_post("/answer", self.answer)
         app.router.add_post("/status", self.status)
         return app
@@ -66,6 +71,7 @@ class Webhook:
         self.requests.append(
             Received(
                 request.path,
+                request.method,
                 str(request.url),
                 {k: str(v) for k, v in form.items()},
                 request.headers.get("X-Twilio-Signature", ""),
@@ -84,6 +90,10 @@ class Webhook:
     async def answer(self, request: web.Request) -> web.Response:
         await self._record(request)
         return twiml(f"<Say>{THANKS}</Say><Hangup/><Say>never spoken</Say>")
+
+    async def broken(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return web.Response(status=500, text="Internal Server Error")
 
     async def status(self, request: web.Request) -> web.Response:
         await self._record(request)
@@ -352,3 +362,45 @@ def test_inspection_view_serves_the_transcript(rig):
         f"{rig.api_url}/sandbox/calls/{sid}/{first_wav}", timeout=5
     ) as resp:
         assert resp.read(4) == b"RIFF"
+
+
+def test_get_webhooks_are_signed_over_the_query_string(rig):
+    rig.set_person(ON_CALL, "silence")
+    rig.finished(rig.dial(method="GET").sid)
+    (voice,) = rig.webhook.at("/voice")
+    assert voice.method == "GET" and voice.params == {}
+    query = parse_qs(urlsplit(voice.url).query)
+    assert query["CallStatus"] == ["in-progress"] and query["CallSid"][0].startswith("CA")
+    assert RequestValidator(TOKEN).validate(voice.url, {}, voice.signature)
+    assert not RequestValidator(OTHER_TOKEN).validate(voice.url, {}, voice.signature)
+
+
+def test_a_failing_webhook_ends_the_call_with_an_application_error(rig):
+    rig.set_person(ON_CALL, "yes")
+    call = rig.client().calls.create(to=ON_CALL, from_=CALLER, url=f"{rig.hook_url}/broken")
+    record = rig.finished(call.sid)
+    (error,) = [e for e in record["events"] if e["type"] == "error"]
+    assert error["code"] == 11200
+    assert [s["text"] for s in says(record)] == [
+        "We are sorry, an application error has occurred. Goodbye."
+    ]
+    assert record["status"] == "completed"
+
+
+def test_hanging_up_an_answered_call_completes_it(rig):
+    rig.set_person(ON_CALL, "silence")
+    call = rig.client().calls.create(
+        to=ON_CALL,
+        from_=CALLER,
+        twiml='<Response><Pause length="600"/></Response>',
+        status_callback=f"{rig.hook_url}/status",
+    )
+    deadline = time.monotonic() + CALL_WAIT
+    while rig.client().calls(call.sid).fetch().status != "in-progress":
+        assert time.monotonic() < deadline, "the call was never answered"
+        time.sleep(0.01)
+    assert rig.client().calls(call.sid).update(status="completed").status == "completed"
+    rig.finished(call.sid)
+    (completed,) = rig.webhook.at("/status")
+    assert completed.params["CallStatus"] == "completed"
+    assert int(completed.params["CallDuration"]) < 600
