@@ -10,7 +10,7 @@ import os
 
 from kombu import Queue
 
-from beat_schedule import beat_schedule
+from beat_schedule import beat_schedule  # noqa: F401 - a setting Celery reads from here
 
 broker_url = os.environ.get("AIFIXER_REDIS_URL", "redis://127.0.0.1:6379/0")
 result_backend = broker_url

@@ -1,0 +1,338 @@
+"""The deployment files are checked like code: Compose, the Kubernetes manifests, the
+application cluster's RBAC, the KubeAI models and the Celery settings.
+
+None of them can be run here (no Docker engine, no cluster), so these tests hold them
+to what the real tools accept: every rendered Kubernetes object validates against the
+Kubernetes v1.32 JSON schemas shipped in `kubernetes-validate`, and the RBAC grants
+exactly the access aifixer needs on the application cluster.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+KUBERNETES_VERSION = "1.32"
+QUEUES = {"polls", "model", "cluster", "notify"}
+
+
+def _load_all(text: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def _kustomize(path: Path) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not on PATH (./dev installs it); cannot render deploy/")
+    done = subprocess.run(
+        [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, f"kubectl kustomize {path} failed:\n{done.stderr}"
+    return _load_all(done.stdout)
+
+
+def _by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+
+
+def _assert_valid(obj: dict[str, Any]) -> None:
+    name = f"{obj['kind']}/{obj['metadata']['name']}"
+    try:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        path = ".".join(str(p) for p in e.path)
+        pytest.fail(f"{name} is not valid Kubernetes {KUBERNETES_VERSION}: {path}: {e.message}")
+
+
+# --- docker-compose.yml -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_has_the_farm_services(compose):
+    assert set(compose["services"]) == {"redis", "worker", "beat", "flower", "web"}
+
+
+def test_compose_worker_can_be_scaled(compose):
+    worker = compose["services"]["worker"]
+    # A fixed name or host port would stop `--scale worker=N` at the second container.
+    assert "container_name" not in worker
+    assert "ports" not in worker
+
+
+def test_compose_worker_serves_every_queue(compose):
+    command = compose["services"]["worker"]["command"]
+    assert command[:4] == ["celery", "-A", "aifixer", "worker"]
+    assert set(command[command.index("-Q") + 1].split(",")) == QUEUES
+
+
+def test_compose_redis_persists_and_reports_health(compose):
+    redis = compose["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert any(volume.endswith(":/data") for volume in redis["volumes"])
+    assert "healthcheck" in redis
+    for name in ("worker", "beat", "flower", "web"):
+        depends = compose["services"][name]["depends_on"]
+        assert depends["redis"]["condition"] == "service_healthy", name
+
+
+def test_compose_exposes_flower_and_web(compose):
+    assert compose["services"]["flower"]["ports"] == ["5555:5555"]
+    assert compose["services"]["web"]["ports"] == ["8000:8000"]
+    assert compose["services"]["web"]["command"][:2] == ["aifixer", "web"]
+
+
+def test_compose_reads_settings_from_env_file(compose):
+    for name in ("worker", "beat", "flower", "web"):
+        assert compose["services"][name]["env_file"] == ".env", name
+
+
+# --- deploy/ (monitoring cluster) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict[str, Any]]:
+    return _kustomize(DEPLOY)
+
+
+def test_every_rendered_object_is_valid_kubernetes(rendered):
+    assert rendered, "kubectl kustomize deploy rendered nothing"
+    for obj in rendered:
+        _assert_valid(obj)
+
+
+def test_everything_lives_in_the_aifixer_namespace(rendered):
+    for obj in rendered:
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"].get("namespace") == "aifixer", obj["metadata"]["name"]
+
+
+def test_deployments_and_services(rendered):
+    deployments = _by_kind(rendered, "Deployment")
+    assert set(deployments) == {"redis", "worker", "beat", "flower", "web"}
+    assert set(_by_kind(rendered, "Service")) == {"redis", "flower", "web"}
+    assert deployments["worker"]["spec"]["replicas"] == 2
+    beat = deployments["beat"]["spec"]
+    assert beat["replicas"] == 1
+    assert beat["strategy"]["type"] == "Recreate"
+
+
+def test_redis_keeps_its_data_on_a_claim(rendered):
+    redis = _by_kind(rendered, "Deployment")["redis"]["spec"]["template"]["spec"]
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in redis["volumes"]
+              if "persistentVolumeClaim" in v}
+    assert claims and claims <= set(_by_kind(rendered, "PersistentVolumeClaim"))
+    assert "--appendonly" in redis["containers"][0]["args"]
+
+
+def test_pods_run_as_non_root_with_resources(rendered):
+    for name, deployment in _by_kind(rendered, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        for container in pod["containers"]:
+            where = f"{name}/{container['name']}"
+            non_root = container.get("securityContext", {}).get(
+                "runAsNonRoot", pod.get("securityContext", {}).get("runAsNonRoot")
+            )
+            assert non_root is True, f"{where} may run as root"
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, where
+            assert {"requests", "limits"} <= set(container.get("resources", {})), where
+
+
+def test_secrets_are_referenced_never_shipped(rendered):
+    assert not _by_kind(rendered, "Secret"), "secret values must not be in deploy/"
+    worker = _by_kind(rendered, "Deployment")["worker"]["spec"]["template"]["spec"]
+    sources = worker["containers"][0]["envFrom"]
+    assert {"secretRef": {"name": "aifixer-secrets"}} in sources
+    config = [s["configMapRef"]["name"] for s in sources if "configMapRef" in s]
+    assert len(config) == 1 and config[0] in _by_kind(rendered, "ConfigMap")
+
+
+def test_workers_serve_every_queue(rendered):
+    args = _by_kind(rendered, "Deployment")["worker"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]["args"]
+    assert set(args[args.index("-Q") + 1].split(",")) == QUEUES
+
+
+# --- deploy/app-cluster-rbac.yaml ------------------------------------------------
+
+# Everything aifixer may do on the application cluster: (API group, resource) -> verbs.
+ALLOWED = {
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "pods/log"): {"get"},
+    ("", "events"): {"get", "list", "watch"},
+    ("events.k8s.io", "events"): {"get", "list", "watch"},
+    ("apps", "replicasets"): {"get", "list", "watch"},
+    ("apps", "deployments"): {"get", "list", "watch", "patch"},
+}
+
+
+@pytest.fixture(scope="module")
+def rbac() -> list[dict[str, Any]]:
+    return _load_all((DEPLOY / "app-cluster-rbac.yaml").read_text())
+
+
+def _grants(rbac: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    grants = set()
+    for role in (o for o in rbac if o["kind"] in ("ClusterRole", "Role")):
+        for rule in role["rules"]:
+            assert "nonResourceURLs" not in rule and "resourceNames" not in rule, rule
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    for verb in rule["verbs"]:
+                        grants.add((group, resource, verb))
+    return grants
+
+
+def test_rbac_objects_are_valid_kubernetes(rbac):
+    for obj in rbac:
+        _assert_valid(obj)
+
+
+def test_rbac_grants_nothing_beyond_what_aifixer_needs(rbac):
+    grants = _grants(rbac)
+    assert grants, "no rules found"
+    for group, resource, verb in grants:
+        assert "*" not in (group, resource, verb), f"wildcard in {group}/{resource}: {verb}"
+        assert verb in ALLOWED.get((group, resource), set()), (
+            f"grants {verb} on {group or 'core'}/{resource}"
+        )
+
+
+def test_rbac_grants_what_aifixer_needs(rbac):
+    grants = _grants(rbac)
+    for group, resource, verb in [
+        ("", "pods", "list"),
+        ("", "pods/log", "get"),
+        ("", "events", "watch"),
+        ("events.k8s.io", "events", "watch"),
+        ("apps", "replicasets", "list"),
+        ("apps", "deployments", "patch"),
+    ]:
+        assert (group, resource, verb) in grants
+
+
+def test_rbac_binds_the_role_to_its_service_account(rbac):
+    roles = {o["metadata"]["name"] for o in rbac if o["kind"] == "ClusterRole"}
+    accounts = {
+        (o["metadata"]["namespace"], o["metadata"]["name"])
+        for o in rbac
+        if o["kind"] == "ServiceAccount"
+    }
+    bindings = [o for o in rbac if o["kind"] == "ClusterRoleBinding"]
+    assert bindings
+    for binding in bindings:
+        assert binding["roleRef"]["name"] in roles
+        for subject in binding["subjects"]:
+            assert (subject["namespace"], subject["name"]) in accounts
+
+
+def test_rbac_ships_no_secret_values(rbac):
+    for secret in (o for o in rbac if o["kind"] == "Secret"):
+        assert secret["type"] == "kubernetes.io/service-account-token"
+        assert not secret.get("data") and not secret.get("stringData")
+
+
+# --- deploy/kubeai ---------------------------------------------------------------
+
+# The parts of KubeAI's Model CRD (kubeai.org/v1) these manifests use.
+MODEL_SPEC_FIELDS = {
+    "features", "url", "engine", "resourceProfile", "minReplicas", "maxReplicas", "args", "env",
+}
+MODEL_FEATURES = {"TextGeneration", "TextEmbedding", "Reranking", "SpeechToText"}
+MODEL_URL_SCHEMES = {"OLlama": ("ollama://", "pvc://"), "VLLM": ("hf://", "pvc://", "s3://")}
+
+
+def test_kubeai_models():
+    models = _kustomize(DEPLOY / "kubeai")
+    assert {m["metadata"]["name"] for m in models} == {
+        "qwen2.5-coder-1.5b-cpu",
+        "deepseek-r1-1.5b-cpu",
+    }
+    for model in models:
+        name = model["metadata"]["name"]
+        assert (model["apiVersion"], model["kind"]) == ("kubeai.org/v1", "Model"), name
+        spec = model["spec"]
+        unknown = set(spec) - MODEL_SPEC_FIELDS
+        assert not unknown, f"{name}: fields these checks do not know: {unknown}"
+        assert set(spec["features"]) <= MODEL_FEATURES, name
+        assert spec["url"].startswith(MODEL_URL_SCHEMES[spec["engine"]]), name
+        assert re.fullmatch(r"[a-z0-9-]+:[1-9][0-9]*", spec["resourceProfile"]), name
+        assert spec.get("minReplicas", 0) >= 0, name
+
+
+def test_the_fixer_model_is_the_configured_one(rendered):
+    config = next(iter(_by_kind(rendered, "ConfigMap").values()))["data"]
+    assert config["AIFIXER_MODEL_NAME"] == "qwen2.5-coder-1.5b-cpu"
+    models = yaml.safe_load_all((DEPLOY / "kubeai" / "models.yaml").read_text())
+    assert config["AIFIXER_MODEL_NAME"] in {m["metadata"]["name"] for m in models}
+
+
+# --- celeryconfig ------------------------------------------------------------------
+
+
+def test_celeryconfig_names_the_four_queues():
+    import celeryconfig
+
+    assert {q.name for q in celeryconfig.task_queues} == QUEUES
+    assert celeryconfig.task_default_queue in QUEUES
+    routed = {route["queue"] for route in celeryconfig.task_routes.values()}
+    assert routed == QUEUES
+
+
+def test_celeryconfig_is_safe_for_redelivery():
+    import celeryconfig
+
+    assert celeryconfig.task_acks_late is True
+    assert celeryconfig.worker_prefetch_multiplier == 1
+    assert celeryconfig.accept_content == ["json"]
+    assert celeryconfig.task_soft_time_limit < celeryconfig.task_time_limit
+    # A task still running when the visibility timeout expires would be delivered twice.
+    visibility = celeryconfig.broker_transport_options["visibility_timeout"]
+    assert visibility > celeryconfig.task_time_limit
+
+
+@pytest.fixture
+def reloaded_celeryconfig(monkeypatch):
+    import celeryconfig
+
+    def reload(**environ: str):
+        for key, value in environ.items():
+            monkeypatch.setenv(key, value)
+        return importlib.reload(celeryconfig)
+
+    yield reload
+    monkeypatch.undo()
+    importlib.reload(celeryconfig)
+
+
+def test_celeryconfig_reads_the_broker_from_the_environment(reloaded_celeryconfig, monkeypatch):
+    monkeypatch.delenv("AIFIXER_REDIS_URL", raising=False)
+    assert reloaded_celeryconfig().broker_url == "redis://127.0.0.1:6379/0"
+    config = reloaded_celeryconfig(AIFIXER_REDIS_URL="redis://redis.example:6380/2")
+    assert config.broker_url == "redis://redis.example:6380/2"
+    assert config.result_backend == config.broker_url
+
+
+def test_the_app_is_configured_from_celeryconfig():
+    import beat_schedule
+    from aifixer.app import app
+
+    assert app.main == "aifixer"
+    assert app.conf.task_acks_late is True
+    assert {q.name for q in app.conf.task_queues} == QUEUES
+    assert app.conf.beat_schedule == beat_schedule.beat_schedule
