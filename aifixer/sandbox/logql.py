@@ -39,26 +39,110 @@ VECTOR_OPS = ("sum", "count", "min", "max", "avg")
 # Loki's lexer knows many more functions; they lex as function tokens (so errors name
 # them correctly) but are refused as unsupported.
 OTHER_FUNCTIONS = (
-    "rate_counter", "avg_over_time", "sum_over_time", "min_over_time", "max_over_time",
-    "stdvar_over_time", "stddev_over_time", "quantile_over_time", "first_over_time",
-    "last_over_time", "absent_over_time", "vector", "stddev", "stdvar", "bottomk", "topk",
-    "sort", "sort_desc", "label_replace", "approx_topk",
+    "rate_counter",
+    "avg_over_time",
+    "sum_over_time",
+    "min_over_time",
+    "max_over_time",
+    "stdvar_over_time",
+    "stddev_over_time",
+    "quantile_over_time",
+    "first_over_time",
+    "last_over_time",
+    "absent_over_time",
+    "vector",
+    "stddev",
+    "stdvar",
+    "bottomk",
+    "topk",
+    "sort",
+    "sort_desc",
+    "label_replace",
+    "approx_topk",
 )
 _FUNCTIONS = frozenset(RANGE_OPS + VECTOR_OPS + OTHER_FUNCTIONS)
-_KEYWORDS = frozenset({"by", "without", "or", "and", "unless", "bool", "offset", "on",
-                       "ignoring", "group_left", "group_right", "json", "logfmt", "regexp",
-                       "unpack", "pattern", "line_format", "label_format", "ip",
-                       "decolorize", "drop", "keep", "unwrap"})
-_PUNCT = ("|=", "|~", "|>", "!=", "=~", "!~", "!>", "==", ">=", "<=", "{", "}", "(", ")",
-          ",", "=", "|", ">", "<", "+", "-", "*", "/", "%", "^", ".")
+_KEYWORDS = frozenset(
+    {
+        "by",
+        "without",
+        "or",
+        "and",
+        "unless",
+        "bool",
+        "offset",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "json",
+        "logfmt",
+        "regexp",
+        "unpack",
+        "pattern",
+        "line_format",
+        "label_format",
+        "ip",
+        "decolorize",
+        "drop",
+        "keep",
+        "unwrap",
+    }
+)
+_PUNCT = (
+    "|=",
+    "|~",
+    "|>",
+    "!=",
+    "=~",
+    "!~",
+    "!>",
+    "==",
+    ">=",
+    "<=",
+    "{",
+    "}",
+    "(",
+    ")",
+    ",",
+    "=",
+    "|",
+    ">",
+    "<",
+    "+",
+    "-",
+    "*",
+    "/",
+    "%",
+    "^",
+    ".",
+)
 _LINE_FILTER_OPS = frozenset({"|=", "!=", "|~", "!~"})
 _MATCH_OPS = frozenset({"=", "!=", "=~", "!~"})
-_DURATION_RE = re.compile(r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?"
-                          r"(?:(\d+)s)?(?:(\d+)ms)?")
-_DURATION_UNITS_NS = (365 * 86400 * 10**9, 7 * 86400 * 10**9, 86400 * 10**9,
-                      3600 * 10**9, 60 * 10**9, 10**9, 10**6)
-_SIMPLE_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t",
-                   "v": "\v", "\\": "\\", "'": "'", '"': '"'}
+_DURATION_RE = re.compile(
+    r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?"
+    r"(?:(\d+)s)?(?:(\d+)ms)?"
+)
+_DURATION_UNITS_NS = (
+    365 * 86400 * 10**9,
+    7 * 86400 * 10**9,
+    86400 * 10**9,
+    3600 * 10**9,
+    60 * 10**9,
+    10**9,
+    10**6,
+)
+_SIMPLE_ESCAPES = {
+    "a": "\a",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "v": "\v",
+    "\\": "\\",
+    "'": "'",
+    '"': '"',
+}
 
 
 class ParseError(Exception):
@@ -200,7 +284,7 @@ class _Lexer:
     def _next(self) -> Token:
         src, start = self.src, self.pos
         ch = src[start]
-        if ch in "\"`":
+        if ch in '"`':
             return self._string(start)
         if ch == "[":
             return self._range(start)
@@ -235,11 +319,11 @@ class _Lexer:
 
     def _followed_by_call(self) -> bool:
         """Loki lexes `sum` as a function only before `(` or `by (`/`without (`."""
-        rest = self.src[self.pos:].lstrip()
+        rest = self.src[self.pos :].lstrip()
         if rest.startswith("("):
             return True
         for kw in ("by", "without"):
-            if rest[: len(kw)].lower() == kw and rest[len(kw):].lstrip().startswith("("):
+            if rest[: len(kw)].lower() == kw and rest[len(kw) :].lstrip().startswith("("):
                 return True
         return False
 
@@ -254,9 +338,9 @@ class _Lexer:
         if i >= len(src) or src[i] != quote:
             raise self.error("literal not terminated", start)
         self.pos = i + 1
-        raw = src[start + 1: i]
+        raw = src[start + 1 : i]
         value = raw if quote == "`" else self._unescape(raw, start)
-        return Token("STRING", src[start: i + 1], start, string=value)
+        return Token("STRING", src[start : i + 1], start, string=value)
 
     def _unescape(self, raw: str, start: int) -> str:
         out: list[str] = []
@@ -273,7 +357,7 @@ class _Lexer:
                 i += 2
                 continue
             width = {"x": 2, "u": 4, "U": 8}.get(esc)
-            digits = raw[i + 2: i + 2 + width] if width else raw[i + 1: i + 4]
+            digits = raw[i + 2 : i + 2 + width] if width else raw[i + 1 : i + 4]
             base = 16 if width else 8
             valid = set("0123456789abcdefABCDEF" if width else "01234567")
             if len(digits) != (width or 3) or not set(digits) <= valid:
@@ -287,11 +371,11 @@ class _Lexer:
         if end < 0:
             raise self.error("missing closing ']' in duration", len(self.src))
         self.pos = end + 1
-        text = self.src[start + 1: end]
+        text = self.src[start + 1 : end]
         ns = parse_duration_ns(text)
         if ns is None:
             raise self.error(f'not a valid duration string: "{text}"', end + 1)
-        return Token("RANGE", self.src[start: end + 1], start, ns=ns)
+        return Token("RANGE", self.src[start : end + 1], start, ns=ns)
 
 
 def position(src: str, offset: int) -> tuple[int, int]:
@@ -370,8 +454,23 @@ class _Parser:
 
     def _refuse_trailing(self) -> None:
         kind = self.tok.kind
-        if kind in ("+", "-", "*", "/", "%", "^", "==", "!=", ">", "<", ">=", "<=",
-                    "or", "and", "unless"):
+        if kind in (
+            "+",
+            "-",
+            "*",
+            "/",
+            "%",
+            "^",
+            "==",
+            "!=",
+            ">",
+            "<",
+            ">=",
+            "<=",
+            "or",
+            "and",
+            "unless",
+        ):
             raise UnsupportedQuery("binary operations are not supported")
         raise self.syntax_error()
 
@@ -511,4 +610,3 @@ def validate_matchers(matchers: tuple[Matcher, ...]) -> None:
     """Loki refuses selectors whose every matcher also matches the empty string."""
     if not any(not m.matches("") for m in matchers):
         raise ParseError(EMPTY_COMPATIBLE_ERROR)
-

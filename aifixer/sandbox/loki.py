@@ -134,8 +134,11 @@ class ScanStats:
 class LogStore:
     """In-memory log streams keyed by their label set."""
 
-    def __init__(self, max_entries_per_stream: int = DEFAULT_MAX_ENTRIES_PER_STREAM,
-                 max_streams: int = DEFAULT_MAX_STREAMS) -> None:
+    def __init__(
+        self,
+        max_entries_per_stream: int = DEFAULT_MAX_ENTRIES_PER_STREAM,
+        max_streams: int = DEFAULT_MAX_STREAMS,
+    ) -> None:
         if max_entries_per_stream < 1 or max_streams < 1:
             raise ValueError("max_entries_per_stream and max_streams must be >= 1")
         self.max_entries_per_stream = max_entries_per_stream
@@ -175,11 +178,15 @@ class LogStore:
 
     def _matching(self, matchers: Iterable[Matcher]) -> list[_Stream]:
         ms = tuple(matchers)
-        return [s for s in self._streams.values()
-                if all(m.matches(s.labels.get(m.name, "")) for m in ms)]
+        return [
+            s
+            for s in self._streams.values()
+            if all(m.matches(s.labels.get(m.name, "")) for m in ms)
+        ]
 
-    def select(self, query: LogQuery, start_ns: int, end_ns: int, limit: int,
-               backward: bool = True) -> tuple[StreamResult, ScanStats]:
+    def select(
+        self, query: LogQuery, start_ns: int, end_ns: int, limit: int, backward: bool = True
+    ) -> tuple[StreamResult, ScanStats]:
         """Entries with start <= ts < end passing the filters, at most `limit` in total.
 
         Returns [(labels, [(ts, line), ...])], each stream's entries newest first when
@@ -211,8 +218,9 @@ class LogStore:
             grouped.setdefault(sidx, []).append((ts, line))
         return [(streams[sidx].labels, values) for sidx, values in grouped.items()], stats
 
-    def range_samples(self, agg: RangeAggregation,
-                      steps: list[int]) -> tuple[SeriesResult, ScanStats]:
+    def range_samples(
+        self, agg: RangeAggregation, steps: list[int]
+    ) -> tuple[SeriesResult, ScanStats]:
         """Evaluate a range aggregation at each step over the window (t - range, t]."""
         stats = ScanStats()
         keep = agg.query.line_predicate()
@@ -247,17 +255,18 @@ class LogStore:
             series.append((stream.labels, values))
         return series, stats
 
-    def label_names(self, start_ns: int, end_ns: int,
-                    matchers: Iterable[Matcher] = ()) -> list[str]:
+    def label_names(
+        self, start_ns: int, end_ns: int, matchers: Iterable[Matcher] = ()
+    ) -> list[str]:
         return sorted({name for s in self._active(start_ns, end_ns, matchers) for name in s.labels})
 
-    def label_values(self, name: str, start_ns: int, end_ns: int,
-                     matchers: Iterable[Matcher] = ()) -> list[str]:
+    def label_values(
+        self, name: str, start_ns: int, end_ns: int, matchers: Iterable[Matcher] = ()
+    ) -> list[str]:
         active = self._active(start_ns, end_ns, matchers)
         return sorted({s.labels[name] for s in active if name in s.labels})
 
-    def series(self, groups: list[tuple[Matcher, ...]], start_ns: int,
-               end_ns: int) -> list[Labels]:
+    def series(self, groups: list[tuple[Matcher, ...]], start_ns: int, end_ns: int) -> list[Labels]:
         found: dict[int, dict[str, str]] = {}
         for group in groups:
             for stream in self._active(start_ns, end_ns, group):
@@ -273,15 +282,18 @@ def validate_labels(labels: Labels) -> None:
         raise PushError("error at least one label pair is required per stream")
     for name in labels:
         if not _LABEL_NAME_RE.fullmatch(name):
-            raise PushError(f"error parsing labels {label_string(labels)} with error: "
-                            f"invalid label name {json.dumps(name)}")
+            raise PushError(
+                f"error parsing labels {label_string(labels)} with error: "
+                f"invalid label name {json.dumps(name)}"
+            )
 
 
 # ---------------------------------------------------------------- metric evaluation
 
 
-def evaluate_metric(store: LogStore, expr: MetricQuery,
-                    steps: list[int]) -> tuple[SeriesResult, ScanStats]:
+def evaluate_metric(
+    store: LogStore, expr: MetricQuery, steps: list[int]
+) -> tuple[SeriesResult, ScanStats]:
     """Values of `expr` at each step (None where a series has no sample)."""
     if isinstance(expr, RangeAggregation):
         return store.range_samples(expr, steps)
@@ -362,8 +374,9 @@ def parse_bounds(form: Form, now_ns: int) -> tuple[int, int]:
     if since:
         parsed = logql.parse_duration_ns(since)
         if parsed is None:
-            raise BadRequest("could not parse 'since' parameter: "
-                             f'not a valid duration string: "{since}"')
+            raise BadRequest(
+                f"could not parse 'since' parameter: not a valid duration string: \"{since}\""
+            )
         since_ns = parsed
     end = _wrap("end", lambda: parse_timestamp(form.get("end", ""), now_ns))
     default_start = min(end, now_ns) - since_ns
@@ -388,8 +401,10 @@ def parse_limit(form: Form) -> int:
     if limit <= 0:
         raise BadRequest("limit must be a positive value")
     if limit > MAX_ENTRIES_LIMIT_PER_QUERY:
-        raise BadRequest("max entries limit per query exceeded, limit > "
-                         f"max_entries_limit_per_query ({limit} > {MAX_ENTRIES_LIMIT_PER_QUERY})")
+        raise BadRequest(
+            "max entries limit per query exceeded, limit > "
+            f"max_entries_limit_per_query ({limit} > {MAX_ENTRIES_LIMIT_PER_QUERY})"
+        )
     return limit
 
 
@@ -419,8 +434,13 @@ def parse_step_ns(form: Form, start_ns: int, end_ns: int) -> int:
 
 def _text_error(status: int, message: str) -> web.Response:
     # Loki's server.WriteError: plain text, no trailing newline, nosniff.
-    return web.Response(status=status, text=message, content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    return web.Response(
+        status=status,
+        text=message,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
 
 
 def _json(payload: object) -> web.Response:
@@ -449,44 +469,82 @@ def _seconds(ns: int) -> int | float:
 def _stats(scan: ScanStats, exec_seconds: float) -> dict[str, object]:
     per_second = (lambda n: int(n / exec_seconds)) if exec_seconds > 0 else (lambda n: 0)
     chunk = {
-        "headChunkBytes": scan.bytes, "headChunkLines": scan.lines,
-        "decompressedBytes": 0, "decompressedLines": 0, "compressedBytes": 0,
-        "totalDuplicates": 0, "postFilterLines": scan.post_filter_lines,
-        "headChunkStructuredMetadataBytes": 0, "decompressedStructuredMetadataBytes": 0,
+        "headChunkBytes": scan.bytes,
+        "headChunkLines": scan.lines,
+        "decompressedBytes": 0,
+        "decompressedLines": 0,
+        "compressedBytes": 0,
+        "totalDuplicates": 0,
+        "postFilterLines": scan.post_filter_lines,
+        "headChunkStructuredMetadataBytes": 0,
+        "decompressedStructuredMetadataBytes": 0,
     }
-    empty_store = {"totalChunksRef": 0, "totalChunksDownloaded": 0, "chunksDownloadTime": 0,
-                   "queryReferencedStructuredMetadata": False,
-                   "chunk": {k: 0 for k in chunk}, "chunkRefsFetchTime": 0,
-                   "congestionControlLatency": 0, "pipelineWrapperFilteredLines": 0}
-    cache = {"entriesFound": 0, "entriesRequested": 0, "entriesStored": 0, "bytesReceived": 0,
-             "bytesSent": 0, "requests": 0, "downloadTime": 0, "queryLengthServed": 0}
+    empty_store = {
+        "totalChunksRef": 0,
+        "totalChunksDownloaded": 0,
+        "chunksDownloadTime": 0,
+        "queryReferencedStructuredMetadata": False,
+        "chunk": {k: 0 for k in chunk},
+        "chunkRefsFetchTime": 0,
+        "congestionControlLatency": 0,
+        "pipelineWrapperFilteredLines": 0,
+    }
+    cache = {
+        "entriesFound": 0,
+        "entriesRequested": 0,
+        "entriesStored": 0,
+        "bytesReceived": 0,
+        "bytesSent": 0,
+        "requests": 0,
+        "downloadTime": 0,
+        "queryLengthServed": 0,
+    }
     return {
         "summary": {
             "bytesProcessedPerSecond": per_second(scan.bytes),
             "linesProcessedPerSecond": per_second(scan.lines),
-            "totalBytesProcessed": scan.bytes, "totalLinesProcessed": scan.lines,
-            "execTime": exec_seconds, "queueTime": 0, "subqueries": 0,
-            "totalEntriesReturned": scan.returned, "splits": 0, "shards": 0,
+            "totalBytesProcessed": scan.bytes,
+            "totalLinesProcessed": scan.lines,
+            "execTime": exec_seconds,
+            "queueTime": 0,
+            "subqueries": 0,
+            "totalEntriesReturned": scan.returned,
+            "splits": 0,
+            "shards": 0,
             "totalPostFilterLines": scan.post_filter_lines,
             "totalStructuredMetadataBytesProcessed": 0,
         },
         "querier": {"store": empty_store},
         "ingester": {
-            "totalReached": 1, "totalChunksMatched": scan.streams,
-            "totalBatches": 1 if scan.lines else 0, "totalLinesSent": scan.returned,
+            "totalReached": 1,
+            "totalChunksMatched": scan.streams,
+            "totalBatches": 1 if scan.lines else 0,
+            "totalLinesSent": scan.returned,
             "store": {**empty_store, "chunk": chunk},
         },
-        "cache": {name: dict(cache) for name in ("chunk", "index", "result", "statsResult",
-                                                 "volumeResult", "seriesResult", "labelResult",
-                                                 "instantMetricResult")},
+        "cache": {
+            name: dict(cache)
+            for name in (
+                "chunk",
+                "index",
+                "result",
+                "statsResult",
+                "volumeResult",
+                "seriesResult",
+                "labelResult",
+                "instantMetricResult",
+            )
+        },
     }
 
 
-def _envelope(result_type: str, result: list[dict[str, object]], scan: ScanStats,
-              started: float) -> web.Response:
+def _envelope(
+    result_type: str, result: list[dict[str, object]], scan: ScanStats, started: float
+) -> web.Response:
     stats = _stats(scan, time.perf_counter() - started)
-    return _json({"status": "success",
-                  "data": {"resultType": result_type, "result": result, "stats": stats}})
+    return _json(
+        {"status": "success", "data": {"resultType": result_type, "result": result, "stats": stats}}
+    )
 
 
 # ---------------------------------------------------------------- push decoding
@@ -526,8 +584,9 @@ def _decode_stream(raw: object) -> tuple[dict[str, str], list[tuple[int, str]]]:
         if len(value) > 2 and not isinstance(value[2], dict):
             raise PushError("Value is not an object")
         if not _INT_RE.fullmatch(ts):
-            raise PushError("Value looks like Number/Boolean/None, "
-                            "but can't find its end: ',' or '}' symbol")
+            raise PushError(
+                "Value looks like Number/Boolean/None, but can't find its end: ',' or '}' symbol"
+            )
         entries.append((int(ts), line))
     return labels, entries
 
@@ -536,14 +595,18 @@ def _check_entry(labels: Labels, ts: int, line: str, now_ns: int) -> str | None:
     """The distributor's per-entry validation; returns Loki's error text or None."""
     size = len(line.encode())
     if size > MAX_LINE_SIZE:
-        return (f"Max entry size '{MAX_LINE_SIZE}' bytes exceeded for stream "
-                f"'{label_string(labels)}' while adding an entry with length '{size}' bytes")
+        return (
+            f"Max entry size '{MAX_LINE_SIZE}' bytes exceeded for stream "
+            f"'{label_string(labels)}' while adding an entry with length '{size}' bytes"
+        )
     if ts > now_ns + 10 * 60 * NS:  # creation_grace_period
         return f"entry for stream '{label_string(labels)}' has timestamp too new: {_rfc3339(ts)}"
     oldest = now_ns - 7 * 86400 * NS  # reject_old_samples_max_age
     if ts < oldest:
-        return (f"entry for stream '{label_string(labels)}' has timestamp too old: {_rfc3339(ts)}, "
-                f"oldest acceptable timestamp is: {_rfc3339(oldest)}")
+        return (
+            f"entry for stream '{label_string(labels)}' has timestamp too old: {_rfc3339(ts)}, "
+            f"oldest acceptable timestamp is: {_rfc3339(oldest)}"
+        )
     return None
 
 
@@ -570,13 +633,15 @@ def make_app(store: LogStore) -> web.Application:
     app = web.Application(middlewares=[_loki_errors], client_max_size=64 * 1024 * 1024)
     handlers = _Handlers(store)
     app.router.add_post("/loki/api/v1/push", handlers.push)
-    for path, handler in (("/loki/api/v1/query_range", handlers.query_range),
-                          ("/loki/api/v1/query", handlers.query),
-                          ("/loki/api/v1/labels", handlers.labels),
-                          ("/loki/api/v1/label", handlers.labels),
-                          ("/loki/api/v1/label/{name}/values", handlers.label_values),
-                          ("/loki/api/v1/series", handlers.series),
-                          ("/loki/api/v1/index/stats", handlers.index_stats)):
+    for path, handler in (
+        ("/loki/api/v1/query_range", handlers.query_range),
+        ("/loki/api/v1/query", handlers.query),
+        ("/loki/api/v1/labels", handlers.labels),
+        ("/loki/api/v1/label", handlers.labels),
+        ("/loki/api/v1/label/{name}/values", handlers.label_values),
+        ("/loki/api/v1/series", handlers.series),
+        ("/loki/api/v1/index/stats", handlers.index_stats),
+    ):
         app.router.add_get(path, handler)
         app.router.add_post(path, handler)
     app.router.add_get("/ready", handlers.ready)
@@ -610,8 +675,10 @@ class _Handlers:
         if not media_type:
             raise PushError("mime: no media type")
         if media_type != "application/json":
-            raise PushError(f"unsupported push Content-Type {media_type!r}: this Loki stand-in "
-                            "accepts only application/json (it does not decode snappy protobuf)")
+            raise PushError(
+                f"unsupported push Content-Type {media_type!r}: this Loki stand-in "
+                "accepts only application/json (it does not decode snappy protobuf)"
+            )
         now_ns = time.time_ns()
         first_error = None
         for labels, entries in decode_push(body):
@@ -637,23 +704,36 @@ class _Handlers:
         backward = parse_backward(form)
         step = parse_step_ns(form, start, end)
         if step <= 0:
-            raise BadRequest("zero or negative query resolution step widths are not accepted. "
-                             "Try a positive integer")
+            raise BadRequest(
+                "zero or negative query resolution step widths are not accepted. "
+                "Try a positive integer"
+            )
         if (end - start) // step > MAX_POINTS_PER_SERIES:
-            raise BadRequest("exceeded maximum resolution of 11,000 points per time series. "
-                             "Try increasing the value of the step parameter")
+            raise BadRequest(
+                "exceeded maximum resolution of 11,000 points per time series. "
+                "Try increasing the value of the step parameter"
+            )
         expr = logql.parse(form.get("query", ""))
         if isinstance(expr, LogQuery):
             streams, scan = self.store.select(expr, start, end, limit, backward)
-            result = [{"stream": labels, "values": [[str(ts), line] for ts, line in values]}
-                      for labels, values in streams]
+            result = [
+                {"stream": labels, "values": [[str(ts), line] for ts, line in values]}
+                for labels, values in streams
+            ]
             return _envelope("streams", result, scan, started)
         steps = list(range(start, end + 1, step))
         series, scan = evaluate_metric(self.store, expr, steps)
-        matrix = [{"metric": labels,
-                   "values": [[_seconds(t), _go_float(v)]
-                              for t, v in zip(steps, values, strict=True) if v is not None]}
-                  for labels, values in sorted(series, key=lambda s: label_string(s[0]))]
+        matrix = [
+            {
+                "metric": labels,
+                "values": [
+                    [_seconds(t), _go_float(v)]
+                    for t, v in zip(steps, values, strict=True)
+                    if v is not None
+                ],
+            }
+            for labels, values in sorted(series, key=lambda s: label_string(s[0]))
+        ]
         scan.returned = sum(len(m["values"]) for m in matrix)
         return _envelope("matrix", [m for m in matrix if m["values"]], scan, started)
 
@@ -665,12 +745,16 @@ class _Handlers:
         parse_backward(form)
         expr = logql.parse(form.get("query", ""))
         if isinstance(expr, LogQuery):
-            raise BadRequest("log queries are not supported as an instant query type, "
-                             "please change your query to a range query type")
+            raise BadRequest(
+                "log queries are not supported as an instant query type, "
+                "please change your query to a range query type"
+            )
         series, scan = evaluate_metric(self.store, expr, [at])
-        vector = [{"metric": labels, "value": [_seconds(at), _go_float(values[0])]}
-                  for labels, values in sorted(series, key=lambda s: label_string(s[0]))
-                  if values[0] is not None]
+        vector = [
+            {"metric": labels, "value": [_seconds(at), _go_float(values[0])]}
+            for labels, values in sorted(series, key=lambda s: label_string(s[0]))
+            if values[0] is not None
+        ]
         scan.returned = len(vector)
         return _envelope("vector", vector, scan, started)
 
@@ -697,17 +781,35 @@ class _Handlers:
         start, end = parse_bounds(form, time.time_ns())
         matchers = logql.parse_matchers(form.get("query", ""))
         streams, scan = self.store.select(LogQuery(matchers), start, end, 2**62, backward=False)
-        return _json({"streams": len(streams), "chunks": len(streams),
-                      "entries": scan.lines, "bytes": scan.bytes})
+        return _json(
+            {
+                "streams": len(streams),
+                "chunks": len(streams),
+                "entries": scan.lines,
+                "bytes": scan.bytes,
+            }
+        )
 
     async def ready(self, request: web.Request) -> web.Response:
         # Loki writes this with http.Error, hence the newline and nosniff header.
-        return web.Response(text="ready\n", content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff"})
+        return web.Response(
+            text="ready\n",
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
 
     async def buildinfo(self, request: web.Request) -> web.Response:
-        return _json({"version": "3.4.2", "revision": "sandbox", "branch": "HEAD",
-                      "buildUser": "", "buildDate": "", "goVersion": "go1.23.7"})
+        return _json(
+            {
+                "version": "3.4.2",
+                "revision": "sandbox",
+                "branch": "HEAD",
+                "buildUser": "",
+                "buildDate": "",
+                "goVersion": "go1.23.7",
+            }
+        )
 
     async def _metadata_params(self, request: web.Request) -> tuple[int, int, tuple[Matcher, ...]]:
         form = await _form(request)
