@@ -180,6 +180,10 @@ class Answer:
             raise ValueError(f"confidence must be within 0..1, got {confidence!r}")
         return cls("speech", text, confidence)
 
+    def describe(self) -> str:
+        """The answer as it was scripted: "yes", "press 1", "silence", "busy"..."""
+        return f"press {self.value}" if self.kind == "dtmf" else self.value or self.kind
+
     def seconds_to_give(self) -> float:
         """Simulated time the person takes to speak or type the answer."""
         if self.kind == "speech":
@@ -219,7 +223,7 @@ class Call:
     hangup: str | None = None  # status requested through the API while the call runs
     events: list[dict[str, Any]] = field(default_factory=list)
     callbacks: list[dict[str, Any]] = field(default_factory=list)
-    says: int = 0
+    spoken: int = 0  # Say verbs spoken so far; numbers the WAV files
     task: asyncio.Task | None = None
 
     @property
@@ -266,7 +270,12 @@ class Call:
         }
 
     def record(self) -> dict[str, Any]:
-        """The call as a person inspects it: outcome, timeline, Say audio, callbacks."""
+        """The call as a person inspects it: outcome, timeline, Say audio, callbacks.
+
+        `says` and `answer` summarise `events` for a one-line view: what was spoken,
+        and what the person answered when a Gather asked (None if none asked).
+        """
+        asked = any(e["type"] == "gather" for e in self.events)
         return {
             "sid": self.sid,
             "to": self.to,
@@ -277,6 +286,8 @@ class Call:
             "start_time": rfc2822(self.start_time),
             "end_time": rfc2822(self.end_time),
             "person": {"kind": self.person.kind, "value": self.person.value},
+            "says": [dict(e) for e in self.events if e["type"] == "say"],
+            "answer": self.person.describe() if asked else None,
             "events": [dict(e) for e in self.events],
             "callbacks": [dict(c) for c in self.callbacks],
         }
@@ -683,8 +694,8 @@ class CallPlayer:
         await self._say(text, verb.get("voice", "man"), verb.get("language", "en-US"), loops)
 
     async def _say(self, text: str, voice: str, language: str, loops: int = 1) -> None:
-        self.call.says += 1
-        wav = self.phone.data_dir / self.call.sid / f"{self.call.says:02d}.wav"
+        self.call.spoken += 1
+        wav = self.phone.data_dir / self.call.sid / f"{self.call.spoken:02d}.wav"
         seconds = await speak(text, language, voice, wav)
         self.call.events.append(
             {

@@ -290,6 +290,7 @@ def test_unreached_person(rig, behaviour, progress):
     assert rig.webhook.at("/voice") == [] and says(record) == []
     fetched = rig.client().calls(call.sid).fetch()
     assert fetched.status == behaviour and fetched.duration == "0"
+    assert record["answer"] is None
 
 
 def test_default_callback_is_completed_only_and_unknown_numbers_ring_out(rig):
@@ -354,6 +355,7 @@ def test_inspection_view_serves_the_transcript(rig):
     with urllib.request.urlopen(f"{rig.api_url}/sandbox/calls", timeout=5) as resp:
         (served,) = json.load(resp)
     assert served["sid"] == sid and served["status"] == "completed"
+    assert served["answer"] == "oui" and served["says"] == says(served)
     gather = next(e for e in served["events"] if e["type"] == "gather")
     assert gather["answer"] == {"kind": "speech", "value": "oui"}
     assert gather["heard"]["SpeechResult"] == "Oui."
