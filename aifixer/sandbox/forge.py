@@ -673,6 +673,8 @@ class Views:
 FORGE = web.AppKey("forge", Forge)
 BASE_URL = web.AppKey("base_url", object)  # Callable[[], str] | None
 RATE = web.AppKey("rate", dict)
+LOGIN = web.RequestKey("login", object)  # str | None: who the token authenticates
+URLS = web.RequestKey("urls", Urls)
 
 
 def _public_base(request: web.Request) -> str:
@@ -730,8 +732,8 @@ async def api_middleware(
     forge = request.app[FORGE]
     token = _api_token(request.headers.get("Authorization"))
     login = forge.authenticate(token)
-    request["login"] = login
-    request["urls"] = Urls(_public_base(request))
+    request[LOGIN] = login
+    request[URLS] = Urls(_public_base(request))
     try:
         if token is not None and login is None:
             raise ApiError(401, "Bad credentials")
@@ -782,7 +784,7 @@ def _paginated(request: web.Request, items: list[Any]) -> web.Response:
     """One page of `items` with GitHub's `Link` header (next/last/first/prev)."""
     page, per_page = _page_args(request)
     last = max(1, -(-len(items) // per_page))
-    here = URL(request["urls"].web + request.path).with_query(request.query)
+    here = URL(request[URLS].web + request.path).with_query(request.query)
 
     def link(n: int, rel: str) -> str:
         return f'<{here.update_query(page=str(n))}>; rel="{rel}"'
@@ -804,7 +806,7 @@ routes = web.RouteTableDef()
 
 def _ctx(request: web.Request) -> tuple[Forge, Views]:
     forge = request.app[FORGE]
-    return forge, Views(forge, request["urls"], request["login"])
+    return forge, Views(forge, request[URLS], request[LOGIN])
 
 
 def _repo(request: web.Request) -> Repo:
@@ -821,7 +823,7 @@ def _pull(repo: Repo, request: web.Request) -> PullRequest:
 @routes.get("/user")
 async def get_authenticated_user(request: web.Request) -> web.Response:
     _, views = _ctx(request)
-    return _json(views.user(request["login"]))
+    return _json(views.user(request[LOGIN]))
 
 
 @routes.get("/users/{login}")
@@ -943,7 +945,7 @@ async def get_commit(request: web.Request) -> web.Response:
 async def create_pull(request: web.Request) -> web.Response:
     forge, views = _ctx(request)
     repo = _repo(request)
-    pr = await forge.create_pull(repo, request["login"], await _json_body(request))
+    pr = await forge.create_pull(repo, request[LOGIN], await _json_body(request))
     return _json(await views.full_pull(repo, pr), 201, {"Location": views.pull(repo, pr)["url"]})
 
 
@@ -1024,7 +1026,7 @@ async def create_comment(request: web.Request) -> web.Response:
     repo = _repo(request)
     pr = _pull(repo, request)
     body = await _json_body(request)
-    comment = forge.add_comment(repo, pr.number, request["login"], body.get("body"))
+    comment = forge.add_comment(repo, pr.number, request[LOGIN], body.get("body"))
     data = views.comment(repo, comment)
     return _json(data, 201, {"Location": data["url"]})
 

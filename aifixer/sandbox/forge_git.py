@@ -150,18 +150,16 @@ class BareRepo:
             index_env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
             if parent:
                 await self._git("read-tree", parent, env=index_env)
+            # `--index-info` records: mode 0 removes a path, which needs no work tree.
+            records = []
             for path, content in files.items():
                 if content is None:
-                    await self._git("update-index", "--force-remove", "--", path, env=index_env)
+                    records.append(f"0 {ZERO_SHA}\t{path}")
                     continue
-                blob = (
-                    (await self._git("hash-object", "-w", "--stdin", stdin=content.encode()))
-                    .decode()
-                    .strip()
-                )
-                await self._git(
-                    "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=index_env
-                )
+                out = await self._git("hash-object", "-w", "--stdin", stdin=content.encode())
+                records.append(f"100644 {out.decode().strip()}\t{path}")
+            index_info = "".join(f"{r}\0" for r in records).encode()
+            await self._git("update-index", "-z", "--index-info", stdin=index_info, env=index_env)
             tree = (await self._git("write-tree", env=index_env)).decode().strip()
         name, email = author
         who = {
