@@ -89,9 +89,18 @@ class OnCall(_Strict):
     answers: dict[str, str] = Field(default_factory=dict)
 
 
+class Symptoms(_Strict):
+    """The broken state the scenario must reach, as a person would observe it."""
+
+    pod_reasons: list[str] = Field(default_factory=list)  # waiting/terminated reasons, Unschedulable, NotReady
+    events: list[str] = Field(default_factory=list)  # Warning event reasons on the pods
+    logs: list[str] = Field(default_factory=list)  # substrings of lines that reach Loki
+
+
 class Expect(_Strict):
     outcome: Literal["fixed", "called"]
     changed: list[str] = Field(default_factory=list)  # manifest field paths a fix changes
+    symptoms: Symptoms = Field(default_factory=Symptoms)
 
 
 class GitOps(_Strict):

@@ -1,0 +1,107 @@
+"""Every bundled scenario reaches its described broken state, and a correct fix heals it.
+
+Driven the way a person would check: pod reasons and Warning events read through the
+API server, error lines queried from Loki over HTTP, the fix applied with `kubectl
+apply --server-side` and judged by `kubectl rollout status`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+import yaml
+from kubernetes import client, config
+
+from aifixer.sandbox import scenario as scenario_mod
+from aifixer.sandbox.world import pod_symptoms
+
+SCENARIOS = scenario_mod.bundled()
+pytestmark = [pytest.mark.integration, pytest.mark.scenario]
+
+
+def _workloads(sc) -> list[tuple[str, str]]:
+    out = []
+    for mf in sc.change or sc.manifests:
+        for doc in mf.documents():
+            if doc["kind"] == "Deployment":
+                out.append((doc["metadata"].get("namespace", "default"), doc["metadata"]["name"]))
+    return out
+
+
+def _observe(api: client.CoreV1Api, apps: client.AppsV1Api, namespace: str, name: str):
+    dep = apps.read_namespaced_deployment(name, namespace)
+    selector = ",".join(f"{k}={v}" for k, v in dep.spec.selector.match_labels.items())
+    pods = api.list_namespaced_pod(namespace, label_selector=selector)
+    reasons = set()
+    names = set()
+    for pod in pods.items:
+        names.add(pod.metadata.name)
+        reasons.update(pod_symptoms(client.ApiClient().sanitize_for_serialization(pod)))
+    events = {
+        e.reason
+        for e in api.list_namespaced_event(namespace, field_selector="type=Warning").items
+        if e.involved_object.name in names
+    }
+    return reasons, events
+
+
+def _loki_has(loki: str, namespace: str, text: str) -> bool:
+    resp = requests.get(
+        f"{loki}/loki/api/v1/query_range",
+        params={"query": f'{{namespace="{namespace}"}} |= `{text}`', "limit": 10, "since": "1h"},
+        timeout=10,
+    )
+    resp.raise_for_status()
+    return any(s["values"] for s in resp.json()["data"]["result"])
+
+
+def test_there_are_enough_bundled_scenarios():
+    loaded = [scenario_mod.load(p) for p in SCENARIOS]
+    assert len(loaded) >= 10
+    assert sum(1 for s in loaded if s.expect.outcome == "called") >= 2
+    assert len({s.name for s in loaded}) == len(loaded)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+def test_scenario_breaks_then_heals(path, make_world, kubectl, tmp_path):
+    sc = scenario_mod.load(path)
+    world = make_world(sc, speed=40)
+    kube = config.new_client_from_config(config_file=world.endpoints.kubeconfig)
+    api, apps = client.CoreV1Api(kube), client.AppsV1Api(kube)
+    want = sc.expect.symptoms
+
+    for namespace, name in _workloads(sc):
+        seen_reasons: set[str] = set()
+        seen_events: set[str] = set()
+        found_logs: set[str] = set()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            reasons, events = _observe(api, apps, namespace, name)
+            seen_reasons |= reasons
+            seen_events |= events
+            found_logs |= {t for t in want.logs if t not in found_logs and
+                           _loki_has(world.endpoints.loki, namespace, t)}
+            if (set(want.pod_reasons) <= seen_reasons and set(want.events) <= seen_events
+                    and set(want.logs) <= found_logs):
+                break
+            time.sleep(0.25)
+        assert set(want.pod_reasons) <= seen_reasons, f"pod reasons seen: {sorted(seen_reasons)}"
+        assert set(want.events) <= seen_events, f"warning events seen: {sorted(seen_events)}"
+        assert set(want.logs) <= found_logs, f"log lines found in Loki: {sorted(found_logs)}"
+        assert not world.rolled_out(namespace, name), "a broken workload must not look rolled out"
+
+    if not sc.change:
+        return  # broken from its first deployment: there is no manifest to go back to
+    # The correct fix for every scenario with a change: the last known-good manifests.
+    fix = tmp_path / "fix.yaml"
+    fix.write_text("---\n".join(yaml.safe_dump(d) for mf in sc.manifests for d in mf.documents()))
+    kubectl(world.endpoints.kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(fix),
+            check=True)
+    for namespace, name in _workloads(sc):
+        done = kubectl(world.endpoints.kubeconfig, "rollout", "status", f"deployment/{name}",
+                       "-n", namespace, "--timeout=90s", timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "successfully rolled out" in done.stdout
