@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 import yaml
+from aiohttp import web
 
 from . import forge as forge_mod
 from . import loki as loki_mod
@@ -100,6 +101,7 @@ class World:
             "forge": forge_mod.make_app(self.forge, lambda: self.sites["forge"].url),
             "twilio": phone_mod.make_app(self.phone),
         }
+        apps["forge"].router.add_get("/sandbox/prs", self._prs_view)
         for name, app in apps.items():
             self.sites[name] = await start_site(Site(name, app, self.ports.get(name, 0)))
         self.endpoints = self._write_endpoints()
@@ -107,6 +109,10 @@ class World:
                  self.sites["kubernetes"].url, self.sites["loki"].url,
                  self.sites["forge"].url, self.sites["twilio"].url)
         return self.endpoints
+
+    async def _prs_view(self, request: web.Request) -> web.Response:
+        """Every pull request with its diff, for `aifixer sandbox prs`."""
+        return web.json_response(await self.forge.prs())
 
     async def astop(self) -> None:
         await self.phone.close()
