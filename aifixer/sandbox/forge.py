@@ -75,14 +75,12 @@ class ApiError(Exception):
         *,
         errors: list[dict[str, str]] | None = None,
         doc: str = DOCS,
-        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.errors = errors
         self.doc = doc
-        self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"message": self.message}
@@ -671,17 +669,17 @@ class Views:
 # HTTP plumbing: auth, headers, errors, pagination
 
 FORGE = web.AppKey("forge", Forge)
-BASE_URL = web.AppKey("base_url", object)  # Callable[[], str] | None
 RATE = web.AppKey("rate", dict)
 LOGIN = web.RequestKey("login", object)  # str | None: who the token authenticates
 URLS = web.RequestKey("urls", Urls)
 
 
 def _public_base(request: web.Request) -> str:
-    getter = request.app[BASE_URL]
-    base = getter() if getter else f"{request.scheme}://{request.host}"
-    request.app[FORGE].last_base_url = base
-    return base.rstrip("/")
+    forge = request.app[FORGE]
+    getter = forge.base_url_getter
+    base = (getter() if getter else f"{request.scheme}://{request.host}").rstrip("/")
+    forge.last_base_url = base
+    return base
 
 
 def _api_token(header: str | None) -> str | None:
@@ -743,10 +741,8 @@ async def api_middleware(
             raise ApiError(401, "Requires authentication")
         response = await handler(request)
     except ApiError as e:
-        response = _json(e.body(), e.status, e.headers)
-    except web.HTTPMethodNotAllowed:
-        response = _json(ApiError(404, "Not Found").body(), 404)
-    except web.HTTPNotFound:
+        response = _json(e.body(), e.status)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed):  # GitHub answers 404 to both
         response = _json(not_found().body(), 404)
     response.headers.update(_rate_headers(request, login))
     response.headers["X-GitHub-Media-Type"] = "github.v3; format=json"
@@ -1111,7 +1107,6 @@ def make_app(forge: Forge, base_url_getter: Callable[[], str] | None = None) -> 
     app = web.Application()
     for sub in (app, api):
         sub[FORGE] = forge
-        sub[BASE_URL] = base_url_getter
     api[RATE] = {}
     app.add_subapp(API_PREFIX, api)
     app.router.add_get(r"/{owner}/{repo}/pull/{number:\d+}{suffix:(\.diff)?}", pull_page)

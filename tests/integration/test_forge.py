@@ -8,6 +8,7 @@ is compared with what git itself says about the pushed commits, not with literal
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import os
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import requests
 from github import Auth, BadCredentialsException, Github, GithubException, UnknownObjectException
 
 from aifixer.sandbox.forge import Forge, make_app
-from aifixer.sandbox.serve import LoopThread, Site, start_site, stop_site
+from aifixer.sandbox.serve import LoopThread, Site, serve_in_thread, start_site, stop_site
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -44,13 +45,19 @@ class Sandbox:
         return self.url.replace("http://", f"http://{auth}") + f"/{OWNER}/{name}.git"
 
     def github(self, token: str = TOKEN, **kwargs) -> Github:
-        # PyGithub spaces writes a second apart to be kind to github.com; not needed here.
-        return Github(
-            base_url=self.url + "/api/v3",
-            auth=Auth.Token(token),
-            seconds_between_writes=0,
-            **kwargs,
-        )
+        return github_client(self.url, token, **kwargs)
+
+
+def github_client(url: str, token: str = TOKEN, **kwargs) -> Github:
+    """PyGithub configured as for GitHub Enterprise at `url`."""
+    # PyGithub spaces requests out to be kind to github.com; not needed on loopback.
+    return Github(
+        base_url=url + "/api/v3",
+        auth=Auth.Token(token),
+        seconds_between_requests=0,
+        seconds_between_writes=0,
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -332,3 +339,18 @@ def test_response_headers_and_error_bodies(sandbox: Sandbox) -> None:
     }
     anonymous_write = requests.post(f"{api}/repos/{OWNER}/{NAME}/pulls", json={}, timeout=10)
     assert anonymous_write.status_code == 401
+
+
+def test_links_follow_the_request_host_without_a_getter(tmp_path: Path) -> None:
+    """Set up synchronously before serving, then let each request's Host decide the links."""
+    forge = Forge(tmp_path / "forge", TOKEN)
+    asyncio.run(forge.create_repo(OWNER, NAME, {MANIFEST: MANIFEST_TEXT}, "Initial commit"))
+    url, stop = serve_in_thread(make_app(forge))
+    try:
+        repo = github_client(url).get_repo(f"{OWNER}/{NAME}")
+        assert repo.url == f"{url}/api/v3/repos/{OWNER}/{NAME}"
+        assert repo.clone_url == f"{url}/{OWNER}/{NAME}.git"
+        # PyGithub follows the returned URLs (and checks they match its base_url).
+        assert repo.get_branch("main").commit.sha == repo.get_git_ref("heads/main").object.sha
+    finally:
+        stop()
