@@ -406,8 +406,14 @@ async def serve_smart_http(
             await response.write(chunk)
         await response.write_eof()
         return response
+    except BaseException:
+        # The client went away or the response failed: do not leave git waiting on pipes.
+        feeder.cancel()
+        if proc.returncode is None:
+            proc.kill()
+        raise
     finally:
-        await feeder
+        await asyncio.gather(feeder, return_exceptions=True)
         await proc.wait()
         err = await stderr_task
         if proc.returncode or err:

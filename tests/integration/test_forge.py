@@ -134,6 +134,22 @@ def test_fetch_sees_forge_side_commit(sandbox: Sandbox, tmp_path: Path) -> None:
     assert "README.md" not in work.git.ls_tree("--name-only", "origin/main").split()
 
 
+def test_large_push_is_streamed_and_binary_files_have_no_patch(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Bodies above git's 1 MiB http.postBuffer are sent chunked, without a Content-Length."""
+    work = clone(sandbox, tmp_path / "w", "fetch")
+    work.git.checkout("-B", "big", "origin/main")
+    Path(work.working_tree_dir, "blob.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    work.index.add(["blob.bin"])
+    sha = work.index.commit("Add a large binary").hexsha
+    push(sandbox, work, "big", TOKEN, name="fetch")
+    gh = sandbox.github().get_repo(f"{OWNER}/fetch")
+    assert gh.get_branch("big").commit.sha == sha
+    (changed,) = gh.create_pull(base="main", head="big", title="Big", body="").get_files()
+    assert (changed.filename, changed.status, changed.patch) == ("blob.bin", "added", None)
+
+
 def test_gzip_encoded_upload_pack_request(sandbox: Sandbox) -> None:
     """git gzips large fetch negotiations; the body must reach http-backend decoded."""
     head = sandbox.github().get_repo(f"{OWNER}/{NAME}").get_branch("main").commit.sha
