@@ -55,17 +55,45 @@ def _load_scenario(path: Path | None):
 
 
 @sandbox.command("up")
-@click.option("--scenario", "scenario_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Scenario file to load (see tests/scenarios/).")
-@click.option("--speed", default=1.0, show_default=True, type=float,
-              help="Simulated time runs this many times faster than wall time.")
-@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(path_type=Path),
-              help="Where the kubeconfig, endpoints.json, git repositories and call recordings go.")
-@click.option("--no-change", is_flag=True, help="Stay in the healthy state; do not apply the scenario's change.")
-@click.option("--port", "ports", multiple=True, metavar="NAME=PORT",
-              help="Fixed port for a stand-in (kubernetes, loki, forge, twilio); default: a free port.")
-def sandbox_up(scenario_path: Path | None, speed: float, state_dir: Path, no_change: bool,
-               ports: tuple[str, ...]) -> None:
+@click.option(
+    "--scenario",
+    "scenario_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Scenario file to load (see tests/scenarios/).",
+)
+@click.option(
+    "--speed",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="Simulated time runs this many times faster than wall time.",
+)
+@click.option(
+    "--state-dir",
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Where the kubeconfig, endpoints.json, git repositories and call recordings go.",
+)
+@click.option(
+    "--no-change",
+    is_flag=True,
+    help="Stay in the healthy state; do not apply the scenario's change.",
+)
+@click.option(
+    "--port",
+    "ports",
+    multiple=True,
+    metavar="NAME=PORT",
+    help="Fixed port for a stand-in (kubernetes, loki, forge, twilio); default: a free port.",
+)
+def sandbox_up(
+    scenario_path: Path | None,
+    speed: float,
+    state_dir: Path,
+    no_change: bool,
+    ports: tuple[str, ...],
+) -> None:
     """Start the stand-in world in the foreground; Ctrl-C stops it."""
     from .sandbox.world import World, WorldError
 
@@ -87,8 +115,10 @@ def sandbox_up(scenario_path: Path | None, speed: float, state_dir: Path, no_cha
             _print_endpoints(ep)
             if world.scenario is not None:
                 await world.aload(apply_change=not no_change)
-                console.print(f"scenario [bold]{world.scenario.name}[/] loaded"
-                              + ("" if no_change or not world.scenario.change else " (change applied)"))
+                console.print(
+                    f"scenario [bold]{world.scenario.name}[/] loaded"
+                    + ("" if no_change or not world.scenario.change else " (change applied)")
+                )
             console.print("Ctrl-C to stop.")
             await stop.wait()
         finally:
@@ -124,7 +154,9 @@ def _endpoints(state_dir: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise click.ClickException(f"no sandbox found: {path} does not exist (run `aifixer sandbox up`)") from None
+        raise click.ClickException(
+            f"no sandbox found: {path} does not exist (run `aifixer sandbox up`)"
+        ) from None
 
 
 def _get_json(url: str):
@@ -137,7 +169,9 @@ def _get_json(url: str):
 
 
 @sandbox.command("calls")
-@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(path_type=Path))
+@click.option(
+    "--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(path_type=Path)
+)
 def sandbox_calls(state_dir: Path) -> None:
     """Who the phone stand-in called, what was said, what they answered."""
     ep = _endpoints(state_dir)
@@ -148,7 +182,9 @@ def sandbox_calls(state_dir: Path) -> None:
     for call in calls:
         says = call.get("says") or []
         table.add_row(
-            call.get("sid", ""), call.get("to", ""), call.get("status", ""),
+            call.get("sid", ""),
+            call.get("to", ""),
+            call.get("status", ""),
             " / ".join(s.get("text", "") for s in says),
             str(call.get("answer") or ""),
             ", ".join(s.get("wav", "") for s in says),
@@ -157,7 +193,9 @@ def sandbox_calls(state_dir: Path) -> None:
 
 
 @sandbox.command("prs")
-@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(path_type=Path))
+@click.option(
+    "--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(path_type=Path)
+)
 @click.option("--diff/--no-diff", default=True, show_default=True)
 def sandbox_prs(state_dir: Path, diff: bool) -> None:
     """The pull requests opened on the forge stand-in, with their diffs."""
@@ -189,9 +227,16 @@ def scenario_check(paths: tuple[Path, ...]) -> None:
 
 
 @main.command()
-@click.option("--speed", default=30.0, show_default=True, type=float, help="Simulated time speed-up.")
-@click.option("--timeout", default=60.0, show_default=True, type=float,
-              help="Wall seconds to wait for each scenario's failure to show.")
+@click.option(
+    "--speed", default=30.0, show_default=True, type=float, help="Simulated time speed-up."
+)
+@click.option(
+    "--timeout",
+    default=60.0,
+    show_default=True,
+    type=float,
+    help="Wall seconds to wait for each scenario's failure to show.",
+)
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def demo(speed: float, timeout: float, paths: tuple[Path, ...]) -> None:
     """Run the bundled scenarios on the sandbox and show what breaks in each.
@@ -206,8 +251,10 @@ def demo(speed: float, timeout: float, paths: tuple[Path, ...]) -> None:
     files = list(paths) or scenario_mod.bundled()
     if not files:
         raise click.ClickException("no scenario files found")
-    console.print("[bold]aifixer demo[/] — the sandbox reproduces each scenario's failure. "
-                  "Remediation (diagnose → patch → apply → verify → PR | call) is not wired in yet.")
+    console.print(
+        "[bold]aifixer demo[/] — the sandbox reproduces each scenario's failure. "
+        "Remediation (diagnose → patch → apply → verify → PR | call) is not wired in yet."
+    )
     table = Table(title="scenarios")
     for col in ("scenario", "expect", "workload", "pod reasons", "warning events", "seconds"):
         table.add_column(col)
@@ -215,8 +262,10 @@ def demo(speed: float, timeout: float, paths: tuple[Path, ...]) -> None:
     for path in files:
         sc = _load_scenario(path)
         started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="aifixer-demo-") as tmp, \
-                World(sc, Path(tmp), speed=speed) as world:
+        with (
+            tempfile.TemporaryDirectory(prefix="aifixer-demo-") as tmp,
+            World(sc, Path(tmp), speed=speed) as world,
+        ):
             try:
                 world.start()
             except WorldError as exc:
@@ -232,8 +281,14 @@ def demo(speed: float, timeout: float, paths: tuple[Path, ...]) -> None:
                     break
                 time.sleep(0.2)
             for (ns, name), s in seen.items():
-                table.add_row(sc.name, sc.expect.outcome, f"{ns}/{name}", ", ".join(s["reasons"]) or "-",
-                              ", ".join(s["events"]) or "-", f"{time.monotonic() - started:.1f}")
+                table.add_row(
+                    sc.name,
+                    sc.expect.outcome,
+                    f"{ns}/{name}",
+                    ", ".join(s["reasons"]) or "-",
+                    ", ".join(s["events"]) or "-",
+                    f"{time.monotonic() - started:.1f}",
+                )
     console.print(table)
     if failed:
         sys.exit(1)
@@ -242,6 +297,7 @@ def demo(speed: float, timeout: float, paths: tuple[Path, ...]) -> None:
 def _symptoms_of(world, namespace: str, name: str):
     async def get():
         return world.symptoms(namespace, name)
+
     return get
 
 

@@ -38,9 +38,21 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
-        [exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            exe,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -87,11 +99,19 @@ def kubectl(tmp_path) -> Callable[..., subprocess.CompletedProcess]:
     home.mkdir(exist_ok=True)
 
     def run(kubeconfig: str | Path, *args: str, timeout: float = 60, check: bool = False):
-        env = {**os.environ, "HOME": str(home), "KUBECACHEDIR": str(home / "cache"),
-               "KUBECONFIG": str(kubeconfig)}
-        proc = subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=timeout)
+        env = {
+            **os.environ,
+            "HOME": str(home),
+            "KUBECACHEDIR": str(home / "cache"),
+            "KUBECONFIG": str(kubeconfig),
+        }
+        proc = subprocess.run(
+            [exe, *args], env=env, capture_output=True, text=True, timeout=timeout
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
+            )
         return proc
 
     return run

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 class Clock:
@@ -23,7 +23,7 @@ class Clock:
 
     def now(self) -> datetime:
         """Wall-clock time (UTC) for timestamps."""
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     def sim(self) -> float:
         """Simulated seconds since the clock started; use for deadlines and durations."""
@@ -39,9 +39,9 @@ class Clock:
 
 def rfc3339(dt: datetime) -> str:
     """Kubernetes' metav1.Time format: second precision, 'Z'."""
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def rfc3339_micro(dt: datetime) -> str:
     """Kubernetes' metav1.MicroTime format (events.k8s.io eventTime)."""
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -92,7 +92,9 @@ class OnCall(_Strict):
 class Symptoms(_Strict):
     """The broken state the scenario must reach, as a person would observe it."""
 
-    pod_reasons: list[str] = Field(default_factory=list)  # waiting/terminated reasons, Unschedulable, NotReady
+    pod_reasons: list[str] = Field(
+        default_factory=list
+    )  # waiting/terminated reasons, Unschedulable, NotReady
     events: list[str] = Field(default_factory=list)  # Warning event reasons on the pods
     logs: list[str] = Field(default_factory=list)  # substrings of lines that reach Loki
 
@@ -126,8 +128,8 @@ class Scenario(_Strict):
         if ref in self.images:
             return self.images[ref]
         for prefix in ("docker.io/", "docker.io/library/"):
-            if ref.startswith(prefix) and ref[len(prefix):] in self.images:
-                return self.images[ref[len(prefix):]]
+            if ref.startswith(prefix) and ref[len(prefix) :] in self.images:
+                return self.images[ref[len(prefix) :]]
         return None
 
 

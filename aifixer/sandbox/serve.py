@@ -9,6 +9,7 @@ sockets, exactly as the product does.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -95,8 +96,8 @@ class LoopThread:
 
         try:
             self.call(drain, timeout=10)
-        except Exception:  # noqa: BLE001 - best effort on shutdown
-            pass
+        except Exception:  # noqa: BLE001 - shutting down anyway; say why it was not clean
+            logging.getLogger(__name__).warning("tasks did not finish cleanly", exc_info=True)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()

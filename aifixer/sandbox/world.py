@@ -66,8 +66,14 @@ class Endpoints:
 
 
 class World:
-    def __init__(self, scenario: Scenario | None, state_dir: Path, *, speed: float = 1.0,
-                 ports: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        scenario: Scenario | None,
+        state_dir: Path,
+        *,
+        speed: float = 1.0,
+        ports: dict[str, int] | None = None,
+    ) -> None:
         self.scenario = scenario
         self.state_dir = Path(state_dir)
         self.clock = Clock(speed)
@@ -79,8 +85,9 @@ class World:
         self.logs = loki_mod.LogStore()
         self.cluster = Cluster(self.clock, self._image, self.logs.push)
         self.forge = forge_mod.Forge(self.state_dir / "git", self.github_token)
-        self.phone = phone_mod.Phone(self.state_dir / "calls", {self.twilio_sid: self.twilio_token},
-                                     self.clock)
+        self.phone = phone_mod.Phone(
+            self.state_dir / "calls", {self.twilio_sid: self.twilio_token}, self.clock
+        )
         self.sites: dict[str, Site] = {}
         self.endpoints: Endpoints | None = None
         self._thread: LoopThread | None = None
@@ -105,9 +112,13 @@ class World:
         for name, app in apps.items():
             self.sites[name] = await start_site(Site(name, app, self.ports.get(name, 0)))
         self.endpoints = self._write_endpoints()
-        log.info("sandbox up: kubernetes %s, loki %s, forge %s, twilio %s",
-                 self.sites["kubernetes"].url, self.sites["loki"].url,
-                 self.sites["forge"].url, self.sites["twilio"].url)
+        log.info(
+            "sandbox up: kubernetes %s, loki %s, forge %s, twilio %s",
+            self.sites["kubernetes"].url,
+            self.sites["loki"].url,
+            self.sites["forge"].url,
+            self.sites["twilio"].url,
+        )
         return self.endpoints
 
     async def _prs_view(self, request: web.Request) -> web.Response:
@@ -131,8 +142,7 @@ class World:
             if number not in sc.oncall.numbers:
                 self.phone.set_person(number, answer)
         owner, name = sc.gitops.repo.split("/", 1)
-        await self.forge.create_repo(owner, name, _files(sc.manifests),
-                                     f"Add {sc.name} manifests")
+        await self.forge.create_repo(owner, name, _files(sc.manifests), f"Add {sc.name} manifests")
         await self.apply(sc.manifests)
         if sc.change:
             # A scenario with a change starts healthy and is broken by it; one without
@@ -143,10 +153,12 @@ class World:
 
     async def apply_change(self) -> None:
         sc = self.scenario
-        assert sc is not None
+        if sc is None:
+            raise WorldError("no scenario loaded")
         owner, name = sc.gitops.repo.split("/", 1)
-        await self.forge.commit(owner, name, _files(sc.change),
-                                f"Update {', '.join(m.path for m in sc.change)}")
+        await self.forge.commit(
+            owner, name, _files(sc.change), f"Update {', '.join(m.path for m in sc.change)}"
+        )
         await self.apply(sc.change)
 
     async def apply(self, files: list[ManifestFile]) -> None:
@@ -157,14 +169,19 @@ class World:
                 for doc in mf.documents():
                     res = by_kind(doc["apiVersion"], doc["kind"])
                     if res is None:
-                        raise WorldError(f"{mf.path}: the sandbox does not serve {doc['apiVersion']} {doc['kind']}")
+                        raise WorldError(
+                            f"{mf.path}: the sandbox does not serve {doc['apiVersion']} {doc['kind']}"
+                        )
                     meta = doc.setdefault("metadata", {})
                     ns = meta.setdefault("namespace", "default") if res.namespaced else None
                     if ns:
                         self.cluster.ensure_namespace(ns)
                     prefix = f"/apis/{res.group}/{res.version}" if res.group else "/api/v1"
-                    path = f"{prefix}/namespaces/{ns}/{res.plural}/{meta['name']}" if ns else \
-                        f"{prefix}/{res.plural}/{meta['name']}"
+                    path = (
+                        f"{prefix}/namespaces/{ns}/{res.plural}/{meta['name']}"
+                        if ns
+                        else f"{prefix}/{res.plural}/{meta['name']}"
+                    )
                     async with http.patch(
                         base + path,
                         params={"fieldManager": APPLY_MANAGER, "force": "true"},
@@ -173,8 +190,10 @@ class World:
                     ) as resp:
                         if resp.status >= 300:
                             body = await resp.text()
-                            raise WorldError(f"{mf.path}: applying {doc['kind']} {meta['name']} failed: "
-                                             f"{resp.status} {body[:500]}")
+                            raise WorldError(
+                                f"{mf.path}: applying {doc['kind']} {meta['name']} failed: "
+                                f"{resp.status} {body[:500]}"
+                            )
 
     async def wait_healthy(self, deployments: list[tuple[str, str]], timeout: float) -> None:
         """Wait (wall seconds) until every Deployment has rolled out completely."""
@@ -186,8 +205,10 @@ class World:
             if not pending:
                 return
             if loop.time() > deadline:
-                raise WorldError("the scenario's starting state never became healthy: " +
-                                 ", ".join(f"{ns}/{n}" for ns, n in pending))
+                raise WorldError(
+                    "the scenario's starting state never became healthy: "
+                    + ", ".join(f"{ns}/{n}" for ns, n in pending)
+                )
             await asyncio.sleep(0.05)
 
     def rolled_out(self, namespace: str, name: str) -> bool:
@@ -197,10 +218,12 @@ class World:
             return False
         st = dep.get("status") or {}
         replicas = dep["spec"].get("replicas", 1)
-        return (dep["metadata"].get("generation", 0) <= st.get("observedGeneration", -1)
-                and st.get("updatedReplicas", 0) >= replicas
-                and st.get("replicas", 0) <= st.get("updatedReplicas", 0)
-                and st.get("availableReplicas", 0) >= st.get("updatedReplicas", 0))
+        return (
+            dep["metadata"].get("generation", 0) <= st.get("observedGeneration", -1)
+            and st.get("updatedReplicas", 0) >= replicas
+            and st.get("replicas", 0) <= st.get("updatedReplicas", 0)
+            and st.get("availableReplicas", 0) >= st.get("updatedReplicas", 0)
+        )
 
     def symptoms(self, namespace: str, deployment: str) -> dict[str, Any]:
         """What is wrong with a Deployment's pods right now: reasons and Warning events."""
@@ -209,26 +232,46 @@ class World:
         if dep is None:
             return {"reasons": [], "events": []}
         selector = dep["spec"].get("selector") or {}
-        pods = [p for p in store.list(by_kind("v1", "Pod"), namespace)
-                if match_label_selector(selector, p["metadata"].get("labels") or {})]
+        pods = [
+            p
+            for p in store.list(by_kind("v1", "Pod"), namespace)
+            if match_label_selector(selector, p["metadata"].get("labels") or {})
+        ]
         names = {p["metadata"]["name"] for p in pods}
         reasons = sorted({r for p in pods for r in pod_symptoms(p)})
-        events = sorted({e["reason"] for e in store.list(by_kind("v1", "Event"), namespace)
-                         if e.get("type") == "Warning" and e["involvedObject"].get("name") in names})
+        events = sorted(
+            {
+                e["reason"]
+                for e in store.list(by_kind("v1", "Event"), namespace)
+                if e.get("type") == "Warning" and e["involvedObject"].get("name") in names
+            }
+        )
         return {"reasons": reasons, "events": events}
 
     def _write_endpoints(self) -> Endpoints:
         kube_url = self.sites["kubernetes"].url
         kubeconfig = self.state_dir / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "sandbox", "cluster": {"server": kube_url}}],
-            "users": [{"name": "sandbox", "user": {}}],
-            "contexts": [{"name": "sandbox",
-                          "context": {"cluster": "sandbox", "user": "sandbox", "namespace": "default"}}],
-            "current-context": "sandbox",
-        }))
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "sandbox", "cluster": {"server": kube_url}}],
+                    "users": [{"name": "sandbox", "user": {}}],
+                    "contexts": [
+                        {
+                            "name": "sandbox",
+                            "context": {
+                                "cluster": "sandbox",
+                                "user": "sandbox",
+                                "namespace": "default",
+                            },
+                        }
+                    ],
+                    "current-context": "sandbox",
+                }
+            )
+        )
         repo = self.scenario.gitops.repo if self.scenario else "acme/gitops"
         forge_url = self.sites["forge"].url
         ep = Endpoints(
@@ -267,7 +310,8 @@ class World:
 
     def call(self, coro_fn, *args, timeout: float = 60):
         """Run a coroutine function on the world's loop (from another thread)."""
-        assert self._thread is not None, "world not started"
+        if self._thread is None:
+            raise WorldError("the world is not started")
         return self._thread.call(coro_fn, *args, timeout=timeout)
 
     def stop(self) -> None:

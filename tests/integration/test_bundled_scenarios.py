@@ -82,10 +82,16 @@ def test_scenario_breaks_then_heals(path, make_world, kubectl, tmp_path):
             reasons, events = _observe(api, apps, namespace, name)
             seen_reasons |= reasons
             seen_events |= events
-            found_logs |= {t for t in want.logs if t not in found_logs and
-                           _loki_has(world.endpoints.loki, namespace, t)}
-            if (set(want.pod_reasons) <= seen_reasons and set(want.events) <= seen_events
-                    and set(want.logs) <= found_logs):
+            found_logs |= {
+                t
+                for t in want.logs
+                if t not in found_logs and _loki_has(world.endpoints.loki, namespace, t)
+            }
+            if (
+                set(want.pod_reasons) <= seen_reasons
+                and set(want.events) <= seen_events
+                and set(want.logs) <= found_logs
+            ):
                 break
             time.sleep(0.25)
         assert set(want.pod_reasons) <= seen_reasons, f"pod reasons seen: {sorted(seen_reasons)}"
@@ -98,10 +104,25 @@ def test_scenario_breaks_then_heals(path, make_world, kubectl, tmp_path):
     # The correct fix for every scenario with a change: the last known-good manifests.
     fix = tmp_path / "fix.yaml"
     fix.write_text("---\n".join(yaml.safe_dump(d) for mf in sc.manifests for d in mf.documents()))
-    kubectl(world.endpoints.kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(fix),
-            check=True)
+    kubectl(
+        world.endpoints.kubeconfig,
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        str(fix),
+        check=True,
+    )
     for namespace, name in _workloads(sc):
-        done = kubectl(world.endpoints.kubeconfig, "rollout", "status", f"deployment/{name}",
-                       "-n", namespace, "--timeout=90s", timeout=120)
+        done = kubectl(
+            world.endpoints.kubeconfig,
+            "rollout",
+            "status",
+            f"deployment/{name}",
+            "-n",
+            namespace,
+            "--timeout=90s",
+            timeout=120,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         assert "successfully rolled out" in done.stdout

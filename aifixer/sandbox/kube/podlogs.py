@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from . import errors
 
@@ -75,16 +75,17 @@ class PodLogs:
         if inst is None:
             if previous:
                 raise errors.bad_request(
-                    f'previous terminated container "{container}" in pod "{pod}" not found')
+                    f'previous terminated container "{container}" in pod "{pod}" not found'
+                )
             raise errors.bad_request(
-                f'container "{container}" in pod "{pod}" is waiting to start: ContainerCreating')
+                f'container "{container}" in pod "{pod}" is waiting to start: ContainerCreating'
+            )
         lines = list(inst.lines)
         if since is not None:
             lines = [(t, s) for t, s in lines if t >= since]
         if tail_lines is not None:
             lines = lines[-tail_lines:] if tail_lines > 0 else []
-        text = "".join(
-            (f"{_ts(t)} {s}\n" if timestamps else f"{s}\n") for t, s in lines)
+        text = "".join((f"{_ts(t)} {s}\n" if timestamps else f"{s}\n") for t, s in lines)
         if limit_bytes is not None:
             text = text.encode()[:limit_bytes].decode(errors="ignore")
         return text
@@ -97,11 +98,11 @@ class PodLogs:
         try:
             await asyncio.wait_for(ev.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         finally:
             c.waiters.discard(ev)
 
 
 def _ts(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")

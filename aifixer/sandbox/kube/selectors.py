@@ -39,7 +39,9 @@ def parse_label_selector(text: str | None) -> Predicate | None:
     while pos < len(text):
         m = _LABEL_REQ.match(text, pos)
         if not m or m.end() == pos:
-            raise bad_request(f"unable to parse requirement: found '{text[pos:]}', expected: valid selector")
+            raise bad_request(
+                f"unable to parse requirement: found '{text[pos:]}', expected: valid selector"
+            )
         pos = m.end()
         if m.group("notexists"):
             k = m.group("nkey")
@@ -95,14 +97,30 @@ def selector_to_string(selector: dict[str, Any]) -> str:
 # Field labels each kind supports, as the real server registers them.
 _COMMON_FIELDS = ("metadata.name", "metadata.namespace")
 FIELD_LABELS: dict[str, tuple[str, ...]] = {
-    "Pod": _COMMON_FIELDS + ("spec.nodeName", "spec.restartPolicy", "spec.schedulerName",
-                             "spec.serviceAccountName", "status.phase", "status.podIP",
-                             "status.nominatedNodeName"),
-    "Event": _COMMON_FIELDS + ("involvedObject.kind", "involvedObject.namespace",
-                               "involvedObject.name", "involvedObject.uid",
-                               "involvedObject.apiVersion", "involvedObject.resourceVersion",
-                               "involvedObject.fieldPath", "reason", "reportingComponent",
-                               "source", "type"),
+    "Pod": _COMMON_FIELDS
+    + (
+        "spec.nodeName",
+        "spec.restartPolicy",
+        "spec.schedulerName",
+        "spec.serviceAccountName",
+        "status.phase",
+        "status.podIP",
+        "status.nominatedNodeName",
+    ),
+    "Event": _COMMON_FIELDS
+    + (
+        "involvedObject.kind",
+        "involvedObject.namespace",
+        "involvedObject.name",
+        "involvedObject.uid",
+        "involvedObject.apiVersion",
+        "involvedObject.resourceVersion",
+        "involvedObject.fieldPath",
+        "reason",
+        "reportingComponent",
+        "source",
+        "type",
+    ),
     "Secret": _COMMON_FIELDS + ("type",),
     "Namespace": ("metadata.name", "status.phase"),
     "Node": ("metadata.name", "spec.unschedulable"),
@@ -140,7 +158,9 @@ def parse_field_selector(text: str | None, kind: str, api_version: str) -> Predi
         field, op, value = m.group(1), m.group(2), m.group(3)
         if field not in supported:
             raise bad_request(
-                f'field label not supported: {field}' if kind else f"field label not supported: {field}"
+                f"field label not supported: {field}"
+                if kind
+                else f"field label not supported: {field}"
             )
         if op == "!=":
             reqs.append(lambda o, f=field, v=value: _field_value(o, f) != v)
