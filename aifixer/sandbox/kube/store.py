@@ -109,7 +109,7 @@ class Watch:
             return None
         try:
             return await asyncio.wait_for(self.queue.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
 
 
@@ -163,6 +163,10 @@ class Store:
     def count(self, res: Resource) -> int:
         return len(self._bucket(res))
 
+    def oldest_resource_version(self) -> int:
+        """The oldest resourceVersion watches and list continuations can still resume from."""
+        return self._history[0][0] - 1 if self._history else self._rv
+
     # -- writing -------------------------------------------------------------
 
     def _next_rv(self) -> str:
@@ -173,7 +177,9 @@ class Store:
         if not res.namespaced:
             return
         if not namespace:
-            raise errors.bad_request("the namespace of the provided object does not match the namespace sent on the request")
+            raise errors.bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request"
+            )
         ns_res = by_kind("v1", "Namespace")
         if self.try_get(ns_res, None, namespace) is None:
             raise errors.not_found("", "namespaces", namespace)
@@ -190,10 +196,18 @@ class Store:
                 suffix = "".join(random.choices(_NAME_CHARS, k=5))
                 meta["name"] = meta["generateName"] + suffix
             else:
-                raise errors.invalid(res.group, res.kind, "", [{
-                    "reason": "FieldValueRequired",
-                    "message": "name or generateName is required",
-                    "field": "metadata.name"}])
+                raise errors.invalid(
+                    res.group,
+                    res.kind,
+                    "",
+                    [
+                        {
+                            "reason": "FieldValueRequired",
+                            "message": "name or generateName is required",
+                            "field": "metadata.name",
+                        }
+                    ],
+                )
         name = meta["name"]
         self._check_namespace(res, namespace)
         if (namespace, name) in self._bucket(res):
@@ -211,7 +225,9 @@ class Store:
         self._emit("ADDED", res, obj, None)
         return obj
 
-    def update(self, res: Resource, obj: Obj, *, subresource: str = "", dry_run: bool = False) -> Obj:
+    def update(
+        self, res: Resource, obj: Obj, *, subresource: str = "", dry_run: bool = False
+    ) -> Obj:
         """Replace an object (PUT semantics), or only its status with subresource="status".
 
         A `metadata.resourceVersion` in `obj` is a precondition: if it is not the
@@ -224,7 +240,9 @@ class Store:
         rv_in = meta_in.get("resourceVersion")
         if rv_in and rv_in != old["metadata"]["resourceVersion"]:
             raise errors.conflict(
-                res.group, res.plural, name,
+                res.group,
+                res.plural,
+                name,
                 "the object has been modified; please apply your changes to the latest version and try again",
             )
         new = copy(obj)
@@ -263,12 +281,21 @@ class Store:
         self._emit("MODIFIED", res, new, old)
         return new
 
-    def delete(self, res: Resource, namespace: str | None, name: str, *,
-               dry_run: bool = False, uid: str | None = None) -> Obj:
+    def delete(
+        self,
+        res: Resource,
+        namespace: str | None,
+        name: str,
+        *,
+        dry_run: bool = False,
+        uid: str | None = None,
+    ) -> Obj:
         old = self.get(res, namespace, name)
         if uid and old["metadata"]["uid"] != uid:
             raise errors.conflict(
-                res.group, res.plural, name,
+                res.group,
+                res.plural,
+                name,
                 f"Precondition failed: UID in precondition: {uid}, UID in object meta: {old['metadata']['uid']}",
             )
         if dry_run:
@@ -285,12 +312,14 @@ class Store:
     def _collect_dependents(self, owner: Obj) -> None:
         """Background cascading deletion of objects owned by `owner`."""
         uid = owner["metadata"]["uid"]
-        for key, bucket in list(self._data.items()):
+        for bucket in list(self._data.values()):
             for obj in list(bucket.values()):
                 refs = obj["metadata"].get("ownerReferences") or []
                 if any(r.get("uid") == uid for r in refs):
                     res = by_kind(obj["apiVersion"], obj["kind"])
-                    if res is not None and self.try_get(res, obj["metadata"].get("namespace"), obj["metadata"]["name"]):
+                    if res is not None and self.try_get(
+                        res, obj["metadata"].get("namespace"), obj["metadata"]["name"]
+                    ):
                         self.delete(res, obj["metadata"].get("namespace"), obj["metadata"]["name"])
 
     def _delete_namespace_contents(self, namespace: str) -> None:
@@ -314,8 +343,13 @@ class Store:
         for listener in self._listeners:
             listener(ev_type, res, new, old)
 
-    def watch(self, res: Resource, namespace: str | None = None, predicate: Predicate | None = None,
-              resource_version: str | None = None) -> Watch:
+    def watch(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        predicate: Predicate | None = None,
+        resource_version: str | None = None,
+    ) -> Watch:
         """Open a watch.
 
         resource_version None or "0": synthetic ADDED events for the current objects,
