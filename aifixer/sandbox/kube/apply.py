@@ -370,8 +370,9 @@ def server_side_apply(
     others = [e._replace(paths=e.paths - changed) for e in others]
 
     still_owned = frozenset().union(*(e.paths for e in others)) | me.paths
-    for path in sorted(previous - me.paths, key=len, reverse=True):
-        if not _owns(still_owned, path):
+    # Shallow paths first: removing a list item removes everything below it too.
+    for path in sorted(previous - me.paths, key=len):
+        if not _owns(still_owned, path) and _value_at(merged, path) is not _MISSING:
             _remove_path(merged, path)
     return _with_entries(merged, [me, *others])
 
