@@ -1,0 +1,37 @@
+"""The two errors every adapter raises, decided once at the border.
+
+Transient: the same call may succeed later (connection refused or reset, timeouts,
+HTTP 5xx, 429 with its Retry-After). Permanent: it will not (other 4xx, a payload the
+other side refuses, a model reply that does not validate). Tasks retry the first with
+backoff and a bound, and fail the second at once.
+"""
+
+from __future__ import annotations
+
+
+class AdapterError(Exception):
+    def __init__(self, system: str, message: str, *, status: int | None = None) -> None:
+        super().__init__(f"{system}: {message}")
+        self.system = system
+        self.message = message
+        self.status = status
+
+
+class TransientError(AdapterError):
+    def __init__(self, system: str, message: str, *, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(system, message, status=status)
+        self.retry_after = retry_after
+
+
+class PermanentError(AdapterError):
+    pass
+
+
+def is_transient_status(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+def bounded(text: str, limit: int = 500) -> str:
+    """Response bodies in errors and logs are cut: they can be large and are not ours."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more bytes)"

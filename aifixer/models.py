@@ -1,0 +1,201 @@
+"""The records aifixer passes between its stages and keeps about each incident.
+
+Every record is strict (`extra="forbid"`): a field a stage does not know is a bug to
+surface, not data to carry silently. They travel through Celery as JSON
+(`model_dump(mode="json")`) and are validated again on arrival. Kubernetes objects
+stay plain dicts (`Manifest`): they are the API server's data, kept whole.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Manifest = dict[str, Any]
+
+# What kind of breakage an incident is. Decided from pod status and events first, the
+# log line only when nothing else says more; part of the fingerprint.
+FailureClass = Literal[
+    "ImagePull",  # ErrImagePull / ImagePullBackOff / InvalidImageName
+    "CrashLoop",  # the container exits (bad command, missing env/file, app crash)
+    "OOMKilled",  # killed for exceeding its memory limit
+    "ProbeFailure",  # readiness/liveness probes failing
+    "Unschedulable",  # FailedScheduling: resources, selectors, taints
+    "ConfigError",  # CreateContainerConfigError / FailedMount: missing ConfigMap/Secret/key
+    "AppError",  # only error lines, the pods look healthy
+]
+
+Outcome = Literal["fixed", "called", "rejected", "error"]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Workload(Record):
+    cluster: str  # the farm's name for the application cluster
+    namespace: str
+    kind: Literal["Deployment"] = "Deployment"
+    name: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class Signal(Record):
+    """One observation from a source that something is wrong."""
+
+    source: Literal["loki", "events", "pods", "alertmanager"]
+    namespace: str
+    pod: str | None = None  # the pod it is about, when known
+    workload: str | None = None  # the owning Deployment's name, once resolved
+    reason: str  # event reason, pod waiting/terminated reason, alert name, or "LogError"
+    message: str  # event message, log line, alert summary (bounded)
+    observed_at: datetime
+    raw: dict[str, Any] = Field(default_factory=dict)  # the source payload, for the record
+
+
+class Incident(Record):
+    fingerprint: str  # hash of (cluster, namespace, kind, name, failure class)
+    workload: Workload
+    failure_class: FailureClass
+    opened_at: datetime
+    signals: list[Signal]  # the first few signals that opened it
+    generation: int | None = None  # the Deployment's generation when it was opened
+
+
+class PodState(Record):
+    name: str
+    phase: str
+    ready: bool
+    node: str | None = None
+    reasons: list[str]  # waiting/terminated reasons, Unschedulable, NotReady
+    restart_count: int
+    last_termination: dict[str, Any] | None = None  # reason, exitCode, message
+    revision_hash: str | None = None  # pod-template-hash label
+
+
+class EventRecord(Record):
+    type: str
+    reason: str
+    message: str
+    object: str  # Kind/name
+    count: int
+    last_seen: str | None = None
+
+
+class LogLine(Record):
+    time: str  # RFC 3339
+    pod: str
+    container: str
+    line: str
+
+
+class FieldChange(Record):
+    """One manifest field that differs; `None` stands for absent."""
+
+    path: str  # e.g. spec.template.spec.containers[0].resources.limits.memory
+    before: Any = None
+    after: Any = None
+
+
+class Revision(Record):
+    revision: int  # deployment.kubernetes.io/revision
+    replicaset: str
+    images: list[str]
+    ready_replicas: int
+    current: bool  # the Deployment's current template
+
+
+class Evidence(Record):
+    deployment: Manifest  # the live Deployment, without status and managedFields
+    pods: list[PodState]
+    events: list[EventRecord]
+    logs: list[LogLine]  # from Loki, newest last, bounded
+    pod_logs: dict[str, str]  # "pod/container[/previous]" -> tail of pods/log
+    revisions: list[Revision]
+    last_healthy_template: Manifest | None  # pod template of the newest revision that ran healthy
+    template_diff: list[FieldChange]  # last healthy template -> current template
+    healthy: bool  # rollout complete and no pod shows a failure (nothing to fix)
+
+
+class Diagnosis(Record):
+    summary: str  # one or two sentences a person understands
+    root_cause: str
+    failure_class: FailureClass
+    fields: list[str] = Field(default_factory=list)  # manifest fields believed responsible
+    source: Literal["model", "playbook"]
+
+
+class FixProposal(Record):
+    source: Literal["model", "playbook"]
+    strategy: str  # playbook name, or "model"
+    rationale: str
+    manifest: Manifest  # the whole corrected Deployment
+    changes: list[FieldChange]  # live -> proposed
+
+
+class Rejection(Record):
+    source: str
+    strategy: str
+    reasons: list[str]
+
+
+class ApplyResult(Record):
+    original: Manifest  # the Deployment as it was, for rollback
+    applied: Manifest  # what was applied
+    changes: list[FieldChange]
+    generation: int  # the Deployment's generation after the apply
+    applied_at: datetime
+
+
+class Verification(Record):
+    ok: bool
+    reason: str  # why it passed or failed, in words
+    checked_at: datetime
+    healthy_since: datetime | None = None
+    rolled_back: bool = False
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class PullRequestRef(Record):
+    number: int
+    url: str
+    branch: str
+    created: bool  # False when a retry found the PR already open
+
+
+class CallRecord(Record):
+    """One phone call; one line of the call file."""
+
+    time: datetime  # when the call was placed (UTC)
+    number: str  # the number called
+    speech: str  # what was said
+    can_intervene: bool  # the answer; silence and no answer count as False
+    fingerprint: str
+    status: str  # Twilio's final call status: completed, no-answer, busy, failed...
+    call_sid: str | None = None
+    attempt: int  # 1 for the first number called, 2 for the next...
+    answer_text: str | None = None  # what was heard (SpeechResult or Digits)
+
+
+class IncidentState(Record):
+    """What flows through the chain, stage after stage, and what finalize records."""
+
+    incident: Incident
+    evidence: Evidence | None = None
+    diagnosis: Diagnosis | None = None
+    proposal: FixProposal | None = None
+    rejections: list[Rejection] = Field(default_factory=list)
+    apply: ApplyResult | None = None
+    verification: Verification | None = None
+    pull_request: PullRequestRef | None = None
+    calls: list[CallRecord] = Field(default_factory=list)
+    speech: str | None = None  # what the call said
+    outcome: Outcome | None = None
+    error: str | None = None  # the stage that failed for good, and why
+    model_used: str | None = None
+    timings: dict[str, float] = Field(default_factory=dict)  # stage -> seconds

@@ -1,0 +1,117 @@
+"""aifixer's configuration: one pydantic-settings object, read lazily from AIFIXER_*.
+
+Nothing reads the environment at import time: `get_settings()` builds the object the
+first time it is needed (in a worker, beat, the web app or the CLI) and caches it, and
+tests build their own `Settings(...)`. Tokens are `SecretStr`, so they never show in
+a repr, a log line or a traceback.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AIFIXER_", env_file=".env", extra="ignore")
+
+    # -- the farm
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    cluster_name: str = "app"  # part of every fingerprint: one farm may watch several clusters
+    state_dir: Path = Path("/var/lib/aifixer")
+
+    # -- the application cluster
+    kubeconfig: Path | None = None  # None: in-cluster config or ~/.kube/config
+    kube_context: str | None = None
+    namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: all namespaces
+    request_timeout_s: float = 10.0
+
+    # -- detection
+    loki_url: str = "http://127.0.0.1:3100"
+    loki_org_id: str | None = None  # X-Scope-OrgID for multi-tenant Loki
+    loki_query: str = '{namespace=~".+"} |~ "(?i)(error|fatal|panic|exception|traceback|not found|killed)"'
+    loki_lookback_s: float = 300.0  # how far back the first poll looks
+    poll_interval_s: float = 15.0
+    incident_cooldown_s: float = 6 * 3600  # an incident that ended is not reopened for the same revision within this
+
+    # -- the model
+    model_base_url: str = "http://127.0.0.1:8080/v1"
+    model_name: str = "qwen2.5-coder-1.5b"
+    model_api_key: SecretStr = SecretStr("none")
+    model_timeout_s: float = 120.0
+    model_max_retries: int = 1
+    # How the endpoint is asked for structured output: "json_schema" (OpenAI, vLLM),
+    # "json_object_schema" (llama.cpp: {"type": "json_object", "schema": ...}),
+    # "json_object" (Ollama, KubeAI/ollama) or "none" (prompt only).
+    model_structured_output: Literal["json_schema", "json_object_schema", "json_object", "none"] = "json_object"
+    fix_strategy: Literal["model", "playbooks", "hybrid"] = "hybrid"
+
+    # -- guardrails and verification
+    max_replicas: int = 20
+    max_memory_limit: str = "4Gi"
+    verify_deadline_s: float = 300.0  # the fix must be healthy by then, else it is rolled back
+    verify_stability_s: float = 30.0  # ... and stay healthy (no restarts, no new errors) this long
+    verify_poll_s: float = 3.0  # countdown between non-blocking checks
+
+    # -- the GitOps repository
+    github_api_url: str = "https://api.github.com"
+    github_token: SecretStr = SecretStr("")
+    github_repo: str = ""  # owner/name
+    git_clone_url: str | None = None  # default: https://github.com/<repo>.git
+    git_base_branch: str | None = None  # default: the repository's default branch
+    git_author_name: str = "aifixer"
+    git_author_email: str = "aifixer@users.noreply.github.com"
+    # Where a workload's manifest lives when the Deployment has no aifixer.io/source
+    # annotation: "namespace/name=path/in/repo.yaml", comma-separated.
+    gitops_paths: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+
+    # -- the phone
+    twilio_account_sid: str = ""
+    twilio_auth_token: SecretStr = SecretStr("")
+    twilio_from_number: str = ""
+    twilio_api_base_url: str | None = None  # None: Twilio's own; set for a Twilio-compatible endpoint
+    public_base_url: str = "http://127.0.0.1:8000"  # where Twilio reaches `aifixer web`
+    oncall_numbers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    call_language: str = "en-US"
+    gather_timeout_s: int = 8
+    call_file: Path = Path("/var/lib/aifixer/calls.jsonl")
+    incidents_file: Path = Path("/var/lib/aifixer/incidents.jsonl")
+
+    # -- the web endpoints
+    web_host: str = "127.0.0.1"
+    web_port: int = 8000
+
+    @field_validator("namespaces", "oncall_numbers", mode="before")
+    @classmethod
+    def _comma_list(cls, v):
+        if isinstance(v, str):
+            return [x.strip() for x in v.split(",") if x.strip()]
+        return v
+
+    @field_validator("gitops_paths", mode="before")
+    @classmethod
+    def _comma_map(cls, v):
+        if isinstance(v, str):
+            out = {}
+            for item in v.split(","):
+                if item.strip():
+                    key, sep, path = item.partition("=")
+                    if not sep:
+                        raise ValueError(f"expected namespace/name=path, got {item!r}")
+                    out[key.strip()] = path.strip()
+            return out
+        return v
+
+    @property
+    def clone_url(self) -> str:
+        return self.git_clone_url or f"https://github.com/{self.github_repo}.git"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
