@@ -383,7 +383,7 @@ def test_revision_history_limit_deletes_oldest_scaled_down_replicasets():
     async def body(h: Harness):
         h.store.create(DEPLOYMENTS, deployment(replicas=1, revisionHistoryLimit=1))
         for n in (1, 2, 3):
-            await h.until(lambda: h.complete() and
+            await h.until(lambda n=n: h.complete() and
                           h.deploy()["metadata"]["annotations"].get(REVISION) == str(n))
             if n < 3:
                 h.set_image(f"nginx:{n + 1}")
