@@ -432,6 +432,19 @@ def test_status_and_scale_subresources(cluster):
         "sub", "default", {"status": {"availableReplicas": 1}}
     )
     assert out.status.available_replicas == 1
+    # Times are re-encoded as Go's metav1.Time: whole seconds in UTC with "Z".
+    condition = {
+        "type": "Available",
+        "status": "True",
+        "lastUpdateTime": "2024-01-01T01:00:00.5+01:00",
+    }
+    apps(cluster).patch_namespaced_deployment_status(
+        "sub", "default", {"status": {"conditions": [condition]}}
+    )
+    raw = requests.get(
+        f"{cluster.url}/apis/apps/v1/namespaces/default/deployments/sub", timeout=5
+    ).json()
+    assert raw["status"]["conditions"][0]["lastUpdateTime"] == "2024-01-01T00:00:00Z"
     # The main resource ignores status.
     out = apps(cluster).patch_namespaced_deployment(
         "sub", "default", {"status": {"readyReplicas": 9}}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import zlib
+from datetime import UTC, datetime
 from typing import Any
 
 Obj = dict[str, Any]
@@ -27,7 +28,61 @@ def apply_defaults(obj: Obj) -> Obj:
     fn = _BY_KIND.get(obj.get("kind", ""))
     if fn is not None:
         fn(obj)
+    normalize_times(obj)
     return obj
+
+
+# Time fields are Go metav1.Time (RFC 3339, whole seconds, "Z") or metav1.MicroTime; the
+# real server decodes and re-encodes them, so `2024-01-01T00:00:00.5+00:00` written by a
+# Python client reads back as `2024-01-01T00:00:00Z`.
+_MICRO_TIME_KEYS = frozenset({"eventTime", "lastObservedTime", "renewTime", "acquireTime"})
+_TIME_KEYS = (
+    frozenset(
+        {
+            "creationTimestamp",
+            "deletionTimestamp",
+            "firstTimestamp",
+            "lastTimestamp",
+            "startTime",
+            "startedAt",
+            "finishedAt",
+            "lastTransitionTime",
+            "lastUpdateTime",
+            "lastProbeTime",
+            "lastHeartbeatTime",
+            "time",
+        }
+    )
+    | _MICRO_TIME_KEYS
+)
+# Free-form maps whose keys are user data, never time fields.
+_OPAQUE_KEYS = frozenset({"data", "binaryData", "stringData", "labels", "annotations", "fieldsV1"})
+
+
+def normalize_times(node: Any) -> None:
+    """Re-encode every known time field in place as the Go API server would."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _OPAQUE_KEYS:
+                continue
+            if key in _TIME_KEYS and isinstance(value, str):
+                node[key] = _go_time(value, micro=key in _MICRO_TIME_KEYS)
+            else:
+                normalize_times(value)
+    elif isinstance(node, list):
+        for value in node:
+            normalize_times(value)
+
+
+def _go_time(value: str, micro: bool) -> str:
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value  # not a time: validation reports it
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    t = t.astimezone(UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
 
 
 def _set(d: dict, key: str, value: Any) -> None:
