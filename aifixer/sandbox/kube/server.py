@@ -456,10 +456,7 @@ class ApiServer:
     # -- reads ---------------------------------------------------------------------------------
 
     async def get(self, request: web.Request, t: Target) -> web.Response:
-        obj = self._live(t)
-        if t.sub == "status" or not t.sub:
-            return self._render(request, t, obj)
-        raise errors.method_not_allowed()
+        return self._render(request, t, self._live(t))  # the object, or its status subresource
 
     def _predicate(self, request: web.Request, t: Target) -> Predicate | None:
         q = request.query
