@@ -1,10 +1,23 @@
-"""The periodic work Celery beat sends: the polls of Loki and of Kubernetes events.
+"""The periodic polls that feed the farm, read by celeryconfig as `beat_schedule`.
 
-Kept apart from celeryconfig so the schedule reads as one table. Each entry names a
-task and how often it runs, in Celery's `beat_schedule` format; polls go to the
-`polls` queue by the routes in celeryconfig, never to a queue a slow task can block.
+Both polls run every `AIFIXER_POLL_INTERVAL_S` seconds (default 15). Each expires
+after one interval: a poll that could not start in time is dropped rather than run
+late behind the next one, since the next one covers the same ground from the cursor.
 """
 
-from typing import Any
+from aifixer.settings import get_settings
 
-beat_schedule: dict[str, dict[str, Any]] = {}
+_interval = get_settings().poll_interval_s
+
+beat_schedule = {
+    "poll-loki": {
+        "task": "aifixer.tasks.poll_loki",
+        "schedule": _interval,
+        "options": {"queue": "polls", "expires": _interval},
+    },
+    "poll-events": {
+        "task": "aifixer.tasks.poll_events",
+        "schedule": _interval,
+        "options": {"queue": "polls", "expires": _interval},
+    },
+}

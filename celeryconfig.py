@@ -6,13 +6,12 @@ Flower starts), so reading the broker URL from the environment here happens at
 start-up, not at import of the aifixer package.
 """
 
-import os
-
 from kombu import Queue
 
+from aifixer.settings import get_settings
 from beat_schedule import beat_schedule  # noqa: F401 - a setting Celery reads from here
 
-broker_url = os.environ.get("AIFIXER_REDIS_URL", "redis://127.0.0.1:6379/0")
+broker_url = get_settings().redis_url  # AIFIXER_REDIS_URL
 result_backend = broker_url
 broker_connection_retry_on_startup = True
 

@@ -4,10 +4,33 @@ Settings live in the top-level `celeryconfig` module, so an operator reads and
 overrides them in one place; tasks are found in `aifixer.tasks` when the app is
 finalized. The package exposes this app lazily, so `celery -A aifixer worker`
 works without importing Celery for every other use of the package.
+
+Every log record emitted while a task runs carries that task's id, whatever logger
+wrote it, so one incident's lines can be followed across workers.
 """
 
-from celery import Celery
+import logging
+
+from celery import Celery, signals
+from celery._state import get_current_task
 
 app = Celery("aifixer")
 app.config_from_object("celeryconfig")
 app.autodiscover_tasks(["aifixer"])
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s [%(task_id)s] %(name)s: %(message)s"
+
+
+class TaskIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        task = get_current_task()
+        record.task_id = task.request.id if task is not None and task.request.id else "-"
+        return True
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _task_ids_in_logs(logger: logging.Logger, *args, **kwargs) -> None:
+    for handler in logger.handlers:
+        handler.addFilter(TaskIdFilter())
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))

@@ -16,10 +16,20 @@ from typing import Any
 from .models import FieldChange, Manifest
 
 # Metadata the API server owns; a manifest to apply or to compare carries none of it.
-SERVER_METADATA = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields",
-                   "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds")
-SERVER_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",
-                      "deployment.kubernetes.io/revision")
+SERVER_METADATA = (
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "managedFields",
+    "selfLink",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+)
+SERVER_ANNOTATIONS = (
+    "kubectl.kubernetes.io/last-applied-configuration",
+    "deployment.kubernetes.io/revision",
+)
 
 _SEGMENT = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
@@ -112,8 +122,9 @@ def diff(before: Any, after: Any, path: str = "") -> list[FieldChange]:
         return out
     if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
         names_b, names_a = _named(before), _named(after)
-        if names_b == names_a and (names_b is not None or all(
-                isinstance(x, dict) for x in before + after)):
+        if names_b == names_a and (
+            names_b is not None or all(isinstance(x, dict) for x in before + after)
+        ):
             out = []
             for i, (b, a) in enumerate(zip(before, after, strict=True)):
                 out.extend(diff(b, a, f"{path}[{i}]"))

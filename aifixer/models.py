@@ -27,7 +27,10 @@ FailureClass = Literal[
     "AppError",  # only error lines, the pods look healthy
 ]
 
-Outcome = Literal["fixed", "called", "rejected", "error"]
+# fixed: verified and proposed as a PR; called: a person was phoned; rejected: no
+# proposal passed the guardrails (a person was phoned); error: a stage failed for good
+# (a person was phoned with the reason); recovered: healthy again before any change.
+Outcome = Literal["fixed", "called", "rejected", "error", "recovered"]
 
 
 class Record(BaseModel):

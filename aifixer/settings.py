@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 
 class Settings(BaseSettings):
@@ -28,16 +27,22 @@ class Settings(BaseSettings):
     # -- the application cluster
     kubeconfig: Path | None = None  # None: in-cluster config or ~/.kube/config
     kube_context: str | None = None
-    namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: all namespaces
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list
+    )  # empty: all namespaces
     request_timeout_s: float = 10.0
 
     # -- detection
     loki_url: str = "http://127.0.0.1:3100"
     loki_org_id: str | None = None  # X-Scope-OrgID for multi-tenant Loki
-    loki_query: str = '{namespace=~".+"} |~ "(?i)(error|fatal|panic|exception|traceback|not found|killed)"'
+    loki_query: str = (
+        '{namespace=~".+"} |~ "(?i)(error|fatal|panic|exception|traceback|not found|killed)"'
+    )
     loki_lookback_s: float = 300.0  # how far back the first poll looks
     poll_interval_s: float = 15.0
-    incident_cooldown_s: float = 6 * 3600  # an incident that ended is not reopened for the same revision within this
+    incident_cooldown_s: float = (
+        6 * 3600
+    )  # an incident that ended is not reopened for the same revision within this
 
     # -- the model
     model_base_url: str = "http://127.0.0.1:8080/v1"
@@ -48,7 +53,9 @@ class Settings(BaseSettings):
     # How the endpoint is asked for structured output: "json_schema" (OpenAI, vLLM),
     # "json_object_schema" (llama.cpp: {"type": "json_object", "schema": ...}),
     # "json_object" (Ollama, KubeAI/ollama) or "none" (prompt only).
-    model_structured_output: Literal["json_schema", "json_object_schema", "json_object", "none"] = "json_object"
+    model_structured_output: Literal["json_schema", "json_object_schema", "json_object", "none"] = (
+        "json_object"
+    )
     fix_strategy: Literal["model", "playbooks", "hybrid"] = "hybrid"
 
     # -- guardrails and verification
@@ -74,7 +81,9 @@ class Settings(BaseSettings):
     twilio_account_sid: str = ""
     twilio_auth_token: SecretStr = SecretStr("")
     twilio_from_number: str = ""
-    twilio_api_base_url: str | None = None  # None: Twilio's own; set for a Twilio-compatible endpoint
+    twilio_api_base_url: str | None = (
+        None  # None: Twilio's own; set for a Twilio-compatible endpoint
+    )
     public_base_url: str = "http://127.0.0.1:8000"  # where Twilio reaches `aifixer web`
     oncall_numbers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     call_language: str = "en-US"
