@@ -132,12 +132,7 @@ class Harness:
 
     def change(self, name: str = "web", **spec_changes) -> None:
         d = Store.copy(self.deploy(name))
-        for path, value in spec_changes.items():
-            target = d["spec"]
-            *parents, leaf = path.split("__")
-            for p in parents:
-                target = target[p]
-            target[leaf] = value
+        d["spec"].update(spec_changes)
         self.store.update(DEPLOYMENTS, defaults.apply_defaults(d))
 
     def set_image(self, image: str, name: str = "web") -> None:
@@ -450,4 +445,27 @@ def test_replicaset_without_deployment_owner_is_left_alone():
         await h.until(lambda: any(r["metadata"]["uid"] != rs["metadata"]["uid"] for r in h.rses()))
         mine = [r for r in h.rses() if r["metadata"]["ownerReferences"][0]["uid"] == d["metadata"]["uid"]]
         assert len(mine) == 1
+    run(body)
+
+
+def test_scaling_a_stuck_rollout_is_proportional():
+    async def body(h: Harness):
+        h.store.create(DEPLOYMENTS, deployment(replicas=3))
+        await h.until(h.complete)
+        [old] = h.rses()
+        h.set_image("broken:1")
+        await h.until(lambda: len(h.pods("broken:1")) == 1)
+        h.change(replicas=6)
+        new = next(rs for rs in h.rses() if rs["metadata"]["uid"] != old["metadata"]["uid"])
+        # 8 allowed (6 + 25% surge rounded up), 4 there: old 3 -> 3*8/4 = 6, new 1 -> 1*8/4 = 2.
+        proportional = [f"Scaled up replica set {old['metadata']['name']} from 3 to 6",
+                        f"Scaled up replica set {new['metadata']['name']} from 1 to 2"]
+        await h.until(lambda: all(m in h.events("ScalingReplicaSet") for m in proportional))
+        assert all(rs["metadata"]["annotations"][MAX_REPLICAS] == "8" for rs in h.rses())
+        # Then the rollout goes on within the new bounds: one old pod may go (25% of 6
+        # rounded down), never more while the new pods cannot become available.
+        await h.until(lambda: sorted(rs["spec"]["replicas"] for rs in h.rses()) == [3, 5])
+        await asyncio.sleep(0.1)
+        assert sorted(rs["spec"]["replicas"] for rs in h.rses()) == [3, 5]
+        assert h.deploy()["status"]["availableReplicas"] == 5
     run(body)

@@ -181,6 +181,21 @@ def _pod_active(pod: Obj) -> bool:
     return phase not in ("Succeeded", "Failed") and not pod["metadata"].get("deletionTimestamp")
 
 
+class _Descending:
+    """Sort wrapper reversing string order (newer creationTimestamp first)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __lt__(self, other: _Descending) -> bool:
+        return self.value > other.value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Descending) and self.value == other.value
+
+
 def _semantic(value: Any) -> Any:
     """Normalise JSON so that absent, null, empty map and empty list compare equal.
 
@@ -245,7 +260,10 @@ class SimStamps:
         known = self._marks.get((uid, what))
         if known is not None and known[0] == stamp:
             return known[1]
-        age = max(0.0, (self.clock.now() - _parse_time(stamp)).total_seconds())
+        try:
+            age = max(0.0, (self.clock.now() - _parse_time(stamp)).total_seconds())
+        except ValueError:  # missing or malformed: count from now, never from the epoch
+            age = 0.0
         return self.clock.sim() - age * self.clock.speed
 
     def forget(self, uid: str) -> None:
@@ -384,10 +402,6 @@ class _Controller:
             except asyncio.CancelledError:
                 pass
             self._task = None
-
-    @property
-    def idle(self) -> bool:
-        return self.queue.idle
 
     def _listener(self, ev_type: str, res: Resource, new: Obj, old: Obj | None) -> None:
         if self._task is not None:
@@ -622,21 +636,6 @@ class ReplicaSetController(_Controller):
         if waits:
             # Strictly after the instant, as IsPodAvailable compares with Before().
             self.queue.add_after(_key(rs), max(0.0, min(waits)) + 0.001 * self.clock.speed)
-
-
-class _Descending:
-    """Sort wrapper reversing string order (newer creationTimestamp first)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: str) -> None:
-        self.value = value
-
-    def __lt__(self, other: _Descending) -> bool:
-        return self.value > other.value
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Descending) and self.value == other.value
 
 
 def _omit_empty(status: Obj, keep: Iterable[str] = ()) -> Obj:
