@@ -251,7 +251,10 @@ class Store:
         if subresource == "status":
             # Only status changes through the status subresource.
             status = new.get("status")
+            managed = meta.get("managedFields")
             new = copy(old)
+            if managed is not None:
+                new["metadata"]["managedFields"] = managed
             if status is None:
                 new.pop("status", None)
             else:
