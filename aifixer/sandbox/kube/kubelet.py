@@ -145,9 +145,6 @@ class Backoff:
     def remaining(self, key: str, since: float, now: float) -> float:
         return max(0.0, since + self.get(key) - now)
 
-    def last_update(self, key: str) -> float:
-        return self._entries.get(key, (0.0, 0.0))[1]
-
 
 # -- what a container run ends with -----------------------------------------------------
 
@@ -637,15 +634,14 @@ class ContainerRunner:
             if policy == "Never":
                 msg = f'Container image "{ref}" is not present with pull policy of Never'
                 self.event("Warning", "ErrImageNeverPull", msg)
-                await self._image_failure("ErrImageNeverPull", msg, RESYNC_SECONDS)
+                await self._image_failure("ErrImageNeverPull", msg)
                 continue
             now = self.clock.sim()
             backoff = self.w.pull_backoff
             if backoff.in_backoff_since_update(ref, now):
                 msg = f'Back-off pulling image "{ref}"'
                 self.event("Normal", "BackOff", msg)
-                wait = backoff.remaining(ref, backoff.last_update(ref), now)
-                await self._image_failure("ImagePullBackOff", f"{msg}: ErrImagePull: {last_error}", wait)
+                await self._image_failure("ImagePullBackOff", f"{msg}: ErrImagePull: {last_error}")
                 continue
             self.event("Normal", "Pulling", f'Pulling image "{ref}"')
             if image is None:
@@ -658,7 +654,9 @@ class ContainerRunner:
                 self.cs.waiting("ErrImagePull", last_error)
                 self.w.publish()
                 self.event("Warning", "Failed", "Error: ErrImagePull")
-                await self.clock.sleep(SYNC_SECONDS)
+                # A failed sync is retried after the pod worker's back-off period, so
+                # ErrImagePull shows until then (and again if the pull back-off is over).
+                await self.clock.sleep(RESYNC_SECONDS + _EPSILON)
                 continue
             took = 0.2 + image.size_bytes / PULL_BYTES_PER_SECOND
             await self.clock.sleep(took)
@@ -669,11 +667,11 @@ class ContainerRunner:
                                            f'Image size: {image.size_bytes} bytes.')
             return image
 
-    async def _image_failure(self, reason: str, message: str, wait: float) -> None:
+    async def _image_failure(self, reason: str, message: str) -> None:
         self.cs.waiting(reason, message)
         self.w.publish()
         self.event("Warning", "Failed", f"Error: {reason}")
-        await self.clock.sleep(min(RESYNC_SECONDS, wait) + _EPSILON)
+        await self.clock.sleep(RESYNC_SECONDS + _EPSILON)
 
     # -- config ------------------------------------------------------------------------
 
