@@ -8,10 +8,10 @@ start-up, not at import of the aifixer package.
 
 from kombu import Queue
 
-from aifixer.settings import get_settings
+from aifixer.settings import Settings
 from beat_schedule import beat_schedule  # noqa: F401 - a setting Celery reads from here
 
-broker_url = get_settings().redis_url  # AIFIXER_REDIS_URL
+broker_url = Settings().redis_url  # AIFIXER_REDIS_URL, read when Celery loads its config
 result_backend = broker_url
 broker_connection_retry_on_startup = True
 
