@@ -88,12 +88,14 @@ class Settings(BaseSettings):
     oncall_numbers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     call_language: str = "en-US"
     gather_timeout_s: int = 8
+    ring_timeout_s: int = 30  # seconds a call rings before it counts as no-answer
     call_file: Path = Path("/var/lib/aifixer/calls.jsonl")
     incidents_file: Path = Path("/var/lib/aifixer/incidents.jsonl")
 
     # -- the web endpoints
     web_host: str = "127.0.0.1"
     web_port: int = 8000
+    web_token: SecretStr | None = None  # if set, /alertmanager requires "Authorization: Bearer <token>"
 
     @field_validator("namespaces", "oncall_numbers", mode="before")
     @classmethod

@@ -1,0 +1,149 @@
+"""Phone calls through Twilio: the only module that imports `twilio`.
+
+A call says what broke (`<Say>`), asks whether the person can intervene (`<Gather>`
+for speech or a key), and tells Twilio where to report: the Gather result to
+`{public_base_url}/twilio/gather` and the call's progress to `/twilio/status`, both
+carrying the incident fingerprint and the attempt number in the query string. Twilio
+signs the whole URL, so those two values come back authenticated; `aifixer web`
+checks the signature with `validator()`.
+
+The TwiML is sent inline (`Twiml=`), not fetched from a URL: the call does not depend
+on `aifixer web` being reachable when the callee picks up, only when they answer.
+
+`twilio_api_base_url` points the client at a Twilio-compatible endpoint instead of
+api.twilio.com. The client also reads TWILIO_REGION/TWILIO_EDGE from the process
+environment and rewrites the API host from them; aifixer is configured through
+AIFIXER_* only, so those are cleared (set `twilio_api_base_url` to a regional host,
+e.g. https://api.dublin.ie1.twilio.com, instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from urllib.parse import urlencode
+
+from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.request_validator import RequestValidator
+from twilio.rest import Client
+from twilio.twiml.voice_response import VoiceResponse
+
+from aifixer.settings import Settings
+
+from .errors import PermanentError, TransientError, bounded, is_transient_status
+
+log = logging.getLogger(__name__)
+
+SYSTEM = "twilio"
+E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+INVALID_TO_NUMBER = 21211  # Twilio's "Invalid 'To' Phone Number"
+
+GATHER_PATH = "/twilio/gather"
+STATUS_PATH = "/twilio/status"
+FINGERPRINT_PARAM = "fp"
+ATTEMPT_PARAM = "attempt"
+STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
+SPEECH_HINTS = "yes, no, oui, non"
+
+DEFAULT_QUESTION = "Can you intervene? Say yes or no, or press 1 for yes, 2 for no."
+NO_ANSWER_SPEECH = "We did not get your answer. We will call the next person. Goodbye."
+
+
+class Phone:
+    """Places calls to the on-call engineers.
+
+    Args:
+        settings: Twilio account, from number, public base URL of `aifixer web`,
+            call language, ring and gather timeouts, request timeout.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client = Client(
+            settings.twilio_account_sid,
+            settings.twilio_auth_token.get_secret_value(),
+            http_client=TwilioHttpClient(timeout=settings.request_timeout_s),
+        )
+        self._client.region = None
+        self._client.edge = None
+        if settings.twilio_api_base_url:
+            self._client.api.base_url = settings.twilio_api_base_url.rstrip("/")
+
+    def place_call(
+        self, number: str, speech: str, question: str = DEFAULT_QUESTION, *,
+        fingerprint: str, attempt: int,
+    ) -> str:  # fmt: skip
+        """Dial `number`, say `speech`, ask `question`; return Twilio's CallSid.
+
+        The answer and the final status arrive later at `aifixer web`.
+
+        Raises:
+            PermanentError: the number is not E.164, Twilio refused the call (invalid
+                number, bad credentials...), or the request is malformed.
+            TransientError: Twilio could not be reached, timed out, or answered 5xx/429.
+        """
+        if not E164.match(number):
+            raise PermanentError(SYSTEM, f"not an E.164 phone number: {number!r}")
+        query = urlencode({FINGERPRINT_PARAM: fingerprint, ATTEMPT_PARAM: attempt})
+        try:
+            call = self._client.calls.create(
+                to=number,
+                from_=self.settings.twilio_from_number,
+                twiml=str(self.twiml(speech, question, f"{self._url(GATHER_PATH)}?{query}")),
+                status_callback=f"{self._url(STATUS_PATH)}?{query}",
+                status_callback_event=STATUS_EVENTS,
+                status_callback_method="POST",
+                timeout=self.settings.ring_timeout_s,
+            )
+        except TwilioRestException as exc:
+            raise _translate(exc) from None
+        except TwilioException as exc:
+            raise PermanentError(SYSTEM, f"cannot place the call: {bounded(str(exc))}") from None
+        except OSError as exc:  # requests' ConnectionError and Timeout are OSErrors
+            raise TransientError(SYSTEM, f"cannot reach the API: {bounded(str(exc))}") from None
+        log.info("[%s] call %s placed to attempt %d", fingerprint, call.sid, attempt)
+        return call.sid
+
+    def twiml(self, speech: str, question: str, gather_action: str) -> VoiceResponse:
+        """The call: the speech, the question inside a Gather, a goodbye if nothing is heard."""
+        language = self.settings.call_language
+        response = VoiceResponse()
+        response.say(speech, language=language)
+        gather = response.gather(
+            input="speech dtmf",
+            num_digits=1,
+            timeout=self.settings.gather_timeout_s,
+            action=gather_action,
+            method="POST",
+            language=language,
+            action_on_empty_result=True,  # silence reaches the action too, as a "no"
+            hints=SPEECH_HINTS,
+        )
+        gather.say(question, language=language)
+        response.say(NO_ANSWER_SPEECH, language=language)
+        response.hangup()
+        return response
+
+    def reply(self, text: str) -> str:
+        """TwiML answering a Gather: say `text`, then hang up."""
+        response = VoiceResponse()
+        response.say(text, language=self.settings.call_language)
+        response.hangup()
+        return str(response)
+
+    def validator(self) -> RequestValidator:
+        """Checks `X-Twilio-Signature` on the webhooks Twilio sends for our calls."""
+        return RequestValidator(self.settings.twilio_auth_token.get_secret_value())
+
+    def _url(self, path: str) -> str:
+        return self.settings.public_base_url.rstrip("/") + path
+
+
+def _translate(exc: TwilioRestException) -> TransientError | PermanentError:
+    message = f"{exc.method} {exc.uri} -> {exc.status} (code {exc.code}): {bounded(exc.msg)}"
+    if exc.code == INVALID_TO_NUMBER:
+        return PermanentError(SYSTEM, f"invalid number: {message}", status=exc.status)
+    if is_transient_status(exc.status):
+        return TransientError(SYSTEM, message, status=exc.status)
+    return PermanentError(SYSTEM, message, status=exc.status)

@@ -1,0 +1,366 @@
+"""`aifixer web`: the HTTP endpoints the outside world calls into the farm.
+
+* `POST /twilio/gather`, `POST /twilio/status`: Twilio reporting on the calls the farm
+  placed. Anyone on the internet can reach these URLs, so every request must carry an
+  `X-Twilio-Signature` that validates against the account's Auth Token over the exact
+  URL Twilio requested (`public_base_url` + the raw path and query) and the form
+  parameters; anything else is refused with 403 before it is read further. The
+  gather result is kept in Redis by CallSid; a final status writes the call's line to
+  the call file exactly once (Twilio may deliver a callback twice) and hands the
+  record to `on_call_finished`, which moves the incident on (next number, outcome).
+* `POST /alertmanager`: Alertmanager's webhook (payload version 4); firing alerts about
+  a pod or a Deployment become `Signal`s for `on_signals`, the third detection source.
+* `GET /healthz` (Redis reachable) and `GET /metrics` (Prometheus text format).
+
+Redis, the call file and the callbacks are blocking; they run in the default thread
+pool so a slow disk or Redis never stalls the event loop that answers Twilio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import redis
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from aifixer.adapters.errors import bounded
+from aifixer.adapters.phone import (
+    ATTEMPT_PARAM,
+    FINGERPRINT_PARAM,
+    GATHER_PATH,
+    STATUS_PATH,
+    Phone,
+)
+from aifixer.answers import parse_answer
+from aifixer.callfile import (
+    CallFile,
+    claim,
+    finished_record,
+    load_answer,
+    load_call_context,
+    release,
+    store_answer,
+)
+from aifixer.models import CallRecord, Signal
+from aifixer.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CallFinished = Callable[[str, CallRecord], None]  # (fingerprint, the call file line)
+SignalsReceived = Callable[[list[Signal]], None]
+
+FINAL_STATUSES = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
+THANKS_CAN_INTERVENE = "Thank you, noted: you can intervene."
+THANKS_NEXT_PERSON = "Thank you. We will call the next person."
+SIGNATURE_HEADER = "X-Twilio-Signature"
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+# ---------------------------------------------------------------------------
+# Metrics: a few counters, rendered in Prometheus' text exposition format
+
+
+@dataclass
+class Metrics:
+    """Counters per process; Prometheus sums the replicas."""
+
+    counters: dict[str, Counter] = field(default_factory=dict)
+    help: dict[str, str] = field(default_factory=dict)
+
+    def declare(self, name: str, text: str) -> None:
+        self.counters[name] = Counter()
+        self.help[name] = text
+
+    def inc(self, name: str, **labels: str) -> None:
+        self.counters[name][tuple(sorted(labels.items()))] += 1
+
+    def render(self) -> str:
+        lines = []
+        for name, counter in self.counters.items():
+            lines += [f"# HELP {name} {self.help[name]}", f"# TYPE {name} counter"]
+            for labels, value in sorted(counter.items()):
+                text = ",".join(f'{k}="{_label_value(v)}"' for k, v in labels)
+                lines.append(f"{name}{{{text}}} {value}" if text else f"{name} {value}")
+        return "\n".join(lines) + "\n"
+
+
+def _label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+CALLBACKS = "aifixer_twilio_callbacks_total"
+CALLS_FINISHED = "aifixer_calls_finished_total"
+ALERTS = "aifixer_alerts_received_total"
+
+
+def _metrics() -> Metrics:
+    metrics = Metrics()
+    metrics.declare(CALLBACKS, "Twilio callbacks, by endpoint and by accepted/rejected signature.")
+    metrics.declare(CALLS_FINISHED, "Calls written to the call file, by final Twilio status.")
+    metrics.declare(ALERTS, "Alertmanager alerts received, by alert status.")
+    return metrics
+
+
+# ---------------------------------------------------------------------------
+# Alertmanager's webhook payload (version 4)
+
+
+class _Alert(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # Alertmanager adds fields across versions
+
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str]
+    annotations: dict[str, str] = {}
+    startsAt: datetime  # noqa: N815 - Alertmanager's field name
+    fingerprint: str = ""
+
+
+class _AlertmanagerPayload(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    version: Literal["4"]
+    status: Literal["firing", "resolved"]
+    alerts: list[_Alert]
+
+
+def alert_signals(payload: Any) -> tuple[list[Signal], list[str]]:
+    """The signals in an Alertmanager webhook, and every alert's status.
+
+    Only firing alerts with a `namespace` label and a `pod` or `deployment` label make a
+    signal: the farm fixes Deployments, and needs to know which one.
+
+    Raises:
+        ValueError: the payload is not a version-4 Alertmanager webhook.
+    """
+    try:
+        parsed = _AlertmanagerPayload.model_validate(payload)
+    except ValidationError as exc:
+        raise ValueError(f"not an Alertmanager v4 webhook payload: {exc}") from None
+    signals = []
+    for alert, raw in zip(parsed.alerts, payload["alerts"], strict=True):
+        labels = alert.labels
+        pod, deployment = labels.get("pod"), labels.get("deployment")
+        if alert.status != "firing" or "namespace" not in labels or not (pod or deployment):
+            continue
+        alertname = labels.get("alertname", "Alert")
+        summary = alert.annotations.get("summary") or alert.annotations.get("description")
+        signals.append(
+            Signal(
+                source="alertmanager",
+                namespace=labels["namespace"],
+                pod=pod,
+                workload=deployment,
+                reason=alertname,
+                message=bounded(summary or alertname),
+                observed_at=alert.startsAt,
+                raw=raw,
+            )
+        )
+    return signals, [alert.status for alert in parsed.alerts]
+
+
+# ---------------------------------------------------------------------------
+# The application
+
+
+@dataclass
+class Web:
+    """What the handlers share."""
+
+    settings: Settings
+    redis: Any
+    phone: Phone
+    call_file: CallFile
+    on_call_finished: CallFinished
+    on_signals: SignalsReceived
+    metrics: Metrics
+
+    def signed(self, request: web.Request, params: Any) -> bool:
+        signature = request.headers.get(SIGNATURE_HEADER)
+        if not signature:
+            return False
+        url = self.settings.public_base_url.rstrip("/") + request.raw_path
+        return self.phone.validator().validate(url, params, signature)
+
+    def finish_call(self, fingerprint: str, attempt: int, call_sid: str, status: str) -> bool:
+        """Write the call's line (once) and report it (once); True if the line was written now.
+
+        Blocking: runs in a worker thread.
+        """
+        context = load_call_context(self.redis, fingerprint, attempt)
+        if context is None:
+            log.warning("[%s] call %s (attempt %d) ended %s but is unknown: not recorded",
+                        fingerprint, call_sid, attempt, status)  # fmt: skip
+            return False
+        answer, answer_text = load_answer(self.redis, call_sid)
+        record = finished_record(context, call_sid, status, answer, answer_text)
+        written = claim(self.redis, call_sid, "written")
+        if written:
+            try:
+                self.call_file.append(record)
+            except BaseException:
+                release(self.redis, call_sid, "written")
+                raise
+            log.info("[%s] call %s to attempt %d ended %s, can intervene: %s",
+                     fingerprint, call_sid, attempt, status, record.can_intervene)  # fmt: skip
+        if claim(self.redis, call_sid, "reported"):
+            try:
+                self.on_call_finished(fingerprint, record)
+            except BaseException:
+                release(self.redis, call_sid, "reported")
+                raise
+        return written
+
+
+WEB = web.AppKey("web", Web)
+
+
+def make_app(
+    settings: Settings,
+    redis_client: Any,
+    on_call_finished: CallFinished,
+    on_signals: SignalsReceived,
+) -> web.Application:
+    """The `aifixer web` application.
+
+    Args:
+        settings: Twilio credentials, `public_base_url`, `call_file`, `web_token`.
+        redis_client: a synchronous `redis.Redis`, shared with the workers.
+        on_call_finished: called once per ended call with (fingerprint, record).
+        on_signals: called with the signals of each Alertmanager webhook that has any.
+
+    Raises:
+        ValueError: no Twilio Auth Token is configured (no callback could be verified).
+    """
+    if not settings.twilio_auth_token.get_secret_value():
+        raise ValueError("AIFIXER_TWILIO_AUTH_TOKEN is required to verify Twilio's callbacks")
+    app = web.Application()
+    app[WEB] = Web(
+        settings=settings,
+        redis=redis_client,
+        phone=Phone(settings),
+        call_file=CallFile(settings.call_file),
+        on_call_finished=on_call_finished,
+        on_signals=on_signals,
+        metrics=_metrics(),
+    )
+    app.router.add_post(GATHER_PATH, gather)
+    app.router.add_post(STATUS_PATH, status)
+    app.router.add_post("/alertmanager", alertmanager)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def _twilio_form(request: web.Request, endpoint: str) -> tuple[Any, str, int]:
+    """The verified form, fingerprint and attempt of a Twilio callback; 403 if unsigned."""
+    state = request.app[WEB]
+    form = await request.post()
+    if not state.signed(request, form):
+        state.metrics.inc(CALLBACKS, endpoint=endpoint, result="rejected")
+        log.warning("%s: rejected a request without a valid %s", request.path, SIGNATURE_HEADER)
+        raise web.HTTPForbidden(text=f"invalid {SIGNATURE_HEADER}\n")
+    state.metrics.inc(CALLBACKS, endpoint=endpoint, result="accepted")
+    fingerprint = request.query.get(FINGERPRINT_PARAM)
+    attempt = request.query.get(ATTEMPT_PARAM, "")
+    if not fingerprint or not attempt.isdigit() or not form.get("CallSid"):
+        raise web.HTTPBadRequest(
+            text=f"expected ?{FINGERPRINT_PARAM}=...&{ATTEMPT_PARAM}=N and a CallSid\n"
+        )
+    return form, fingerprint, int(attempt)
+
+
+async def gather(request: web.Request) -> web.Response:
+    state = request.app[WEB]
+    form, fingerprint, attempt = await _twilio_form(request, "gather")
+    speech, digits = form.get("SpeechResult"), form.get("Digits")
+    answer = parse_answer(speech, digits)
+    answer_text = (digits or speech or "").strip() or None
+    await asyncio.to_thread(store_answer, state.redis, form["CallSid"], answer, answer_text)
+    log.info("[%s] call %s (attempt %d) answered %r: %s",
+             fingerprint, form["CallSid"], attempt, answer_text, answer)  # fmt: skip
+    reply = THANKS_CAN_INTERVENE if answer else THANKS_NEXT_PERSON
+    return web.Response(text=state.phone.reply(reply), content_type="text/xml")
+
+
+async def status(request: web.Request) -> web.Response:
+    state = request.app[WEB]
+    form, fingerprint, attempt = await _twilio_form(request, "status")
+    call_status = form.get("CallStatus", "")
+    if call_status in FINAL_STATUSES:
+        written = await asyncio.to_thread(
+            state.finish_call, fingerprint, attempt, form["CallSid"], call_status
+        )
+        if written:
+            state.metrics.inc(CALLS_FINISHED, status=call_status)
+    return web.Response(status=204)
+
+
+async def alertmanager(request: web.Request) -> web.Response:
+    state = request.app[WEB]
+    token = state.settings.web_token
+    if token is not None and not _bearer_matches(request, token.get_secret_value()):
+        raise web.HTTPUnauthorized(
+            text="a valid bearer token is required\n", headers={"WWW-Authenticate": "Bearer"}
+        )
+    try:
+        payload = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text="the body is not JSON\n") from None
+    try:
+        signals, statuses = alert_signals(payload)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=f"{exc}\n") from None
+    for alert_status in statuses:
+        state.metrics.inc(ALERTS, status=alert_status)
+    if signals:
+        await asyncio.to_thread(state.on_signals, signals)
+    return web.json_response({"alerts": len(statuses), "signals": len(signals)})
+
+
+def _bearer_matches(request: web.Request, token: str) -> bool:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    try:
+        await asyncio.to_thread(request.app[WEB].redis.ping)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not healthy", said in the body
+        return web.Response(status=503, text=f"redis: {bounded(str(exc))}\n")
+    return web.Response(text="ok\n")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        text=request.app[WEB].metrics.render(),
+        headers={"Content-Type": PROMETHEUS_TEXT},
+    )
+
+
+def run(
+    settings: Settings,
+    on_call_finished: CallFinished,
+    on_signals: SignalsReceived,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+) -> None:
+    """Serve `aifixer web` until interrupted (host and port default to the settings)."""
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.request_timeout_s,
+        socket_connect_timeout=settings.request_timeout_s,
+    )
+    app = make_app(settings, client, on_call_finished, on_signals)
+    web.run_app(app, host=host or settings.web_host, port=port or settings.web_port)
