@@ -309,3 +309,7 @@ def _changed_workloads(sc) -> list[tuple[str, str]]:
             if doc.get("kind") == "Deployment":
                 out.append((doc["metadata"].get("namespace", "default"), doc["metadata"]["name"]))
     return out
+
+
+if __name__ == "__main__":
+    main()
