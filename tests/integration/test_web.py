@@ -1,0 +1,336 @@
+"""`aifixer web` over loopback with a real Redis: signatures, exactly-once lines, Alertmanager.
+
+Twilio's requests are forged here the way Twilio makes them: form parameters signed
+with the sandbox's `sign` (an implementation independent of the twilio library the
+app validates with), over the exact URL requested.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+import redis
+import requests
+from pydantic import SecretStr
+
+from aifixer import web
+from aifixer.callfile import CallContext, CallFile, store_call_context
+from aifixer.models import CallRecord, Signal
+from aifixer.sandbox.phone import sign
+from aifixer.sandbox.serve import serve_in_thread
+from aifixer.settings import Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+ACCOUNT = "AC" + "2" * 32
+TOKEN = secrets.token_hex(16)
+WEB_TOKEN = "alert-" + secrets.token_hex(8)
+NUMBER = "+33612345678"
+SPEECH = "The orders API cannot start: DATABASE_URL is missing. Rolling back did not help."
+HTTP_TIMEOUT = 10
+
+
+@dataclass
+class Served:
+    url: str
+    settings: Settings
+    redis: redis.Redis
+    finished: queue.Queue = field(default_factory=queue.Queue)
+    signals: list[list[Signal]] = field(default_factory=list)
+
+    @property
+    def calls(self) -> list[CallRecord]:
+        return CallFile(self.settings.call_file).read()
+
+    def dialled(self, attempt: int = 1) -> tuple[str, str]:
+        """Store a call's context as the caller does before dialling; (fingerprint, CallSid)."""
+        fingerprint, call_sid = secrets.token_hex(8), "CA" + secrets.token_hex(16)
+        context = CallContext(
+            fingerprint=fingerprint, attempt=attempt, number=NUMBER, speech=SPEECH,
+            time=datetime.now(UTC), call_sid=call_sid,
+        )  # fmt: skip
+        store_call_context(self.redis, context)
+        return fingerprint, call_sid
+
+    def twilio(
+        self, path: str, fingerprint: str, params: dict[str, str], *, attempt: int = 1,
+        token: str | None = TOKEN,
+    ) -> requests.Response:  # fmt: skip
+        """POST as Twilio does; token=None sends no signature at all."""
+        url = f"{self.url}{path}?{urlencode({'fp': fingerprint, 'attempt': attempt})}"
+        form = {"AccountSid": ACCOUNT, "ApiVersion": "2010-04-01", "To": NUMBER} | params
+        headers = {} if token is None else {"X-Twilio-Signature": sign(token, url, form)}
+        return requests.post(url, data=form, headers=headers, timeout=HTTP_TIMEOUT)
+
+    def metric(self, line_start: str) -> int:
+        body = requests.get(self.url + "/metrics", timeout=HTTP_TIMEOUT).text
+        values = [
+            int(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(line_start)
+        ]
+        return sum(values)
+
+
+@pytest.fixture
+def served(tmp_path: Path, redis_url: str) -> Iterator[Served]:
+    settings = Settings(
+        _env_file=None,
+        redis_url=redis_url,
+        twilio_account_sid=ACCOUNT,
+        twilio_auth_token=SecretStr(TOKEN),
+        twilio_from_number="+15005550006",
+        call_file=tmp_path / "calls.jsonl",
+        web_token=SecretStr(WEB_TOKEN),
+    )
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    state = Served("", settings, client)
+    app = web.make_app(
+        settings,
+        client,
+        lambda fp, record: state.finished.put((fp, record)),
+        state.signals.append,
+    )
+    state.url, stop = serve_in_thread(app, "web")
+    settings.public_base_url = state.url  # known once bound; read per request
+    yield state
+    stop()
+    client.close()
+
+
+def test_answered_call_writes_one_line_and_reports_it(served: Served) -> None:
+    fp, sid = served.dialled(attempt=2)
+    gathered = served.twilio(
+        "/twilio/gather", fp, {"CallSid": sid, "CallStatus": "in-progress",
+                               "SpeechResult": "Oui, je peux.", "Confidence": "0.9"},
+        attempt=2,
+    )  # fmt: skip
+    assert gathered.status_code == 200
+    assert gathered.headers["Content-Type"].startswith("text/xml")
+    assert "Thank you, noted: you can intervene." in gathered.text
+    assert "<Hangup" in gathered.text
+    assert served.calls == []  # the line waits for the final status
+    for status in ("ringing", "in-progress"):
+        assert served.twilio("/twilio/status", fp, {"CallSid": sid, "CallStatus": status},
+                             attempt=2).status_code == 204  # fmt: skip
+    assert served.calls == []
+    done = served.twilio(
+        "/twilio/status", fp, {"CallSid": sid, "CallStatus": "completed"}, attempt=2
+    )
+    assert done.status_code == 204
+    [line] = served.calls
+    assert (line.fingerprint, line.number, line.speech, line.can_intervene) == (
+        fp, NUMBER, SPEECH, True,
+    )  # fmt: skip
+    assert (line.status, line.call_sid, line.attempt, line.answer_text) == (
+        "completed", sid, 2, "Oui, je peux.",
+    )  # fmt: skip
+    reported_fp, reported = served.finished.get(timeout=5)
+    assert reported_fp == fp and reported == line
+
+
+@pytest.mark.parametrize(
+    ("gather_params", "expected_text"),
+    [({"SpeechResult": "No, sorry."}, "No, sorry."), ({"Digits": "2"}, "2"), ({}, None)],
+    ids=["no", "press-2", "silence"],
+)
+def test_no_or_silence_is_false(served: Served, gather_params, expected_text) -> None:
+    fp, sid = served.dialled()
+    reply = served.twilio("/twilio/gather", fp, {"CallSid": sid} | gather_params)
+    assert "Thank you. We will call the next person." in reply.text
+    served.twilio("/twilio/status", fp, {"CallSid": sid, "CallStatus": "completed"})
+    [line] = served.calls
+    assert line.can_intervene is False and line.answer_text == expected_text
+
+
+def test_retried_status_callback_writes_no_second_line(served: Served) -> None:
+    fp, sid = served.dialled()
+    final = {"CallSid": sid, "CallStatus": "no-answer", "CallDuration": "0"}
+    for _ in range(3):
+        assert served.twilio("/twilio/status", fp, final).status_code == 204
+    [line] = served.calls
+    assert line.status == "no-answer" and line.can_intervene is False
+    served.finished.get(timeout=5)
+    assert served.finished.empty()  # reported once too
+    assert served.metric('aifixer_calls_finished_total{status="no-answer"}') == 1
+
+
+@pytest.mark.parametrize("path", ["/twilio/gather", "/twilio/status"])
+@pytest.mark.parametrize("token", ["0" * 32, None], ids=["other-token", "unsigned"])
+def test_forged_request_is_refused_and_changes_nothing(served: Served, path, token) -> None:
+    fp, sid = served.dialled()
+    forged = {"CallSid": sid, "CallStatus": "completed", "Digits": "1"}
+    resp = served.twilio(path, fp, forged, token=token)
+    assert resp.status_code == 403
+    assert served.calls == []
+    assert served.redis.keys(f"aifixer:call:{sid}:*") == []
+    assert served.finished.empty()
+    assert served.metric("aifixer_twilio_callbacks_total{endpoint=") == 1
+    assert served.metric("aifixer_twilio_callbacks_total{endpoint=") == served.metric(
+        f'aifixer_twilio_callbacks_total{{endpoint="{path.rsplit("/", 1)[1]}",result="rejected"}}'
+    )
+
+
+def test_signature_over_another_url_is_refused(served: Served) -> None:
+    """A valid signature for one call's URL does not authorise another call's."""
+    fp, sid = served.dialled()
+    other_url = f"{served.url}/twilio/status?{urlencode({'fp': 'someone-else', 'attempt': 1})}"
+    form = {"CallSid": sid, "CallStatus": "completed"}
+    url = f"{served.url}/twilio/status?{urlencode({'fp': fp, 'attempt': 1})}"
+    resp = requests.post(url, data=form, headers={"X-Twilio-Signature": sign(TOKEN, other_url, form)},
+                         timeout=HTTP_TIMEOUT)  # fmt: skip
+    assert resp.status_code == 403 and served.calls == []
+
+
+def test_tampered_parameter_is_refused(served: Served) -> None:
+    fp, sid = served.dialled()
+    url = f"{served.url}/twilio/gather?{urlencode({'fp': fp, 'attempt': 1})}"
+    signature = sign(TOKEN, url, {"CallSid": sid, "Digits": "2"})
+    resp = requests.post(url, data={"CallSid": sid, "Digits": "1"},
+                         headers={"X-Twilio-Signature": signature}, timeout=HTTP_TIMEOUT)  # fmt: skip
+    assert resp.status_code == 403
+
+
+def test_unknown_call_is_acknowledged_but_not_recorded(served: Served) -> None:
+    sid = "CA" + secrets.token_hex(16)
+    resp = served.twilio(
+        "/twilio/status", "never-dialled", {"CallSid": sid, "CallStatus": "completed"}
+    )
+    assert resp.status_code == 204 and served.calls == [] and served.finished.empty()
+
+
+def alert(status: str, **labels: str) -> dict:
+    return {
+        "status": status,
+        "labels": {"alertname": "KubePodCrashLooping", "severity": "critical"} | labels,
+        "annotations": {
+            "summary": f"{labels.get('pod') or labels.get('deployment')} is crash looping"
+        },
+        "startsAt": "2026-03-01T10:00:00.123Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "http://prometheus/graph",
+        "fingerprint": secrets.token_hex(8),
+    }
+
+
+def alertmanager_payload(alerts: list[dict]) -> dict:
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname="KubePodCrashLooping"}',
+        "truncatedAlerts": 0,
+        "status": "firing",
+        "receiver": "aifixer",
+        "groupLabels": {"alertname": "KubePodCrashLooping"},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+        "alerts": alerts,
+    }
+
+
+def post_alerts(served: Served, body, token: str | None = WEB_TOKEN) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    data = body if isinstance(body, str) else json.dumps(body)
+    return requests.post(served.url + "/alertmanager", data=data, timeout=HTTP_TIMEOUT,
+                         headers=headers | {"Content-Type": "application/json"})  # fmt: skip
+
+
+def test_alertmanager_firing_alerts_become_signals(served: Served) -> None:
+    payload = alertmanager_payload(
+        [
+            alert("firing", namespace="shop", pod="checkout-7d9f-abcde"),
+            alert("firing", namespace="shop", deployment="orders-api"),
+            alert("resolved", namespace="shop", pod="search-1"),
+            alert("firing", namespace="shop"),  # neither pod nor deployment: not ours to fix
+            alert("firing", pod="node-exporter-x"),  # no namespace
+        ]
+    )
+    resp = post_alerts(served, payload)
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"alerts": 5, "signals": 2}
+    [signals] = served.signals
+    pod, deployment = signals
+    assert (pod.source, pod.namespace, pod.pod, pod.workload, pod.reason) == (
+        "alertmanager", "shop", "checkout-7d9f-abcde", None, "KubePodCrashLooping",
+    )  # fmt: skip
+    assert pod.message == "checkout-7d9f-abcde is crash looping"
+    assert pod.observed_at == datetime(2026, 3, 1, 10, 0, 0, 123000, tzinfo=UTC)
+    assert pod.raw == payload["alerts"][0]
+    assert (deployment.pod, deployment.workload) == (None, "orders-api")
+    assert served.metric('aifixer_alerts_received_total{status="firing"}') == 4
+    assert served.metric('aifixer_alerts_received_total{status="resolved"}') == 1
+
+
+def test_alertmanager_without_firing_alerts_calls_nobody(served: Served) -> None:
+    resp = post_alerts(served, alertmanager_payload([alert("resolved", namespace="a", pod="b")]))
+    assert resp.json() == {"alerts": 1, "signals": 0} and served.signals == []
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("not json", "not JSON"),
+        ([1, 2], "not an Alertmanager v4 webhook payload"),
+        ({"version": "3", "status": "firing", "alerts": []}, "version"),
+        (alertmanager_payload([{"status": "firing"}]), "labels"),
+        (
+            alertmanager_payload([alert("firing", namespace="a", pod="b") | {"startsAt": "soon"}]),
+            "startsAt",
+        ),
+    ],
+    ids=["not-json", "not-an-object", "version-3", "no-labels", "bad-time"],
+)
+def test_alertmanager_bad_payload_is_400(served: Served, body, message) -> None:
+    resp = post_alerts(served, body)
+    assert resp.status_code == 400 and message in resp.text
+    assert served.signals == []
+
+
+@pytest.mark.parametrize("token", [None, "wrong"])
+def test_alertmanager_requires_the_bearer_token(served: Served, token) -> None:
+    resp = post_alerts(
+        served, alertmanager_payload([alert("firing", namespace="a", pod="b")]), token
+    )
+    assert resp.status_code == 401 and served.signals == []
+
+
+def test_healthz_pings_redis(served: Served) -> None:
+    resp = requests.get(served.url + "/healthz", timeout=HTTP_TIMEOUT)
+    assert resp.status_code == 200
+
+
+def test_healthz_reports_redis_down(tmp_path: Path) -> None:
+    settings = Settings(
+        _env_file=None, twilio_auth_token=SecretStr(TOKEN), call_file=tmp_path / "c"
+    )
+    unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
+    url, stop = serve_in_thread(web.make_app(settings, unreachable, print, print))
+    try:
+        resp = requests.get(url + "/healthz", timeout=HTTP_TIMEOUT)
+        assert resp.status_code == 503 and resp.text.startswith("redis:")
+    finally:
+        stop()
+
+
+def test_metrics_text_format(served: Served) -> None:
+    fp, sid = served.dialled()
+    served.twilio("/twilio/status", fp, {"CallSid": sid, "CallStatus": "busy"})
+    served.twilio("/twilio/status", fp, {"CallSid": sid, "CallStatus": "busy"}, token=None)
+    resp = requests.get(served.url + "/metrics", timeout=HTTP_TIMEOUT)
+    assert resp.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    lines = resp.text.splitlines()
+    assert "# TYPE aifixer_twilio_callbacks_total counter" in lines
+    assert 'aifixer_twilio_callbacks_total{endpoint="status",result="accepted"} 1' in lines
+    assert 'aifixer_twilio_callbacks_total{endpoint="status",result="rejected"} 1' in lines
+    assert 'aifixer_calls_finished_total{status="busy"} 1' in lines
+
+
+def test_make_app_needs_the_auth_token(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="AIFIXER_TWILIO_AUTH_TOKEN"):
+        web.make_app(Settings(_env_file=None, call_file=tmp_path / "c"), None, print, print)
