@@ -1,0 +1,541 @@
+"""What a proposed fix may change, decided before anything touches the cluster.
+
+A proposal comes from a model (untrusted: it may be wrong, confused or steered by a
+log line written by an attacker) or from a playbook. Either way it is checked here
+against the live Deployment, and refused unless every difference is one aifixer is
+trusted to make on its own:
+
+- the object stays the same object: apiVersion, kind, name, namespace and selector;
+- only an allow-list of fields changes (`ALLOWED_CONTAINER_FIELDS` of the existing
+  containers, and `spec.replicas` within bounds). An absent field counts as a change:
+  a proposal is the whole Deployment, and a field it drops would be dropped;
+- nothing raises privilege; these get their own reasons although the allow-list
+  refuses them too, because they are what a reviewer must see first;
+- no invented secrets: a Secret or ConfigMap reference never becomes a literal, a new
+  credential-looking variable never carries a literal, and references point only to
+  objects and keys the workload already used (live or in its last healthy revision).
+  A key never used before is a guess about an object aifixer cannot read, and a
+  server-side dry-run would not catch it: the kubelet fails only at container start;
+- images only from a repository the workload already ran; tags and digests are free;
+- resources parse, memory limits stay under `settings.max_memory_limit`, requests
+  stay under limits;
+- the result is plausible as a schema (the server-side dry-run, done by the pipeline,
+  is the complete check).
+
+`check` returns every reason it finds, in words that name the field, so a refusal can
+be recorded and read out to the on-call engineer.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from . import manifests
+from .models import Evidence, Manifest
+from .settings import Settings
+
+POD_SPEC = "spec.template.spec"
+ALLOWED_CONTAINER_FIELDS = ("image", "command", "args", "env", "envFrom", "resources",
+                            "readinessProbe", "livenessProbe", "startupProbe", "ports")
+PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
+PROBE_HANDLERS = ("httpGet", "tcpSocket", "exec", "grpc")
+IDENTITY_PATHS = ("apiVersion", "kind", "metadata.name", "metadata.namespace", "spec.selector")
+
+_ALLOWED_PATH = re.compile(
+    r"^spec\.replicas$"
+    r"|^spec\.template\.spec\.containers\[\d+\]\.(?:"
+    + "|".join(ALLOWED_CONTAINER_FIELDS)
+    + r")(?:[.\[]|$)"
+)
+_CONTAINERS_PATH = f"{POD_SPEC}.containers"
+CREDENTIAL_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|KEY|CREDENTIAL", re.IGNORECASE)
+_REF_KINDS = {"secretKeyRef": "Secret", "configMapKeyRef": "ConfigMap"}
+_ENV_FROM_KINDS = {"secretRef": "Secret", "configMapRef": "ConfigMap"}
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def is_allowed_path(path: str) -> bool:
+    """Whether aifixer may change the manifest field at `path` on its own."""
+    return bool(_ALLOWED_PATH.match(path))
+
+
+def check(live: Manifest, proposed: Any, evidence: Evidence, settings: Settings) -> list[str]:
+    """Why `proposed` may not replace `live`; an empty list means it may.
+
+    Args:
+        live: the Deployment as the cluster has it (status and server fields are ignored).
+        proposed: the whole corrected Deployment, as a model or a playbook wrote it;
+            anything, since a model reply may not even be a mapping.
+        evidence: the incident's evidence; its revisions and last healthy template say
+            which images, Secrets, ConfigMaps and keys the workload already used.
+        settings: `max_replicas` and `max_memory_limit` are the bounds.
+    """
+    if not isinstance(proposed, dict):
+        return [f"the proposal is not a mapping but a {type(proposed).__name__}"]
+    live, proposed = manifests.clean(live), manifests.clean(proposed)
+    reasons = _identity(live, proposed) + _shape(proposed)
+    if reasons:
+        return reasons
+    history = _History(live, evidence)
+    for found in (
+        _container_list(live, proposed),
+        _allow_list(live, proposed),
+        _privileges(live, proposed),
+        _secrets(live, proposed, history),
+        _images(live, proposed, history),
+        _resources(live, proposed, settings),
+        _replicas(live, proposed, settings),
+        _schema(proposed),
+    ):
+        reasons.extend(r for r in found if r not in reasons)
+    return reasons
+
+
+# -- quantities and image references (shared with the playbooks) -----------------------
+
+_QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$")
+_BINARY_SUFFIX = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
+_DECIMAL_SUFFIX = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+MEBIBYTE = 1024 * 1024
+
+
+class QuantityError(ValueError):
+    """Not a Kubernetes resource quantity."""
+
+
+def parse_quantity(value: Any) -> Decimal:
+    """The exact value of a quantity: "128Mi" -> 134217728, "250m" -> 0.25, 2 -> 2."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise QuantityError(f"{value!r} is not a quantity")
+    if not isinstance(value, str):
+        return Decimal(str(value))
+    match = _QUANTITY.match(value.strip())
+    if not match:
+        raise QuantityError(f"{value!r} is not a quantity")
+    number, suffix = match.groups()
+    try:
+        amount = Decimal(number)
+    except InvalidOperation as exc:
+        raise QuantityError(f"{value!r} is not a quantity") from exc
+    if not suffix:
+        return amount
+    if suffix in _BINARY_SUFFIX:
+        return amount * Decimal(1024) ** _BINARY_SUFFIX[suffix]
+    if suffix in _DECIMAL_SUFFIX:
+        return amount * Decimal(10) ** _DECIMAL_SUFFIX[suffix]
+    return amount * Decimal(10) ** int(suffix[1:])
+
+
+_IMAGE_REF = re.compile(
+    r"^(?P<name>[a-z0-9]+(?:[._-][a-z0-9]+)*(?::\d+(?=/))?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[\w][\w.-]{0,127}))?"
+    r"(?:@(?P<digest>[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}))?$"
+)
+
+
+def image_repository(ref: Any) -> str | None:
+    """The registry and repository an image comes from, normalized, or None if malformed.
+
+    `web/storefront:3.1.0` and `docker.io/web/storefront@sha256:...` are the same
+    repository, `docker.io/web/storefront`; `nginx` is `docker.io/library/nginx`.
+    """
+    if not isinstance(ref, str):
+        return None
+    match = _IMAGE_REF.match(ref)
+    if not match:
+        return None
+    name = match.group("name")
+    first, _, rest = name.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        registry, path = first, rest
+    else:
+        registry, path = "docker.io", name
+    if registry == "index.docker.io":
+        registry = "docker.io"
+    if registry == "docker.io" and "/" not in path:
+        path = f"library/{path}"
+    return f"{registry}/{path}"
+
+
+# -- what the workload already used -----------------------------------------------------
+
+
+def pod_spec(template_or_deployment: Manifest | None) -> dict[str, Any]:
+    """The pod spec of a Deployment or of a pod template; {} when there is none."""
+    if not isinstance(template_or_deployment, dict):
+        return {}
+    spec = _dict(template_or_deployment.get("spec"))
+    if "template" in spec:
+        spec = _dict(_dict(spec["template"]).get("spec"))
+    return spec
+
+
+def containers_by_name(spec: dict[str, Any], kind: str = "containers") -> dict[str, dict[str, Any]]:
+    return {_name(c): c for c in _list(spec.get(kind)) if _name(c) is not None}
+
+
+class _History:
+    """Images, object references and keys the live workload or its past used."""
+
+    def __init__(self, live: Manifest, evidence: Evidence) -> None:
+        specs = [pod_spec(live), pod_spec(evidence.last_healthy_template)]
+        images = [r for rev in evidence.revisions for r in rev.images]
+        self.objects: set[tuple[str, str]] = set()  # (kind, name)
+        self.keys: set[tuple[str, str, str]] = set()  # (kind, name, key)
+        self.literals: dict[str, set[str]] = {}  # env name -> literal values used
+        for spec in specs:
+            for kind in ("initContainers", "containers"):
+                for c in _list(spec.get(kind)):
+                    c = _dict(c)
+                    images.append(c.get("image"))
+                    self._container_refs(c)
+            for volume in _list(spec.get("volumes")):
+                self._volume_refs(_dict(volume))
+        self.repositories = {r for r in map(image_repository, images) if r}
+
+    def _container_refs(self, container: dict[str, Any]) -> None:
+        for var in _list(container.get("env")):
+            var = _dict(var)
+            if isinstance(var.get("value"), str):
+                self.literals.setdefault(str(var.get("name")), set()).add(var["value"])
+            for ref_field, kind in _REF_KINDS.items():
+                ref = _dict(_dict(var.get("valueFrom")).get(ref_field))
+                if ref:
+                    self.objects.add((kind, str(ref.get("name"))))
+                    self.keys.add((kind, str(ref.get("name")), str(ref.get("key"))))
+        for source in _list(container.get("envFrom")):
+            for ref_field, kind in _ENV_FROM_KINDS.items():
+                ref = _dict(_dict(source).get(ref_field))
+                if ref:
+                    self.objects.add((kind, str(ref.get("name"))))
+
+    def _volume_refs(self, volume: dict[str, Any]) -> None:
+        sources = [volume] + [_dict(s) for s in _list(_dict(volume.get("projected")).get("sources"))]
+        for source in sources:
+            if "secret" in source:
+                secret = _dict(source["secret"])
+                self.objects.add(("Secret", str(secret.get("secretName", secret.get("name")))))
+            if "configMap" in source:
+                self.objects.add(("ConfigMap", str(_dict(source["configMap"]).get("name"))))
+
+
+# -- the rules ----------------------------------------------------------------------------
+
+
+def _identity(live: Manifest, proposed: Manifest) -> list[str]:
+    reasons = []
+    for path in IDENTITY_PATHS:
+        before, after = manifests.get_path(live, path), manifests.get_path(proposed, path)
+        if before != after:
+            reasons.append(f"{path} must stay {_short(before)}, the proposal has {_short(after)}")
+    return reasons
+
+
+def _shape(proposed: Manifest) -> list[str]:
+    """The structure the other rules walk; without it there is nothing to compare."""
+    for path in ("metadata", "spec", "spec.template", POD_SPEC):
+        if not isinstance(manifests.get_path(proposed, path), dict):
+            return [f"{path} must be a mapping"]
+    containers = manifests.get_path(proposed, _CONTAINERS_PATH)
+    if not isinstance(containers, list) or not containers:
+        return [f"{_CONTAINERS_PATH} must be a non-empty list"]
+    if not all(isinstance(c, dict) for c in containers):
+        return [f"every item of {_CONTAINERS_PATH} must be a mapping"]
+    return []
+
+
+def _container_list(live: Manifest, proposed: Manifest) -> list[str]:
+    before = [_name(c) for c in _list(pod_spec(live).get("containers"))]
+    after = [_name(c) for c in _list(pod_spec(proposed).get("containers"))]
+    if before == after:
+        return []
+    added, removed = set(after) - set(before), set(before) - set(after)
+    if added and removed and len(before) == len(after):
+        what = f"renamed ({_names(removed)} -> {_names(added)})"
+    elif added:
+        what = f"added ({_names(added)})"
+    elif removed:
+        what = f"removed ({_names(removed)})"
+    else:
+        what = f"reordered ({before} -> {after})"
+    return [f"{_CONTAINERS_PATH}: containers may not be added, removed, renamed or reordered: {what}"]
+
+
+def _allow_list(live: Manifest, proposed: Manifest) -> list[str]:
+    reasons = []
+    for change in manifests.diff(live, proposed):
+        # A whole-list change of the containers is a container added, removed, renamed or
+        # reordered, which `_container_list` words better.
+        if change.path != _CONTAINERS_PATH and not is_allowed_path(change.path):
+            reasons.append(f"{change.path}: not a field aifixer may change")
+    return reasons
+
+
+def _privileges(live: Manifest, proposed: Manifest) -> list[str]:
+    gained = _privilege_flags(pod_spec(proposed)) - _privilege_flags(pod_spec(live))
+    return [f"raises privilege: {flag}" for flag in sorted(gained)]
+
+
+def _privilege_flags(spec: dict[str, Any]) -> set[str]:
+    """Every privilege the pod spec grants, each as words a reviewer understands."""
+    flags = {f"{POD_SPEC}.{field}: true" for field in ("hostNetwork", "hostPID", "hostIPC")
+             if spec.get(field) is True}
+    account = spec.get("serviceAccountName") or spec.get("serviceAccount")
+    if account:
+        flags.add(f"service account {account!r}")
+    for volume in _list(spec.get("volumes")):
+        volume = _dict(volume)
+        if "hostPath" in volume:
+            path = _dict(volume["hostPath"]).get("path")
+            flags.add(f"hostPath volume {volume.get('name')!r} mounting {path!r} from the node")
+    flags |= _context_flags(f"{POD_SPEC}.securityContext", _dict(spec.get("securityContext")))
+    for kind in ("initContainers", "containers", "ephemeralContainers"):
+        for name, container in containers_by_name(spec, kind).items():
+            where = f"{kind} {name!r}"
+            context = _dict(container.get("securityContext"))
+            flags |= _context_flags(f"{where} securityContext", context)
+            if context.get("privileged") is True:
+                flags.add(f"{where} securityContext.privileged: true")
+            if context.get("allowPrivilegeEscalation") is True:
+                flags.add(f"{where} securityContext.allowPrivilegeEscalation: true")
+            for cap in _list(_dict(context.get("capabilities")).get("add")):
+                flags.add(f"{where} adds capability {cap}")
+            for port in _list(container.get("ports")):
+                if _dict(port).get("hostPort"):
+                    flags.add(f"{where} binds host port {_dict(port)['hostPort']}")
+    return flags
+
+
+def _context_flags(where: str, context: dict[str, Any]) -> set[str]:
+    flags = set()
+    if context.get("runAsUser") == 0:
+        flags.add(f"{where}.runAsUser: 0 (root)")
+    if context.get("runAsNonRoot") is False:
+        flags.add(f"{where}.runAsNonRoot: false")
+    return flags
+
+
+def _secrets(live: Manifest, proposed: Manifest, history: _History) -> list[str]:
+    reasons = []
+    live_containers = containers_by_name(pod_spec(live))
+    for index, container in enumerate(_list(pod_spec(proposed).get("containers"))):
+        where = f"{_CONTAINERS_PATH}[{index}]"
+        before = _env_by_name(_dict(live_containers.get(_name(container))))
+        for var in _list(container.get("env")):
+            var = _dict(var)
+            reasons.extend(_env_var(where, var, before.get(_name(var)), history))
+        for source in _list(container.get("envFrom")):
+            for ref_field, kind in _ENV_FROM_KINDS.items():
+                name = _dict(_dict(source).get(ref_field)).get("name")
+                if ref_field in _dict(source) and (kind, str(name)) not in history.objects:
+                    reasons.append(f"{where}.envFrom: {kind} {name!r} is not one this workload "
+                                   f"already uses")
+    return reasons
+
+
+def _env_var(where: str, var: dict[str, Any], before: dict[str, Any] | None,
+             history: _History) -> list[str]:
+    name = var.get("name")
+    if var == before:
+        return []
+    reasons = []
+    refs_after = _env_refs(var)
+    if before is not None and _env_refs(before) and not refs_after:
+        kinds = " and ".join(kind for kind, _, _ in _env_refs(before))
+        reasons.append(f"{where}.env {name}: a {kinds} reference may not become a literal value")
+    literal = var.get("value")
+    if (isinstance(literal, str) and literal and CREDENTIAL_NAME.search(str(name))
+            and literal not in history.literals.get(str(name), set())):
+        reasons.append(f"{where}.env {name}: a new literal for a credential-like variable is an "
+                       f"invented secret")
+    for kind, obj, key in refs_after:
+        if (kind, obj) not in history.objects:
+            reasons.append(f"{where}.env {name}: {kind} {obj!r} is not one this workload already uses")
+        elif (kind, obj, key) not in history.keys:
+            reasons.append(f"{where}.env {name}: key {key!r} of {kind} {obj!r} was never used by "
+                           f"this workload or its last healthy revision")
+    return reasons
+
+
+def _env_refs(var: dict[str, Any]) -> list[tuple[str, str, str]]:
+    source = _dict(var.get("valueFrom"))
+    return [(kind, str(_dict(source[field]).get("name")), str(_dict(source[field]).get("key")))
+            for field, kind in _REF_KINDS.items() if field in source]
+
+
+def _env_by_name(container: dict[str, Any]) -> dict[str | None, dict[str, Any]]:
+    return {_name(v): _dict(v) for v in _list(container.get("env"))}
+
+
+def _images(live: Manifest, proposed: Manifest, history: _History) -> list[str]:
+    reasons = []
+    spec_before, spec_after = pod_spec(live), pod_spec(proposed)
+    for kind in ("initContainers", "containers"):
+        before = containers_by_name(spec_before, kind)
+        for index, container in enumerate(_list(spec_after.get(kind))):
+            image = _dict(container).get("image")
+            if image == _dict(before.get(_name(container))).get("image"):
+                continue
+            repository = image_repository(image)
+            where = f"{POD_SPEC}.{kind}[{index}].image"
+            if repository is None:
+                reasons.append(f"{where}: {_short(image)} is not an image reference")
+            elif repository not in history.repositories:
+                reasons.append(f"{where}: repository {repository} never ran in this workload "
+                               f"(known: {', '.join(sorted(history.repositories))})")
+    return reasons
+
+
+def _resources(live: Manifest, proposed: Manifest, settings: Settings) -> list[str]:
+    reasons = []
+    cap = parse_quantity(settings.max_memory_limit)
+    before = containers_by_name(pod_spec(live))
+    for index, container in enumerate(_list(pod_spec(proposed).get("containers"))):
+        resources = _dict(container.get("resources"))
+        if resources == _dict(before.get(_name(container))).get("resources", {}):
+            continue  # an unchanged container is not the fix's doing
+        where = f"{_CONTAINERS_PATH}[{index}].resources"
+        values: dict[tuple[str, str], Decimal] = {}
+        for section in ("requests", "limits"):
+            for resource, raw in _dict(resources.get(section)).items():
+                try:
+                    values[section, resource] = parse_quantity(raw)
+                except QuantityError:
+                    reasons.append(f"{where}.{section}.{resource}: {_short(raw)} is not a quantity")
+        for section in ("limits", "requests"):
+            # A request above the largest allowed limit could never run under one either.
+            memory = values.get((section, "memory"))
+            if memory is not None and memory > cap:
+                reasons.append(f"{where}.{section}.memory: {resources[section]['memory']} is above "
+                               f"the {settings.max_memory_limit} aifixer may set")
+        for (section, resource), request in values.items():
+            limit = values.get(("limits", resource))
+            if section == "requests" and limit is not None and request > limit:
+                reasons.append(f"{where}.requests.{resource}: the request is above the limit "
+                               f"({resources['requests'][resource]} > {resources['limits'][resource]})")
+    return reasons
+
+
+def _replicas(live: Manifest, proposed: Manifest, settings: Settings) -> list[str]:
+    after = manifests.get_path(proposed, "spec.replicas")
+    if after == manifests.get_path(live, "spec.replicas"):
+        return []
+    if isinstance(after, bool) or not isinstance(after, int) or not 1 <= after <= settings.max_replicas:
+        return [f"spec.replicas: {_short(after)} is outside 1..{settings.max_replicas}"]
+    return []
+
+
+def _schema(proposed: Manifest) -> list[str]:
+    reasons = []
+    for index, container in enumerate(_list(pod_spec(proposed).get("containers"))):
+        where = f"{_CONTAINERS_PATH}[{index}]"
+        name = container.get("name")
+        if not isinstance(name, str) or not _DNS_LABEL.match(name):
+            reasons.append(f"{where}.name: {_short(name)} is not a valid container name")
+        if not isinstance(container.get("image"), str) or not container["image"].strip():
+            reasons.append(f"{where}.image: a container needs an image")
+        for field in ("command", "args"):
+            value = container.get(field)
+            if value is not None and not (isinstance(value, list)
+                                          and all(isinstance(v, str) for v in value)):
+                reasons.append(f"{where}.{field}: must be a list of strings")
+        reasons.extend(_schema_env(where, container.get("env")))
+        port_names, port_reasons = _schema_ports(where, container.get("ports"))
+        reasons.extend(port_reasons)
+        for probe in PROBES:
+            if probe in container:
+                reasons.extend(_schema_probe(f"{where}.{probe}", container[probe], port_names))
+        if "resources" in container:
+            resources = container["resources"]
+            if not isinstance(resources, dict) or not all(
+                    isinstance(v, dict) for k, v in resources.items() if k in ("requests", "limits")):
+                reasons.append(f"{where}.resources: requests and limits must be mappings")
+    return reasons
+
+
+def _schema_env(where: str, env: Any) -> list[str]:
+    if env is None:
+        return []
+    if not isinstance(env, list):
+        return [f"{where}.env: must be a list"]
+    reasons = []
+    for i, var in enumerate(env):
+        var = var if isinstance(var, dict) else {}
+        if not isinstance(var.get("name"), str) or not var["name"]:
+            reasons.append(f"{where}.env[{i}]: a variable needs a name")
+        if "value" in var and "valueFrom" in var:
+            reasons.append(f"{where}.env[{i}]: value and valueFrom are exclusive")
+        if "value" in var and not isinstance(var["value"], str):
+            reasons.append(f"{where}.env[{i}].value: must be a string")
+    return reasons
+
+
+def _schema_ports(where: str, ports: Any) -> tuple[set[str], list[str]]:
+    """The container's port names, and what is wrong with its ports."""
+    if ports is None:
+        return set(), []
+    if not isinstance(ports, list):
+        return set(), [f"{where}.ports: must be a list"]
+    names, reasons = set(), []
+    for i, port in enumerate(ports):
+        port = port if isinstance(port, dict) else {}
+        for field in ("containerPort", "hostPort"):
+            if field in port or field == "containerPort":
+                if not _is_port_number(port.get(field)):
+                    reasons.append(f"{where}.ports[{i}].{field}: {_short(port.get(field))} is not "
+                                   f"a port number (1-65535)")
+        if isinstance(port.get("name"), str):
+            names.add(port["name"])
+    return names, reasons
+
+
+def _schema_probe(where: str, probe: Any, port_names: set[str]) -> list[str]:
+    if not isinstance(probe, dict):
+        return [f"{where}: must be a mapping"]
+    handlers = [h for h in PROBE_HANDLERS if h in probe]
+    if len(handlers) != 1:
+        return [f"{where}: needs exactly one handler of {', '.join(PROBE_HANDLERS)}"]
+    handler = _dict(probe[handlers[0]])
+    if handlers[0] not in ("httpGet", "tcpSocket"):
+        return []
+    port = handler.get("port")
+    if isinstance(port, str):
+        # IntOrString: a string is a port name, never a number in quotes.
+        if port not in port_names:
+            return [f"{where}.{handlers[0]}.port: no container port is named {port!r}"]
+        return []
+    if not _is_port_number(port):
+        return [f"{where}.{handlers[0]}.port: {_short(port)} is not a port number (1-65535)"]
+    return []
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _is_port_number(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+
+
+def _name(item: Any) -> str | None:
+    """The `name` of a named list item, None for anything malformed."""
+    name = _dict(item).get("name")
+    return name if isinstance(name, str) else None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _names(names: set[Any]) -> str:
+    return ", ".join(sorted(map(str, names)))
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,415 @@
+"""Deterministic fixes for the failure classes aifixer knows.
+
+A playbook reads the evidence and, when its failure pattern is there, writes the
+whole corrected Deployment: the live one with the fewest allow-listed fields changed
+that undo the breakage. They are candidates beside the model's answer and the fallback
+when the model fails, so they are conservative on purpose:
+
+- what they restore comes from the workload's own past (the last healthy revision's
+  pod template, the images of revisions that ran); they never invent a value a
+  person would have to know (node capacity, a Secret, a tag nobody pushed);
+- they change nothing outside the guardrails' allow-list, so a playbook's proposal
+  passes `guardrails.check` by construction; placement (nodeSelector, tolerations)
+  and missing Secrets are left to a person: no playbook exists for them.
+
+The last healthy template is compared with the live template here rather than read
+from `evidence.template_diff`, so each playbook picks the exact fields it restores.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from . import manifests
+from .guardrails import (
+    MEBIBYTE,
+    PROBES,
+    QuantityError,
+    containers_by_name,
+    image_repository,
+    parse_quantity,
+    pod_spec,
+)
+from .models import Evidence, FailureClass, FixProposal, Manifest
+from .settings import Settings
+
+CONTAINERS = "spec.template.spec.containers"
+# Doubling a limit lands on these steps, so a proposal reads like one a person writes.
+MEMORY_STEP = 64 * MEBIBYTE
+# A line that says the process stopped for want of configuration.
+_FATAL_LINE = re.compile(r"fatal|missing|not set|required|undefined|invalid value", re.IGNORECASE)
+_ENV_NAME = re.compile(r"\b[A-Z][A-Z0-9]*_[A-Z0-9_]*[A-Z0-9]\b|\b[A-Z]{3,}\b")
+_INSUFFICIENT = re.compile(r"Insufficient (cpu|memory)")
+
+
+@dataclass(frozen=True)
+class _Case:
+    """What every playbook reads: the evidence, the live Deployment and its healthy past."""
+
+    evidence: Evidence
+    settings: Settings
+    live: Manifest  # the live Deployment, cleaned
+    healthy: dict[str, dict[str, Any]]  # container name -> its spec in the last healthy template
+
+    def proposal(self, strategy: str, rationale: str, manifest: Manifest) -> FixProposal | None:
+        changes = manifests.diff(self.live, manifest)
+        if not changes:
+            return None
+        return FixProposal(source="playbook", strategy=strategy, rationale=rationale,
+                           manifest=manifest, changes=changes)
+
+    def containers(self) -> list[tuple[int, dict[str, Any]]]:
+        return list(enumerate(manifests.get_path(self.live, CONTAINERS) or []))
+
+
+Playbook = Callable[[_Case], FixProposal | None]
+
+
+def candidates(evidence: Evidence, diagnosis_class: FailureClass,
+               settings: Settings) -> list[FixProposal]:
+    """The playbooks' fixes for this incident, best first; [] when none applies.
+
+    Args:
+        evidence: what was gathered about the failing workload.
+        diagnosis_class: the failure class the diagnosis settled on; it picks which
+            playbooks are tried and in which order.
+        settings: the bounds the proposals must respect (memory cap).
+    """
+    live = manifests.clean(evidence.deployment)
+    case = _Case(evidence=evidence, settings=settings, live=live,
+                 healthy=containers_by_name(pod_spec(evidence.last_healthy_template)))
+    found: list[FixProposal] = []
+    for playbook in PLAYBOOKS[diagnosis_class]:
+        proposal = playbook(case)
+        if proposal is not None and all(p.manifest != proposal.manifest for p in found):
+            found.append(proposal)
+    return found
+
+
+# -- revert-to-last-healthy ---------------------------------------------------------------
+
+# What a revert restores; probes, ports and resources as a whole, env variable by variable.
+_REVERTED_FIELDS = ("image", "command", "args", "envFrom", "resources", "ports", *PROBES)
+
+
+def revert_to_last_healthy(case: _Case) -> FixProposal | None:
+    """Every allow-listed container field that changed since the last healthy revision."""
+    manifest = copy.deepcopy(case.live)
+    reverted = []
+    for index, container in case.containers():
+        healthy = case.healthy.get(container.get("name"))
+        if healthy is None:
+            continue
+        path = f"{CONTAINERS}[{index}]"
+        for field in _REVERTED_FIELDS:
+            if container.get(field) != healthy.get(field):
+                manifests.set_path(manifest, f"{path}.{field}", copy.deepcopy(healthy.get(field)))
+                reverted.append(f"{field} of {container['name']}")
+        env = _reverted_env(container.get("env") or [], healthy.get("env") or [])
+        if env != (container.get("env") or []):
+            manifests.set_path(manifest, f"{path}.env", env or None)
+            reverted.append(f"env of {container['name']}")
+    return case.proposal(
+        "revert-to-last-healthy",
+        f"Reverts {', '.join(reverted)} to the values of the last revision that ran healthy; "
+        "the failure started with this change.", manifest)
+
+
+def _reverted_env(live: list[dict], healthy: list[dict]) -> list[dict]:
+    """The healthy variables restored; added literals kept, added references dropped.
+
+    An added literal is harmless to keep (the new release may read it); an added
+    Secret or ConfigMap reference may be what stops the container from starting.
+    """
+    healthy_names = {v.get("name") for v in healthy}
+    changed = {v.get("name") for v in healthy if v not in live}
+    restored = _restore_env(live, healthy, changed)
+    return [v for v in restored if v.get("name") in healthy_names or "valueFrom" not in v]
+
+
+def _restore_env(live: list[dict], healthy: list[dict], names: set[str]) -> list[dict]:
+    """`live` with the healthy version of each variable in `names`, in the healthy order.
+
+    A restored variable replaces the live one of that name in place, or is inserted
+    after the nearest variable that preceded it in the healthy list.
+    """
+    out = copy.deepcopy(live)
+    for position, var in enumerate(healthy):
+        if var.get("name") not in names:
+            continue
+        at = _index(out, var.get("name"))
+        if at is not None:
+            out[at] = copy.deepcopy(var)
+            continue
+        insert = 0
+        for previous in reversed(healthy[:position]):
+            found = _index(out, previous.get("name"))
+            if found is not None:
+                insert = found + 1
+                break
+        out.insert(insert, copy.deepcopy(var))
+    return out
+
+
+def _index(env: list[dict], name: Any) -> int | None:
+    return next((i for i, v in enumerate(env) if v.get("name") == name), None)
+
+
+# -- restore-env ------------------------------------------------------------------------------
+
+
+def restore_env(case: _Case) -> FixProposal | None:
+    """The variables a fatal log line names, as the last healthy revision set them."""
+    named = _names_in_fatal_lines(case.evidence)
+    manifest = copy.deepcopy(case.live)
+    restored = []
+    for index, container in case.containers():
+        live_env = container.get("env") or []
+        healthy_env = (case.healthy.get(container.get("name")) or {}).get("env") or []
+        names = {v.get("name") for v in healthy_env if v.get("name") in named and v not in live_env}
+        if names:
+            manifests.set_path(manifest, f"{CONTAINERS}[{index}].env",
+                               _restore_env(live_env, healthy_env, names))
+            restored.extend(sorted(names))
+    return case.proposal(
+        "restore-env",
+        f"The container exits at start naming {', '.join(restored)}; restores "
+        f"{'it' if len(restored) == 1 else 'them'} as the last healthy revision set "
+        f"{'it' if len(restored) == 1 else 'them'}, keeping the other variables.", manifest)
+
+
+def _names_in_fatal_lines(evidence: Evidence) -> set[str]:
+    lines = [log.line for log in evidence.logs]
+    lines += [line for text in evidence.pod_logs.values() for line in text.splitlines()]
+    lines += [event.message for event in evidence.events]
+    return {name for line in lines if _FATAL_LINE.search(line) for name in _ENV_NAME.findall(line)}
+
+
+# -- restore-known-good-image -----------------------------------------------------------------
+
+
+def restore_known_good_image(case: _Case) -> FixProposal | None:
+    """The newest image of the same repository from a revision that ran healthy."""
+    manifest = copy.deepcopy(case.live)
+    restored = []
+    for index, container in case.containers():
+        image = _known_good_image(case, container)
+        if image is not None and image != container.get("image"):
+            manifests.set_path(manifest, f"{CONTAINERS}[{index}].image", image)
+            restored.append(f"{container['name']}: {container.get('image')} -> {image}")
+    return case.proposal(
+        "restore-known-good-image",
+        f"Restores the image the workload last ran healthy ({'; '.join(restored)}).", manifest)
+
+
+def _known_good_image(case: _Case, container: dict[str, Any]) -> str | None:
+    repository = image_repository(container.get("image"))
+    healthy = case.healthy.get(container.get("name"))
+    if healthy is not None:
+        image = healthy.get("image")
+        return image if image_repository(image) == repository else None
+    # Without a healthy template, an older revision that still has ready pods ran it.
+    serving = sorted((r for r in case.evidence.revisions if not r.current and r.ready_replicas > 0),
+                     key=lambda r: r.revision, reverse=True)
+    return next((image for r in serving for image in r.images
+                 if image_repository(image) == repository), None)
+
+
+# -- raise-memory-limit ------------------------------------------------------------------------
+
+
+def raise_memory_limit(case: _Case) -> FixProposal | None:
+    """A memory limit the container fits in, for a container the kernel OOM-killed."""
+    if not _oom_killed(case.evidence):
+        return None
+    cap = parse_quantity(case.settings.max_memory_limit)
+    manifest = copy.deepcopy(case.live)
+    raised = []
+    for index, container in _oom_candidates(case):
+        current = _memory(container, "limits")
+        if current is None:
+            continue  # no limit: the node ran out of memory, not the container
+        target, text = _memory_target(case, container, current, cap)
+        if target <= current:
+            continue
+        path = f"{CONTAINERS}[{index}].resources"
+        manifests.set_path(manifest, f"{path}.limits.memory", text)
+        request = _memory(container, "requests")
+        if request is not None and request > target:
+            manifests.set_path(manifest, f"{path}.requests.memory", text)
+        raised.append(f"{container['name']}: {container['resources']['limits']['memory']} -> {text}")
+    return case.proposal(
+        "raise-memory-limit",
+        f"The container is OOMKilled: its working set does not fit its memory limit. Raises "
+        f"the limit ({'; '.join(raised)}).", manifest)
+
+
+def _oom_killed(evidence: Evidence) -> bool:
+    return any("OOMKilled" in pod.reasons
+               or (pod.last_termination or {}).get("reason") == "OOMKilled"
+               for pod in evidence.pods)
+
+
+def _oom_candidates(case: _Case) -> list[tuple[int, dict[str, Any]]]:
+    """The containers to raise: the one named by a termination, else those whose limit
+    went down since the healthy revision, else the only container."""
+    containers = case.containers()
+    named = {(p.last_termination or {}).get("container") for p in case.evidence.pods} - {None}
+    if named:
+        return [(i, c) for i, c in containers if c.get("name") in named]
+    lowered = [(i, c) for i, c in containers
+               if (_memory(c, "limits") or 0) < (_memory(case.healthy.get(c.get("name")) or {},
+                                                         "limits") or 0)]
+    if lowered:
+        return lowered
+    return containers if len(containers) == 1 else []
+
+
+def _memory_target(case: _Case, container: dict[str, Any], current: Decimal,
+                   cap: Decimal) -> tuple[Decimal, str]:
+    """The new limit and its text: the healthy revision's when it was higher, else double
+    the current one rounded up to a step; never above the cap."""
+    healthy = case.healthy.get(container.get("name")) or {}
+    previous = _memory(healthy, "limits")
+    if previous is not None and previous > current:
+        target, text = previous, healthy["resources"]["limits"]["memory"]
+    else:
+        target = Decimal(math.ceil(current * 2 / MEMORY_STEP) * MEMORY_STEP)
+        text = f"{int(target // MEBIBYTE)}Mi"
+    if target > cap:
+        return cap, case.settings.max_memory_limit
+    return target, text
+
+
+def _memory(container: dict[str, Any], section: str) -> Decimal | None:
+    raw = ((container.get("resources") or {}).get(section) or {}).get("memory")
+    try:
+        return None if raw is None else parse_quantity(raw)
+    except QuantityError:
+        return None
+
+
+# -- fit-requests-to-nodes --------------------------------------------------------------------
+
+
+def fit_requests_to_nodes(case: _Case) -> FixProposal | None:
+    """The requests (and limits) of the last healthy revision, for the resources the
+    scheduler found insufficient; node capacity itself is never assumed."""
+    messages = [e.message for e in case.evidence.events if e.reason == "FailedScheduling"]
+    short = set(_INSUFFICIENT.findall(" ".join(messages)))
+    manifest = copy.deepcopy(case.live)
+    restored = []
+    for index, container in case.containers():
+        healthy = case.healthy.get(container.get("name"))
+        if healthy is None:
+            continue
+        for resource in sorted(short):
+            if not _asks_more(container, healthy, resource):
+                continue
+            for section in ("requests", "limits"):
+                before = ((healthy.get("resources") or {}).get(section) or {}).get(resource)
+                path = f"{CONTAINERS}[{index}].resources.{section}.{resource}"
+                manifests.set_path(manifest, path, before)
+            restored.append(f"{resource} of {container['name']}")
+    return case.proposal(
+        "fit-requests-to-nodes",
+        f"No node has room for the pod (insufficient {', '.join(sorted(short))}); restores the "
+        f"requests and limits of the last healthy revision ({', '.join(restored)}).", manifest)
+
+
+def _asks_more(container: dict[str, Any], healthy: dict[str, Any], resource: str) -> bool:
+    def request(c: dict[str, Any]) -> Decimal:
+        res = c.get("resources") or {}
+        raw = (res.get("requests") or {}).get(resource, (res.get("limits") or {}).get(resource))
+        try:
+            return parse_quantity(raw) if raw is not None else Decimal(0)
+        except QuantityError:
+            return Decimal(0)
+    return request(container) > request(healthy)
+
+
+# -- fix-probe-port / fix-probe-path ----------------------------------------------------------
+
+
+def fix_probe_port(case: _Case) -> FixProposal | None:
+    """A probe aimed at a port the container does not declare, aimed back at one it does."""
+    manifest = copy.deepcopy(case.live)
+    fixed = []
+    for index, container in case.containers():
+        numbers = {p.get("containerPort") for p in container.get("ports") or []}
+        names = {p.get("name") for p in container.get("ports") or []} - {None}
+        for probe, handler, port in _probe_ports(container):
+            if port in numbers or port in names:
+                continue
+            target = _declared_probe_port(case, container, probe, handler, numbers | names)
+            if target is None:
+                continue
+            manifests.set_path(manifest, f"{CONTAINERS}[{index}].{probe}.{handler}.port", target)
+            fixed.append(f"{probe} of {container['name']}: {port} -> {target}")
+    return case.proposal(
+        "fix-probe-port",
+        f"The probe checks a port the container does not listen on; points it at the declared "
+        f"port ({'; '.join(fixed)}).", manifest)
+
+
+def _probe_ports(container: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    found = []
+    for probe in PROBES:
+        for handler in ("httpGet", "tcpSocket"):
+            spec = (container.get(probe) or {}).get(handler)
+            if isinstance(spec, dict) and "port" in spec:
+                found.append((probe, handler, spec["port"]))
+    return found
+
+
+def _declared_probe_port(case: _Case, container: dict[str, Any], probe: str, handler: str,
+                         declared: set[Any]) -> Any:
+    """The healthy revision's port for this probe if still declared, else the only port."""
+    healthy = case.healthy.get(container.get("name")) or {}
+    before = ((healthy.get(probe) or {}).get(handler) or {}).get("port")
+    if before is not None and before in declared:
+        return before
+    ports = container.get("ports") or []
+    if len(ports) == 1:
+        return ports[0].get("containerPort")
+    return None
+
+
+def fix_probe_path(case: _Case) -> FixProposal | None:
+    """An HTTP probe's path, as the last healthy revision had it."""
+    manifest = copy.deepcopy(case.live)
+    fixed = []
+    for index, container in case.containers():
+        healthy = case.healthy.get(container.get("name")) or {}
+        for probe in PROBES:
+            path = ((container.get(probe) or {}).get("httpGet") or {}).get("path")
+            before = ((healthy.get(probe) or {}).get("httpGet") or {}).get("path")
+            if path is not None and before is not None and path != before:
+                manifests.set_path(manifest, f"{CONTAINERS}[{index}].{probe}.httpGet.path", before)
+                fixed.append(f"{probe} of {container['name']}: {path} -> {before}")
+    return case.proposal(
+        "fix-probe-path",
+        f"The probe asks for a path the application does not serve; restores the path of the "
+        f"last healthy revision ({'; '.join(fixed)}).", manifest)
+
+
+# -- which playbooks for which failure --------------------------------------------------------
+
+# Best first: the narrowest fix for the class, then the general revert. Unschedulable
+# has no revert: when the cause is placement, restoring the rest would fix nothing.
+PLAYBOOKS: dict[str, tuple[Playbook, ...]] = {
+    "ImagePull": (restore_known_good_image, revert_to_last_healthy),
+    "CrashLoop": (raise_memory_limit, restore_env, restore_known_good_image,
+                  revert_to_last_healthy),
+    "OOMKilled": (raise_memory_limit, revert_to_last_healthy),
+    "ProbeFailure": (fix_probe_port, fix_probe_path, revert_to_last_healthy),
+    "Unschedulable": (fit_requests_to_nodes,),
+    "ConfigError": (revert_to_last_healthy,),
+    "AppError": (restore_env, revert_to_last_healthy),
+}

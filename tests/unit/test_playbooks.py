@@ -1,0 +1,346 @@
+"""Playbooks on real-shaped evidence built from the bundled scenarios.
+
+Each scenario's `manifests` is the last healthy revision and its `change` the live
+Deployment, both defaulted the way the API server stores them. Pods, events and logs
+carry the text the sandbox's scheduler and kubelet write for that failure, so a
+playbook is exercised on what the evidence gatherer will really hand it.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from aifixer import guardrails, manifests, playbooks
+from aifixer.models import (
+    EventRecord,
+    Evidence,
+    FailureClass,
+    LogLine,
+    PodState,
+    Revision,
+)
+from aifixer.sandbox.kube.defaults import apply_defaults
+from aifixer.sandbox.kube.scheduler import NodeUsage, fit_error, node_filter
+from aifixer.sandbox.scenario import Scenario, load
+from aifixer.settings import Settings
+
+SCENARIOS = sorted((Path(__file__).parents[1] / "scenarios").glob("*.yaml"))
+SETTINGS = Settings(max_replicas=20, max_memory_limit="4Gi")
+TIME = "2025-01-01T00:00:00Z"
+
+
+def deployment_of(files) -> dict:
+    return next(d for f in files for d in f.documents() if d["kind"] == "Deployment")
+
+
+def served(deployment: dict, revision: int) -> dict:
+    """The Deployment as the API server returns it: defaulted, with server fields and status."""
+    out = apply_defaults(copy.deepcopy(deployment))
+    out["metadata"].update(uid="0d1e2f", resourceVersion="4242", generation=revision,
+                           creationTimestamp=TIME)
+    out["metadata"].setdefault("annotations", {})["deployment.kubernetes.io/revision"] = str(revision)
+    out["status"] = {"observedGeneration": revision, "replicas": out["spec"]["replicas"]}
+    return out
+
+
+def failure_class(scenario: Scenario) -> FailureClass:
+    """The class a diagnosis reaches from the scenario's symptoms."""
+    reasons = set(scenario.expect.symptoms.pod_reasons)
+    for reason, cls in (("OOMKilled", "OOMKilled"), ("ErrImagePull", "ImagePull"),
+                        ("CreateContainerConfigError", "ConfigError"),
+                        ("Unschedulable", "Unschedulable"), ("CrashLoopBackOff", "CrashLoop")):
+        if reason in reasons:
+            return cls
+    if "Unhealthy" in scenario.expect.symptoms.events:
+        return "ProbeFailure"
+    return "AppError"
+
+
+def scheduling_message(scenario: Scenario, live: dict) -> str:
+    """The FitError text the sandbox scheduler writes for this pod on these nodes."""
+    pod = {"spec": live["spec"]["template"]["spec"]}
+    reasons, preemptable = {}, {}
+    for node in scenario.nodes:
+        obj = {"metadata": {"name": node.name, "labels": dict(node.labels)},
+               "spec": {"taints": [t.model_dump() for t in node.taints]},
+               "status": {"allocatable": {"cpu": f"{node.cpu_millicores}m",
+                                          "memory": f"{node.memory_mib}Mi", "pods": "110"}}}
+        reasons[node.name], preemptable[node.name] = node_filter(pod, obj, NodeUsage())
+    return fit_error(len(scenario.nodes), reasons, preemptable)
+
+
+def crash_lines(scenario: Scenario, live: dict) -> list[str]:
+    """What the containers print before they exit, worded as the sandbox kubelet does."""
+    lines = list(scenario.expect.symptoms.logs)
+    for container in live["spec"]["template"]["spec"]["containers"]:
+        image = scenario.image(container["image"])
+        if image is None:
+            continue
+        env = {v["name"] for v in container.get("env") or []}
+        lines += [f"FATAL: environment variable {var} is not set"
+                  for var in image.requires_env if var not in env]
+        if image.crash:
+            lines += image.crash.logs
+    return lines
+
+
+def scenario_evidence(scenario: Scenario) -> Evidence:
+    """Evidence for the scenario's broken state, as the farm would gather it."""
+    healthy_doc = deployment_of(scenario.manifests) if scenario.change else None
+    live = served(deployment_of(scenario.change or scenario.manifests), 2 if healthy_doc else 1)
+    name = live["metadata"]["name"]
+    first = live["spec"]["template"]["spec"]["containers"][0]["name"]
+    symptoms = scenario.expect.symptoms
+    reasons = list(symptoms.pod_reasons)
+    termination = None
+    if "OOMKilled" in reasons:
+        termination = {"reason": "OOMKilled", "exitCode": 137}
+    elif "Error" in reasons:
+        termination = {"reason": "Error", "exitCode": 1}
+    messages = {"FailedScheduling": scheduling_message(scenario, live),
+                "BackOff": f"Back-off restarting failed container {first} in pod {name}-7f9c",
+                "Unhealthy": "Liveness probe failed: HTTP probe failed with statuscode: 404",
+                "Failed": "Error: ImagePullBackOff"}
+    lines = crash_lines(scenario, live)
+    revisions = [Revision(revision=2 if healthy_doc else 1, replicaset=f"{name}-5d8b", current=True,
+                          ready_replicas=0, images=_images(live))]
+    healthy_template = None
+    if healthy_doc is not None:
+        healthy = served(healthy_doc, 1)
+        healthy_template = copy.deepcopy(healthy["spec"]["template"])
+        healthy_template["metadata"]["labels"]["pod-template-hash"] = "6c4f7"
+        revisions.insert(0, Revision(revision=1, replicaset=f"{name}-6c4f7", current=False,
+                                     ready_replicas=healthy["spec"]["replicas"],
+                                     images=_images(healthy)))
+    return Evidence(
+        deployment=live,
+        pods=[PodState(name=f"{name}-5d8b-x2k9q", phase="Running", ready=False, node="node-1",
+                       reasons=reasons, restart_count=3 if termination else 0,
+                       last_termination=termination, revision_hash="5d8b")],
+        events=[EventRecord(type="Warning", reason=r, message=messages.get(r, r),
+                            object=f"Pod/{name}-5d8b-x2k9q", count=4, last_seen=TIME)
+                for r in symptoms.events],
+        logs=[LogLine(time=TIME, pod=f"{name}-5d8b-x2k9q", container=first, line=line)
+              for line in lines],
+        pod_logs={f"{name}-5d8b-x2k9q/{first}/previous": "\n".join(lines)},
+        revisions=revisions,
+        last_healthy_template=healthy_template,
+        template_diff=manifests.diff(healthy_template, live["spec"]["template"])
+        if healthy_template else [],
+        healthy=False,
+    )
+
+
+def _images(deployment: dict) -> list[str]:
+    return [c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]]
+
+
+def scenario_ids(paths):
+    return [p.stem for p in paths]
+
+
+FIXED = [p for p in SCENARIOS if load(p).expect.outcome == "fixed"]
+CALLED = [p for p in SCENARIOS if load(p).expect.outcome == "called"]
+
+
+def test_the_bundled_scenarios_cover_both_outcomes():
+    assert len(FIXED) >= 8 and len(CALLED) >= 4
+
+
+@pytest.mark.parametrize("path", FIXED, ids=scenario_ids(FIXED))
+def test_first_candidate_is_the_expected_fix_and_passes_the_guardrails(path):
+    scenario = load(path)
+    evidence = scenario_evidence(scenario)
+    found = playbooks.candidates(evidence, failure_class(scenario), SETTINGS)
+    assert found, "no playbook proposed a fix"
+    best = found[0]
+    assert sorted(c.path for c in best.changes) == sorted(scenario.expect.changed)
+    assert best.changes == manifests.diff(manifests.clean(evidence.deployment), best.manifest)
+    assert guardrails.check(evidence.deployment, best.manifest, evidence, SETTINGS) == []
+    assert best.source == "playbook" and best.rationale
+
+
+@pytest.mark.parametrize("path", FIXED, ids=scenario_ids(FIXED))
+def test_the_first_fix_restores_the_healthy_values(path):
+    scenario = load(path)
+    evidence = scenario_evidence(scenario)
+    best = playbooks.candidates(evidence, failure_class(scenario), SETTINGS)[0]
+    healthy = {"spec": {"template": evidence.last_healthy_template}}
+    for change in best.changes:
+        if change.path.endswith("env"):  # the healthy variables are all there again
+            assert all(v in change.after for v in manifests.get_path(healthy, change.path))
+        else:
+            assert change.after == manifests.get_path(healthy, change.path)
+
+
+@pytest.mark.parametrize("path", CALLED, ids=scenario_ids(CALLED))
+def test_no_candidate_passes_the_guardrails_when_a_person_must_decide(path):
+    scenario = load(path)
+    evidence = scenario_evidence(scenario)
+    for cls in (failure_class(scenario), "CrashLoop", "ConfigError", "ImagePull", "AppError"):
+        for proposal in playbooks.candidates(evidence, cls, SETTINGS):
+            assert guardrails.check(evidence.deployment, proposal.manifest, evidence, SETTINGS)
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=scenario_ids(SCENARIOS))
+def test_every_candidate_stays_inside_the_allow_list(path):
+    scenario = load(path)
+    evidence = scenario_evidence(scenario)
+    for cls in ("ImagePull", "CrashLoop", "OOMKilled", "ProbeFailure", "Unschedulable",
+                "ConfigError", "AppError"):
+        for proposal in playbooks.candidates(evidence, cls, SETTINGS):
+            assert proposal.strategy in {p.__name__.replace("_", "-")
+                                         for p in playbooks.PLAYBOOKS[cls]}
+            assert all(guardrails.is_allowed_path(c.path) for c in proposal.changes)
+
+
+def test_a_live_deployment_that_matches_its_healthy_revision_gets_no_fix():
+    scenario = load(path_of("command-typo-billing-worker"))
+    evidence = scenario_evidence(scenario)
+    evidence.deployment["spec"]["template"] = copy.deepcopy(evidence.last_healthy_template)
+    for cls in playbooks.PLAYBOOKS:
+        assert playbooks.candidates(evidence, cls, SETTINGS) == []
+
+
+def path_of(name: str) -> Path:
+    return next(p for p in SCENARIOS if p.stem == name)
+
+
+def evidence_of(name: str) -> Evidence:
+    return scenario_evidence(load(path_of(name)))
+
+
+# -- raise-memory-limit ------------------------------------------------------------------
+
+
+def test_oom_in_a_crash_loop_diagnosis_still_raises_the_limit_first():
+    best = playbooks.candidates(evidence_of("oom-report-api"), "CrashLoop", SETTINGS)[0]
+    assert best.strategy == "raise-memory-limit"
+
+
+def test_oom_without_a_healthy_revision_doubles_the_limit_to_a_step():
+    evidence = evidence_of("oom-report-api")
+    evidence.last_healthy_template = None
+    _set_memory(evidence, requests="48Mi", limits="40Mi")
+    (change,) = playbooks.candidates(evidence, "OOMKilled", SETTINGS)[0].changes
+    assert change.after == "128Mi"  # 80Mi rounded up to a 64Mi step
+
+
+def test_a_raised_limit_keeps_the_request_under_it():
+    evidence = evidence_of("oom-report-api")
+    evidence.last_healthy_template = None
+    _set_memory(evidence, requests="100Mi", limits="100Mi")
+    evidence.deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"][
+        "memory"] = "300Mi"
+    best = playbooks.candidates(evidence, "OOMKilled", SETTINGS)[0]
+    resources = best.manifest["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources["limits"]["memory"] == "256Mi"
+    assert resources["requests"]["memory"] == "256Mi"
+    assert guardrails.check(evidence.deployment, best.manifest, evidence, SETTINGS) == []
+
+
+def test_a_raised_limit_stops_at_the_cap():
+    evidence = evidence_of("oom-report-api")
+    evidence.last_healthy_template = None
+    _set_memory(evidence, requests="1Gi", limits="3Gi")
+    best = playbooks.candidates(evidence, "OOMKilled", SETTINGS)[0]
+    assert [c.after for c in best.changes] == ["4Gi"]
+    _set_memory(evidence, requests="1Gi", limits="4Gi")
+    assert playbooks.candidates(evidence, "OOMKilled", SETTINGS) == []
+
+
+def test_no_memory_raise_without_an_oom_kill():
+    evidence = evidence_of("oom-report-api")
+    for pod in evidence.pods:
+        pod.reasons, pod.last_termination = ["CrashLoopBackOff"], {"reason": "Error", "exitCode": 1}
+    assert all(p.strategy != "raise-memory-limit"
+               for p in playbooks.candidates(evidence, "CrashLoop", SETTINGS))
+
+
+def _set_memory(evidence: Evidence, requests: str, limits: str) -> None:
+    container = evidence.deployment["spec"]["template"]["spec"]["containers"][0]
+    container["resources"] = {"requests": {"memory": requests}, "limits": {"memory": limits}}
+
+
+# -- env ---------------------------------------------------------------------------------------
+
+
+def test_restore_env_puts_the_variable_back_and_keeps_the_added_one():
+    best = playbooks.candidates(evidence_of("missing-env-orders-api"), "CrashLoop", SETTINGS)[0]
+    assert best.strategy == "restore-env"
+    env = best.manifest["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [v["name"] for v in env] == ["DATABASE_URL", "CACHE_HOST", "LOG_LEVEL"]
+
+
+def test_restore_env_needs_a_log_line_naming_the_variable():
+    evidence = evidence_of("missing-env-orders-api")
+    evidence.logs, evidence.pod_logs = [], {}
+    found = playbooks.candidates(evidence, "CrashLoop", SETTINGS)
+    assert [p.strategy for p in found] == ["revert-to-last-healthy"]
+
+
+def test_revert_drops_an_added_reference_but_keeps_an_added_literal():
+    evidence = evidence_of("missing-env-orders-api")
+    env = evidence.deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    env.append({"name": "API_TOKEN", "valueFrom": {"secretKeyRef": {"name": "orders-api",
+                                                                     "key": "token"}}})
+    best = playbooks.candidates(evidence, "ConfigError", SETTINGS)[0]
+    names = [v["name"] for v in best.manifest["spec"]["template"]["spec"]["containers"][0]["env"]]
+    assert names == ["DATABASE_URL", "CACHE_HOST", "LOG_LEVEL"]
+
+
+# -- images -----------------------------------------------------------------------------------
+
+
+def test_known_good_image_from_a_serving_revision_when_no_template_is_known():
+    evidence = evidence_of("image-typo-storefront")
+    evidence.last_healthy_template = None
+    best = playbooks.candidates(evidence, "ImagePull", SETTINGS)[0]
+    assert [c.after for c in best.changes] == ["web/storefront:3.0.9"]
+
+
+def test_no_image_from_another_repository():
+    evidence = evidence_of("image-typo-storefront")
+    evidence.last_healthy_template["spec"]["containers"][0]["image"] = "web/other:1.0"
+    evidence.revisions[0].images = ["web/other:1.0"]
+    assert all(p.strategy != "restore-known-good-image"
+               for p in playbooks.candidates(evidence, "ImagePull", SETTINGS))
+
+
+# -- probes -----------------------------------------------------------------------------------
+
+
+def test_probe_port_goes_to_the_only_declared_port_without_history():
+    evidence = evidence_of("readiness-port-catalog")
+    evidence.last_healthy_template = None
+    best = playbooks.candidates(evidence, "ProbeFailure", SETTINGS)[0]
+    assert best.strategy == "fix-probe-port"
+    assert [c.after for c in best.changes] == [8080]
+
+
+def test_probe_port_keeps_a_named_port_from_the_healthy_revision():
+    evidence = evidence_of("image-typo-storefront")
+    probe = evidence.deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    probe["httpGet"]["port"] = 3001
+    best = playbooks.candidates(evidence, "ProbeFailure", SETTINGS)[0]
+    assert best.strategy == "fix-probe-port"
+    assert [(c.path, c.after) for c in best.changes] == [
+        ("spec.template.spec.containers[0].readinessProbe.httpGet.port", "http")]
+
+
+# -- placement ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["node-selector-gpu-inference", "taint-batch-ingest"])
+def test_placement_failures_get_no_playbook(name):
+    assert playbooks.candidates(evidence_of(name), "Unschedulable", SETTINGS) == []
+
+
+def test_fit_requests_needs_an_insufficient_resource_event():
+    evidence = evidence_of("unschedulable-memory-analytics")
+    assert "Insufficient memory" in evidence.events[0].message
+    evidence.events = []
+    assert playbooks.candidates(evidence, "Unschedulable", SETTINGS) == []
