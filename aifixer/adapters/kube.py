@@ -1,0 +1,892 @@
+"""The application cluster, through the `kubernetes` client: the only module importing it.
+
+Objects are read and returned as the API server's JSON (`_preload_content=False`), not
+the client's model classes: field names stay camelCase exactly as in manifests, so a
+Deployment read here can be diffed against, edited into and applied as a manifest, and
+unknown fields survive the round trip.
+
+Every call carries a timeout, and the client's own urllib3 retries are off: retrying is
+decided once, by the tasks, from the errors raised here — `TransientError` for
+connection failures, timeouts, 5xx and 429 (with Retry-After), `PermanentError` for
+the rest (with the Status message the API server sent, bounded).
+
+Writes follow `kubectl apply --server-side`: field manager `aifixer`, `force`, and a
+`dryRun=All` rehearsal first, so admission and validation judge a fix before it lands.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from aifixer.models import EventRecord, Manifest, PodState, Revision, Signal
+from aifixer.settings import Settings
+
+from .errors import PermanentError, TransientError, bounded, is_transient_status
+
+log = logging.getLogger(__name__)
+
+SYSTEM = "kubernetes"
+FIELD_MANAGER = "aifixer"
+APPLY_PATCH = "application/apply-patch+yaml"
+JSON_PATCH = "application/json-patch+json"
+REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+HASH_LABEL = "pod-template-hash"
+WATCH_WINDOW_S = 1  # how long one poll listens for events after catching up
+OWNER_CACHE_S = 60.0  # pod/ReplicaSet owners do not change; the cache only bounds memory
+MAX_EVENTS = 50  # events kept as evidence, newest
+RESTORE_ATTEMPTS = 5
+# Waiting reasons that are a normal start, not a failure.
+_STARTING = ("ContainerCreating", "PodInitializing")
+
+
+class RolloutStatus(NamedTuple):
+    done: bool
+    failed: bool  # the rollout will not finish by itself (progress deadline exceeded)
+    message: str  # kubectl rollout status's words
+
+
+class _Expired(Exception):
+    """A watch's resourceVersion is too old (410 Gone): list again."""
+
+
+# ---------------------------------------------------------------- pod status, pure
+
+
+def _findings(pod: Manifest) -> list[tuple[str, str, dict[str, Any]]]:
+    """(reason, message, details) for every failure a pod shows, as kubectl shows them."""
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            out.append((cond.get("reason") or "Unschedulable", cond.get("message") or "", {}))
+    statuses = (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
+    for cs in statuses:
+        container = {"container": cs.get("name")}
+        state = cs.get("state") or {}
+        waiting = state.get("waiting")
+        if waiting and waiting.get("reason") and waiting["reason"] not in _STARTING:
+            out.append((waiting["reason"], waiting.get("message") or "", container))
+        for term in (state.get("terminated"), (cs.get("lastState") or {}).get("terminated")):
+            if term and term.get("reason") and term["reason"] != "Completed":
+                details = {**container, "exitCode": term.get("exitCode")}
+                out.append((term["reason"], term.get("message") or "", details))
+        if state.get("running") and not cs.get("ready"):
+            out.append(("NotReady", "", container))
+    return out
+
+
+def pod_reasons(pod: Manifest) -> list[str]:
+    """The failure reasons a person reads off `kubectl get pods` / `describe` for a pod.
+
+    Unschedulable (PodScheduled False), waiting reasons other than a normal start,
+    terminated and last-terminated reasons other than Completed, and NotReady for a
+    running container that is not ready. In order, without repeats.
+    """
+    return list(dict.fromkeys(reason for reason, _, _ in _findings(pod)))
+
+
+def pod_state(pod: Manifest) -> PodState:
+    """A pod's status, as the record evidence and verification use."""
+    meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+    statuses = status.get("containerStatuses") or []
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    return PodState(
+        name=meta.get("name", ""),
+        phase=status.get("phase") or "Unknown",
+        ready=ready,
+        node=spec.get("nodeName"),
+        reasons=pod_reasons(pod),
+        restart_count=sum(cs.get("restartCount") or 0 for cs in statuses),
+        last_termination=_last_termination(statuses),
+        revision_hash=(meta.get("labels") or {}).get(HASH_LABEL),
+    )
+
+
+def _last_termination(statuses: list[dict[str, Any]]) -> dict[str, Any] | None:
+    terms = [
+        {**t, "container": cs.get("name")}
+        for cs in statuses
+        if (t := (cs.get("lastState") or {}).get("terminated"))
+    ]
+    if not terms:
+        return None
+    last = max(terms, key=lambda t: t.get("finishedAt") or "")
+    keep = ("container", "reason", "exitCode", "message", "startedAt", "finishedAt")
+    return {k: last[k] for k in keep if last.get(k) is not None}
+
+
+# ---------------------------------------------------------------- Deployment rules, pure
+
+
+def rollout_status(deployment: Manifest) -> RolloutStatus:
+    """`kubectl rollout status deployment/<name>`'s verdict on one Deployment object.
+
+    The same checks in the same order as kubectl's DeploymentStatusViewer: spec change
+    not observed yet, progress deadline exceeded (failed), new replicas not all updated,
+    old replicas still terminating, updated replicas not all available; else done.
+    """
+    name = deployment["metadata"]["name"]
+    spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
+    if deployment["metadata"].get("generation", 0) > status.get("observedGeneration", 0):
+        return RolloutStatus(False, False, "Waiting for deployment spec update to be observed...")
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return RolloutStatus(False, True, f'deployment "{name}" exceeded its progress deadline')
+    updated = status.get("updatedReplicas", 0)
+    waiting = f'Waiting for deployment "{name}" rollout to finish: '
+    if spec.get("replicas") is not None and updated < spec["replicas"]:
+        return RolloutStatus(
+            False,
+            False,
+            waiting + f"{updated} out of {spec['replicas']} new replicas have been updated...",
+        )
+    if status.get("replicas", 0) > updated:
+        old = status["replicas"] - updated
+        return RolloutStatus(
+            False, False, waiting + f"{old} old replicas are pending termination..."
+        )
+    available = status.get("availableReplicas", 0)
+    if available < updated:
+        return RolloutStatus(
+            False, False, waiting + f"{available} of {updated} updated replicas are available..."
+        )
+    return RolloutStatus(True, False, f'deployment "{name}" successfully rolled out')
+
+
+def label_selector(selector: dict[str, Any]) -> str:
+    """A LabelSelector object as the `labelSelector` query string."""
+    parts = [f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items()]
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], ",".join(expr.get("values") or [])
+        parts.append(
+            {
+                "In": f"{key} in ({values})",
+                "NotIn": f"{key} notin ({values})",
+                "Exists": key,
+                "DoesNotExist": f"!{key}",
+            }[op]
+        )
+    return ",".join(parts)
+
+
+def removed_fields(live: Manifest, desired: Manifest, keep_manager: str = FIELD_MANAGER):
+    """JSON pointers of `spec` fields other managers set that `desired` no longer has.
+
+    Server-side apply removes a field an applier omits only when that applier was its
+    sole owner; fields the team's own `kubectl apply` (or any other manager) set stay,
+    even if the corrected manifest dropped them. The owners are in `managedFields`, so
+    these are exactly the fields to remove explicitly. Defaulted fields have no owner
+    and are never listed. Pointers come deepest and last-index first, so removing them
+    in order never shifts a later one.
+    """
+    found: set[tuple[str | int, ...]] = set()
+    for entry in live.get("metadata", {}).get("managedFields") or []:
+        if entry.get("manager") == keep_manager:
+            continue
+        owned = (entry.get("fieldsV1") or {}).get("f:spec")
+        if owned:
+            _walk_owned(owned, live.get("spec"), desired.get("spec"), ("spec",), found)
+    return [
+        "/" + "/".join(_pointer_token(p) for p in path)
+        for path in sorted(found, key=_sort_key, reverse=True)
+    ]
+
+
+def _walk_owned(owned: dict, live: Any, desired: Any, path: tuple, found: set) -> None:
+    for key, sub in owned.items():
+        kind, _, raw = key.partition(":")
+        if kind == "f" and isinstance(live, dict) and raw in live:
+            if not isinstance(desired, dict) or raw not in desired:
+                found.add((*path, raw))
+            elif sub:
+                _walk_owned(sub, live[raw], desired[raw], (*path, raw), found)
+        elif kind in ("k", "v") and isinstance(live, list):
+            ref = json.loads(raw)
+            match = _match_key if kind == "k" else (lambda item, value: item == value)
+            index = next((i for i, item in enumerate(live) if match(item, ref)), None)
+            if index is None:
+                continue
+            other = (
+                next((d for d in desired or [] if match(d, ref)), None)
+                if isinstance(desired, list)
+                else None
+            )
+            if other is None:
+                found.add((*path, index))
+            elif sub and kind == "k":
+                _walk_owned(sub, live[index], other, (*path, index), found)
+
+
+def _match_key(item: Any, key: dict[str, Any]) -> bool:
+    return isinstance(item, dict) and all(item.get(k) == v for k, v in key.items())
+
+
+def _sort_key(path: tuple) -> tuple:
+    return tuple((1, p) if isinstance(p, int) else (0, p) for p in path)
+
+
+def _pointer_token(part: str | int) -> str:
+    return str(part).replace("~", "~0").replace("/", "~1")
+
+
+def _apply_body(manifest: Manifest) -> Manifest:
+    """The manifest without what server-side apply refuses or treats as a precondition."""
+    body = {k: v for k, v in manifest.items() if k != "status"}
+    meta = {
+        k: v
+        for k, v in (manifest.get("metadata") or {}).items()
+        if k not in ("managedFields", "resourceVersion", "uid", "creationTimestamp", "generation")
+    }
+    return {**body, "metadata": meta}
+
+
+def _template_of(rs: Manifest) -> Manifest:
+    """A ReplicaSet's pod template as the Deployment wrote it (without pod-template-hash)."""
+    template = json.loads(json.dumps((rs.get("spec") or {}).get("template") or {}))
+    labels = (template.get("metadata") or {}).get("labels")
+    if labels:
+        labels.pop(HASH_LABEL, None)
+    return template
+
+
+def _revision(obj: Manifest) -> int:
+    try:
+        return int((obj["metadata"].get("annotations") or {}).get(REVISION_ANNOTATION, 0))
+    except ValueError:
+        return 0
+
+
+def _controller(obj: Manifest, kind: str) -> str | None:
+    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == kind and ref.get("controller"):
+            return ref.get("name")
+    return None
+
+
+# ---------------------------------------------------------------- the adapter
+
+
+class Kube:
+    """One application cluster."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.timeout = settings.request_timeout_s
+        self.api_client = _api_client(settings)
+        self.core = client.CoreV1Api(self.api_client)
+        self.apps = client.AppsV1Api(self.api_client)
+        self._owners: dict[tuple[str, str, str], tuple[float, str | None]] = {}
+
+    def close(self) -> None:
+        self.api_client.close()
+
+    # -- detection -----------------------------------------------------------------------
+
+    def warning_signals(self, since_rv: str | None) -> tuple[list[Signal], str]:
+        """Warning events newer than the cursor, each mapped to its Deployment.
+
+        The first call (no cursor) lists the Warning events seen within
+        settings.loki_lookback_s; later calls watch from the cursor for WATCH_WINDOW_S,
+        which returns every event added or updated since. A cursor too old for the API
+        server (410 Gone) falls back to listing again, like an informer.
+
+        Args:
+            since_rv: the cursor returned by the previous call, or None.
+
+        Returns:
+            (signals, cursor for the next call).
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        cursors = _parse_cursor(since_rv)
+        signals: list[Signal] = []
+        for ns in self.settings.namespaces or [""]:
+            events, cursors[ns] = self._warnings_since(ns, cursors.get(ns))
+            signals.extend(self._event_signal(e) for e in events)
+        return signals, _format_cursor(cursors)
+
+    def pod_signals(self) -> list[Signal]:
+        """Pods showing a failure right now (a safety net beside the events).
+
+        NotReady alone is left out: every pod is NotReady while it starts, and readiness
+        probes that keep failing show up as Unhealthy events.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        signals = []
+        now = datetime.now(tz=UTC)
+        for ns in self.settings.namespaces or [""]:
+            for pod in self._list(
+                self.core.list_namespaced_pod, self.core.list_pod_for_all_namespaces, ns
+            ):
+                meta = pod["metadata"]
+                findings = [f for f in _findings(pod) if f[0] != "NotReady"]
+                workload = self._pod_owner(meta["namespace"], pod) if findings else None
+                signals.extend(
+                    Signal(
+                        source="pods",
+                        namespace=meta["namespace"],
+                        pod=meta["name"],
+                        workload=workload,
+                        reason=reason,
+                        message=bounded(message),
+                        observed_at=now,
+                        raw={"pod": meta["name"], **details},
+                    )
+                    for reason, message, details in findings
+                )
+        return signals
+
+    def owner_deployment(self, namespace: str, pod_name: str) -> str | None:
+        """The Deployment that owns a pod (pod → ReplicaSet → Deployment), if any.
+
+        Returns:
+            The Deployment's name; None when the pod is gone or not owned by one.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        return self._cached(
+            ("Pod", namespace, pod_name), lambda: self._pod_owner_uncached(namespace, pod_name)
+        )
+
+    def owner_of_event(self, event: Manifest) -> str | None:
+        """The Deployment an event is about: on the Deployment, one of its ReplicaSets or pods.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        obj = event.get("involvedObject") or event.get("regarding") or {}
+        namespace = obj.get("namespace") or event.get("metadata", {}).get("namespace", "")
+        kind, name = obj.get("kind"), obj.get("name")
+        if not name:
+            return None
+        if kind == "Deployment":
+            return name
+        if kind == "ReplicaSet":
+            return self._rs_owner(namespace, name)
+        if kind == "Pod":
+            return self.owner_deployment(namespace, name)
+        return None
+
+    # -- reads for diagnosis and verification ------------------------------------------
+
+    def get_deployment(self, namespace: str, name: str) -> Manifest | None:
+        """The live Deployment as the API server's JSON, or None when it does not exist.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        return self._read(self.apps.read_namespaced_deployment, name, namespace)
+
+    def pods_of(self, deployment: Manifest) -> list[Manifest]:
+        """The pods the Deployment's selector matches (every revision's).
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        meta = deployment["metadata"]
+        selector = label_selector(deployment["spec"]["selector"])
+        return self._list(
+            self.core.list_namespaced_pod, None, meta["namespace"], label_selector=selector
+        )
+
+    def pod_states(self, deployment: Manifest) -> list[PodState]:
+        """`pod_state` of each of the Deployment's pods.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        return [pod_state(p) for p in self.pods_of(deployment)]
+
+    def events_of(self, deployment: Manifest, pods: Iterable[Manifest]) -> list[EventRecord]:
+        """Events about the Deployment, its ReplicaSets and these pods, newest last.
+
+        ReplicaSets are recognised by the name the Deployment controller gives them,
+        `<deployment>-<pod-template-hash>`. At most MAX_EVENTS, the newest.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        meta = deployment["metadata"]
+        name = meta["name"]
+        pod_names = {p["metadata"]["name"] for p in pods}
+
+        def concerns(obj: dict[str, Any]) -> bool:
+            kind, n = obj.get("kind"), obj.get("name") or ""
+            return (
+                (kind == "Deployment" and n == name)
+                or (kind == "ReplicaSet" and n.startswith(name + "-"))
+                or (kind == "Pod" and n in pod_names)
+            )
+
+        events = [
+            e
+            for e in self._list(self.core.list_namespaced_event, None, meta["namespace"])
+            if concerns(e.get("involvedObject") or {})
+        ]
+        events.sort(key=_event_time)
+        return [
+            EventRecord(
+                type=e.get("type") or "",
+                reason=e.get("reason") or "",
+                message=bounded(e.get("message") or ""),
+                object=f"{e['involvedObject'].get('kind')}/{e['involvedObject'].get('name')}",
+                count=e.get("count") or 1,
+                last_seen=_event_time(e) or None,
+            )
+            for e in events[-MAX_EVENTS:]
+        ]
+
+    def pod_logs(
+        self, namespace: str, pod: str, container: str, previous: bool = False, tail: int = 50
+    ) -> str | None:
+        """The last `tail` lines a container wrote (its previous instance's with `previous`).
+
+        Returns:
+            The text, or None when there is none to read (pod gone, container not
+            started, no previous instance).
+
+        Raises:
+            TransientError, PermanentError (other than the cases above).
+        """
+        try:
+            resp = self._call(
+                self.core.read_namespaced_pod_log,
+                pod,
+                namespace,
+                container=container,
+                previous=previous,
+                tail_lines=tail,
+                _preload_content=False,
+            )
+        except PermanentError as exc:
+            if exc.status in (400, 404):
+                return None
+            raise
+        return resp.data.decode("utf-8", "replace")
+
+    def revisions(self, deployment: Manifest) -> list[tuple[Revision, Manifest]]:
+        """The Deployment's ReplicaSet history, newest revision first.
+
+        A ReplicaSet belongs to the Deployment when its controller ownerReference has
+        the Deployment's uid (the selector only narrows the list). Each comes with its
+        pod template, without the pod-template-hash label, comparable to the
+        Deployment's `spec.template`.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        meta = deployment["metadata"]
+        current = _revision(deployment)
+        owned = [
+            rs
+            for rs in self._list(
+                self.apps.list_namespaced_replica_set,
+                None,
+                meta["namespace"],
+                label_selector=label_selector(deployment["spec"]["selector"]),
+            )
+            if any(
+                ref.get("uid") == meta.get("uid") and ref.get("controller")
+                for ref in rs["metadata"].get("ownerReferences") or []
+            )
+        ]
+        owned.sort(key=_revision, reverse=True)
+        return [
+            (
+                Revision(
+                    revision=_revision(rs),
+                    replicaset=rs["metadata"]["name"],
+                    images=[c.get("image", "") for c in _template_of(rs)["spec"]["containers"]],
+                    ready_replicas=(rs.get("status") or {}).get("readyReplicas") or 0,
+                    current=_revision(rs) == current,
+                ),
+                _template_of(rs),
+            )
+            for rs in owned
+        ]
+
+    def last_healthy_template(
+        self, deployment: Manifest, revisions: list[tuple[Revision, Manifest]] | None = None
+    ) -> Manifest | None:
+        """The pod template of the newest earlier revision known to have run healthy.
+
+        The rule: among the revisions older than the current one, newest first, the
+        first whose ReplicaSet still has ready replicas — a stuck rollout keeps the
+        previous ReplicaSet serving, so it is proven good right now. When none is
+        serving, the newest earlier revision: the Deployment controller only retires an
+        old ReplicaSet as the next one becomes available, so that is the state the
+        workload last ran in. None when there is no earlier revision.
+
+        Args:
+            revisions: `revisions(deployment)` if already read.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        history = [
+            r
+            for r in (revisions if revisions is not None else self.revisions(deployment))
+            if not r[0].current
+        ]
+        serving = [r for r in history if r[0].ready_replicas > 0]
+        chosen = (serving or history or [None])[0]
+        return chosen[1] if chosen else None
+
+    def rollout(self, deployment_name: str, namespace: str) -> RolloutStatus:
+        """`kubectl rollout status` for one Deployment, read once (no waiting).
+
+        Raises:
+            PermanentError: the Deployment does not exist (or other 4xx).
+            TransientError: as every call.
+        """
+        dep = self.get_deployment(namespace, deployment_name)
+        if dep is None:
+            raise PermanentError(
+                SYSTEM, f'deployments.apps "{deployment_name}" not found', status=404
+            )
+        return rollout_status(dep)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def dry_run_apply(self, manifest: Manifest) -> Manifest:
+        """Server-side apply with dryRun=All: what the object would become; nothing changes.
+
+        Raises:
+            PermanentError: the API server refused it (422 invalid, 409, 403...), with
+                its message.
+            TransientError: as every call.
+        """
+        return self._apply(manifest, dry_run=True)
+
+    def apply(self, manifest: Manifest) -> Manifest:
+        """Apply a corrected Deployment: server-side apply, then explicit removals.
+
+        Server-side apply (field manager `aifixer`, force) sets every field the
+        manifest has; fields it dropped that other managers own are then removed with a
+        JSON patch (see `removed_fields`), so the live spec is the manifest's.
+
+        Returns:
+            The Deployment as stored afterwards.
+
+        Raises:
+            PermanentError, TransientError.
+        """
+        applied = self._apply(manifest, dry_run=False)
+        removals = removed_fields(applied, manifest)
+        if not removals:
+            return applied
+        log.info("kubernetes: removing %s from %s", ", ".join(removals), _ref(manifest))
+        meta = manifest["metadata"]
+        return self._json(
+            self.apps.patch_namespaced_deployment,
+            meta["name"],
+            meta["namespace"],
+            [{"op": "remove", "path": p} for p in removals],
+            field_manager=FIELD_MANAGER,
+            _content_type=JSON_PATCH,
+        )
+
+    def restore(self, original: Manifest) -> Manifest:
+        """Put the original spec back (rollback of a fix that did not verify).
+
+        A replace of the live object with the original spec, guarded by the live
+        resourceVersion; a conflict (409: someone changed it meanwhile) re-reads and
+        tries again, up to RESTORE_ATTEMPTS times.
+
+        Returns:
+            The Deployment as stored afterwards.
+
+        Raises:
+            PermanentError: the Deployment is gone, or the replace is refused.
+            TransientError: as every call, or conflicts that never settled.
+        """
+        meta = original["metadata"]
+        name, namespace = meta["name"], meta["namespace"]
+        for _ in range(RESTORE_ATTEMPTS):
+            live = self.get_deployment(namespace, name)
+            if live is None:
+                raise PermanentError(SYSTEM, f'deployments.apps "{name}" not found', status=404)
+            live["metadata"].pop("managedFields", None)
+            body = {**live, "spec": original["spec"]}
+            body.pop("status", None)
+            try:
+                return self._json(
+                    self.apps.replace_namespaced_deployment,
+                    name,
+                    namespace,
+                    body,
+                    field_manager=FIELD_MANAGER,
+                )
+            except PermanentError as exc:
+                if exc.status != 409:
+                    raise
+                log.info("kubernetes: %s changed during restore, retrying", _ref(original))
+        raise TransientError(
+            SYSTEM, f"{_ref(original)} kept changing; restore not done", status=409
+        )
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _apply(self, manifest: Manifest, dry_run: bool) -> Manifest:
+        meta = manifest.get("metadata") or {}
+        if (
+            manifest.get("kind") != "Deployment"
+            or not meta.get("name")
+            or not meta.get("namespace")
+        ):
+            raise ValueError(
+                "expected a Deployment manifest with metadata.name and metadata.namespace"
+            )
+        return self._json(
+            self.apps.patch_namespaced_deployment,
+            meta["name"],
+            meta["namespace"],
+            _apply_body(manifest),
+            field_manager=FIELD_MANAGER,
+            force=True,
+            dry_run="All" if dry_run else None,
+            _content_type=APPLY_PATCH,
+        )
+
+    def _warnings_since(self, namespace: str, rv: str | None) -> tuple[list[Manifest], str]:
+        if rv:
+            try:
+                return self._watch_warnings(namespace, rv)
+            except _Expired:
+                log.info("kubernetes: event cursor %s expired, listing again", rv)
+        cutoff = time.time() - self.settings.loki_lookback_s
+        items, list_rv = self._list_with_rv(
+            self.core.list_namespaced_event,
+            self.core.list_event_for_all_namespaces,
+            namespace,
+            field_selector="type=Warning",
+        )
+        recent = [e for e in items if _epoch(_event_time(e)) >= cutoff]
+        return recent, list_rv
+
+    def _watch_warnings(self, namespace: str, rv: str) -> tuple[list[Manifest], str]:
+        fn, args = self._scoped(
+            self.core.list_namespaced_event, self.core.list_event_for_all_namespaces, namespace
+        )
+        resp = self._call(
+            fn,
+            *args,
+            watch=True,
+            resource_version=rv,
+            allow_watch_bookmarks=True,
+            field_selector="type=Warning",
+            timeout_seconds=WATCH_WINDOW_S,
+            _preload_content=False,
+            _request_timeout=(self.timeout, self.timeout + WATCH_WINDOW_S),
+        )
+        events = []
+        try:
+            body = resp.data
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise TransientError(SYSTEM, f"event watch broke off: {exc}") from exc
+        for raw in body.splitlines():
+            if not raw.strip():
+                continue
+            item = json.loads(raw)
+            obj = item.get("object") or {}
+            if item.get("type") == "ERROR":
+                if obj.get("code") == 410:
+                    raise _Expired()
+                raise _status_error(obj.get("code") or 500, obj.get("message") or str(obj), None)
+            rv = obj.get("metadata", {}).get("resourceVersion") or rv
+            if item.get("type") in ("ADDED", "MODIFIED"):
+                events.append(obj)
+        return events, rv
+
+    def _event_signal(self, event: Manifest) -> Signal:
+        obj = event.get("involvedObject") or {}
+        namespace = obj.get("namespace") or event["metadata"].get("namespace", "")
+        event = {k: v for k, v in event.items() if k != "metadata"} | {
+            "metadata": {k: v for k, v in event["metadata"].items() if k != "managedFields"}
+        }
+        return Signal(
+            source="events",
+            namespace=namespace,
+            pod=obj.get("name") if obj.get("kind") == "Pod" else None,
+            workload=self.owner_of_event(event),
+            reason=event.get("reason") or "",
+            message=bounded(event.get("message") or ""),
+            observed_at=_event_time(event) or datetime.now(tz=UTC),
+            raw=event,
+        )
+
+    def _pod_owner(self, namespace: str, pod: Manifest) -> str | None:
+        return self._cached(
+            ("Pod", namespace, pod["metadata"]["name"]), lambda: self._owner_from_pod(pod)
+        )
+
+    def _pod_owner_uncached(self, namespace: str, pod_name: str) -> str | None:
+        pod = self._read(self.core.read_namespaced_pod, pod_name, namespace)
+        return self._owner_from_pod(pod) if pod else None
+
+    def _owner_from_pod(self, pod: Manifest) -> str | None:
+        rs = _controller(pod, "ReplicaSet")
+        return self._rs_owner(pod["metadata"]["namespace"], rs) if rs else None
+
+    def _rs_owner(self, namespace: str, rs_name: str) -> str | None:
+        def lookup() -> str | None:
+            rs = self._read(self.apps.read_namespaced_replica_set, rs_name, namespace)
+            return _controller(rs, "Deployment") if rs else None
+
+        return self._cached(("ReplicaSet", namespace, rs_name), lookup)
+
+    def _cached(self, key: tuple[str, str, str], lookup: Callable[[], str | None]) -> str | None:
+        now = time.monotonic()
+        hit = self._owners.get(key)
+        if hit and hit[0] > now:
+            return hit[1]
+        value = lookup()
+        if len(self._owners) > 10_000:
+            self._owners = {k: v for k, v in self._owners.items() if v[0] > now}
+        self._owners[key] = (now + OWNER_CACHE_S, value)
+        return value
+
+    def _scoped(self, namespaced: Callable, cluster_wide: Callable | None, namespace: str):
+        if namespace or cluster_wide is None:
+            return namespaced, (namespace,)
+        return cluster_wide, ()
+
+    def _list(
+        self, namespaced: Callable, cluster_wide: Callable | None, namespace: str, **kw
+    ) -> list[Manifest]:
+        return self._list_with_rv(namespaced, cluster_wide, namespace, **kw)[0]
+
+    def _list_with_rv(
+        self, namespaced: Callable, cluster_wide: Callable | None, namespace: str, **kw
+    ) -> tuple[list[Manifest], str]:
+        """Every item, page by page (500 a page), and the list's resourceVersion."""
+        fn, args = self._scoped(namespaced, cluster_wide, namespace)
+        items: list[Manifest] = []
+        token = None
+        while True:
+            page = self._json(fn, *args, limit=500, _continue=token, **kw)
+            items.extend(page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return items, page["metadata"].get("resourceVersion", "")
+
+    def _read(self, fn: Callable, name: str, namespace: str) -> Manifest | None:
+        try:
+            return self._json(fn, name, namespace)
+        except PermanentError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _json(self, fn: Callable, *args, **kwargs) -> Any:
+        resp = self._call(fn, *args, _preload_content=False, **kwargs)
+        return json.loads(resp.data)
+
+    def _call(self, fn: Callable, *args, **kwargs) -> Any:
+        kwargs.setdefault("_request_timeout", self.timeout)
+        try:
+            return fn(*args, **kwargs)
+        except ApiException as exc:
+            raise _api_error(exc) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise TransientError(SYSTEM, f"{fn.__name__}: {exc}") from exc
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _api_client(settings: Settings) -> client.ApiClient:
+    """The client for settings.kubeconfig/context; else in-cluster; else ~/.kube/config."""
+    cfg = client.Configuration()
+    cfg.retries = False  # no hidden retries: TransientError goes to the task's backoff
+    try:
+        if settings.kubeconfig is None:
+            try:
+                config.load_incluster_config(client_configuration=cfg)
+                return client.ApiClient(cfg)
+            except config.ConfigException:
+                pass  # not in a pod: the user's kubeconfig
+        return config.new_client_from_config(
+            config_file=str(settings.kubeconfig) if settings.kubeconfig else None,
+            context=settings.kube_context,
+            persist_config=False,
+            client_configuration=cfg,
+        )
+    except (config.ConfigException, OSError, ValueError) as exc:
+        raise PermanentError(SYSTEM, f"cannot load the cluster configuration: {exc}") from exc
+
+
+def _api_error(exc: ApiException) -> TransientError | PermanentError:
+    message = exc.reason or "error"
+    if exc.body:
+        try:
+            message = json.loads(exc.body).get("message") or message
+        except (ValueError, AttributeError):
+            message = exc.body
+    headers = exc.headers or {}
+    return _status_error(exc.status or 0, str(message), headers.get("Retry-After"))
+
+
+def _status_error(status: int, message: str, retry_after: str | None):
+    if status == 0:
+        # The client failed before any answer (TLS, a request it could not build).
+        return PermanentError(SYSTEM, bounded(message))
+    if is_transient_status(status):
+        try:
+            after = float(retry_after) if retry_after else None
+        except ValueError:
+            after = None
+        return TransientError(SYSTEM, bounded(message), status=status, retry_after=after)
+    return PermanentError(SYSTEM, bounded(message), status=status)
+
+
+def _event_time(event: Manifest) -> str:
+    return (
+        event.get("lastTimestamp")
+        or event.get("eventTime")
+        or event.get("firstTimestamp")
+        or event.get("metadata", {}).get("creationTimestamp")
+        or ""
+    )
+
+
+def _epoch(timestamp: str) -> float:
+    if not timestamp:
+        return 0.0
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+def _ref(manifest: Manifest) -> str:
+    meta = manifest.get("metadata") or {}
+    return f"[{meta.get('namespace')}/{meta.get('name')}]"
+
+
+def _parse_cursor(cursor: str | None) -> dict[str, str | None]:
+    """The event cursor: a resourceVersion, or `ns=rv,...` when watching namespaces apart."""
+    if not cursor:
+        return {}
+    if "=" not in cursor:
+        return {"": cursor}
+    return dict(item.split("=", 1) for item in cursor.split(",") if item)
+
+
+def _format_cursor(cursors: dict[str, str | None]) -> str:
+    if set(cursors) == {""}:
+        return cursors[""] or ""
+    return ",".join(f"{ns}={rv}" for ns, rv in cursors.items() if rv)
