@@ -1,0 +1,923 @@
+"""The fixer: what the model is asked, and what is done with its answers.
+
+The model is an untrusted adapter. Everything it is given is bounded and redacted;
+everything it returns is constrained by a JSON schema, validated, and then held to
+what the deterministic parts of aifixer would accept:
+
+- `diagnose` asks for a structured diagnosis; if the model fails or answers badly, a
+  diagnosis written from the evidence alone takes its place (the PR shows either).
+- `propose` turns the diagnosis into a whole corrected Deployment by one of three
+  strategies (`settings.fix_strategy`):
+  * "playbooks": the first playbook candidate the guardrails accept;
+  * "model": the model writes a few typed edits on allow-listed fields of the live
+    Deployment. Never a whole manifest: small models rewrite fields they were not
+    asked about, and an edit list is what a JSON schema can pin down;
+  * "hybrid": the model picks among the playbook candidates and may adjust the values
+    the chosen one changes. Edits outside the candidate's fields are dropped; an
+    invalid answer or a refused result falls back to the best candidate that passes.
+  Every proposal goes through `guardrails.check`; each refusal is recorded.
+- `speech` has the model word the phone message, checks it is short, plain and safe
+  to read aloud, and falls back to a template.
+
+`redact` strips token-looking strings from everything that leaves the process:
+prompts, rationales, speech.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+from functools import cache
+from importlib import resources
+from string import Template
+from typing import Any, get_args
+
+from . import guardrails, manifests, playbooks
+from .adapters.errors import AdapterError
+from .adapters.llm import Model
+from .models import (
+    Diagnosis,
+    Evidence,
+    FailureClass,
+    FixProposal,
+    Incident,
+    IncidentState,
+    Manifest,
+    Rejection,
+)
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+FAILURE_CLASSES: tuple[str, ...] = get_args(FailureClass)
+CONTAINERS = "spec.template.spec.containers"
+
+# -- redaction ---------------------------------------------------------------------------
+
+REDACTED = "[redacted]"
+_SECRET_PATTERNS = [
+    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"),  # GitHub tokens
+    re.compile(r"\bgithub_pat_[A-Za-z0-9_]{20,}"),
+    re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"),  # OpenAI-style API keys
+    re.compile(r"\b(?:AC|SK|CA|PN)[0-9a-fA-F]{32}\b"),  # Twilio account, key, call, number sids
+    re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),  # JWTs
+    re.compile(r"(?<![\w:])[0-9a-fA-F]{32,}\b"),  # long hex; a `sha256:` digest is public
+]
+_CREDENTIAL = re.compile(
+    r"(?i)\b(bearer|basic|password|passwd|pwd|secret|token|api[_-]?key)(\s*[=:]\s*|\s+)([^\s,;\"']{6,})"
+)
+_BASE64 = re.compile(r"(?<![\w/+=])[A-Za-z0-9+/_-]{40,}={0,2}")
+
+
+def redact(text: str) -> str:
+    """`text` without anything that looks like a token, key, sid or credential value."""
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(REDACTED, text)
+    text = _CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    return _BASE64.sub(lambda m: REDACTED if _looks_random(m.group(0)) else m.group(0), text)
+
+
+def _looks_random(word: str) -> bool:
+    """Base64 of a secret mixes cases and digits; a long word or path of letters does not."""
+    return (
+        any(c.isdigit() for c in word)
+        and any(c.isupper() for c in word)
+        and any(c.islower() for c in word)
+    )
+
+
+# -- prompts -----------------------------------------------------------------------------
+
+
+@cache
+def _template(name: str) -> Template:
+    return Template((resources.files("aifixer") / "prompts" / f"{name}.txt").read_text("utf-8"))
+
+
+def prompt(name: str, **values: Any) -> str:
+    """Fill the template file `prompts/<name>.txt`; redacted, since it leaves the process."""
+    return redact(_template(name).substitute(values))
+
+
+# -- the evidence, as the model reads it ---------------------------------------------------
+
+MAX_PODS, MAX_EVENTS, MAX_LOG_LINES, MAX_POD_LOGS, MAX_CHANGES = 4, 8, 12, 3, 10
+MAX_VALUE = 160
+MAX_EVIDENCE = 6000
+
+EXIT_CODES = {
+    1: "the application exited with an error",
+    2: "the shell or program was misused (bad arguments)",
+    126: "the command was found but is not executable",
+    127: "the command was not found in the image",
+    137: "killed by SIGKILL, usually for exceeding the memory limit",
+    139: "segmentation fault",
+    143: "stopped by SIGTERM",
+}
+
+
+def _clip(value: Any, limit: int = MAX_VALUE) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def deployment_path(path: str) -> str:
+    """A template-diff path as a path in the Deployment (the diff may be template-rooted)."""
+    return path if path.startswith("spec.template") else f"spec.template.{path}"
+
+
+def render_evidence(incident: Incident, evidence: Evidence) -> str:
+    """The evidence as short plain-text sections, bounded in every dimension."""
+    w = incident.workload
+    sections = [
+        f"Workload: Deployment {w.namespace}/{w.name} (detected failure class: "
+        f"{incident.failure_class})",
+        _section("Containers now", _containers(evidence.deployment)),
+        _section("Pods", [_pod_line(p) for p in _failing_pods(evidence)[:MAX_PODS]]),
+        _section(
+            "Warning events",
+            [
+                f"- {e.reason} (x{e.count}) {e.object}: {_clip(e.message)}"
+                for e in [e for e in evidence.events if e.type == "Warning"][-MAX_EVENTS:]
+            ],
+        ),
+        _section(
+            "Recent log lines",
+            [f"- [{ln.pod}] {_clip(ln.line, 200)}" for ln in evidence.logs[-MAX_LOG_LINES:]],
+        ),
+        _section("Container output", _pod_logs(evidence.pod_logs)),
+        _section(
+            "Changes since the last healthy revision",
+            [
+                f"- {deployment_path(c.path)}: {_clip(c.before)} -> {_clip(c.after)}"
+                for c in evidence.template_diff[:MAX_CHANGES]
+            ],
+        ),
+        _section("Facts", _facts(evidence)),
+    ]
+    text = "\n\n".join(s for s in sections if s)
+    return text if len(text) <= MAX_EVIDENCE else text[:MAX_EVIDENCE] + "\n(evidence cut)"
+
+
+def _section(title: str, lines: list[str]) -> str:
+    return f"{title}:\n" + "\n".join(lines) if lines else ""
+
+
+def _containers(deployment: Manifest) -> list[str]:
+    lines = []
+    for i, c in enumerate(manifests.get_path(deployment, CONTAINERS, []) or []):
+        fields = {
+            k: c[k]
+            for k in (
+                "image",
+                "command",
+                "args",
+                "resources",
+                "ports",
+                "env",
+                "readinessProbe",
+                "livenessProbe",
+                "startupProbe",
+            )
+            if k in c
+        }
+        if "env" in fields:
+            fields["env"] = [_masked(var) for var in fields["env"]]
+        lines.append(f"- containers[{i}] {c.get('name')}: {_clip(fields, 900)}")
+    return lines
+
+
+def _masked(var: Any) -> Any:
+    """An env var whose name says credential keeps its name, not its literal value."""
+    if (
+        isinstance(var, dict)
+        and "value" in var
+        and guardrails.CREDENTIAL_NAME.search(str(var.get("name")))
+    ):
+        return {**var, "value": REDACTED}
+    return var
+
+
+def _failing_pods(evidence: Evidence) -> list:
+    return [p for p in evidence.pods if p.reasons or not p.ready] or evidence.pods
+
+
+def _pod_line(pod) -> str:
+    line = (
+        f"- {pod.name}: {pod.phase}, {'ready' if pod.ready else 'not ready'}, "
+        f"restarts {pod.restart_count}"
+    )
+    if pod.reasons:
+        line += f", reasons {', '.join(pod.reasons)}"
+    if pod.last_termination:
+        line += f"; last termination {_clip(pod.last_termination)}"
+    return line
+
+
+def _pod_logs(pod_logs: dict[str, str]) -> list[str]:
+    # The previous container's output is the crash's own account: it goes first.
+    keys = sorted(pod_logs, key=lambda k: (not k.endswith("/previous"), k))[:MAX_POD_LOGS]
+    lines = []
+    for key in keys:
+        tail = [ln for ln in pod_logs[key].splitlines() if ln.strip()][-5:]
+        lines.extend(f"- [{key}] {_clip(ln, 200)}" for ln in tail)
+    return lines
+
+
+def _exit_codes(evidence: Evidence) -> list[int]:
+    codes = []
+    for pod in evidence.pods:
+        code = (pod.last_termination or {}).get("exitCode")
+        if isinstance(code, int) and code not in codes:
+            codes.append(code)
+    return codes
+
+
+def _facts(evidence: Evidence) -> list[str]:
+    return [
+        f"- exit code {code}: {EXIT_CODES[code]}"
+        for code in _exit_codes(evidence)
+        if code in EXIT_CODES
+    ]
+
+
+# -- diagnose ----------------------------------------------------------------------------
+
+DIAGNOSIS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["summary", "root_cause", "failure_class", "fields"],
+    "properties": {
+        "summary": {"type": "string", "minLength": 10, "maxLength": 400},
+        "root_cause": {"type": "string", "minLength": 5, "maxLength": 400},
+        "failure_class": {"type": "string", "enum": list(FAILURE_CLASSES)},
+        "fields": {"type": "array", "maxItems": 5, "items": {"type": "string", "maxLength": 160}},
+    },
+}
+
+CLASS_PHRASES = {
+    "ImagePull": "its pods cannot pull their container image",
+    "CrashLoop": "its container exits soon after starting and is restarted again and again",
+    "OOMKilled": "its container is killed for using more memory than its limit",
+    "ProbeFailure": "its health probes fail",
+    "Unschedulable": "its pods cannot be scheduled on any node",
+    "ConfigError": "its pods cannot start: a ConfigMap, Secret or key they reference is missing",
+    "AppError": "its application logs errors while the pods look healthy",
+}
+# Where each class usually lies, when the revision history names no changed field.
+CLASS_FIELDS = {
+    "ImagePull": ["image"],
+    "CrashLoop": ["command", "args", "env"],
+    "OOMKilled": ["resources.limits.memory"],
+    "ProbeFailure": ["readinessProbe", "livenessProbe"],
+    "Unschedulable": ["resources.requests"],
+    "ConfigError": ["env"],
+    "AppError": [],
+}
+
+
+def diagnose(model: Model, incident: Incident, evidence: Evidence) -> Diagnosis:
+    """The model's diagnosis, or one written from the evidence if the model fails."""
+    user = prompt(
+        "diagnose.user",
+        evidence=render_evidence(incident, evidence),
+        classes=", ".join(FAILURE_CLASSES),
+    )
+    try:
+        answer, _ = model.chat_json(
+            prompt("diagnose.system"), user, DIAGNOSIS_SCHEMA, name="diagnosis", max_tokens=400
+        )
+    except AdapterError as exc:
+        log.warning(
+            "[%s] model diagnosis unusable, writing one from the evidence: %s",
+            incident.workload.key,
+            exc,
+        )
+        return playbook_diagnosis(incident, evidence)
+    return Diagnosis(
+        summary=redact(answer["summary"].strip()),
+        root_cause=redact(answer["root_cause"].strip()),
+        failure_class=answer["failure_class"],
+        fields=[redact(f) for f in answer["fields"]],
+        source="model",
+    )
+
+
+def playbook_diagnosis(incident: Incident, evidence: Evidence) -> Diagnosis:
+    """A diagnosis from the evidence alone: what the PR shows when the model fails."""
+    fc = incident.failure_class
+    w = incident.workload
+    seen = _what_was_seen(evidence)
+    summary = f"Deployment {w.namespace}/{w.name} is failing: {CLASS_PHRASES[fc]}."
+    if seen:
+        summary += f" Seen: {seen}."
+    changes = evidence.template_diff
+    if changes:
+        described = "; ".join(
+            f"{deployment_path(c.path)} changed from {_clip(c.before, 60)} to {_clip(c.after, 60)}"
+            for c in changes[:3]
+        )
+        root_cause = f"Since the last healthy revision, {described}: the likeliest cause."
+        fields = [deployment_path(c.path) for c in changes[:5]]
+    else:
+        root_cause = _cause_without_history(fc, evidence)
+        fields = _class_fields(fc, evidence.deployment)
+    return Diagnosis(
+        summary=redact(summary),
+        root_cause=redact(root_cause),
+        failure_class=fc,
+        fields=fields,
+        source="playbook",
+    )
+
+
+def _what_was_seen(evidence: Evidence) -> str:
+    parts = []
+    reasons = sorted({r for p in evidence.pods for r in p.reasons})
+    if reasons:
+        parts.append(f"pod reasons {', '.join(reasons)}")
+    restarts = max((p.restart_count for p in evidence.pods), default=0)
+    if restarts:
+        parts.append(f"up to {restarts} restarts")
+    for code in _exit_codes(evidence)[:2]:
+        parts.append(f"exit code {code}" + (f" ({EXIT_CODES[code]})" if code in EXIT_CODES else ""))
+    warning = next((e for e in reversed(evidence.events) if e.type == "Warning"), None)
+    if warning:
+        parts.append(f"event {warning.reason}: {_clip(warning.message, 120)}")
+    return "; ".join(parts)
+
+
+def _cause_without_history(fc: str, evidence: Evidence) -> str:
+    codes = [c for c in _exit_codes(evidence) if c in EXIT_CODES]
+    if codes:
+        return f"The container's exit code {codes[0]} means {EXIT_CODES[codes[0]]}."
+    warning = next((e for e in reversed(evidence.events) if e.type == "Warning"), None)
+    if warning:
+        return f"The cluster reports {warning.reason}: {_clip(warning.message, 200)}"
+    return (
+        f"No field changed since the last healthy revision; the failure ({fc}) "
+        f"needs a person to look at the application."
+    )
+
+
+def _class_fields(fc: str, deployment: Manifest) -> list[str]:
+    containers = manifests.get_path(deployment, CONTAINERS, []) or []
+    return [
+        f"{CONTAINERS}[{i}].{suffix}" for i in range(len(containers)) for suffix in CLASS_FIELDS[fc]
+    ][:5]
+
+
+# -- typed edits ---------------------------------------------------------------------------
+
+# Unbounded repetition plus maxLength: a `{0,252}` would grow a grammar by 252 rules.
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+_QUANTITY = {
+    "type": "string",
+    "pattern": r"^[0-9]+(\.[0-9]+)?(m|k|M|G|Ki|Mi|Gi)?$",
+    "maxLength": 16,
+}
+_STRINGS = {"type": "array", "maxItems": 20, "items": {"type": "string", "maxLength": 200}}
+_SECONDS = {"type": "integer", "minimum": 0, "maximum": 3600}
+_PORT = {
+    "anyOf": [
+        {"type": "integer", "minimum": 1, "maximum": 65535},
+        {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$"},
+    ]
+}
+_KEY_REF = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "key"],
+    "properties": {
+        "name": {"type": "string", "pattern": _NAME, "maxLength": 253},
+        "key": {"type": "string", "pattern": _NAME, "maxLength": 253},
+    },
+}
+_ENV_VAR = {
+    "anyOf": [
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["name", "value"],
+            "properties": {
+                "name": {"type": "string", "pattern": _NAME, "maxLength": 253},
+                "value": {"type": "string", "maxLength": 500},
+            },
+        },
+        *(
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", "valueFrom"],
+                "properties": {
+                    "name": {"type": "string", "pattern": _NAME, "maxLength": 253},
+                    "valueFrom": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": [ref],
+                        "properties": {ref: _KEY_REF},
+                    },
+                },
+            }
+            for ref in ("configMapKeyRef", "secretKeyRef")
+        ),
+    ]
+}
+_PROBE_FIELDS = {
+    "initialDelaySeconds": _SECONDS,
+    "periodSeconds": _SECONDS,
+    "timeoutSeconds": _SECONDS,
+    "failureThreshold": _SECONDS,
+}
+
+# The value type of an editable field, by the end of its path.
+_TYPED_SUFFIXES: list[tuple[re.Pattern[str], dict[str, Any]]] = [
+    (re.compile(r"\.image$"), {"type": "string", "minLength": 1, "maxLength": 200}),
+    (re.compile(r"\.resources\.(limits|requests)\.(memory|cpu)$"), _QUANTITY),
+    (re.compile(r"\.(command|args)$"), _STRINGS),
+    (re.compile(r"\.env$"), {"type": "array", "maxItems": 50, "items": _ENV_VAR}),
+    (re.compile(r"\.env\[\d+\]\.value$"), {"type": "string", "maxLength": 500}),
+    (
+        re.compile(r"\.(configMapKeyRef|secretKeyRef)\.(name|key)$"),
+        {"type": "string", "pattern": _NAME, "maxLength": 253},
+    ),
+    (re.compile(r"\.containerPort$"), {"type": "integer", "minimum": 1, "maximum": 65535}),
+    (re.compile(r"\.(httpGet|tcpSocket)\.port$"), _PORT),
+    (re.compile(r"\.httpGet\.path$"), {"type": "string", "pattern": "^/", "maxLength": 200}),
+    (
+        re.compile(r"Probe\.(initialDelaySeconds|periodSeconds|timeoutSeconds|failureThreshold)$"),
+        _SECONDS,
+    ),
+]
+
+
+def value_schema(
+    path: str, example: Any = None, *, max_replicas: int = 20
+) -> dict[str, Any] | None:
+    """The JSON schema of the value at `path`, from its name, else from an example value."""
+    if path == "spec.replicas":
+        return {"type": "integer", "minimum": 1, "maximum": max_replicas}
+    for pattern, schema in _TYPED_SUFFIXES:
+        if pattern.search(path):
+            return schema
+    if isinstance(example, bool):
+        return {"type": "boolean"}
+    if isinstance(example, int):
+        return {"type": "integer"}
+    if isinstance(example, str):
+        return {"type": "string", "maxLength": 500}
+    if isinstance(example, list) and all(isinstance(v, str) for v in example):
+        return _STRINGS
+    return None
+
+
+def editable_paths(manifest: Manifest) -> list[str]:
+    """The fields of `manifest` a model may edit: allow-listed, and present (or filling a probe)."""
+    paths = ["spec.replicas"]
+    for i, c in enumerate(manifests.get_path(manifest, CONTAINERS, []) or []):
+        base = f"{CONTAINERS}[{i}]"
+        paths += [f"{base}.{f}" for f in ("image", "command", "args", "env")]
+        paths += [
+            f"{base}.resources.{s}.{r}" for s in ("limits", "requests") for r in ("memory", "cpu")
+        ]
+        for j, var in enumerate(c.get("env") or []):
+            if "value" in var:
+                paths.append(f"{base}.env[{j}].value")
+            for ref in ("configMapKeyRef", "secretKeyRef"):
+                if ref in (var.get("valueFrom") or {}):
+                    paths += [f"{base}.env[{j}].valueFrom.{ref}.{k}" for k in ("name", "key")]
+        paths += [f"{base}.ports[{j}].containerPort" for j in range(len(c.get("ports") or []))]
+        for probe in guardrails.PROBES:
+            paths += _probe_paths(f"{base}.{probe}", c.get(probe))
+    return [p for p in paths if guardrails.is_allowed_path(p)]
+
+
+def _probe_paths(base: str, probe: Any) -> list[str]:
+    if not isinstance(probe, dict):
+        return []
+    paths = [f"{base}.{f}" for f in _PROBE_FIELDS]
+    if "httpGet" in probe:
+        paths += [f"{base}.httpGet.path", f"{base}.httpGet.port"]
+    if "tcpSocket" in probe:
+        paths.append(f"{base}.tcpSocket.port")
+    if "exec" in probe:
+        paths.append(f"{base}.exec.command")
+    return paths
+
+
+def edits_schema(typed: dict[str, dict[str, Any]], max_items: int) -> dict[str, Any]:
+    """An array of {path, value} whose value type follows the path, paths grouped by type."""
+    groups: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    for path, schema in typed.items():
+        key = json.dumps(schema, sort_keys=True)
+        groups.setdefault(key, (schema, []))[1].append(path)
+    options = [
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["path", "value"],
+            "properties": {"path": {"type": "string", "enum": paths}, "value": schema},
+        }
+        for schema, paths in groups.values()
+    ]
+    if not options:
+        return {"type": "array", "maxItems": 0}
+    items = options[0] if len(options) == 1 else {"anyOf": options}
+    return {"type": "array", "maxItems": max_items, "items": items}
+
+
+def _rationale_schema() -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": 300}
+
+
+def apply_edits(base: Manifest, edits: list[dict[str, Any]]) -> Manifest:
+    """A copy of `base` with each edit's value set at its path."""
+    out = copy.deepcopy(base)
+    for edit in edits:
+        try:
+            manifests.set_path(out, edit["path"], copy.deepcopy(edit["value"]))
+        except (IndexError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"cannot set {edit['path']}: {exc}") from exc
+    return out
+
+
+# -- propose -----------------------------------------------------------------------------
+
+
+class _Attempts:
+    """The proposals tried, and why each one was refused."""
+
+    def __init__(self, evidence: Evidence, settings: Settings) -> None:
+        self.evidence = evidence
+        self.settings = settings
+        self.live = evidence.deployment
+        self.base = manifests.clean(self.live)
+        self.rejections: list[Rejection] = []
+
+    def reject(self, source: str, strategy: str, reasons: list[str]) -> None:
+        self.rejections.append(
+            Rejection(source=source, strategy=strategy, reasons=[redact(r) for r in reasons])
+        )
+
+    def accept(self, proposal: FixProposal) -> FixProposal | None:
+        """`proposal` if it changes something and the guardrails let it through."""
+        if not proposal.changes:
+            self.reject(proposal.source, proposal.strategy, ["the proposal changes nothing"])
+            return None
+        reasons = guardrails.check(self.live, proposal.manifest, self.evidence, self.settings)
+        if reasons:
+            log.warning(
+                "%s fix from %s refused: %s", proposal.source, proposal.strategy, "; ".join(reasons)
+            )
+            self.reject(proposal.source, proposal.strategy, reasons)
+            return None
+        return proposal
+
+    def first_candidate(self, candidates: list[FixProposal]) -> FixProposal | None:
+        for candidate in candidates:
+            accepted = self.accept(self.restated(candidate))
+            if accepted is not None:
+                return accepted
+        return None
+
+    def restated(
+        self,
+        candidate: FixProposal,
+        manifest: Manifest | None = None,
+        *,
+        source: str = "playbook",
+        strategy: str | None = None,
+        rationale: str | None = None,
+    ) -> FixProposal:
+        """A proposal whose changes are recomputed from the live Deployment, not trusted."""
+        result = manifests.clean(manifest if manifest is not None else candidate.manifest)
+        return FixProposal(
+            source=source,
+            strategy=strategy or candidate.strategy,
+            rationale=redact(rationale or candidate.rationale),
+            manifest=result,
+            changes=manifests.diff(self.base, result),
+        )
+
+
+def propose(
+    model: Model, incident: Incident, evidence: Evidence, diagnosis: Diagnosis, settings: Settings
+) -> tuple[FixProposal | None, list[Rejection]]:
+    """A corrected Deployment the guardrails accept, by `settings.fix_strategy`, or None.
+
+    Returns the proposal (None when nothing passes) and every refusal on the way.
+    """
+    attempts = _Attempts(evidence, settings)
+    strategy = settings.fix_strategy
+    if strategy == "model":
+        proposal = _propose_model(model, incident, evidence, diagnosis, attempts)
+    else:
+        candidates = _candidates(evidence, incident, diagnosis, settings)
+        if strategy == "hybrid" and candidates:
+            proposal = _propose_hybrid(model, incident, evidence, diagnosis, candidates, attempts)
+        else:
+            # "playbooks"; and "hybrid" with no candidate: aifixer knows no fix for this
+            # fault, and a person is better placed than a model writing one unaided.
+            proposal = attempts.first_candidate(candidates)
+    return proposal, attempts.rejections
+
+
+def _candidates(
+    evidence: Evidence, incident: Incident, diagnosis: Diagnosis, settings: Settings
+) -> list[FixProposal]:
+    """Playbook candidates for the detected class, then for the diagnosed one if it differs."""
+    classes = [incident.failure_class]
+    if diagnosis.failure_class not in classes:
+        classes.append(diagnosis.failure_class)
+    out: list[FixProposal] = []
+    seen: set[str] = set()
+    for fc in classes:
+        for candidate in playbooks.candidates(evidence, fc, settings):
+            key = json.dumps([c.model_dump(mode="json") for c in candidate.changes], sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                out.append(candidate)
+    return out
+
+
+def _diagnosis_line(diagnosis: Diagnosis) -> str:
+    return _clip(f"{diagnosis.summary} Cause: {diagnosis.root_cause}", 600)
+
+
+def _propose_model(
+    model: Model, incident: Incident, evidence: Evidence, diagnosis: Diagnosis, attempts: _Attempts
+) -> FixProposal | None:
+    base = attempts.base
+    typed = {
+        p: s
+        for p in editable_paths(base)
+        if (
+            s := value_schema(
+                p, manifests.get_path(base, p), max_replicas=attempts.settings.max_replicas
+            )
+        )
+    }
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["edits", "rationale"],
+        "properties": {
+            "edits": {**edits_schema(typed, 4), "minItems": 1},
+            "rationale": _rationale_schema(),
+        },
+    }
+    editable = "\n".join(f"- {p}: {_clip(manifests.get_path(base, p), 120)}" for p in typed)
+    user = prompt(
+        "fix.user",
+        evidence=render_evidence(incident, evidence),
+        diagnosis=_diagnosis_line(diagnosis),
+        editable=editable,
+    )
+    try:
+        answer, _ = model.chat_json(
+            prompt("fix.system"), user, schema, name="fix_edits", max_tokens=500
+        )
+        result = apply_edits(base, answer["edits"])
+    except (AdapterError, ValueError) as exc:
+        attempts.reject("model", "model", [f"the model's answer is not usable: {exc}"])
+        return None
+    proposal = FixProposal(
+        source="model",
+        strategy="model",
+        rationale=redact(answer["rationale"]),
+        manifest=result,
+        changes=manifests.diff(base, result),
+    )
+    return attempts.accept(proposal)
+
+
+def _propose_hybrid(
+    model: Model,
+    incident: Incident,
+    evidence: Evidence,
+    diagnosis: Diagnosis,
+    candidates: list[FixProposal],
+    attempts: _Attempts,
+) -> FixProposal | None:
+    chosen = _model_choice(model, incident, evidence, diagnosis, candidates, attempts)
+    if chosen is not None and (accepted := attempts.accept(chosen)) is not None:
+        return accepted
+    return attempts.first_candidate(candidates)
+
+
+def _model_choice(
+    model: Model,
+    incident: Incident,
+    evidence: Evidence,
+    diagnosis: Diagnosis,
+    candidates: list[FixProposal],
+    attempts: _Attempts,
+) -> FixProposal | None:
+    """The candidate the model chose, with its adjustments held to the candidate's fields."""
+    base = attempts.base
+    restated = [attempts.restated(c) for c in candidates]
+    typed: dict[str, dict[str, Any]] = {}
+    for candidate in restated:
+        for change in candidate.changes:
+            schema = value_schema(
+                change.path, change.after, max_replicas=attempts.settings.max_replicas
+            )
+            if schema is not None:
+                typed.setdefault(change.path, schema)
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["choice", "edits", "rationale"],
+        "properties": {
+            "choice": {
+                "anyOf": [
+                    {"type": "integer", "enum": list(range(len(candidates)))},
+                    {"type": "null"},
+                ]
+            },
+            "edits": edits_schema(typed, 3),
+            "rationale": _rationale_schema(),
+        },
+    }
+    user = prompt(
+        "hybrid.user",
+        evidence=render_evidence(incident, evidence),
+        diagnosis=_diagnosis_line(diagnosis),
+        candidates=_render_candidates(restated),
+    )
+    try:
+        answer, _ = model.chat_json(
+            prompt("fix.system"), user, schema, name="fix_choice", max_tokens=300
+        )
+    except AdapterError as exc:
+        attempts.reject("model", "hybrid", [f"the model's answer is not usable: {exc}"])
+        return None
+    if answer["choice"] is None:
+        log.info(
+            "[%s] the model chose none of %d candidates: %s",
+            incident.workload.key,
+            len(candidates),
+            _clip(answer["rationale"]),
+        )
+        return None
+    candidate = restated[answer["choice"]]
+    result, dropped = _held_to(base, candidate, answer["edits"])
+    if dropped:
+        log.warning(
+            "[%s] dropped model edits outside candidate %s: %s",
+            incident.workload.key,
+            candidate.strategy,
+            ", ".join(e["path"] for e in dropped),
+        )
+    rationale = f"{candidate.rationale} Chosen by the model: {answer['rationale']}"
+    return attempts.restated(
+        candidate,
+        result,
+        source="model",
+        strategy=f"hybrid:{candidate.strategy}",
+        rationale=rationale,
+    )
+
+
+def _render_candidates(candidates: list[FixProposal]) -> str:
+    lines = []
+    for i, c in enumerate(candidates):
+        lines.append(f"[{i}] {c.strategy}: {_clip(c.rationale, 300)}")
+        lines += [f"    {ch.path}: {_clip(ch.before)} -> {_clip(ch.after)}" for ch in c.changes[:5]]
+    return "\n".join(lines)
+
+
+def _held_to(
+    base: Manifest, candidate: FixProposal, edits: list[dict[str, Any]]
+) -> tuple[Manifest, list[dict[str, Any]]]:
+    """The candidate with each edit that stays within its fields; and the edits dropped."""
+    allowed = [c.path for c in candidate.changes]
+    result, dropped = candidate.manifest, []
+    for edit in edits:
+        try:
+            trial = apply_edits(result, [edit])
+        except ValueError:
+            dropped.append(edit)
+            continue
+        if all(_within(change.path, allowed) for change in manifests.diff(base, trial)):
+            result = trial
+        else:
+            dropped.append(edit)
+    return result, dropped
+
+
+def _within(path: str, allowed: list[str]) -> bool:
+    return any(path == a or path.startswith((f"{a}.", f"{a}[")) for a in allowed)
+
+
+# -- speech ------------------------------------------------------------------------------
+
+MAX_SPEECH_WORDS = 60
+MIN_SPEECH_WORDS = 8
+_URL = re.compile(r"(?i)\b(?:https?://|www\.)|\b[\w-]+\.(?:com|io|org|net|dev)\b")
+_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+_MARKUP = re.compile(r"[*_#`>|~]+")
+_BULLET = re.compile(r"(?m)^\s*(?:[-+•]|\d+[.)])\s+")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_LONG_NUMBER = re.compile(r"\d{5,}")
+
+
+def speech(model: Model, state: IncidentState, settings: Settings) -> str:
+    """What the phone says about the incident (without the question it then asks)."""
+    w = state.incident.workload
+    user = prompt(
+        "speech.user",
+        namespace=w.namespace,
+        name=w.name,
+        failure=CLASS_PHRASES[state.incident.failure_class],
+        diagnosis=_clip(state.diagnosis.summary if state.diagnosis else "none", 300),
+        tried=_what_was_tried(state),
+        language=settings.call_language,
+    )
+    try:
+        text, _ = model.chat_text(prompt("speech.system"), user, max_tokens=160)
+    except AdapterError as exc:
+        log.warning("[%s] model speech unusable, using the template: %s", w.key, exc)
+        return template_speech(state)
+    checked = clean_speech(text, w.name)
+    if checked is None:
+        log.warning(
+            "[%s] model speech failed validation, using the template: %s",
+            w.key,
+            _clip(redact(text), 200),
+        )
+        return template_speech(state)
+    return checked
+
+
+def clean_speech(text: str, workload: str) -> str | None:
+    """`text` stripped of markup, if it is fit to be read aloud; else None."""
+    text = _LINK.sub(r"\1", text)
+    text = _BULLET.sub("", text)
+    text = _MARKUP.sub("", text)
+    text = " ".join(text.split()).strip(" \"'")
+    # The phone adapter asks the question itself; a model that asks too is cut there.
+    sentences = [s for s in _SENTENCE.split(text) if not s.rstrip().endswith("?")]
+    text = " ".join(sentences)
+    words = text.split()
+    non_space = [c for c in text if not c.isspace()]
+    if not MIN_SPEECH_WORDS <= len(words) <= MAX_SPEECH_WORDS:
+        return None
+    if _URL.search(text) or _LONG_NUMBER.search(text) or any(c in text for c in "{}[]<>\\"):
+        return None
+    if sum(c.isdigit() for c in non_space) > 0.1 * len(non_space):
+        return None
+    if redact(text) != text or not text.isprintable():
+        return None
+    if _spoken(workload) not in _spoken(text):
+        return None
+    return text
+
+
+def _spoken(text: str) -> str:
+    return " ".join(re.sub(r"[-_./]", " ", text.lower()).split())
+
+
+def template_speech(state: IncidentState) -> str:
+    """The message when the model cannot write it: plain, bounded, always available."""
+    w = state.incident.workload
+    text = (
+        f"The deployment {_spoken(w.name)} in namespace {_spoken(w.namespace)} is broken: "
+        f"{CLASS_PHRASES[state.incident.failure_class]}. {_what_was_tried(state)}"
+    )
+    words = redact(text).split()
+    if len(words) > MAX_SPEECH_WORDS:
+        words = words[:MAX_SPEECH_WORDS]
+        words[-1] = words[-1].rstrip(".,;:") + "."
+    return " ".join(words)
+
+
+def _what_was_tried(state: IncidentState) -> str:
+    if state.error:
+        return f"The automatic repair stopped: {_brief(state.error)}."
+    if state.proposal is not None and state.verification is not None and not state.verification.ok:
+        undone = " It was rolled back." if state.verification.rolled_back else ""
+        return (
+            f"A fix was applied, {_brief(state.proposal.rationale)}, but it did not work: "
+            f"{_brief(state.verification.reason)}.{undone}"
+        )
+    if state.proposal is None and state.rejections:
+        reason = state.rejections[-1].reasons[0] if state.rejections[-1].reasons else "refused"
+        return f"A fix was found but not applied, because {_brief(reason)}."
+    if state.proposal is None:
+        return "No safe automatic fix was found."
+    return f"A fix was prepared, {_brief(state.proposal.rationale)}, but not confirmed."
+
+
+_FIELD_PREFIX = re.compile(r"\bspec\.template\.spec\.(?:containers\[\d+\]\.)?")
+
+
+def _brief(text: str, words: int = 14) -> str:
+    """The first clause of `text`, in at most `words` words, fit to be read aloud."""
+    text = re.sub(r"[\[\]{}<>\\]", " ", _FIELD_PREFIX.sub("", redact(text)))
+    first = re.split(r"(?<=[.;])\s", " ".join(text.split()), maxsplit=1)[0].rstrip(".;:")
+    cut = first.split()[:words]
+    return " ".join(cut) + ("..." if len(first.split()) > words else "")
