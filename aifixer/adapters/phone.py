@@ -97,7 +97,7 @@ class Phone:
                 timeout=self.settings.ring_timeout_s,
             )
         except TwilioRestException as exc:
-            raise _translate(exc) from None
+            raise rest_error(exc) from None
         except TwilioException as exc:
             raise PermanentError(SYSTEM, f"cannot place the call: {bounded(str(exc))}") from None
         except OSError as exc:  # requests' ConnectionError and Timeout are OSErrors
@@ -140,7 +140,8 @@ class Phone:
         return self.settings.public_base_url.rstrip("/") + path
 
 
-def _translate(exc: TwilioRestException) -> TransientError | PermanentError:
+def rest_error(exc: TwilioRestException) -> TransientError | PermanentError:
+    """Twilio's API error as the adapter error that says whether a retry can help."""
     message = f"{exc.method} {exc.uri} -> {exc.status} (code {exc.code}): {bounded(exc.msg)}"
     if exc.code == INVALID_TO_NUMBER:
         return PermanentError(SYSTEM, f"invalid number: {message}", status=exc.status)
