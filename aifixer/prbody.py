@@ -1,0 +1,314 @@
+"""The pull request a reviewer reads: a title that says what changed and why, and a body
+with the diagnosis, the evidence, the diff and how the fix was verified.
+
+Pure functions of the incident's state (and the file diff, known only once the GitOps
+file is edited), so they are tested without a forge. Everything that comes from the
+cluster is untrusted text: excerpts are bounded, code fences cannot be broken out of,
+and anything that looks like a credential is redacted before it reaches GitHub, where
+a pull request may be read by many more people than the cluster.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+
+from .manifests import split_path
+from .models import FieldChange, IncidentState
+
+MAX_PODS = 5
+MAX_EVENTS = 5
+MAX_LOG_LINES = 10
+MAX_LINE = 240  # characters of one excerpt line
+MAX_DIFF_LINES = 200
+MAX_BODY = 60_000  # GitHub refuses bodies over 65,536 characters
+
+_FAILURE_WORDS = {
+    "ImagePull": "image pull failures",
+    "CrashLoop": "CrashLoopBackOff",
+    "OOMKilled": "OOMKilled",
+    "ProbeFailure": "failing probes",
+    "Unschedulable": "FailedScheduling",
+    "ConfigError": "CreateContainerConfigError",
+    "AppError": "application errors",
+}
+
+# Credentials as they show up in logs, events and manifests. Each pattern's group 1
+# is the label kept in front of the redacted value (often empty).
+_SECRETS = [
+    re.compile(r"()-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
+    re.compile(r"()\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})"),
+    re.compile(r"()\b(?:sk-[A-Za-z0-9_-]{16,}|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16})"),
+    re.compile(r"()\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+"),  # JWT
+    # A word after "Bearer"/"token" is a credential only if it looks generated (has a digit).
+    re.compile(r"(\b(?:Bearer|Basic|token)\s+)(?=[\w.~+/=-]*\d)[\w.~+/=-]{8,}", re.I),
+    re.compile(r"(://[^/\s:@]*:)[^/\s@]+(?=@)"),  # user:password@host
+    re.compile(
+        r"""(\b[\w.-]*(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|credentials?)"""
+        r"""["']?\s*[=:]\s*["']?)(?!\[REDACTED\])[^\s"',;&]{4,}""",
+        re.I,
+    ),
+]
+REDACTED = "[REDACTED]"
+
+
+def redact(text: str) -> str:
+    """`text` with every credential-looking value replaced by [REDACTED]."""
+    for pattern in _SECRETS:
+        text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+    return text
+
+
+# -- title ---------------------------------------------------------------------------
+
+
+def title(state: IncidentState) -> str:
+    """e.g. "fix(shop/report-api): raise memory limit to 144Mi after OOMKilled"."""
+    incident = state.incident
+    changes = _changes(state)
+    what = (
+        " and ".join(_describe(c) for c in changes[:2])
+        if len(changes) <= 2
+        else (f"{_describe(changes[0])} and {len(changes) - 1} more fields")
+    )
+    why = _FAILURE_WORDS[incident.failure_class]
+    return redact(f"fix({incident.workload.key}): {what or 'update the manifest'} after {why}")
+
+
+def _changes(state: IncidentState) -> list[FieldChange]:
+    if state.apply is not None:
+        return state.apply.changes
+    return state.proposal.changes if state.proposal is not None else []
+
+
+def _describe(change: FieldChange) -> str:
+    """A change in a reviewer's words: the field's role, then the new value."""
+    parts = [p for p in split_path(change.path) if isinstance(p, str)]
+    field = _field_words(parts)
+    if change.after is None:
+        return f"remove {field}"
+    if parts[-2:] in (["limits", "memory"], ["requests", "memory"]):
+        kind = "limit" if parts[-2] == "limits" else "request"
+        return f"{_direction(change.before, change.after)} memory {kind} to {change.after}"
+    if isinstance(change.after, (str, int, float)) and len(str(change.after)) <= 60:
+        return f"set {field} to {change.after}"
+    added = _names(change.after) - _names(change.before)
+    if added:
+        return f"add {field} {', '.join(sorted(added))}"
+    return f"fix {field}"
+
+
+# Path segments that say where a field is, not what it is.
+_STRUCTURE = {"spec", "template", "containers", "httpGet", "valueFrom", "metadata"}
+# Leaf names that mean little without their parent: `readinessProbe port`.
+_GENERIC = {"port", "path", "key", "name", "value"}
+
+
+def _field_words(parts: list[str]) -> str:
+    named = [p for p in parts if p not in _STRUCTURE] or parts[-1:]
+    if len(named) > 1 and named[-1] in _GENERIC:
+        return f"{named[-2]} {named[-1]}"
+    return named[-1]
+
+
+def _names(value: object) -> set[str]:
+    """The names in a list of named items (env, ports, volumes)."""
+    if not isinstance(value, list):
+        return set()
+    return {i["name"] for i in value if isinstance(i, dict) and isinstance(i.get("name"), str)}
+
+
+_UNITS = {
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "": 1,
+}
+_QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T|)$")
+
+
+def _direction(before: object, after: object) -> str:
+    b, a = _bytes(before), _bytes(after)
+    if b is None or a is None or a == b:
+        return "set"
+    return "raise" if a > b else "lower"
+
+
+def _bytes(value: object) -> float | None:
+    m = _QUANTITY.match(str(value)) if value is not None else None
+    return float(m.group(1)) * _UNITS[m.group(2)] if m else None
+
+
+# -- body ----------------------------------------------------------------------------
+
+
+def body(state: IncidentState, file_diff: str, path: str) -> str:
+    """The pull request's Markdown body.
+
+    Args:
+        state: the incident after a verified apply.
+        file_diff: the unified diff of the GitOps file this pull request makes.
+        path: that file's path in the repository.
+    """
+    sections = [
+        _intro(state, path),
+        _diagnosis(state),
+        _evidence(state),
+        _change(state, file_diff),
+        _verification(state),
+        _incident(state),
+    ]
+    text = redact("\n\n".join(s for s in sections if s))
+    if len(text) > MAX_BODY:
+        text = text[:MAX_BODY] + "\n\n… (cut: the body exceeded GitHub's limit)"
+    return text + "\n"
+
+
+def _intro(state: IncidentState, path: str) -> str:
+    w = state.incident.workload
+    return (
+        f"aifixer found Deployment `{w.key}` on cluster `{w.cluster}` failing, "
+        f"**applied this fix to the cluster and verified it**. This pull request brings "
+        f"`{path}` in line with what now runs, so the next sync does not revert the fix.\n\n"
+        f"> The change is already live. Review it as you would any change; if you reject "
+        f"it, revert the Deployment in the cluster too."
+    )
+
+
+def _diagnosis(state: IncidentState) -> str:
+    d = state.diagnosis
+    if d is None:
+        return ""
+    lines = [
+        "## Diagnosis",
+        "",
+        _clip(d.summary, 1000),
+        "",
+        f"**Root cause:** {_clip(d.root_cause, 2000)}",
+        "",
+    ]
+    facts = f"Failure class: `{d.failure_class}` · diagnosed by: {d.source}"
+    if d.fields:
+        facts += f" · fields: {', '.join(f'`{f}`' for f in d.fields)}"
+    return "\n".join([*lines, facts])
+
+
+def _evidence(state: IncidentState) -> str:
+    ev = state.evidence
+    if ev is None:
+        return ""
+    out = ["## Evidence"]
+    if ev.pods:
+        pods = []
+        for p in ev.pods[:MAX_PODS]:
+            reasons = ", ".join(p.reasons) or "-"
+            last = p.last_termination or {}
+            term = (
+                f"; last terminated: {last.get('reason')} (exit {last.get('exitCode')})"
+                if last
+                else ""
+            )
+            pods.append(
+                f"{p.name}: {p.phase}, ready={p.ready}, restarts={p.restart_count}, "
+                f"reasons: {reasons}{term}"
+            )
+        out += ["", "Pods:", _fence(pods, more=len(ev.pods) - MAX_PODS)]
+    warnings = [e for e in ev.events if e.type == "Warning"]
+    if warnings:
+        events = [
+            f"{e.reason} ({e.object}, x{e.count}): {e.message}" for e in warnings[:MAX_EVENTS]
+        ]
+        out += ["", "Warning events:", _fence(events, more=len(warnings) - MAX_EVENTS)]
+    if ev.logs:
+        logs = [f"{x.time} {x.pod}/{x.container}: {x.line}" for x in ev.logs[-MAX_LOG_LINES:]]
+        out += ["", "Logs (newest last):", _fence(logs, more=len(ev.logs) - MAX_LOG_LINES)]
+    return "\n".join(out) if len(out) > 1 else ""
+
+
+def _change(state: IncidentState, file_diff: str) -> str:
+    out = ["## Change"]
+    changes = _changes(state)
+    if changes:
+        out.append("")
+        out += [f"- `{c.path}`: {_value(c.before)} → {_value(c.after)}" for c in changes]
+    if state.proposal is not None:
+        out += [
+            "",
+            f"Strategy: {state.proposal.source} / {state.proposal.strategy}. "
+            f"{_clip(state.proposal.rationale, 1000)}",
+        ]
+    lines = file_diff.splitlines()
+    out += ["", _fence(lines[:MAX_DIFF_LINES], lang="diff", more=len(lines) - MAX_DIFF_LINES)]
+    return "\n".join(out)
+
+
+def _verification(state: IncidentState) -> str:
+    v = state.verification
+    if v is None:
+        return ""
+    out = ["## Verification", "", f"**{'Passed' if v.ok else 'Failed'}:** {_clip(v.reason, 1000)}"]
+    out.append("")
+    out.append(
+        "Checked: the rollout completed, the new pods became Ready and stayed so without "
+        "restarts, and no new error lines for the workload reached Loki."
+    )
+    if v.healthy_since is not None:
+        out.append(
+            f"Healthy since {_iso(v.healthy_since)} "
+            f"({_duration(v.checked_at - v.healthy_since)} at the last check, "
+            f"{_iso(v.checked_at)})."
+        )
+    else:
+        out.append(f"Last check: {_iso(v.checked_at)}.")
+    return "\n".join(out)
+
+
+def _incident(state: IncidentState) -> str:
+    i = state.incident
+    out = [
+        "## Incident",
+        "",
+        f"- Fingerprint: `{i.fingerprint}`",
+        f"- Opened: {_iso(i.opened_at)}",
+        f"- Workload: `{i.workload.key}` ({i.workload.kind})",
+    ]
+    if state.model_used:
+        out.append(f"- Model: {state.model_used}")
+    return "\n".join(out)
+
+
+# -- helpers -------------------------------------------------------------------------
+
+
+def _clip(text: str, limit: int = MAX_LINE) -> str:
+    text = text.replace("\r", "")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _value(v: object) -> str:
+    return "(absent)" if v is None else f"`{_clip(str(v), 120).replace('`', chr(39))}`"
+
+
+def _fence(lines: list[str], *, lang: str = "", more: int = 0) -> str:
+    """A code block that no backtick run inside it can close early."""
+    body = [_clip(ln) for ln in lines]
+    if more > 0:
+        body.append(f"… ({more} more)")
+    longest = max((len(run) for ln in body for run in re.findall(r"`+", ln)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return "\n".join([fence + lang, *body, fence])
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def _duration(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    minutes, seconds = divmod(max(seconds, 0), 60)
+    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"

@@ -1,0 +1,271 @@
+"""Pull request title and body: what a reviewer reads, bounded and free of secrets."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from aifixer import prbody
+from aifixer.models import (
+    ApplyResult,
+    Diagnosis,
+    EventRecord,
+    Evidence,
+    FieldChange,
+    Incident,
+    IncidentState,
+    LogLine,
+    PodState,
+    Verification,
+    Workload,
+)
+
+T0 = datetime(2026, 3, 31, 8, 0, tzinfo=UTC)
+MEMORY = "spec.template.spec.containers[0].resources.limits.memory"
+DIFF = (
+    "--- a/apps/shop/report-api.yaml\n+++ b/apps/shop/report-api.yaml\n@@ -24 +24 @@\n"
+    "-            limits: {memory: 64Mi}\n+            limits: {memory: 144Mi}\n"
+)
+
+
+def make_state(
+    changes=None, logs=None, events=None, failure_class="OOMKilled", **extra
+) -> IncidentState:
+    changes = (
+        changes if changes is not None else [FieldChange(path=MEMORY, before="64Mi", after="144Mi")]
+    )
+    workload = Workload(cluster="prod", namespace="shop", name="report-api")
+    return IncidentState(
+        incident=Incident(
+            fingerprint="3f2a9c0d1e",
+            workload=workload,
+            failure_class=failure_class,
+            opened_at=T0,
+            signals=[],
+        ),
+        evidence=Evidence(
+            deployment={},
+            pods=[
+                PodState(
+                    name="report-api-7d9f-abcde",
+                    phase="Running",
+                    ready=False,
+                    reasons=["OOMKilled", "CrashLoopBackOff"],
+                    restart_count=4,
+                    last_termination={"reason": "OOMKilled", "exitCode": 137},
+                )
+            ],
+            events=events
+            if events is not None
+            else [
+                EventRecord(
+                    type="Warning",
+                    reason="BackOff",
+                    message="Back-off restarting failed container report-api",
+                    object="Pod/report-api-7d9f-abcde",
+                    count=7,
+                ),
+                EventRecord(
+                    type="Normal",
+                    reason="Pulled",
+                    message="Container image already present",
+                    object="Pod/report-api-7d9f-abcde",
+                    count=5,
+                ),
+            ],
+            logs=logs if logs is not None else [],
+            pod_logs={},
+            revisions=[],
+            last_healthy_template=None,
+            template_diff=[],
+            healthy=False,
+        ),
+        diagnosis=Diagnosis(
+            summary="The report API is killed for exceeding its 64Mi memory limit.",
+            root_cause="The limit was lowered below the process's working set (~96Mi).",
+            failure_class=failure_class,
+            fields=[MEMORY],
+            source="playbook",
+        ),
+        apply=ApplyResult(original={}, applied={}, changes=changes, generation=3, applied_at=T0),
+        verification=Verification(
+            ok=True,
+            reason="rollout complete, 2/2 pods Ready, no restarts",
+            checked_at=T0 + timedelta(minutes=2, seconds=5),
+            healthy_since=T0 + timedelta(seconds=35),
+        ),
+        **extra,
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "failure_class", "expected"),
+    [
+        (None, "OOMKilled", "fix(shop/report-api): raise memory limit to 144Mi after OOMKilled"),
+        (
+            [FieldChange(path=MEMORY, before="64Gi", after="1Gi")],
+            "Unschedulable",
+            "fix(shop/report-api): lower memory limit to 1Gi after FailedScheduling",
+        ),
+        (
+            [
+                FieldChange(
+                    path="spec.template.spec.containers[0].image", before="a:1.O", after="a:1.0"
+                )
+            ],
+            "ImagePull",
+            "fix(shop/report-api): set image to a:1.0 after image pull failures",
+        ),
+        (
+            [
+                FieldChange(
+                    path="spec.template.spec.containers[0].readinessProbe.httpGet.port",
+                    before=9090,
+                    after=8080,
+                )
+            ],
+            "ProbeFailure",
+            "fix(shop/report-api): set readinessProbe port to 8080 after failing probes",
+        ),
+        (
+            [
+                FieldChange(
+                    path="spec.template.spec.containers[0].env",
+                    before=[{"name": "A", "value": "1"}],
+                    after=[{"name": "DATABASE_URL", "value": "x"}, {"name": "A", "value": "1"}],
+                )
+            ],
+            "CrashLoop",
+            "fix(shop/report-api): add env DATABASE_URL after CrashLoopBackOff",
+        ),
+        (
+            [FieldChange(path="spec.template.spec.nodeSelector", before={"gpu": "1"}, after=None)],
+            "Unschedulable",
+            "fix(shop/report-api): remove nodeSelector after FailedScheduling",
+        ),
+    ],
+)
+def test_title_says_what_changed_and_why(changes, failure_class, expected):
+    assert prbody.title(make_state(changes, failure_class=failure_class)) == expected
+
+
+def test_title_with_many_changes_stays_short():
+    changes = [
+        FieldChange(path=f"spec.template.spec.containers[{i}].image", after=f"img:{i}")
+        for i in range(5)
+    ]
+    title = prbody.title(make_state(changes))
+    assert "and 4 more fields" in title
+    assert len(title) < 120
+
+
+def test_body_has_every_section_a_reviewer_needs():
+    text = prbody.body(make_state(), DIFF, "apps/shop/report-api.yaml")
+    for heading in ("## Diagnosis", "## Evidence", "## Change", "## Verification", "## Incident"):
+        assert heading in text
+    assert "applied this fix to the cluster and verified it" in text
+    assert "killed for exceeding its 64Mi memory limit" in text
+    assert "OOMKilled (exit 137)" in text
+    assert "BackOff (Pod/report-api-7d9f-abcde, x7)" in text
+    assert "Pulled" not in text  # Normal events are not evidence of a failure
+    assert "```diff\n" + DIFF.rstrip("\n") + "\n```" in text
+    assert f"`{MEMORY}`: `64Mi` → `144Mi`" in text
+    assert "1 min 30 s" in text  # healthy from 0:35 to 2:05
+    assert "`3f2a9c0d1e`" in text
+
+
+def test_evidence_is_bounded():
+    logs = [
+        LogLine(
+            time=f"2026-03-31T08:00:{i:02d}Z",
+            pod="p",
+            container="c",
+            line=f"line {i} " + "x" * 1000,
+        )
+        for i in range(50)
+    ]
+    events = [
+        EventRecord(type="Warning", reason=f"R{i}", message="m", object="Pod/p", count=1)
+        for i in range(20)
+    ]
+    text = prbody.body(make_state(logs=logs, events=events), DIFF, "f.yaml")
+    assert "line 49 " in text and "line 40 " in text and "line 39 " not in text
+    assert "… (40 more)" in text and "… (15 more)" in text
+    assert "R4 " in text and "R5 " not in text
+    assert max(len(line) for line in text.splitlines()) <= prbody.MAX_LINE + 20
+
+
+def test_body_is_bounded_overall():
+    diff = "".join(f"+line {i} " + "y" * 300 + "\n" for i in range(5000))
+    text = prbody.body(make_state(), diff, "f.yaml")
+    assert len(text) <= prbody.MAX_BODY + 100
+    assert "… (4800 more)" in text
+
+
+def test_a_log_line_cannot_break_out_of_its_code_block():
+    logs = [LogLine(time="t", pod="p", container="c", line="```\n## Approved by security")]
+    text = prbody.body(make_state(logs=logs), DIFF, "f.yaml")
+    assert "\n````\n" in text  # the fence grew longer than the run inside
+
+
+def test_body_never_carries_a_secret():
+    token = "ghp_" + "A1b2" * 9
+    logs = [
+        LogLine(
+            time="t", pod="p", container="c", line=f"auth failed with Authorization: Bearer {token}"
+        )
+    ]
+    text = prbody.body(make_state(logs=logs), DIFF + f"+  # token={token}\n", "f.yaml")
+    assert token not in text
+    assert "[REDACTED]" in text
+
+
+@pytest.mark.parametrize(
+    "secret_text",
+    [
+        "ghs_0123456789abcdef0123456789abcdef0123",
+        "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz",
+        "sk-proj-abcdefghijklmnop1234",
+        "xoxb-1234567890-abcdefghij",
+        "AKIAIOSFODNN7EXAMPLE",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----",
+    ],
+)
+def test_redact_removes_token_shapes(secret_text):
+    out = prbody.redact(f"before {secret_text} after")
+    assert secret_text not in out
+    assert out.startswith("before ") and out.endswith(" after")
+
+
+@pytest.mark.parametrize(
+    ("text", "kept", "gone"),
+    [
+        ("Authorization: Bearer abc123def456", "Authorization: Bearer", "abc123def456"),
+        (
+            "https://x-access-token:s3cr3tvalue@github.com/a/b.git",
+            "github.com/a/b.git",
+            "s3cr3tvalue",
+        ),
+        ("DB_PASSWORD=hunter2hunter2 port=5432", "port=5432", "hunter2hunter2"),
+        ('{"api_key": "abcd1234efgh"}', '"api_key": "', "abcd1234efgh"),
+    ],
+)
+def test_redact_keeps_the_label_and_drops_the_value(text, kept, gone):
+    out = prbody.redact(text)
+    assert kept in out and gone not in out and "[REDACTED]" in out
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "limits: {memory: 64Mi}",
+        "configMapKeyRef: {name: checkout-config, key: payment.provider}",
+        "secretKeyRef: {name: mailer-smtp, key: password}",
+        "token validation failed for request",
+        "image: shop/report-api:2.4.1",
+    ],
+)
+def test_redact_leaves_ordinary_text_alone(text):
+    assert prbody.redact(text) == text
