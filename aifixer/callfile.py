@@ -50,22 +50,7 @@ class CallFile:
             ValueError: the record's time is not timezone-aware (it must be UTC).
             OSError: the file cannot be written.
         """
-        line = _to_line(record)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                written = os.write(fd, line)
-                # A regular file takes the whole line at once in practice; should it not,
-                # the rest still lands contiguously because every appender holds the lock.
-                while written < len(line):
-                    written += os.write(fd, line[written:])
-                os.fsync(fd)
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        append_line(self.path, _to_line(record))
 
     def read(self) -> list[CallRecord]:
         """Every call recorded, oldest first; an empty list if the file does not exist.
@@ -95,6 +80,29 @@ class CallFile:
             except ValidationError as exc:
                 raise ValueError(f"{self.path}:{number}: not a call record: {exc}") from None
         return records
+
+
+def append_line(path: Path, line: bytes) -> None:
+    """Append one whole line to a JSON Lines file, atomically among appenders.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            written = os.write(fd, line)
+            # A regular file takes the whole line at once in practice; should it not,
+            # the rest still lands contiguously because every appender holds the lock.
+            while written < len(line):
+                written += os.write(fd, line[written:])
+            os.fsync(fd)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _to_line(record: CallRecord) -> bytes:

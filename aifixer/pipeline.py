@@ -493,7 +493,8 @@ def call_oncall(ctx: Context, state: IncidentState, attempt: int = 1) -> Inciden
 
 
 def place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | None:
-    from .web import store_call_context
+    """Dial the first on-call number from `attempt` on that this incident has not dialled."""
+    from .callfile import CallContext, store_call_context
 
     fp = state.incident.fingerprint
     for index, number in enumerate(ctx.settings.oncall_numbers, start=1):
@@ -502,33 +503,28 @@ def place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | N
         # Never re-dial a number for the same incident, whatever retries happen.
         if not ctx.redis.set(ctx.key("dialed", fp, number), "1", nx=True, ex=7 * 86400):
             continue
-        placed_at = now()
+        call = CallContext(
+            fingerprint=fp, attempt=index, number=number, speech=state.speech or "", time=now()
+        )
+        store_call_context(ctx.redis, call)  # before dialling: the callbacks may come first
         try:
-            sid = ctx.phone.place_call(number, state.speech or "", fingerprint=fp, attempt=index)
+            sid = ctx.phone.place_call(number, call.speech, fingerprint=fp, attempt=index)
         except PermanentError as exc:
             log.error("%s call to %s failed: %s", tag(state), _mask(number), exc)
-            record = CallRecord(
-                time=placed_at,
-                number=number,
-                speech=state.speech or "",
-                can_intervene=False,
-                fingerprint=fp,
-                status="failed",
-                attempt=index,
+            call_finished(
+                ctx,
+                CallRecord(
+                    time=call.time,
+                    number=number,
+                    speech=call.speech,
+                    can_intervene=False,
+                    fingerprint=fp,
+                    status="failed",
+                    attempt=index,
+                ),
             )
-            call_finished(ctx, record)
-            return None
-        store_call_context(
-            ctx.redis,
-            sid,
-            {
-                "number": number,
-                "speech": state.speech or "",
-                "fingerprint": fp,
-                "attempt": index,
-                "time": placed_at.isoformat(),
-            },
-        )
+            continue
+        store_call_context(ctx.redis, call.model_copy(update={"call_sid": sid}))
         log.info("%s calling on-call #%d %s (%s)", tag(state), index, _mask(number), sid)
         return sid
     return None
@@ -537,7 +533,11 @@ def place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | N
 def call_finished(
     ctx: Context, record: CallRecord, place_next: Callable[[str, int], None] | None = None
 ) -> None:
-    """A call ended (from the web callbacks): record it on the incident; on 'no', call the next person."""
+    """A call ended (web callbacks, or a failed dial): record it; on 'no', call the next person.
+
+    Without `place_next` (a dial that failed inside `place_next_call`) the caller's
+    loop goes on to the next number itself.
+    """
     state = load(ctx, record.fingerprint)
     if state is None:
         log.error("call %s for unknown incident %s", record.call_sid, record.fingerprint)
@@ -552,6 +552,7 @@ def call_finished(
             place_next(record.fingerprint, record.attempt + 1)
     else:
         mark_escalation_done(ctx, state)
+    append_incident_line(ctx, state)
 
 
 def mark_escalation_done(ctx: Context, state: IncidentState) -> None:
@@ -586,8 +587,30 @@ def finalize(ctx: Context, results: list[IncidentState]) -> IncidentState:
         state.calls = stored.calls  # the web callbacks may already have recorded calls
     save(ctx, state)
     close(ctx, state)
+    append_incident_line(ctx, state)
     log.info("%s outcome: %s", tag(state), state.outcome)
     return state
+
+
+def append_incident_line(ctx: Context, state: IncidentState) -> None:
+    """The incidents file: one JSON line each time an incident ends or a call on it ends."""
+    from .callfile import append_line
+
+    line = state.model_dump_json(
+        include={
+            "incident",
+            "outcome",
+            "diagnosis",
+            "verification",
+            "pull_request",
+            "calls",
+            "rejections",
+            "error",
+            "model_used",
+            "timings",
+        }
+    )
+    append_line(ctx.settings.incidents_file, line.encode() + b"\n")
 
 
 def close(ctx: Context, state: IncidentState) -> None:

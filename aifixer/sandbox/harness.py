@@ -1,0 +1,255 @@
+"""Runs the real farm against the sandbox: the demo and the scenario runner.
+
+For one scenario it starts a private Redis, the stand-in world (with the scenario
+loaded and its bad change applied), a model endpoint, and the farm exactly as an
+operator runs it — `celery -A aifixer worker`, `celery -A aifixer beat` and
+`aifixer web` as separate processes configured only through AIFIXER_* environment
+variables — then waits until every incident reached an outcome and every phone call
+ended, and reports what happened as the `aifixer scenario run --json` document.
+
+The farm processes never learn they are in a sandbox: they get URLs, a kubeconfig,
+tokens and phone numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..models import IncidentState
+from .scenario import Scenario
+from .serve import Site, start_site
+from .world import World
+
+log = logging.getLogger("aifixer.harness")
+
+# Farm timings for a sandbox whose clock runs `speed` times faster: short polls and
+# windows so a scenario plays in tens of seconds.
+FAST_FARM = {
+    "AIFIXER_POLL_INTERVAL_S": "2",
+    "AIFIXER_VERIFY_STABILITY_S": "6",
+    "AIFIXER_VERIFY_DEADLINE_S": "45",
+    "AIFIXER_VERIFY_POLL_S": "1",
+    "AIFIXER_LOKI_LOOKBACK_S": "300",
+    "AIFIXER_GATHER_TIMEOUT_S": "5",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}") from None
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.popen.poll() is not None:
+            return
+        try:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            self.popen.wait(timeout)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.popen.wait(5)
+
+
+def spawn(name: str, args: list[str], env: dict[str, str], logdir: Path) -> Process:
+    logdir.mkdir(parents=True, exist_ok=True)
+    path = logdir / f"{name}.log"
+    out = path.open("ab")
+    popen = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+    out.close()
+    return Process(name, popen, path)
+
+
+def start_redis(workdir: Path) -> tuple[str, Process]:
+    """A private redis-server on a free loopback port, keeping nothing on disk."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server is not installed (./dev installs it: apt-get install redis-server)")
+    port = free_port()
+    proc = spawn("redis", [exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                           "--appendonly", "no", "--dir", str(workdir)], dict(os.environ), workdir)
+    wait_port(port, 10, proc.popen)
+    return f"redis://127.0.0.1:{port}/0", proc
+
+
+def farm_env(world: World, redis_url: str, model_url: str, model_name: str, web_port: int,
+             workdir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    ep = world.endpoints
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIFIXER_", "TWILIO_"))}
+    env.update(FAST_FARM)
+    env.update({
+        "AIFIXER_REDIS_URL": redis_url,
+        "AIFIXER_STATE_DIR": str(workdir),
+        "AIFIXER_KUBECONFIG": ep.kubeconfig,
+        "AIFIXER_LOKI_URL": ep.loki,
+        "AIFIXER_MODEL_BASE_URL": model_url,
+        "AIFIXER_MODEL_NAME": model_name,
+        "AIFIXER_GITHUB_API_URL": ep.github_api,
+        "AIFIXER_GITHUB_TOKEN": ep.github_token,
+        "AIFIXER_GITHUB_REPO": ep.gitops_repo,
+        "AIFIXER_GIT_CLONE_URL": ep.gitops_clone_url,
+        "AIFIXER_TWILIO_ACCOUNT_SID": ep.twilio_account_sid,
+        "AIFIXER_TWILIO_AUTH_TOKEN": ep.twilio_auth_token,
+        "AIFIXER_TWILIO_FROM_NUMBER": ep.twilio_from,
+        "AIFIXER_TWILIO_API_BASE_URL": ep.twilio_base,
+        "AIFIXER_PUBLIC_BASE_URL": f"http://127.0.0.1:{web_port}",
+        "AIFIXER_ONCALL_NUMBERS": ",".join(ep.oncall_numbers),
+        "AIFIXER_CALL_FILE": str(workdir / "calls.jsonl"),
+        "AIFIXER_INCIDENTS_FILE": str(workdir / "incidents.jsonl"),
+        "AIFIXER_WEB_PORT": str(web_port),
+        "HOME": str(workdir),  # git and kubectl caches stay in the run's directory
+    })
+    env.update(extra or {})
+    return env
+
+
+def start_farm(env: dict[str, str], workdir: Path, workers: int = 1, concurrency: int = 2) -> list[Process]:
+    py = sys.executable
+    logs = workdir / "logs"
+    procs = [
+        spawn("web", [py, "-m", "aifixer.cli", "web", "--host", "127.0.0.1",
+                      "--port", env["AIFIXER_WEB_PORT"]], env, logs),
+        spawn("beat", [py, "-m", "celery", "-A", "aifixer", "beat", "--loglevel", "INFO",
+                       "--schedule", str(workdir / "beat-schedule")], env, logs),
+    ]
+    for i in range(workers):
+        procs.append(spawn(f"worker{i}", [py, "-m", "celery", "-A", "aifixer", "worker",
+                                          "--loglevel", "INFO", "--pool", "prefork",
+                                          "--concurrency", str(concurrency),
+                                          "-Q", "polls,model,cluster,notify",
+                                          "-n", f"worker{i}@%h"], env, logs))
+    wait_port(int(env["AIFIXER_WEB_PORT"]), 30, procs[0].popen)
+    return procs
+
+
+def start_model_stub(world: World) -> tuple[str, str]:
+    """The stand-in model endpoint, on the world's loop. Returns (base_url, model name)."""
+    from . import model_stub
+
+    site = world.call(start_site, Site("model", model_stub.make_app()))
+    return f"{site.url}/v1", model_stub.MODEL_ID
+
+
+def changed_workloads(sc: Scenario) -> list[tuple[str, str]]:
+    out = []
+    for mf in sc.change or sc.manifests:
+        for doc in mf.documents():
+            if doc.get("kind") == "Deployment":
+                out.append((doc["metadata"].get("namespace", "default"), doc["metadata"]["name"]))
+    return out
+
+
+def incident_report(state: IncidentState) -> dict[str, Any]:
+    inc = state.incident
+    pr = state.pull_request
+    return {
+        "fingerprint": inc.fingerprint,
+        "namespace": inc.workload.namespace,
+        "workload": inc.workload.name,
+        "failure_class": inc.failure_class,
+        "outcome": state.outcome,
+        "changed_paths": [c.path for c in state.apply.changes] if state.apply else [],
+        "pull_request": {"number": pr.number, "url": pr.url, "branch": pr.branch} if pr else None,
+        "calls": [{"time": c.time.isoformat(), "number": c.number, "speech": c.speech,
+                   "can_intervene": c.can_intervene} for c in state.calls],
+        "diagnosis": state.diagnosis.summary if state.diagnosis else None,
+        "verification": state.verification.reason if state.verification else None,
+        "rejections": [r.model_dump() for r in state.rejections],
+        "error": state.error,
+    }
+
+
+def _finished(ctx, state: IncidentState) -> bool:
+    if state.outcome is None:
+        return False
+    if state.outcome in ("fixed", "recovered"):
+        return True
+    return bool(ctx.redis.exists(ctx.key("escalated", state.incident.fingerprint))) or not ctx.settings.oncall_numbers
+
+
+def run_scenario(sc: Scenario, workdir: Path, *, speed: float = 30.0, timeout: float = 240.0,
+                 model: Callable[[World], tuple[str, str]] = start_model_stub,
+                 progress: Callable[[list[dict[str, Any]]], None] | None = None,
+                 workers: int = 1) -> dict[str, Any]:
+    """Play one scenario end to end with the real farm; returns the JSON report."""
+    from ..pipeline import Context, all_incidents
+    from ..settings import Settings
+
+    started = time.monotonic()
+    workdir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        redis_url, redis_proc = start_redis(workdir)
+        stack.callback(redis_proc.stop)
+        world = World(sc, workdir / "world", speed=speed)
+        stack.callback(world.stop)
+        world.start()
+        model_url, model_name = model(world)
+        env = farm_env(world, redis_url, model_url, model_name, free_port(), workdir)
+        procs = start_farm(env, workdir, workers=workers)
+        for p in procs:
+            stack.callback(p.stop)
+        ctx = Context(settings=Settings(redis_url=redis_url))
+        wanted = set(changed_workloads(sc))
+        deadline = time.monotonic() + timeout
+        states: list[IncidentState] = []
+        while time.monotonic() < deadline:
+            states = all_incidents(ctx)
+            if progress is not None:
+                progress([incident_report(s) for s in states])
+            seen = {(s.incident.workload.namespace, s.incident.workload.name) for s in states}
+            if wanted <= seen and all(_finished(ctx, s) for s in states):
+                break
+            for p in procs:
+                if p.popen.poll() is not None:
+                    raise RuntimeError(f"{p.name} exited with {p.popen.returncode}; see {p.log_path}")
+            time.sleep(0.5)
+        report = {
+            "scenario": sc.name,
+            "model": model_name,
+            "incidents": [incident_report(s) for s in states],
+            "duration_s": round(time.monotonic() - started, 2),
+            "complete": wanted <= {(s.incident.workload.namespace, s.incident.workload.name)
+                                   for s in states} and all(_finished(ctx, s) for s in states),
+            "logs": str(workdir / "logs"),
+        }
+    return report
+
+
+def dump(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2, ensure_ascii=False)
