@@ -28,6 +28,7 @@ be recorded and read out to the on-call engineer.
 
 from __future__ import annotations
 
+import copy
 import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -37,8 +38,18 @@ from .models import Evidence, Manifest
 from .settings import Settings
 
 POD_SPEC = "spec.template.spec"
-ALLOWED_CONTAINER_FIELDS = ("image", "command", "args", "env", "envFrom", "resources",
-                            "readinessProbe", "livenessProbe", "startupProbe", "ports")
+ALLOWED_CONTAINER_FIELDS = (
+    "image",
+    "command",
+    "args",
+    "env",
+    "envFrom",
+    "resources",
+    "readinessProbe",
+    "livenessProbe",
+    "startupProbe",
+    "ports",
+)
 PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
 PROBE_HANDLERS = ("httpGet", "tcpSocket", "exec", "grpc")
 IDENTITY_PATHS = ("apiVersion", "kind", "metadata.name", "metadata.namespace", "spec.selector")
@@ -78,6 +89,7 @@ def check(live: Manifest, proposed: Any, evidence: Evidence, settings: Settings)
     reasons = _identity(live, proposed) + _shape(proposed)
     if reasons:
         return reasons
+    live, proposed = comparable(live), comparable(proposed)
     history = _History(live, evidence)
     for found in (
         _container_list(live, proposed),
@@ -93,9 +105,98 @@ def check(live: Manifest, proposed: Any, evidence: Evidence, settings: Settings)
     return reasons
 
 
+# -- comparing what the server would store -------------------------------------------
+
+# The API server's defaults for a Deployment's fields. A reply that leaves one out asks
+# for the default, which the live object already shows, so it is no change.
+_DEPLOYMENT_DEFAULTS = {"replicas": 1, "revisionHistoryLimit": 10, "progressDeadlineSeconds": 600}
+_ROLLING_UPDATE_DEFAULTS = {"maxUnavailable": "25%", "maxSurge": "25%"}
+_POD_DEFAULTS = {
+    "restartPolicy": "Always",
+    "dnsPolicy": "ClusterFirst",
+    "schedulerName": "default-scheduler",
+    "terminationGracePeriodSeconds": 30,
+}
+_CONTAINER_DEFAULTS = {
+    "terminationMessagePath": "/dev/termination-log",
+    "terminationMessagePolicy": "File",
+}
+_PROBE_DEFAULTS = {
+    "timeoutSeconds": 1,
+    "periodSeconds": 10,
+    "successThreshold": 1,
+    "failureThreshold": 3,
+}
+_HTTP_GET_DEFAULTS = {"path": "/", "scheme": "HTTP"}
+_CONFIG_VOLUME_DEFAULTS = {"defaultMode": 420}
+
+
+def comparable(deployment: Manifest) -> Manifest:
+    """A copy as the API server would store it, for comparison only.
+
+    Absent defaulted fields are filled in, and empty maps and lists dropped: Kubernetes
+    reads `annotations: {}` or `env: []` as absent, and a reply may write either.
+    """
+    out = copy.deepcopy(deployment)
+    spec = _dict(out.get("spec"))
+    _fill(spec, _DEPLOYMENT_DEFAULTS)
+    strategy = spec.setdefault("strategy", {})
+    if isinstance(strategy, dict):
+        _fill(strategy, {"type": "RollingUpdate"})
+        if strategy["type"] == "RollingUpdate":
+            _fill(_dict(strategy.setdefault("rollingUpdate", {})), _ROLLING_UPDATE_DEFAULTS)
+    pod = pod_spec(out)
+    _fill(pod, _POD_DEFAULTS)
+    for kind in ("initContainers", "containers"):
+        for container in _list(pod.get(kind)):
+            _container_defaults(_dict(container))
+    for volume in _list(pod.get("volumes")):
+        for source in ("configMap", "secret"):
+            _fill(_dict(_dict(volume).get(source)), _CONFIG_VOLUME_DEFAULTS)
+    return _pruned(out)
+
+
+def _container_defaults(container: dict[str, Any]) -> None:
+    _fill(container, _CONTAINER_DEFAULTS)
+    image = container.get("image")
+    if isinstance(image, str):
+        _fill(container, {"imagePullPolicy": _pull_policy(image)})
+    for port in _list(container.get("ports")):
+        _fill(_dict(port), {"protocol": "TCP"})
+    for probe in PROBES:
+        probe_spec = _dict(container.get(probe))
+        _fill(probe_spec, _PROBE_DEFAULTS)
+        _fill(_dict(probe_spec.get("httpGet")), _HTTP_GET_DEFAULTS)
+
+
+def _pull_policy(image: str) -> str:
+    """Always for `:latest` or no tag, IfNotPresent for a tag or a digest."""
+    if "@" in image:
+        return "IfNotPresent"
+    last = image.rsplit("/", 1)[-1]
+    return "IfNotPresent" if ":" in last and not last.endswith(":latest") else "Always"
+
+
+def _fill(target: dict[str, Any], defaults: dict[str, Any]) -> None:
+    for key, value in defaults.items():
+        if target.get(key) is None:
+            target[key] = copy.deepcopy(value)
+
+
+def _pruned(value: Any) -> Any:
+    if isinstance(value, dict):
+        kept = {k: _pruned(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v not in (None, {}, [])}
+    if isinstance(value, list):
+        return [_pruned(v) for v in value]
+    return value
+
+
 # -- quantities and image references (shared with the playbooks) -----------------------
 
-_QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$")
+_QUANTITY = re.compile(
+    r"^([+-]?(?:\d+\.?\d*|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$"
+)
 _BINARY_SUFFIX = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
 _DECIMAL_SUFFIX = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
 MEBIBYTE = 1024 * 1024
@@ -212,7 +313,9 @@ class _History:
                     self.objects.add((kind, str(ref.get("name"))))
 
     def _volume_refs(self, volume: dict[str, Any]) -> None:
-        sources = [volume] + [_dict(s) for s in _list(_dict(volume.get("projected")).get("sources"))]
+        sources = [volume] + [
+            _dict(s) for s in _list(_dict(volume.get("projected")).get("sources"))
+        ]
         for source in sources:
             if "secret" in source:
                 secret = _dict(source["secret"])
@@ -260,7 +363,9 @@ def _container_list(live: Manifest, proposed: Manifest) -> list[str]:
         what = f"removed ({_names(removed)})"
     else:
         what = f"reordered ({before} -> {after})"
-    return [f"{_CONTAINERS_PATH}: containers may not be added, removed, renamed or reordered: {what}"]
+    return [
+        f"{_CONTAINERS_PATH}: containers may not be added, removed, renamed or reordered: {what}"
+    ]
 
 
 def _allow_list(live: Manifest, proposed: Manifest) -> list[str]:
@@ -280,8 +385,11 @@ def _privileges(live: Manifest, proposed: Manifest) -> list[str]:
 
 def _privilege_flags(spec: dict[str, Any]) -> set[str]:
     """Every privilege the pod spec grants, each as words a reviewer understands."""
-    flags = {f"{POD_SPEC}.{field}: true" for field in ("hostNetwork", "hostPID", "hostIPC")
-             if spec.get(field) is True}
+    flags = {
+        f"{POD_SPEC}.{field}: true"
+        for field in ("hostNetwork", "hostPID", "hostIPC")
+        if spec.get(field) is True
+    }
     account = spec.get("serviceAccountName") or spec.get("serviceAccount")
     if account:
         flags.add(f"service account {account!r}")
@@ -330,13 +438,15 @@ def _secrets(live: Manifest, proposed: Manifest, history: _History) -> list[str]
             for ref_field, kind in _ENV_FROM_KINDS.items():
                 name = _dict(_dict(source).get(ref_field)).get("name")
                 if ref_field in _dict(source) and (kind, str(name)) not in history.objects:
-                    reasons.append(f"{where}.envFrom: {kind} {name!r} is not one this workload "
-                                   f"already uses")
+                    reasons.append(
+                        f"{where}.envFrom: {kind} {name!r} is not one this workload already uses"
+                    )
     return reasons
 
 
-def _env_var(where: str, var: dict[str, Any], before: dict[str, Any] | None,
-             history: _History) -> list[str]:
+def _env_var(
+    where: str, var: dict[str, Any], before: dict[str, Any] | None, history: _History
+) -> list[str]:
     name = var.get("name")
     if var == before:
         return []
@@ -346,23 +456,36 @@ def _env_var(where: str, var: dict[str, Any], before: dict[str, Any] | None,
         kinds = " and ".join(kind for kind, _, _ in _env_refs(before))
         reasons.append(f"{where}.env {name}: a {kinds} reference may not become a literal value")
     literal = var.get("value")
-    if (isinstance(literal, str) and literal and CREDENTIAL_NAME.search(str(name))
-            and literal not in history.literals.get(str(name), set())):
-        reasons.append(f"{where}.env {name}: a new literal for a credential-like variable is an "
-                       f"invented secret")
+    if (
+        isinstance(literal, str)
+        and literal
+        and CREDENTIAL_NAME.search(str(name))
+        and literal not in history.literals.get(str(name), set())
+    ):
+        reasons.append(
+            f"{where}.env {name}: a new literal for a credential-like variable is an "
+            f"invented secret"
+        )
     for kind, obj, key in refs_after:
         if (kind, obj) not in history.objects:
-            reasons.append(f"{where}.env {name}: {kind} {obj!r} is not one this workload already uses")
+            reasons.append(
+                f"{where}.env {name}: {kind} {obj!r} is not one this workload already uses"
+            )
         elif (kind, obj, key) not in history.keys:
-            reasons.append(f"{where}.env {name}: key {key!r} of {kind} {obj!r} was never used by "
-                           f"this workload or its last healthy revision")
+            reasons.append(
+                f"{where}.env {name}: key {key!r} of {kind} {obj!r} was never used by "
+                f"this workload or its last healthy revision"
+            )
     return reasons
 
 
 def _env_refs(var: dict[str, Any]) -> list[tuple[str, str, str]]:
     source = _dict(var.get("valueFrom"))
-    return [(kind, str(_dict(source[field]).get("name")), str(_dict(source[field]).get("key")))
-            for field, kind in _REF_KINDS.items() if field in source]
+    return [
+        (kind, str(_dict(source[field]).get("name")), str(_dict(source[field]).get("key")))
+        for field, kind in _REF_KINDS.items()
+        if field in source
+    ]
 
 
 def _env_by_name(container: dict[str, Any]) -> dict[str | None, dict[str, Any]]:
@@ -383,8 +506,10 @@ def _images(live: Manifest, proposed: Manifest, history: _History) -> list[str]:
             if repository is None:
                 reasons.append(f"{where}: {_short(image)} is not an image reference")
             elif repository not in history.repositories:
-                reasons.append(f"{where}: repository {repository} never ran in this workload "
-                               f"(known: {', '.join(sorted(history.repositories))})")
+                reasons.append(
+                    f"{where}: repository {repository} never ran in this workload "
+                    f"(known: {', '.join(sorted(history.repositories))})"
+                )
     return reasons
 
 
@@ -408,13 +533,17 @@ def _resources(live: Manifest, proposed: Manifest, settings: Settings) -> list[s
             # A request above the largest allowed limit could never run under one either.
             memory = values.get((section, "memory"))
             if memory is not None and memory > cap:
-                reasons.append(f"{where}.{section}.memory: {resources[section]['memory']} is above "
-                               f"the {settings.max_memory_limit} aifixer may set")
+                reasons.append(
+                    f"{where}.{section}.memory: {resources[section]['memory']} is above "
+                    f"the {settings.max_memory_limit} aifixer may set"
+                )
         for (section, resource), request in values.items():
             limit = values.get(("limits", resource))
             if section == "requests" and limit is not None and request > limit:
-                reasons.append(f"{where}.requests.{resource}: the request is above the limit "
-                               f"({resources['requests'][resource]} > {resources['limits'][resource]})")
+                reasons.append(
+                    f"{where}.requests.{resource}: the request is above the limit "
+                    f"({resources['requests'][resource]} > {resources['limits'][resource]})"
+                )
     return reasons
 
 
@@ -422,7 +551,11 @@ def _replicas(live: Manifest, proposed: Manifest, settings: Settings) -> list[st
     after = manifests.get_path(proposed, "spec.replicas")
     if after == manifests.get_path(live, "spec.replicas"):
         return []
-    if isinstance(after, bool) or not isinstance(after, int) or not 1 <= after <= settings.max_replicas:
+    if (
+        isinstance(after, bool)
+        or not isinstance(after, int)
+        or not 1 <= after <= settings.max_replicas
+    ):
         return [f"spec.replicas: {_short(after)} is outside 1..{settings.max_replicas}"]
     return []
 
@@ -438,8 +571,9 @@ def _schema(proposed: Manifest) -> list[str]:
             reasons.append(f"{where}.image: a container needs an image")
         for field in ("command", "args"):
             value = container.get(field)
-            if value is not None and not (isinstance(value, list)
-                                          and all(isinstance(v, str) for v in value)):
+            if value is not None and not (
+                isinstance(value, list) and all(isinstance(v, str) for v in value)
+            ):
                 reasons.append(f"{where}.{field}: must be a list of strings")
         reasons.extend(_schema_env(where, container.get("env")))
         port_names, port_reasons = _schema_ports(where, container.get("ports"))
@@ -450,7 +584,8 @@ def _schema(proposed: Manifest) -> list[str]:
         if "resources" in container:
             resources = container["resources"]
             if not isinstance(resources, dict) or not all(
-                    isinstance(v, dict) for k, v in resources.items() if k in ("requests", "limits")):
+                isinstance(v, dict) for k, v in resources.items() if k in ("requests", "limits")
+            ):
                 reasons.append(f"{where}.resources: requests and limits must be mappings")
     return reasons
 
@@ -484,8 +619,10 @@ def _schema_ports(where: str, ports: Any) -> tuple[set[str], list[str]]:
         for field in ("containerPort", "hostPort"):
             if field in port or field == "containerPort":
                 if not _is_port_number(port.get(field)):
-                    reasons.append(f"{where}.ports[{i}].{field}: {_short(port.get(field))} is not "
-                                   f"a port number (1-65535)")
+                    reasons.append(
+                        f"{where}.ports[{i}].{field}: {_short(port.get(field))} is not "
+                        f"a port number (1-65535)"
+                    )
         if isinstance(port.get("name"), str):
             names.add(port["name"])
     return names, reasons

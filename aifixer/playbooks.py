@@ -61,8 +61,13 @@ class _Case:
         changes = manifests.diff(self.live, manifest)
         if not changes:
             return None
-        return FixProposal(source="playbook", strategy=strategy, rationale=rationale,
-                           manifest=manifest, changes=changes)
+        return FixProposal(
+            source="playbook",
+            strategy=strategy,
+            rationale=rationale,
+            manifest=manifest,
+            changes=changes,
+        )
 
     def containers(self) -> list[tuple[int, dict[str, Any]]]:
         return list(enumerate(manifests.get_path(self.live, CONTAINERS) or []))
@@ -71,8 +76,9 @@ class _Case:
 Playbook = Callable[[_Case], FixProposal | None]
 
 
-def candidates(evidence: Evidence, diagnosis_class: FailureClass,
-               settings: Settings) -> list[FixProposal]:
+def candidates(
+    evidence: Evidence, diagnosis_class: FailureClass, settings: Settings
+) -> list[FixProposal]:
     """The playbooks' fixes for this incident, best first; [] when none applies.
 
     Args:
@@ -82,8 +88,12 @@ def candidates(evidence: Evidence, diagnosis_class: FailureClass,
         settings: the bounds the proposals must respect (memory cap).
     """
     live = manifests.clean(evidence.deployment)
-    case = _Case(evidence=evidence, settings=settings, live=live,
-                 healthy=containers_by_name(pod_spec(evidence.last_healthy_template)))
+    case = _Case(
+        evidence=evidence,
+        settings=settings,
+        live=live,
+        healthy=containers_by_name(pod_spec(evidence.last_healthy_template)),
+    )
     found: list[FixProposal] = []
     for playbook in PLAYBOOKS[diagnosis_class]:
         proposal = playbook(case)
@@ -118,7 +128,9 @@ def revert_to_last_healthy(case: _Case) -> FixProposal | None:
     return case.proposal(
         "revert-to-last-healthy",
         f"Reverts {', '.join(reverted)} to the values of the last revision that ran healthy; "
-        "the failure started with this change.", manifest)
+        "the failure started with this change.",
+        manifest,
+    )
 
 
 def _reverted_env(live: list[dict], healthy: list[dict]) -> list[dict]:
@@ -174,14 +186,17 @@ def restore_env(case: _Case) -> FixProposal | None:
         healthy_env = (case.healthy.get(container.get("name")) or {}).get("env") or []
         names = {v.get("name") for v in healthy_env if v.get("name") in named and v not in live_env}
         if names:
-            manifests.set_path(manifest, f"{CONTAINERS}[{index}].env",
-                               _restore_env(live_env, healthy_env, names))
+            manifests.set_path(
+                manifest, f"{CONTAINERS}[{index}].env", _restore_env(live_env, healthy_env, names)
+            )
             restored.extend(sorted(names))
     return case.proposal(
         "restore-env",
         f"The container exits at start naming {', '.join(restored)}; restores "
         f"{'it' if len(restored) == 1 else 'them'} as the last healthy revision set "
-        f"{'it' if len(restored) == 1 else 'them'}, keeping the other variables.", manifest)
+        f"{'it' if len(restored) == 1 else 'them'}, keeping the other variables.",
+        manifest,
+    )
 
 
 def _names_in_fatal_lines(evidence: Evidence) -> set[str]:
@@ -205,7 +220,9 @@ def restore_known_good_image(case: _Case) -> FixProposal | None:
             restored.append(f"{container['name']}: {container.get('image')} -> {image}")
     return case.proposal(
         "restore-known-good-image",
-        f"Restores the image the workload last ran healthy ({'; '.join(restored)}).", manifest)
+        f"Restores the image the workload last ran healthy ({'; '.join(restored)}).",
+        manifest,
+    )
 
 
 def _known_good_image(case: _Case, container: dict[str, Any]) -> str | None:
@@ -215,10 +232,15 @@ def _known_good_image(case: _Case, container: dict[str, Any]) -> str | None:
         image = healthy.get("image")
         return image if image_repository(image) == repository else None
     # Without a healthy template, an older revision that still has ready pods ran it.
-    serving = sorted((r for r in case.evidence.revisions if not r.current and r.ready_replicas > 0),
-                     key=lambda r: r.revision, reverse=True)
-    return next((image for r in serving for image in r.images
-                 if image_repository(image) == repository), None)
+    serving = sorted(
+        (r for r in case.evidence.revisions if not r.current and r.ready_replicas > 0),
+        key=lambda r: r.revision,
+        reverse=True,
+    )
+    return next(
+        (image for r in serving for image in r.images if image_repository(image) == repository),
+        None,
+    )
 
 
 # -- raise-memory-limit ------------------------------------------------------------------------
@@ -243,17 +265,22 @@ def raise_memory_limit(case: _Case) -> FixProposal | None:
         request = _memory(container, "requests")
         if request is not None and request > target:
             manifests.set_path(manifest, f"{path}.requests.memory", text)
-        raised.append(f"{container['name']}: {container['resources']['limits']['memory']} -> {text}")
+        raised.append(
+            f"{container['name']}: {container['resources']['limits']['memory']} -> {text}"
+        )
     return case.proposal(
         "raise-memory-limit",
         f"The container is OOMKilled: its working set does not fit its memory limit. Raises "
-        f"the limit ({'; '.join(raised)}).", manifest)
+        f"the limit ({'; '.join(raised)}).",
+        manifest,
+    )
 
 
 def _oom_killed(evidence: Evidence) -> bool:
-    return any("OOMKilled" in pod.reasons
-               or (pod.last_termination or {}).get("reason") == "OOMKilled"
-               for pod in evidence.pods)
+    return any(
+        "OOMKilled" in pod.reasons or (pod.last_termination or {}).get("reason") == "OOMKilled"
+        for pod in evidence.pods
+    )
 
 
 def _oom_candidates(case: _Case) -> list[tuple[int, dict[str, Any]]]:
@@ -263,16 +290,20 @@ def _oom_candidates(case: _Case) -> list[tuple[int, dict[str, Any]]]:
     named = {(p.last_termination or {}).get("container") for p in case.evidence.pods} - {None}
     if named:
         return [(i, c) for i, c in containers if c.get("name") in named]
-    lowered = [(i, c) for i, c in containers
-               if (_memory(c, "limits") or 0) < (_memory(case.healthy.get(c.get("name")) or {},
-                                                         "limits") or 0)]
+    lowered = [
+        (i, c)
+        for i, c in containers
+        if (_memory(c, "limits") or 0)
+        < (_memory(case.healthy.get(c.get("name")) or {}, "limits") or 0)
+    ]
     if lowered:
         return lowered
     return containers if len(containers) == 1 else []
 
 
-def _memory_target(case: _Case, container: dict[str, Any], current: Decimal,
-                   cap: Decimal) -> tuple[Decimal, str]:
+def _memory_target(
+    case: _Case, container: dict[str, Any], current: Decimal, cap: Decimal
+) -> tuple[Decimal, str]:
     """The new limit and its text: the healthy revision's when it was higher, else double
     the current one rounded up to a step; never above the cap."""
     healthy = case.healthy.get(container.get("name")) or {}
@@ -320,7 +351,9 @@ def fit_requests_to_nodes(case: _Case) -> FixProposal | None:
     return case.proposal(
         "fit-requests-to-nodes",
         f"No node has room for the pod (insufficient {', '.join(sorted(short))}); restores the "
-        f"requests and limits of the last healthy revision ({', '.join(restored)}).", manifest)
+        f"requests and limits of the last healthy revision ({', '.join(restored)}).",
+        manifest,
+    )
 
 
 def _asks_more(container: dict[str, Any], healthy: dict[str, Any], resource: str) -> bool:
@@ -331,6 +364,7 @@ def _asks_more(container: dict[str, Any], healthy: dict[str, Any], resource: str
             return parse_quantity(raw) if raw is not None else Decimal(0)
         except QuantityError:
             return Decimal(0)
+
     return request(container) > request(healthy)
 
 
@@ -355,7 +389,9 @@ def fix_probe_port(case: _Case) -> FixProposal | None:
     return case.proposal(
         "fix-probe-port",
         f"The probe checks a port the container does not listen on; points it at the declared "
-        f"port ({'; '.join(fixed)}).", manifest)
+        f"port ({'; '.join(fixed)}).",
+        manifest,
+    )
 
 
 def _probe_ports(container: dict[str, Any]) -> list[tuple[str, str, Any]]:
@@ -368,8 +404,9 @@ def _probe_ports(container: dict[str, Any]) -> list[tuple[str, str, Any]]:
     return found
 
 
-def _declared_probe_port(case: _Case, container: dict[str, Any], probe: str, handler: str,
-                         declared: set[Any]) -> Any:
+def _declared_probe_port(
+    case: _Case, container: dict[str, Any], probe: str, handler: str, declared: set[Any]
+) -> Any:
     """The healthy revision's port for this probe if still declared, else the only port."""
     healthy = case.healthy.get(container.get("name")) or {}
     before = ((healthy.get(probe) or {}).get(handler) or {}).get("port")
@@ -396,7 +433,9 @@ def fix_probe_path(case: _Case) -> FixProposal | None:
     return case.proposal(
         "fix-probe-path",
         f"The probe asks for a path the application does not serve; restores the path of the "
-        f"last healthy revision ({'; '.join(fixed)}).", manifest)
+        f"last healthy revision ({'; '.join(fixed)}).",
+        manifest,
+    )
 
 
 # -- which playbooks for which failure --------------------------------------------------------
@@ -405,8 +444,12 @@ def fix_probe_path(case: _Case) -> FixProposal | None:
 # has no revert: when the cause is placement, restoring the rest would fix nothing.
 PLAYBOOKS: dict[str, tuple[Playbook, ...]] = {
     "ImagePull": (restore_known_good_image, revert_to_last_healthy),
-    "CrashLoop": (raise_memory_limit, restore_env, restore_known_good_image,
-                  revert_to_last_healthy),
+    "CrashLoop": (
+        raise_memory_limit,
+        restore_env,
+        restore_known_good_image,
+        revert_to_last_healthy,
+    ),
     "OOMKilled": (raise_memory_limit, revert_to_last_healthy),
     "ProbeFailure": (fix_probe_port, fix_probe_path, revert_to_last_healthy),
     "Unschedulable": (fit_requests_to_nodes,),

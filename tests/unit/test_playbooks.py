@@ -39,9 +39,12 @@ def deployment_of(files) -> dict:
 def served(deployment: dict, revision: int) -> dict:
     """The Deployment as the API server returns it: defaulted, with server fields and status."""
     out = apply_defaults(copy.deepcopy(deployment))
-    out["metadata"].update(uid="0d1e2f", resourceVersion="4242", generation=revision,
-                           creationTimestamp=TIME)
-    out["metadata"].setdefault("annotations", {})["deployment.kubernetes.io/revision"] = str(revision)
+    out["metadata"].update(
+        uid="0d1e2f", resourceVersion="4242", generation=revision, creationTimestamp=TIME
+    )
+    out["metadata"].setdefault("annotations", {})["deployment.kubernetes.io/revision"] = str(
+        revision
+    )
     out["status"] = {"observedGeneration": revision, "replicas": out["spec"]["replicas"]}
     return out
 
@@ -49,9 +52,13 @@ def served(deployment: dict, revision: int) -> dict:
 def failure_class(scenario: Scenario) -> FailureClass:
     """The class a diagnosis reaches from the scenario's symptoms."""
     reasons = set(scenario.expect.symptoms.pod_reasons)
-    for reason, cls in (("OOMKilled", "OOMKilled"), ("ErrImagePull", "ImagePull"),
-                        ("CreateContainerConfigError", "ConfigError"),
-                        ("Unschedulable", "Unschedulable"), ("CrashLoopBackOff", "CrashLoop")):
+    for reason, cls in (
+        ("OOMKilled", "OOMKilled"),
+        ("ErrImagePull", "ImagePull"),
+        ("CreateContainerConfigError", "ConfigError"),
+        ("Unschedulable", "Unschedulable"),
+        ("CrashLoopBackOff", "CrashLoop"),
+    ):
         if reason in reasons:
             return cls
     if "Unhealthy" in scenario.expect.symptoms.events:
@@ -64,10 +71,17 @@ def scheduling_message(scenario: Scenario, live: dict) -> str:
     pod = {"spec": live["spec"]["template"]["spec"]}
     reasons, preemptable = {}, {}
     for node in scenario.nodes:
-        obj = {"metadata": {"name": node.name, "labels": dict(node.labels)},
-               "spec": {"taints": [t.model_dump() for t in node.taints]},
-               "status": {"allocatable": {"cpu": f"{node.cpu_millicores}m",
-                                          "memory": f"{node.memory_mib}Mi", "pods": "110"}}}
+        obj = {
+            "metadata": {"name": node.name, "labels": dict(node.labels)},
+            "spec": {"taints": [t.model_dump() for t in node.taints]},
+            "status": {
+                "allocatable": {
+                    "cpu": f"{node.cpu_millicores}m",
+                    "memory": f"{node.memory_mib}Mi",
+                    "pods": "110",
+                }
+            },
+        }
         reasons[node.name], preemptable[node.name] = node_filter(pod, obj, NodeUsage())
     return fit_error(len(scenario.nodes), reasons, preemptable)
 
@@ -80,8 +94,11 @@ def crash_lines(scenario: Scenario, live: dict) -> list[str]:
         if image is None:
             continue
         env = {v["name"] for v in container.get("env") or []}
-        lines += [f"FATAL: environment variable {var} is not set"
-                  for var in image.requires_env if var not in env]
+        lines += [
+            f"FATAL: environment variable {var} is not set"
+            for var in image.requires_env
+            if var not in env
+        ]
         if image.crash:
             lines += image.crash.logs
     return lines
@@ -100,36 +117,72 @@ def scenario_evidence(scenario: Scenario) -> Evidence:
         termination = {"reason": "OOMKilled", "exitCode": 137}
     elif "Error" in reasons:
         termination = {"reason": "Error", "exitCode": 1}
-    messages = {"FailedScheduling": scheduling_message(scenario, live),
-                "BackOff": f"Back-off restarting failed container {first} in pod {name}-7f9c",
-                "Unhealthy": "Liveness probe failed: HTTP probe failed with statuscode: 404",
-                "Failed": "Error: ImagePullBackOff"}
+    messages = {
+        "FailedScheduling": scheduling_message(scenario, live),
+        "BackOff": f"Back-off restarting failed container {first} in pod {name}-7f9c",
+        "Unhealthy": "Liveness probe failed: HTTP probe failed with statuscode: 404",
+        "Failed": "Error: ImagePullBackOff",
+    }
     lines = crash_lines(scenario, live)
-    revisions = [Revision(revision=2 if healthy_doc else 1, replicaset=f"{name}-5d8b", current=True,
-                          ready_replicas=0, images=_images(live))]
+    revisions = [
+        Revision(
+            revision=2 if healthy_doc else 1,
+            replicaset=f"{name}-5d8b",
+            current=True,
+            ready_replicas=0,
+            images=_images(live),
+        )
+    ]
     healthy_template = None
     if healthy_doc is not None:
         healthy = served(healthy_doc, 1)
         healthy_template = copy.deepcopy(healthy["spec"]["template"])
         healthy_template["metadata"]["labels"]["pod-template-hash"] = "6c4f7"
-        revisions.insert(0, Revision(revision=1, replicaset=f"{name}-6c4f7", current=False,
-                                     ready_replicas=healthy["spec"]["replicas"],
-                                     images=_images(healthy)))
+        revisions.insert(
+            0,
+            Revision(
+                revision=1,
+                replicaset=f"{name}-6c4f7",
+                current=False,
+                ready_replicas=healthy["spec"]["replicas"],
+                images=_images(healthy),
+            ),
+        )
     return Evidence(
         deployment=live,
-        pods=[PodState(name=f"{name}-5d8b-x2k9q", phase="Running", ready=False, node="node-1",
-                       reasons=reasons, restart_count=3 if termination else 0,
-                       last_termination=termination, revision_hash="5d8b")],
-        events=[EventRecord(type="Warning", reason=r, message=messages.get(r, r),
-                            object=f"Pod/{name}-5d8b-x2k9q", count=4, last_seen=TIME)
-                for r in symptoms.events],
-        logs=[LogLine(time=TIME, pod=f"{name}-5d8b-x2k9q", container=first, line=line)
-              for line in lines],
+        pods=[
+            PodState(
+                name=f"{name}-5d8b-x2k9q",
+                phase="Running",
+                ready=False,
+                node="node-1",
+                reasons=reasons,
+                restart_count=3 if termination else 0,
+                last_termination=termination,
+                revision_hash="5d8b",
+            )
+        ],
+        events=[
+            EventRecord(
+                type="Warning",
+                reason=r,
+                message=messages.get(r, r),
+                object=f"Pod/{name}-5d8b-x2k9q",
+                count=4,
+                last_seen=TIME,
+            )
+            for r in symptoms.events
+        ],
+        logs=[
+            LogLine(time=TIME, pod=f"{name}-5d8b-x2k9q", container=first, line=line)
+            for line in lines
+        ],
         pod_logs={f"{name}-5d8b-x2k9q/{first}/previous": "\n".join(lines)},
         revisions=revisions,
         last_healthy_template=healthy_template,
         template_diff=manifests.diff(healthy_template, live["spec"]["template"])
-        if healthy_template else [],
+        if healthy_template
+        else [],
         healthy=False,
     )
 
@@ -189,11 +242,19 @@ def test_no_candidate_passes_the_guardrails_when_a_person_must_decide(path):
 def test_every_candidate_stays_inside_the_allow_list(path):
     scenario = load(path)
     evidence = scenario_evidence(scenario)
-    for cls in ("ImagePull", "CrashLoop", "OOMKilled", "ProbeFailure", "Unschedulable",
-                "ConfigError", "AppError"):
+    for cls in (
+        "ImagePull",
+        "CrashLoop",
+        "OOMKilled",
+        "ProbeFailure",
+        "Unschedulable",
+        "ConfigError",
+        "AppError",
+    ):
         for proposal in playbooks.candidates(evidence, cls, SETTINGS):
-            assert proposal.strategy in {p.__name__.replace("_", "-")
-                                         for p in playbooks.PLAYBOOKS[cls]}
+            assert proposal.strategy in {
+                p.__name__.replace("_", "-") for p in playbooks.PLAYBOOKS[cls]
+            }
             assert all(guardrails.is_allowed_path(c.path) for c in proposal.changes)
 
 
@@ -234,7 +295,8 @@ def test_a_raised_limit_keeps_the_request_under_it():
     evidence.last_healthy_template = None
     _set_memory(evidence, requests="100Mi", limits="100Mi")
     evidence.deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"][
-        "memory"] = "300Mi"
+        "memory"
+    ] = "300Mi"
     best = playbooks.candidates(evidence, "OOMKilled", SETTINGS)[0]
     resources = best.manifest["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert resources["limits"]["memory"] == "256Mi"
@@ -256,8 +318,10 @@ def test_no_memory_raise_without_an_oom_kill():
     evidence = evidence_of("oom-report-api")
     for pod in evidence.pods:
         pod.reasons, pod.last_termination = ["CrashLoopBackOff"], {"reason": "Error", "exitCode": 1}
-    assert all(p.strategy != "raise-memory-limit"
-               for p in playbooks.candidates(evidence, "CrashLoop", SETTINGS))
+    assert all(
+        p.strategy != "raise-memory-limit"
+        for p in playbooks.candidates(evidence, "CrashLoop", SETTINGS)
+    )
 
 
 def _set_memory(evidence: Evidence, requests: str, limits: str) -> None:
@@ -285,8 +349,9 @@ def test_restore_env_needs_a_log_line_naming_the_variable():
 def test_revert_drops_an_added_reference_but_keeps_an_added_literal():
     evidence = evidence_of("missing-env-orders-api")
     env = evidence.deployment["spec"]["template"]["spec"]["containers"][0]["env"]
-    env.append({"name": "API_TOKEN", "valueFrom": {"secretKeyRef": {"name": "orders-api",
-                                                                     "key": "token"}}})
+    env.append(
+        {"name": "API_TOKEN", "valueFrom": {"secretKeyRef": {"name": "orders-api", "key": "token"}}}
+    )
     best = playbooks.candidates(evidence, "ConfigError", SETTINGS)[0]
     names = [v["name"] for v in best.manifest["spec"]["template"]["spec"]["containers"][0]["env"]]
     assert names == ["DATABASE_URL", "CACHE_HOST", "LOG_LEVEL"]
@@ -306,8 +371,10 @@ def test_no_image_from_another_repository():
     evidence = evidence_of("image-typo-storefront")
     evidence.last_healthy_template["spec"]["containers"][0]["image"] = "web/other:1.0"
     evidence.revisions[0].images = ["web/other:1.0"]
-    assert all(p.strategy != "restore-known-good-image"
-               for p in playbooks.candidates(evidence, "ImagePull", SETTINGS))
+    assert all(
+        p.strategy != "restore-known-good-image"
+        for p in playbooks.candidates(evidence, "ImagePull", SETTINGS)
+    )
 
 
 # -- probes -----------------------------------------------------------------------------------
@@ -328,7 +395,8 @@ def test_probe_port_keeps_a_named_port_from_the_healthy_revision():
     best = playbooks.candidates(evidence, "ProbeFailure", SETTINGS)[0]
     assert best.strategy == "fix-probe-port"
     assert [(c.path, c.after) for c in best.changes] == [
-        ("spec.template.spec.containers[0].readinessProbe.httpGet.port", "http")]
+        ("spec.template.spec.containers[0].readinessProbe.httpGet.port", "http")
+    ]
 
 
 # -- placement ------------------------------------------------------------------------------
