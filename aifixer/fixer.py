@@ -96,9 +96,9 @@ def _template(name: str) -> Template:
     return Template((resources.files("aifixer") / "prompts" / f"{name}.txt").read_text("utf-8"))
 
 
-def prompt(name: str, **values: Any) -> str:
-    """Fill the template file `prompts/<name>.txt`; redacted, since it leaves the process."""
-    return redact(_template(name).substitute(values))
+def prompt(template: str, /, **values: Any) -> str:
+    """Fill the template file `prompts/<template>.txt`; redacted, since it leaves the process."""
+    return redact(_template(template).substitute(values))
 
 
 # -- the evidence, as the model reads it ---------------------------------------------------
@@ -124,6 +124,11 @@ def _clip(value: Any, limit: int = MAX_VALUE) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _json(value: Any) -> str:
+    """A value as JSON, so a model (or a reader) can copy it back exactly."""
+    return _clip(json.dumps(value, separators=(",", ":")))
+
+
 def deployment_path(path: str) -> str:
     """A template-diff path as a path in the Deployment (the diff may be template-rooted)."""
     return path if path.startswith("spec.template") else f"spec.template.{path}"
@@ -132,10 +137,17 @@ def deployment_path(path: str) -> str:
 def render_evidence(incident: Incident, evidence: Evidence) -> str:
     """The evidence as short plain-text sections, bounded in every dimension."""
     w = incident.workload
+    # Most telling first: when the whole is cut to its bound, log lines go before facts.
     sections = [
         f"Workload: Deployment {w.namespace}/{w.name} (detected failure class: "
         f"{incident.failure_class})",
-        _section("Containers now", _containers(evidence.deployment)),
+        _section(
+            "Changes since the last healthy revision",
+            [
+                f"- {deployment_path(c.path)}: {_json(c.before)} -> {_json(c.after)}"
+                for c in evidence.template_diff[:MAX_CHANGES]
+            ],
+        ),
         _section("Pods", [_pod_line(p) for p in _failing_pods(evidence)[:MAX_PODS]]),
         _section(
             "Warning events",
@@ -144,19 +156,13 @@ def render_evidence(incident: Incident, evidence: Evidence) -> str:
                 for e in [e for e in evidence.events if e.type == "Warning"][-MAX_EVENTS:]
             ],
         ),
+        _section("Facts", _facts(evidence)),
+        _section("Containers now", _containers(evidence.deployment)),
+        _section("Container output", _pod_logs(evidence.pod_logs)),
         _section(
             "Recent log lines",
             [f"- [{ln.pod}] {_clip(ln.line, 200)}" for ln in evidence.logs[-MAX_LOG_LINES:]],
         ),
-        _section("Container output", _pod_logs(evidence.pod_logs)),
-        _section(
-            "Changes since the last healthy revision",
-            [
-                f"- {deployment_path(c.path)}: {_clip(c.before)} -> {_clip(c.after)}"
-                for c in evidence.template_diff[:MAX_CHANGES]
-            ],
-        ),
-        _section("Facts", _facts(evidence)),
     ]
     text = "\n\n".join(s for s in sections if s)
     return text if len(text) <= MAX_EVIDENCE else text[:MAX_EVIDENCE] + "\n(evidence cut)"
@@ -636,7 +642,7 @@ def _candidates(
     seen: set[str] = set()
     for fc in classes:
         for candidate in playbooks.candidates(evidence, fc, settings):
-            key = json.dumps([c.model_dump(mode="json") for c in candidate.changes], sort_keys=True)
+            key = json.dumps(manifests.clean(candidate.manifest), sort_keys=True)  # not its claims
             if key not in seen:
                 seen.add(key)
                 out.append(candidate)
@@ -786,7 +792,7 @@ def _render_candidates(candidates: list[FixProposal]) -> str:
     lines = []
     for i, c in enumerate(candidates):
         lines.append(f"[{i}] {c.strategy}: {_clip(c.rationale, 300)}")
-        lines += [f"    {ch.path}: {_clip(ch.before)} -> {_clip(ch.after)}" for ch in c.changes[:5]]
+        lines += [f"    {ch.path}: {_json(ch.before)} -> {_json(ch.after)}" for ch in c.changes[:5]]
     return "\n".join(lines)
 
 
@@ -831,7 +837,7 @@ def speech(model: Model, state: IncidentState, settings: Settings) -> str:
     user = prompt(
         "speech.user",
         namespace=w.namespace,
-        name=w.name,
+        workload=w.name,
         failure=CLASS_PHRASES[state.incident.failure_class],
         diagnosis=_clip(state.diagnosis.summary if state.diagnosis else "none", 300),
         tried=_what_was_tried(state),

@@ -1,0 +1,647 @@
+"""The fixer without a network: a scripted model, real guardrails, real playbooks.
+
+The fake model validates its scripted replies with the adapter's own `parse_reply`, so
+a reply that breaks the schema fails here exactly as it would over HTTP.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from aifixer import fixer, manifests
+from aifixer.adapters.errors import PermanentError, TransientError
+from aifixer.adapters.llm import Usage, parse_reply
+from aifixer.models import (
+    Diagnosis,
+    EventRecord,
+    Evidence,
+    FieldChange,
+    FixProposal,
+    Incident,
+    IncidentState,
+    LogLine,
+    PodState,
+    Rejection,
+    Revision,
+    Signal,
+    Verification,
+    Workload,
+)
+from aifixer.settings import Settings
+
+IMAGE = "spec.template.spec.containers[0].image"
+MEMORY = "spec.template.spec.containers[0].resources.limits.memory"
+GOOD_IMAGE, BAD_IMAGE = "web/storefront:3.0.9", "web/storefront:3.1.O"
+TOKEN = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+
+# -- a failing storefront: an image tag that was never pushed ------------------------------
+
+
+def deployment(image: str = BAD_IMAGE) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "storefront",
+            "namespace": "web",
+            "uid": "u-1",
+            "generation": 2,
+            "labels": {"app": "storefront"},
+        },
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "storefront"}},
+            "template": {
+                "metadata": {"labels": {"app": "storefront"}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "web",
+                            "image": image,
+                            "ports": [{"name": "http", "containerPort": 3000}],
+                            "env": [{"name": "DB_PASSWORD", "value": "hunter2-literal"}],
+                            "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}},
+                            "resources": {
+                                "requests": {"cpu": "100m", "memory": "96Mi"},
+                                "limits": {"memory": "192Mi"},
+                            },
+                        }
+                    ]
+                },
+            },
+        },
+    }
+
+
+def make_evidence(**overrides: Any) -> Evidence:
+    healthy = copy.deepcopy(deployment(GOOD_IMAGE)["spec"]["template"])
+    values: dict[str, Any] = {
+        "deployment": deployment(),
+        "pods": [
+            PodState(
+                name="storefront-7d9-abcde",
+                phase="Pending",
+                ready=False,
+                reasons=["ImagePullBackOff"],
+                restart_count=0,
+            )
+        ],
+        "events": [
+            EventRecord(
+                type="Warning",
+                reason="Failed",
+                object="Pod/storefront-7d9-abcde",
+                count=4,
+                message=f'Failed to pull image "{BAD_IMAGE}": not found',
+            )
+        ],
+        "logs": [
+            LogLine(
+                time="2024-01-01T00:00:00Z",
+                pod="storefront-6c8-xyz",
+                container="web",
+                line=f"error: upstream rejected token {TOKEN}",
+            )
+        ],
+        "pod_logs": {},
+        "revisions": [
+            Revision(
+                revision=1,
+                replicaset="storefront-6c8",
+                images=[GOOD_IMAGE],
+                ready_replicas=3,
+                current=False,
+            ),
+            Revision(
+                revision=2,
+                replicaset="storefront-7d9",
+                images=[BAD_IMAGE],
+                ready_replicas=0,
+                current=True,
+            ),
+        ],
+        "last_healthy_template": healthy,
+        "template_diff": [
+            FieldChange(path="spec.containers[0].image", before=GOOD_IMAGE, after=BAD_IMAGE)
+        ],
+        "healthy": False,
+    }
+    values.update(overrides)
+    return Evidence(**values)
+
+
+def make_incident(failure_class: str = "ImagePull") -> Incident:
+    now = datetime(2024, 1, 1, tzinfo=UTC)
+    return Incident(
+        fingerprint="fp-storefront",
+        workload=Workload(cluster="app", namespace="web", name="storefront"),
+        failure_class=failure_class,
+        opened_at=now,
+        signals=[
+            Signal(
+                source="events", namespace="web", reason="Failed", message="pull", observed_at=now
+            )
+        ],
+    )
+
+
+def diagnosis() -> Diagnosis:
+    return Diagnosis(
+        summary="The image tag does not exist.",
+        root_cause="Typo in the tag.",
+        failure_class="ImagePull",
+        fields=[IMAGE],
+        source="model",
+    )
+
+
+def settings(strategy: str = "hybrid") -> Settings:
+    return Settings(fix_strategy=strategy, _env_file=None)
+
+
+class FakeModel:
+    """Answers from a script; each entry is a reply (dict or text) or an exception."""
+
+    def __init__(self, *replies: Any) -> None:
+        self.replies = list(replies)
+        self.calls: list[dict[str, Any]] = []
+
+    def _next(self, **call: Any) -> Any:
+        self.calls.append(call)
+        if not self.replies:
+            raise AssertionError(f"unexpected model call: {call.get('name')}")
+        reply = self.replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def chat_json(self, system, user, schema, *, name, max_tokens, temperature=0):
+        reply = self._next(system=system, user=user, schema=schema, name=name)
+        text = reply if isinstance(reply, str) else json.dumps(reply)
+        return parse_reply(text, schema), Usage(model="fake")
+
+    def chat_text(self, system, user, max_tokens):
+        return self._next(system=system, user=user, name="text"), Usage(model="fake")
+
+
+def changed(proposal: FixProposal) -> dict[str, Any]:
+    return {c.path: c.after for c in proposal.changes}
+
+
+# -- redaction --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        TOKEN,
+        "ghs_" + "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2",
+        "sk-proj-Abc123Def456Ghi789Jkl",
+        "AC" + "0123456789abcdef" * 2,
+        "deadbeef" * 5,
+        "QWxhZGRpbjpvcGVuIHNlc2FtZSBhbmQgbW9yZSBzZWNyZXQx",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N",
+    ],
+)
+def test_redact_removes_token_looking_strings(secret):
+    text = redact_in_context(secret)
+    assert secret not in text
+    assert fixer.REDACTED in text
+    assert text.startswith("before ") and text.endswith(" after")
+
+
+def redact_in_context(secret: str) -> str:
+    return fixer.redact(f"before {secret} after")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "password=Sup3rS3cret!",
+        "Authorization: Bearer abcdef.123456",
+        "api_key: 9f8e7d6c5b4a",
+    ],
+)
+def test_redact_keeps_the_name_of_a_credential_and_drops_its_value(text):
+    out = fixer.redact(text)
+    assert text.split()[-1].split("=")[-1] not in out
+    assert fixer.REDACTED in out
+
+
+def test_redact_leaves_ordinary_text_alone():
+    text = (
+        f"image {GOOD_IMAGE} failed; path /var/lib/containerd/io.containerd.runtime; "
+        f"digest sha256:{'ab' * 32}; spec.template.spec.containers[0].resources.limits.memory"
+    )
+    assert fixer.redact(text) == text
+
+
+# -- the evidence, bounded and redacted --------------------------------------------------
+
+
+def test_prompt_evidence_is_bounded_and_redacted():
+    many = [
+        LogLine(time="t", pod="p", container="c", line=f"error {i} " + "x" * 500)
+        for i in range(500)
+    ]
+    evidence = make_evidence(logs=make_evidence().logs + many)
+    model = FakeModel(TransientError("model", "down"))
+    fixer.diagnose(model, make_incident(), evidence)
+    user = model.calls[0]["user"]
+    assert TOKEN not in user and "hunter2-literal" not in user  # token and credential literal
+    assert len(user) < fixer.MAX_EVIDENCE + 1500
+    assert "Changes since the last healthy revision" in user
+    assert f'{IMAGE}: "{GOOD_IMAGE}" -> "{BAD_IMAGE}"' in user
+    assert "ImagePullBackOff" in user
+
+
+# -- diagnose ---------------------------------------------------------------------------
+
+
+def test_diagnose_uses_a_valid_model_answer_redacted():
+    reply = {
+        "summary": f"Tag {BAD_IMAGE} does not exist, see {TOKEN}.",
+        "root_cause": "the image tag has a typo",
+        "failure_class": "ImagePull",
+        "fields": [IMAGE],
+    }
+    result = fixer.diagnose(FakeModel(reply), make_incident(), make_evidence())
+    assert result.source == "model"
+    assert result.failure_class == "ImagePull" and result.fields == [IMAGE]
+    assert TOKEN not in result.summary and BAD_IMAGE in result.summary
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        TransientError("model", "connection refused"),
+        PermanentError("model", "HTTP 400"),
+        "I think the image is wrong.",
+        {"summary": "fine", "root_cause": "x", "failure_class": "Gremlins", "fields": []},
+    ],
+)
+def test_diagnose_falls_back_to_one_written_from_the_evidence(reply):
+    result = fixer.diagnose(FakeModel(reply), make_incident(), make_evidence())
+    assert result.source == "playbook"
+    assert "web/storefront" in result.summary and "cannot pull" in result.summary
+    assert "ImagePullBackOff" in result.summary
+    assert BAD_IMAGE in result.root_cause and GOOD_IMAGE in result.root_cause
+    assert result.fields == [IMAGE]
+    assert result.failure_class == "ImagePull"
+
+
+def test_playbook_diagnosis_explains_an_exit_code_without_history():
+    evidence = make_evidence(
+        template_diff=[],
+        last_healthy_template=None,
+        pods=[
+            PodState(
+                name="p",
+                phase="Running",
+                ready=False,
+                reasons=["CrashLoopBackOff"],
+                restart_count=7,
+                last_termination={"reason": "Error", "exitCode": 127},
+            )
+        ],
+    )
+    result = fixer.playbook_diagnosis(make_incident("CrashLoop"), evidence)
+    assert "command was not found" in result.root_cause
+    assert "7 restarts" in result.summary
+    assert "spec.template.spec.containers[0].command" in result.fields
+
+
+# -- propose: playbooks -----------------------------------------------------------------
+
+
+def test_playbooks_strategy_takes_the_first_candidate_that_passes():
+    proposal, rejections = fixer.propose(
+        FakeModel(), make_incident(), make_evidence(), diagnosis(), settings("playbooks")
+    )
+    assert proposal is not None and proposal.source == "playbook"
+    assert changed(proposal) == {IMAGE: GOOD_IMAGE}
+    assert rejections == []
+
+
+def hostile_candidate(path: str, value: Any, name: str = "hostile") -> FixProposal:
+    manifest = manifests.clean(deployment())
+    manifests.set_path(manifest, path, value)
+    return FixProposal(
+        source="playbook",
+        strategy=name,
+        rationale="",
+        manifest=manifest,
+        changes=[FieldChange(path=IMAGE, before=BAD_IMAGE, after=GOOD_IMAGE)],
+    )
+
+
+def test_a_candidate_the_guardrails_refuse_is_recorded_and_skipped(monkeypatch):
+    from aifixer import playbooks
+
+    real = playbooks.candidates
+    bad = hostile_candidate("spec.template.spec.containers[0].securityContext.privileged", True)
+    monkeypatch.setattr(playbooks, "candidates", lambda *a: [bad, *real(*a)])
+    proposal, rejections = fixer.propose(
+        FakeModel(), make_incident(), make_evidence(), diagnosis(), settings("playbooks")
+    )
+    assert proposal is not None and changed(proposal) == {IMAGE: GOOD_IMAGE}
+    assert [r.strategy for r in rejections] == ["hostile"]
+    assert any("privileged" in reason for reason in rejections[0].reasons)
+    # The candidate's own claim about its changes is not trusted: they are recomputed.
+    assert "securityContext" in " ".join(rejections[0].reasons)
+
+
+def test_nothing_passes_gives_no_proposal(monkeypatch):
+    from aifixer import playbooks
+
+    bad = hostile_candidate("metadata.name", "evil")
+    monkeypatch.setattr(playbooks, "candidates", lambda *a: [bad])
+    proposal, rejections = fixer.propose(
+        FakeModel(), make_incident(), make_evidence(), diagnosis(), settings("playbooks")
+    )
+    assert proposal is None
+    assert len(rejections) == 1 and "metadata.name" in rejections[0].reasons[0]
+
+
+# -- propose: the model alone ------------------------------------------------------------
+
+
+def test_model_strategy_applies_typed_edits_to_the_live_deployment():
+    model = FakeModel(
+        {"edits": [{"path": IMAGE, "value": GOOD_IMAGE}], "rationale": "restore the tag that ran"}
+    )
+    proposal, rejections = fixer.propose(
+        model, make_incident(), make_evidence(), diagnosis(), settings("model")
+    )
+    assert rejections == []
+    assert proposal is not None and proposal.source == "model" and proposal.strategy == "model"
+    assert changed(proposal) == {IMAGE: GOOD_IMAGE}
+    assert "uid" not in proposal.manifest["metadata"]  # built on the cleaned live object
+    paths = model.calls[0]["schema"]["properties"]["edits"]["items"]
+    enums = [o["properties"]["path"]["enum"] for o in paths.get("anyOf", [paths])]
+    offered = {p for enum in enums for p in enum}
+    assert IMAGE in offered and "metadata.name" not in offered
+    assert all(
+        p == "spec.replicas" or p.startswith("spec.template.spec.containers[0].") for p in offered
+    )
+
+
+HOSTILE_EDITS = {
+    "wrong name": {"path": "metadata.name", "value": "evil"},
+    "privileged": {
+        "path": "spec.template.spec.containers[0].securityContext.privileged",
+        "value": True,
+    },
+    "hostPath": {
+        "path": "spec.template.spec.volumes",
+        "value": [{"name": "h", "hostPath": {"path": "/"}}],
+    },
+    "other registry": {"path": IMAGE, "value": "registry.evil.example/miner:latest"},
+    "memory beyond the cap": {"path": MEMORY, "value": "64Gi"},
+}
+
+
+@pytest.mark.parametrize("edit", HOSTILE_EDITS.values(), ids=HOSTILE_EDITS.keys())
+def test_model_strategy_never_proposes_a_hostile_edit(edit):
+    model = FakeModel({"edits": [edit], "rationale": "trust me"})
+    proposal, rejections = fixer.propose(
+        model, make_incident(), make_evidence(), diagnosis(), settings("model")
+    )
+    assert proposal is None
+    assert len(rejections) == 1 and rejections[0].source == "model"
+
+
+@pytest.mark.parametrize(
+    "reply", ["not json at all", '{"edits": [', {"edits": []}, PermanentError("model", "HTTP 400")]
+)
+def test_model_strategy_with_an_unusable_answer_gives_no_proposal(reply):
+    proposal, rejections = fixer.propose(
+        FakeModel(reply, "unused"), make_incident(), make_evidence(), diagnosis(), settings("model")
+    )
+    assert proposal is None
+    assert rejections and "not usable" in rejections[0].reasons[0]
+
+
+def test_model_edits_that_change_nothing_are_refused():
+    model = FakeModel({"edits": [{"path": IMAGE, "value": BAD_IMAGE}], "rationale": "same"})
+    proposal, rejections = fixer.propose(
+        model, make_incident(), make_evidence(), diagnosis(), settings("model")
+    )
+    assert proposal is None and rejections[0].reasons == ["the proposal changes nothing"]
+
+
+# -- propose: hybrid ----------------------------------------------------------------------
+
+
+def test_hybrid_applies_the_chosen_candidate():
+    model = FakeModel({"choice": 0, "edits": [], "rationale": "the tag was a typo"})
+    proposal, rejections = fixer.propose(
+        model, make_incident(), make_evidence(), diagnosis(), settings("hybrid")
+    )
+    assert rejections == []
+    assert proposal is not None and proposal.source == "model"
+    assert proposal.strategy.startswith("hybrid:")
+    assert changed(proposal) == {IMAGE: GOOD_IMAGE}
+    assert "[0]" in model.calls[0]["user"] and model.calls[0]["name"] == "fix_choice"
+
+
+def oom_evidence() -> Evidence:
+    live = deployment(GOOD_IMAGE)
+    live["spec"]["template"]["spec"]["containers"][0]["resources"] = {
+        "requests": {"cpu": "100m", "memory": "48Mi"},
+        "limits": {"memory": "64Mi"},
+    }
+    pod = PodState(
+        name="storefront-1",
+        phase="Running",
+        ready=False,
+        reasons=["OOMKilled", "CrashLoopBackOff"],
+        restart_count=4,
+        last_termination={"reason": "OOMKilled", "exitCode": 137},
+    )
+    return make_evidence(
+        deployment=live,
+        pods=[pod],
+        template_diff=[],
+        events=[],
+        logs=[],
+        last_healthy_template=None,
+        revisions=[
+            Revision(
+                revision=1, replicaset="rs", images=[GOOD_IMAGE], ready_replicas=0, current=True
+            )
+        ],
+    )
+
+
+def test_hybrid_adjusts_a_value_the_candidate_changes():
+    model = FakeModel(
+        {"choice": 0, "edits": [{"path": MEMORY, "value": "512Mi"}], "rationale": "more headroom"}
+    )
+    proposal, _ = fixer.propose(
+        model, make_incident("OOMKilled"), oom_evidence(), diagnosis(), settings()
+    )
+    assert proposal is not None and changed(proposal)[MEMORY] == "512Mi"
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"path": "spec.replicas", "value": 20},
+        {"path": "spec.template.spec.containers[0].resources.requests.cpu", "value": "4"},
+    ],
+)
+def test_hybrid_drops_edits_beyond_the_chosen_candidate(monkeypatch, edit):
+    from aifixer import playbooks
+
+    other = manifests.clean(deployment())
+    manifests.set_path(other, edit["path"], edit["value"])
+    other_candidate = FixProposal(
+        source="playbook", strategy="other", rationale="", manifest=other, changes=[]
+    )
+    real = playbooks.candidates
+    monkeypatch.setattr(playbooks, "candidates", lambda *a: [*real(*a), other_candidate])
+    # The edit is schema-valid (candidate 1 changes that field) but candidate 0 is chosen.
+    model = FakeModel({"choice": 0, "edits": [edit], "rationale": "and a bit more"})
+    proposal, _ = fixer.propose(model, make_incident(), make_evidence(), diagnosis(), settings())
+    assert proposal is not None and changed(proposal) == {IMAGE: GOOD_IMAGE}
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        *({"choice": 0, "edits": [e], "rationale": "x"} for e in HOSTILE_EDITS.values()),
+        "Sure! Use the old image.",
+        {"choice": 7, "edits": [], "rationale": "out of range"},
+        {"choice": None, "edits": [], "rationale": "none fits"},
+        TransientError("model", "timed out"),
+    ],
+    ids=[*HOSTILE_EDITS, "not json", "no such candidate", "no choice", "model down"],
+)
+def test_hybrid_falls_back_to_the_best_playbook_candidate(reply):
+    proposal, rejections = fixer.propose(
+        FakeModel(reply), make_incident(), make_evidence(), diagnosis(), settings()
+    )
+    assert proposal is not None and proposal.source == "playbook"
+    assert changed(proposal) == {IMAGE: GOOD_IMAGE}
+    assert "registry.evil" not in json.dumps(proposal.manifest)
+    assert "privileged" not in json.dumps(proposal.manifest)
+    assert all(r.source == "model" and r.strategy.startswith("hybrid") for r in rejections)
+
+
+def test_hybrid_without_candidates_asks_no_model_and_proposes_nothing(monkeypatch):
+    from aifixer import playbooks
+
+    monkeypatch.setattr(playbooks, "candidates", lambda *a: [])
+    model = FakeModel()
+    proposal, rejections = fixer.propose(
+        model, make_incident(), make_evidence(), diagnosis(), settings()
+    )
+    assert proposal is None and rejections == [] and model.calls == []
+
+
+# -- speech -------------------------------------------------------------------------------
+
+
+def failed_state(**overrides: Any) -> IncidentState:
+    evidence = make_evidence()
+    proposal = FixProposal(
+        source="playbook",
+        strategy="restore-known-good-image",
+        rationale="Restores the image the workload last ran healthy.",
+        manifest=manifests.clean(deployment(GOOD_IMAGE)),
+        changes=[FieldChange(path=IMAGE, before=BAD_IMAGE, after=GOOD_IMAGE)],
+    )
+    values: dict[str, Any] = {
+        "incident": make_incident(),
+        "evidence": evidence,
+        "diagnosis": diagnosis(),
+        "proposal": proposal,
+        "verification": Verification(
+            ok=False,
+            reason="new pods never became ready",
+            checked_at=datetime(2024, 1, 1, tzinfo=UTC),
+            rolled_back=True,
+        ),
+    }
+    values.update(overrides)
+    return IncidentState(**values)
+
+
+GOOD_SPEECH = (
+    "The storefront deployment in the web namespace cannot pull its image. "
+    "I restored the previous image, but the new pods never became ready, "
+    "so the change was rolled back."
+)
+
+
+def test_speech_uses_the_models_words_stripped_of_markup():
+    model = FakeModel(f"**Alert:** {GOOD_SPEECH}\n\nCan you intervene?")
+    text = fixer.speech(model, failed_state(), settings())
+    assert text.startswith("Alert: The storefront deployment")
+    assert "*" not in text and "intervene" not in text
+    assert "storefront" in model.calls[0]["user"] and "rolled back" in model.calls[0]["user"]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        " ".join([GOOD_SPEECH] * 3),  # too long
+        "Broken.",  # too short
+        GOOD_SPEECH + " Details at https://grafana.example.com/d/abc.",
+        "Deployment storefront: pods 4815162342 and 1234 5678 9012 3456 7890 1234 failed at 0300.",
+        GOOD_SPEECH.replace("storefront", "frontend"),  # does not say which workload
+        GOOD_SPEECH + f" Token {TOKEN} was rejected.",
+        '{"speech": "The storefront deployment is broken and I could not fix it today."}',
+        TransientError("model", "timed out"),
+    ],
+    ids=["long", "short", "url", "digits", "no workload", "secret", "json", "model down"],
+)
+def test_speech_falls_back_to_the_template(reply):
+    text = fixer.speech(FakeModel(reply), failed_state(), settings())
+    assert text == fixer.template_speech(failed_state())
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({}, "did not work"),
+        (
+            {
+                "proposal": None,
+                "verification": None,
+                "rejections": [
+                    Rejection(
+                        source="model",
+                        strategy="model",
+                        reasons=[f"{IMAGE}: repository never ran in this workload"],
+                    )
+                ],
+            },
+            "not applied",
+        ),
+        ({"proposal": None, "verification": None}, "No safe automatic fix"),
+        ({"error": "apply: the API server refused the patch"}, "stopped"),
+    ],
+)
+def test_template_speech_is_short_plain_and_says_what_was_tried(overrides, expected):
+    text = fixer.template_speech(failed_state(**overrides))
+    assert "storefront" in text and expected in text
+    assert len(text.split()) <= fixer.MAX_SPEECH_WORDS
+    assert "spec.template" not in text and "[" not in text
+    assert "intervene" not in text
+
+
+def test_template_speech_stays_within_the_word_limit_with_long_reasons():
+    long_reason = " ".join(["word"] * 200)
+    state = failed_state(
+        verification=Verification(
+            ok=False, reason=long_reason, checked_at=datetime(2024, 1, 1, tzinfo=UTC)
+        )
+    )
+    assert len(fixer.template_speech(state).split()) <= fixer.MAX_SPEECH_WORDS
