@@ -188,8 +188,8 @@ def removed_fields(live: Manifest, desired: Manifest, keep_manager: str = FIELD_
     sole owner; fields the team's own `kubectl apply` (or any other manager) set stay,
     even if the corrected manifest dropped them. The owners are in `managedFields`, so
     these are exactly the fields to remove explicitly. Defaulted fields have no owner
-    and are never listed. Pointers come deepest and last-index first, so removing them
-    in order never shifts a later one.
+    and are never listed. Pointers come in reverse order (within a list, the highest
+    index first), so removing them one after the other never shifts a later one.
     """
     found: set[tuple[str | int, ...]] = set()
     for entry in live.get("metadata", {}).get("managedFields") or []:
@@ -738,7 +738,12 @@ class Kube:
 
     def _pod_owner_uncached(self, namespace: str, pod_name: str) -> str | None:
         pod = self._read(self.core.read_namespaced_pod, pod_name, namespace)
-        return self._owner_from_pod(pod) if pod else None
+        if pod is not None:
+            return self._owner_from_pod(pod)
+        # The pod is gone (replaced, or a crash loop's victim of a rollout) but its events
+        # remain: a ReplicaSet names its pods `<replicaset>-<5 characters>`.
+        rs_name, sep, suffix = pod_name.rpartition("-")
+        return self._rs_owner(namespace, rs_name) if sep and len(suffix) == 5 else None
 
     def _owner_from_pod(self, pod: Manifest) -> str | None:
         rs = _controller(pod, "ReplicaSet")
