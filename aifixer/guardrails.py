@@ -399,7 +399,7 @@ def _privilege_flags(spec: dict[str, Any]) -> set[str]:
             path = _dict(volume["hostPath"]).get("path")
             flags.add(f"hostPath volume {volume.get('name')!r} mounting {path!r} from the node")
     flags |= _context_flags(f"{POD_SPEC}.securityContext", _dict(spec.get("securityContext")))
-    for kind in ("initContainers", "containers", "ephemeralContainers"):
+    for kind in ("initContainers", "containers"):
         for name, container in containers_by_name(spec, kind).items():
             where = f"{kind} {name!r}"
             context = _dict(container.get("securityContext"))

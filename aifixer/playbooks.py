@@ -120,11 +120,11 @@ def revert_to_last_healthy(case: _Case) -> FixProposal | None:
         for field in _REVERTED_FIELDS:
             if container.get(field) != healthy.get(field):
                 manifests.set_path(manifest, f"{path}.{field}", copy.deepcopy(healthy.get(field)))
-                reverted.append(f"{field} of {container['name']}")
+                reverted.append(f"{field} of container {container['name']}")
         env = _reverted_env(container.get("env") or [], healthy.get("env") or [])
         if env != (container.get("env") or []):
             manifests.set_path(manifest, f"{path}.env", env or None)
-            reverted.append(f"env of {container['name']}")
+            reverted.append(f"env of container {container['name']}")
     return case.proposal(
         "revert-to-last-healthy",
         f"Reverts {', '.join(reverted)} to the values of the last revision that ran healthy; "
@@ -192,9 +192,8 @@ def restore_env(case: _Case) -> FixProposal | None:
             restored.extend(sorted(names))
     return case.proposal(
         "restore-env",
-        f"The container exits at start naming {', '.join(restored)}; restores "
-        f"{'it' if len(restored) == 1 else 'them'} as the last healthy revision set "
-        f"{'it' if len(restored) == 1 else 'them'}, keeping the other variables.",
+        f"The container exits at start for want of {', '.join(restored)}; restores "
+        "each as the last healthy revision set it, keeping the other variables.",
         manifest,
     )
 
@@ -350,7 +349,7 @@ def fit_requests_to_nodes(case: _Case) -> FixProposal | None:
             restored.append(f"{resource} of {container['name']}")
     return case.proposal(
         "fit-requests-to-nodes",
-        f"No node has room for the pod (insufficient {', '.join(sorted(short))}); restores the "
+        f"No node has room for the pod (insufficient {', '.join(sorted(short))}); restores "
         f"requests and limits of the last healthy revision ({', '.join(restored)}).",
         manifest,
     )
