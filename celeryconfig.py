@@ -57,6 +57,8 @@ broker_transport_options = {"visibility_timeout": 3600}
 task_queues = (Queue("polls"), Queue("model"), Queue("cluster"), Queue("notify"))
 task_routes = {
     "aifixer.tasks.poll_*": {"queue": "polls"},
+    "aifixer.tasks.ingest_signals": {"queue": "polls"},
+    "aifixer.tasks.call_next": {"queue": "notify"},
     "aifixer.tasks.diagnose": {"queue": "model"},
     "aifixer.tasks.patch": {"queue": "model"},
     "aifixer.tasks.apply": {"queue": "cluster"},

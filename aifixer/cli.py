@@ -13,7 +13,6 @@ import logging
 import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import click
@@ -226,89 +225,223 @@ def scenario_check(paths: tuple[Path, ...]) -> None:
         console.print(f"ok  {path}  ({sc.name}: expect {sc.expect.outcome})")
 
 
+@scenario.command("run")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+@click.option(
+    "--speed", default=30.0, show_default=True, type=float, help="Simulated time speed-up."
+)
+@click.option(
+    "--timeout",
+    default=240.0,
+    show_default=True,
+    type=float,
+    help="Wall seconds to wait for every incident to reach an outcome.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the run's files (logs, call file, repositories) here; default: a temporary dir.",
+)
+def scenario_run(
+    path: Path, as_json: bool, speed: float, timeout: float, workdir: Path | None
+) -> None:
+    """Play one scenario with the real farm on the sandbox and report each incident."""
+    sc = _load_scenario(path)
+    report = _run_one(sc, speed, timeout, workdir, live=not as_json)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        console.print(_report_table([report]))
+    sys.exit(0 if report["complete"] else 1)
+
+
+def _run_one(sc, speed: float, timeout: float, workdir: Path | None, *, live: bool) -> dict:
+    from .sandbox.harness import run_scenario
+
+    progress = _progress_printer(sc.name) if live else None
+    if workdir is not None:
+        return run_scenario(sc, workdir, speed=speed, timeout=timeout, progress=progress)
+    with tempfile.TemporaryDirectory(prefix=f"aifixer-{sc.name}-") as tmp:
+        return run_scenario(sc, Path(tmp), speed=speed, timeout=timeout, progress=progress)
+
+
+def _stage_of(incident: dict) -> str:
+    if incident["outcome"]:
+        return incident["outcome"]
+    if incident.get("verification"):
+        return "verified"
+    if incident["changed_paths"]:
+        return "applied, verifying"
+    if incident.get("diagnosis"):
+        return "diagnosed, patching"
+    return "opened, diagnosing"
+
+
+def _progress_printer(name: str):
+    last: dict[str, str] = {}
+
+    def show(incidents: list[dict]) -> None:
+        for inc in incidents:
+            stage = _stage_of(inc)
+            if last.get(inc["fingerprint"]) != stage:
+                last[inc["fingerprint"]] = stage
+                console.print(
+                    f"  {inc['namespace']}/{inc['workload']} [{inc['failure_class']}] → {stage}"
+                )
+
+    return show
+
+
+def _report_table(reports: list[dict]) -> Table:
+    table = Table(title="incidents")
+    for col in (
+        "scenario",
+        "workload",
+        "failure class",
+        "outcome",
+        "changed",
+        "pull request / call answers",
+        "seconds",
+    ):
+        table.add_column(col)
+    for rep in reports:
+        if not rep["incidents"]:
+            table.add_row(
+                rep["scenario"], "-", "-", "[red]no incident[/]", "", "", f"{rep['duration_s']:.0f}"
+            )
+        for inc in rep["incidents"]:
+            if inc["pull_request"]:
+                where = inc["pull_request"]["url"]
+            else:
+                where = (
+                    ", ".join(
+                        f"{c['number']}: {'yes' if c['can_intervene'] else 'no'}"
+                        for c in inc["calls"]
+                    )
+                    or "-"
+                )
+            table.add_row(
+                rep["scenario"],
+                f"{inc['namespace']}/{inc['workload']}",
+                inc["failure_class"],
+                inc["outcome"] or "[red]unfinished[/]",
+                "\n".join(inc["changed_paths"]) or "-",
+                where,
+                f"{rep['duration_s']:.0f}",
+            )
+    return table
+
+
 @main.command()
 @click.option(
     "--speed", default=30.0, show_default=True, type=float, help="Simulated time speed-up."
 )
 @click.option(
     "--timeout",
-    default=60.0,
+    default=240.0,
     show_default=True,
     type=float,
-    help="Wall seconds to wait for each scenario's failure to show.",
+    help="Wall seconds to wait for each scenario's incidents to reach an outcome.",
 )
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def demo(speed: float, timeout: float, paths: tuple[Path, ...]) -> None:
-    """Run the bundled scenarios on the sandbox and show what breaks in each.
+    """Play the bundled scenarios: the real farm against the sandbox, one world each.
 
-    Each scenario gets its own world: the healthy manifests are applied and committed,
-    the bad change is applied, and the demo shows the failure the cluster reports
-    (pod reasons, Warning events, error lines in Loki).
+    For each scenario: a private Redis, the sandbox with the scenario's healthy
+    manifests applied and committed and its bad change applied, a model endpoint, and
+    the farm (celery worker, beat, aifixer web) as separate processes. Each incident
+    moves through diagnose → patch → apply → verify → pull request or phone call.
     """
     from .sandbox import scenario as scenario_mod
-    from .sandbox.world import World, WorldError
 
     files = list(paths) or scenario_mod.bundled()
     if not files:
         raise click.ClickException("no scenario files found")
-    console.print(
-        "[bold]aifixer demo[/] — the sandbox reproduces each scenario's failure. "
-        "Remediation (diagnose → patch → apply → verify → PR | call) is not wired in yet."
-    )
-    table = Table(title="scenarios")
-    for col in ("scenario", "expect", "workload", "pod reasons", "warning events", "seconds"):
-        table.add_column(col)
-    failed = 0
+    reports = []
     for path in files:
         sc = _load_scenario(path)
-        started = time.monotonic()
-        with (
-            tempfile.TemporaryDirectory(prefix="aifixer-demo-") as tmp,
-            World(sc, Path(tmp), speed=speed) as world,
-        ):
-            try:
-                world.start()
-            except WorldError as exc:
-                failed += 1
-                table.add_row(sc.name, sc.expect.outcome, "-", f"[red]{exc}[/]", "", "")
-                continue
-            workloads = _changed_workloads(sc)
-            seen: dict = {}
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                seen = {w: world.call(_symptoms_of(world, *w)) for w in workloads}
-                if all(s["reasons"] or s["events"] for s in seen.values()):
-                    break
-                time.sleep(0.2)
-            for (ns, name), s in seen.items():
-                table.add_row(
-                    sc.name,
-                    sc.expect.outcome,
-                    f"{ns}/{name}",
-                    ", ".join(s["reasons"]) or "-",
-                    ", ".join(s["events"]) or "-",
-                    f"{time.monotonic() - started:.1f}",
-                )
-    console.print(table)
-    if failed:
+        console.rule(f"{sc.name} (expect: {sc.expect.outcome})")
+        reports.append(_run_one(sc, speed, timeout, None, live=True))
+    console.print(_report_table(reports))
+    models = sorted({r["model"] for r in reports})
+    console.print(f"model: {', '.join(models)}")
+    if "stub" in models:
+        console.print(
+            "[yellow]'stub' is the stand-in model endpoint (a test double that answers "
+            "from the playbook candidates), not a language model.[/]"
+        )
+    if not all(r["complete"] for r in reports):
         sys.exit(1)
 
 
-def _symptoms_of(world, namespace: str, name: str):
-    async def get():
-        return world.symptoms(namespace, name)
+@main.command()
+@click.option("--host", default=None, help="Interface to bind (default: AIFIXER_WEB_HOST).")
+@click.option("--port", default=None, type=int, help="Port (default: AIFIXER_WEB_PORT).")
+def web(host: str | None, port: int | None) -> None:
+    """Serve Twilio's voice callbacks, Alertmanager webhooks, /healthz and /metrics."""
+    from . import pipeline, tasks
+    from . import web as web_mod
 
-    return get
+    ctx = pipeline.Context()
+
+    def on_call_finished(fingerprint: str, record) -> None:
+        pipeline.call_finished(
+            ctx, record, place_next=lambda fp, attempt: tasks.call_next.delay(fp, attempt)
+        )
+
+    def on_signals(signals) -> None:
+        tasks.ingest_signals.delay([s.model_dump(mode="json") for s in signals])
+
+    web_mod.run(ctx.settings, on_call_finished, on_signals, host=host, port=port)
 
 
-def _changed_workloads(sc) -> list[tuple[str, str]]:
-    files = sc.change or sc.manifests
-    out = []
-    for mf in files:
-        for doc in mf.documents():
-            if doc.get("kind") == "Deployment":
-                out.append((doc["metadata"].get("namespace", "default"), doc["metadata"]["name"]))
-    return out
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the full records as JSON.")
+def incidents(as_json: bool) -> None:
+    """The incidents the farm knows (from Redis), oldest first."""
+    from . import pipeline
+
+    states = pipeline.all_incidents(pipeline.Context())
+    if as_json:
+        click.echo(json.dumps([s.model_dump(mode="json") for s in states], indent=2))
+        return
+    table = Table(title="incidents")
+    for col in ("opened", "workload", "failure class", "outcome", "fix", "pull request", "calls"):
+        table.add_column(col)
+    for s in states:
+        inc = s.incident
+        table.add_row(
+            inc.opened_at.strftime("%Y-%m-%d %H:%M:%S"),
+            inc.workload.key,
+            inc.failure_class,
+            s.outcome or "in progress",
+            s.proposal.strategy if s.proposal else "-",
+            s.pull_request.url if s.pull_request else "-",
+            ", ".join(f"{c.number}={'yes' if c.can_intervene else 'no'}" for c in s.calls) or "-",
+        )
+    console.print(table)
+
+
+@main.command()
+def calls() -> None:
+    """The call file: when, who, what was said, and the answer."""
+    from .callfile import CallFile
+    from .settings import get_settings
+
+    path = get_settings().call_file
+    table = Table(title=str(path))
+    for col in ("time", "number", "answer", "status", "speech"):
+        table.add_column(col)
+    for c in CallFile(path).read():
+        table.add_row(
+            c.time.isoformat(timespec="seconds"),
+            c.number,
+            "yes" if c.can_intervene else "no",
+            c.status,
+            c.speech,
+        )
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import redis as redis_lib
 
 from . import detect, fixer, manifests
 from .adapters.errors import PermanentError
+from .adapters.kube import pod_state
 from .models import (
     ApplyResult,
     CallRecord,
@@ -247,14 +248,13 @@ def gather_evidence(ctx: Context, incident: Incident, dep: dict[str, Any]) -> Ev
     kube, loki = ctx.kube, ctx.loki
     ns = incident.workload.namespace
     raw_pods = kube.pods_of(dep)
-    pods = [detect.pod_state(p) for p in raw_pods]
+    pods = [pod_state(p) for p in raw_pods]
     events = kube.events_of(dep, raw_pods)
     since = int((incident.opened_at.timestamp() - ctx.settings.loki_lookback_s) * 1e9)
     logs = loki.workload_lines(ns, [p.name for p in pods], since, LOG_EVIDENCE_LINES)
     pod_logs: dict[str, str] = {}
     for p in raw_pods:
-        failing = detect.pod_state(p)
-        if not failing.reasons:
+        if not pod_state(p).reasons:
             continue
         for c in (p.get("spec") or {}).get("containers") or []:
             for previous in (False, True):

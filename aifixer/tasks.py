@@ -172,3 +172,13 @@ def _poll(fn) -> int:
         return 0
     start_remediations(incidents)
     return len(incidents)
+
+
+@app.task(bind=True, name="aifixer.tasks.ingest_signals", acks_late=False, ignore_result=True)
+def ingest_signals(self, signals: list[dict]) -> int:
+    """Signals from a push source (Alertmanager), deduplicated like the polls'."""
+    from .models import Signal
+
+    return _poll(
+        lambda ctx: pipeline.open_incidents(ctx, [Signal.model_validate(s) for s in signals])
+    )
