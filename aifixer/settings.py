@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     git_base_branch: str | None = None  # default: the repository's default branch
     git_author_name: str = "aifixer"
     git_author_email: str = "aifixer@users.noreply.github.com"
+    git_timeout_s: float = 120.0  # wall-clock limit of one git command (clone, fetch, push)
     # Where a workload's manifest lives when the Deployment has no aifixer.io/source
     # annotation: "namespace/name=path/in/repo.yaml", comma-separated.
     gitops_paths: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
