@@ -11,7 +11,7 @@ a pull request may be read by many more people than the cluster.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from .manifests import split_path
 from .models import FieldChange, IncidentState
@@ -253,6 +253,7 @@ def _verification(state: IncidentState) -> str:
         return ""
     out = ["## Verification", "", f"**{'Passed' if v.ok else 'Failed'}:** {_clip(v.reason, 1000)}"]
     out.append("")
+    out.append("")
     out.append(
         "Checked: the rollout completed, the new pods became Ready and stayed so without "
         "restarts, and no new error lines for the workload reached Loki."
@@ -305,7 +306,7 @@ def _fence(lines: list[str], *, lang: str = "", more: int = 0) -> str:
 
 
 def _iso(t: datetime) -> str:
-    return t.isoformat().replace("+00:00", "Z")
+    return t.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _duration(delta: timedelta) -> str:

@@ -74,6 +74,15 @@ def edit_manifest_file(
     raise DocumentNotFound(f"no document defines {kind} {namespace}/{name}")
 
 
+def defines(text: str, kind: str, namespace: str, name: str) -> bool:
+    """Whether a document in `text` defines `kind` `namespace/name`.
+
+    Raises:
+        EditError: the file is not YAML.
+    """
+    return any(_defines(doc, kind, namespace, name) for doc in _split_documents(text))
+
+
 def _split_documents(text: str) -> list[str]:
     """The file cut before every `---` line; joining the parts gives back `text` exactly."""
     docs: list[str] = []

@@ -1,0 +1,425 @@
+"""The GitOps side of a verified fix: the only module that imports `git` and `github`.
+
+A fix that runs in the cluster but not in the GitOps repository is reverted by the
+next sync, so once a fix is verified the same change is proposed as a pull request:
+clone the repository (shallow), find the file that defines the workload, change only
+the fixed fields in it (`aifixer.yamledit`, comments and formatting kept), commit on a
+branch named from the incident fingerprint, push, and open the pull request.
+
+Every step is idempotent, because a task may run again after any of them: an open pull
+request for the branch is returned as it is (`created=False`), a branch that already
+holds the same change is not pushed again, and a pull request a concurrent run opened
+first ("already exists") is found instead of failing.
+
+The token is sent to git as an HTTP header through `GIT_CONFIG_*` environment
+variables, never in a URL: it then appears neither on a command line nor in the
+clone's `.git/config` nor in git's error messages. Every error message is scrubbed of
+it anyway before it leaves this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+from github import Auth, Github, GithubException, RateLimitExceededException
+from github.PullRequest import PullRequest
+from github.Repository import Repository
+
+from aifixer import prbody
+from aifixer.models import FieldChange, IncidentState, PullRequestRef, Workload
+from aifixer.settings import Settings
+from aifixer.yamledit import DocumentNotFound, EditError, defines, edit_manifest_file
+
+from .errors import AdapterError, PermanentError, TransientError, bounded, is_transient_status
+
+log = logging.getLogger(__name__)
+
+SYSTEM = "github"
+SOURCE_ANNOTATION = "aifixer.io/source"  # "<path>" or "<owner>/<repo>:<path>"
+BRANCH_PREFIX = "aifixer/"
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+
+# git's messages for failures worth retrying: the network, the server, a timeout.
+_GIT_TRANSIENT = re.compile(
+    r"returned error: (5\d\d|429)|could not resolve host|connection refused|failed to connect"
+    r"|connection reset|timed out|timeout|early eof|rpc failed|the remote end hung up"
+    r"|couldn't connect|empty reply",
+    re.I,
+)
+_URL_CREDENTIALS = re.compile(r"(://)[^/\s@]+@")
+
+
+@dataclass(frozen=True)
+class FileEdit:
+    """One GitOps file before and after the fix."""
+
+    path: str  # in the repository
+    before: str
+    after: str
+
+    @property
+    def diff(self) -> str:
+        return "".join(
+            difflib.unified_diff(
+                self.before.splitlines(keepends=True),
+                self.after.splitlines(keepends=True),
+                f"a/{self.path}",
+                f"b/{self.path}",
+            )
+        )
+
+
+class Forge:
+    """Proposes verified fixes as pull requests in the GitOps repository.
+
+    Args:
+        settings: the repository (`github_repo`, `git_clone_url`, `git_base_branch`),
+            the API (`github_api_url`, `github_token`), the commit author, the
+            workload-to-file map (`gitops_paths`) and the timeouts.
+
+    Raises:
+        PermanentError: the repository or the token is not configured.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.github_repo or "/" not in settings.github_repo:
+            raise PermanentError(SYSTEM, "AIFIXER_GITHUB_REPO must name owner/repository")
+        self._token = settings.github_token.get_secret_value()
+        if not self._token:
+            raise PermanentError(SYSTEM, "AIFIXER_GITHUB_TOKEN is not set")
+        self.settings = settings
+        self._github = Github(
+            base_url=settings.github_api_url,
+            auth=Auth.Token(self._token),
+            timeout=max(1, math.ceil(settings.request_timeout_s)),  # PyGithub wants an int
+            retry=1,  # one quick retry of a dropped connection; backoff is the task's job
+            seconds_between_requests=0.05,
+            seconds_between_writes=0.2,
+        )
+
+    # -- the entry point the pipeline calls ----------------------------------------
+
+    def open_fix_pr(self, state: IncidentState) -> PullRequestRef:
+        """Propose the incident's applied (and verified) change as a pull request.
+
+        Raises:
+            TransientError: the forge is unreachable, overloaded or rate-limited.
+            PermanentError: no file defines the workload, the file already holds the
+                fix, the token is refused, or the forge rejects the request.
+        """
+        if state.apply is None:
+            raise PermanentError(SYSTEM, "no applied change to propose")
+        deployment = state.evidence.deployment if state.evidence else state.apply.original
+        annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+        return self.propose(
+            state.incident.workload,
+            state.apply.changes,
+            fingerprint=state.incident.fingerprint,
+            title=prbody.title(state),
+            body=lambda edit: prbody.body(state, edit.diff, edit.path),
+            source=annotations.get(SOURCE_ANNOTATION),
+        )
+
+    def propose(
+        self,
+        workload: Workload,
+        changes: list[FieldChange],
+        *,
+        fingerprint: str,
+        title: str,
+        body: Callable[[FileEdit], str],
+        source: str | None = None,
+    ) -> PullRequestRef:
+        """Open (or find) the pull request making `changes` to the file defining `workload`.
+
+        Args:
+            workload: the Deployment the changes are for.
+            changes: manifest fields to set (or delete, `after=None`).
+            fingerprint: the incident's; names the branch `aifixer/<fingerprint>`.
+            title: the pull request's title (also the commit subject).
+            body: renders the pull request's body from the file edit.
+            source: the Deployment's `aifixer.io/source` annotation, if any.
+
+        Returns:
+            The pull request; `created=False` when it was already open.
+
+        Raises:
+            TransientError, PermanentError: as for `open_fix_pr`.
+        """
+        repo_name, path = self._target(workload, source)
+        branch = BRANCH_PREFIX + fingerprint
+        with self._translated(f"repository {repo_name}"):
+            repo = self._github.get_repo(repo_name)
+            base = self.settings.git_base_branch or repo.default_branch
+        existing = self._open_pull(repo, branch)
+        if existing is not None:
+            log.info("[%s] pull request #%d already open", workload.key, existing.number)
+            return _ref(existing, branch, created=False)
+
+        with tempfile.TemporaryDirectory(prefix="aifixer-gitops-") as tmp:
+            checkout = self._clone(self._clone_url(repo_name), Path(tmp) / "repo", base)
+            path = path or self._find_file(Path(checkout.working_dir), workload)
+            edit = self._edit(Path(checkout.working_dir), path, workload, changes)
+            message = f"{title}\n\nAifixer-Incident: {fingerprint}\n"
+            self._push(checkout, branch, edit, message)
+        return self._create_pull(repo, branch, base, title, body(edit))
+
+    # -- where the manifest lives ----------------------------------------------------
+
+    def _target(self, workload: Workload, source: str | None) -> tuple[str, str | None]:
+        """(owner/repo, path or None to search) from the annotation, then the settings."""
+        if source:
+            repo_name, sep, path = source.strip().rpartition(":")
+            if not sep:
+                repo_name = self.settings.github_repo
+            if not path or (sep and repo_name.count("/") != 1):
+                raise PermanentError(
+                    SYSTEM,
+                    f"{workload.key}: {SOURCE_ANNOTATION} must be '<path>' or "
+                    f"'<owner>/<repo>:<path>', got {bounded(source, 200)!r}",
+                )
+            return repo_name, path
+        return self.settings.github_repo, self.settings.gitops_paths.get(workload.key)
+
+    def _clone_url(self, repo_name: str) -> str:
+        """The clone URL of `repo_name`: the configured one, or its sibling on the same host."""
+        url = self.settings.clone_url
+        if repo_name == self.settings.github_repo:
+            return url
+        own = f"/{self.settings.github_repo}.git"
+        if not url.endswith(own):
+            raise PermanentError(
+                SYSTEM, f"cannot derive the clone URL of {repo_name} from AIFIXER_GIT_CLONE_URL"
+            )
+        return url[: -len(own)] + f"/{repo_name}.git"
+
+    def _find_file(self, root: Path, workload: Workload) -> str:
+        """The one manifest file in the repository that defines the workload."""
+        found = [
+            str(p.relative_to(root))
+            for p in _manifest_files(root)
+            if _defines_workload(p, workload)
+        ]
+        if len(found) == 1:
+            return found[0]
+        where = f"{SOURCE_ANNOTATION} on the Deployment or AIFIXER_GITOPS_PATHS"
+        if not found:
+            raise PermanentError(
+                SYSTEM,
+                f"no file in {self.settings.github_repo} defines Deployment {workload.key}; "
+                f"set {where}",
+            )
+        raise PermanentError(
+            SYSTEM,
+            f"several files define Deployment {workload.key} ({', '.join(sorted(found)[:5])}); "
+            f"set {where}",
+        )
+
+    def _edit(
+        self, root: Path, path: str, workload: Workload, changes: list[FieldChange]
+    ) -> FileEdit:
+        file = (root / path).resolve()
+        if not file.is_relative_to(root.resolve()) or not file.is_file():
+            raise PermanentError(SYSTEM, f"{path} is not a file in the repository")
+        before = file.read_text(encoding="utf-8")
+        try:
+            after = edit_manifest_file(
+                before, workload.kind, workload.namespace, workload.name, changes
+            )
+        except DocumentNotFound:
+            raise PermanentError(
+                SYSTEM, f"{path} does not define {workload.kind} {workload.key}"
+            ) from None
+        except EditError as exc:
+            raise PermanentError(SYSTEM, f"{path}: {bounded(str(exc), 300)}") from None
+        if after == before:
+            raise PermanentError(
+                SYSTEM, f"{path} already holds the fix for {workload.key}: nothing to propose"
+            )
+        file.write_text(after, encoding="utf-8")
+        return FileEdit(path, before, after)
+
+    # -- git ---------------------------------------------------------------------------
+
+    def _git_env(self) -> dict[str, str]:
+        basic = base64.b64encode(f"x-access-token:{self._token}".encode()).decode()
+        timeout = str(max(1, int(self.settings.git_timeout_s)))
+        return {
+            "GIT_CONFIG_COUNT": "2",
+            "GIT_CONFIG_KEY_0": "http.extraHeader",
+            "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
+            # No credential helper: a refused token fails instead of being asked for.
+            "GIT_CONFIG_KEY_1": "credential.helper",
+            "GIT_CONFIG_VALUE_1": "",
+            "GIT_TERMINAL_PROMPT": "0",
+            "GCM_INTERACTIVE": "never",
+            # A stalled transfer fails, besides the wall-clock limit on every command.
+            "GIT_HTTP_LOW_SPEED_LIMIT": "1",
+            "GIT_HTTP_LOW_SPEED_TIME": timeout,
+            "GIT_AUTHOR_NAME": self.settings.git_author_name,
+            "GIT_AUTHOR_EMAIL": self.settings.git_author_email,
+            "GIT_COMMITTER_NAME": self.settings.git_author_name,
+            "GIT_COMMITTER_EMAIL": self.settings.git_author_email,
+        }
+
+    def _git(self, runner: git.Git, *args: str) -> str:
+        try:
+            return runner.execute(
+                ["git", *args],
+                env=self._git_env(),
+                kill_after_timeout=self.settings.git_timeout_s,
+            )
+        except git.GitCommandError as exc:
+            raise self._git_error(args[0], exc) from None
+
+    def _git_error(self, command: str, exc: git.GitCommandError) -> AdapterError:
+        detail = self._scrub(str(exc.stderr or exc).strip())
+        message = bounded(f"git {command} failed: {detail}", 500)
+        if _GIT_TRANSIENT.search(detail):
+            return TransientError("git", message)
+        return PermanentError("git", message)
+
+    def _clone(self, url: str, dest: Path, branch: str) -> git.Repo:
+        self._git(
+            git.Git(str(dest.parent)),
+            "clone",
+            "--quiet",
+            "--depth=1",
+            "--single-branch",
+            "--no-tags",
+            f"--branch={branch}",
+            "--",
+            url,
+            str(dest),
+        )
+        return git.Repo(dest)
+
+    def _push(self, checkout: git.Repo, branch: str, edit: FileEdit, message: str) -> None:
+        """Commit the edit on `branch` and push it, unless the branch already holds it."""
+        runner = checkout.git
+        ref = f"refs/heads/{branch}"
+        if self._git(runner, "ls-remote", "--heads", "origin", ref).strip():
+            self._git(runner, "fetch", "--quiet", "--depth=1", "--no-tags", "origin", ref)
+            try:
+                remote_text = runner.execute(
+                    ["git", "show", f"FETCH_HEAD:{edit.path}"], strip_newline_in_stdout=False
+                )
+            except git.GitCommandError:
+                remote_text = None  # the branch lacks the file: not our change
+            if remote_text == edit.after:
+                log.info("branch %s already holds the change", branch)
+                return
+        self._git(runner, "add", "--", edit.path)
+        self._git(runner, "commit", "--quiet", "--no-verify", "-m", message)
+        # Forced: the branch is named from the fingerprint and only aifixer writes it;
+        # an older attempt's content there is replaced by this verified one.
+        self._git(runner, "push", "--quiet", "--force", "origin", f"HEAD:{ref}")
+
+    # -- the pull request ----------------------------------------------------------------
+
+    def _open_pull(self, repo: Repository, branch: str) -> PullRequest | None:
+        with self._translated("listing pull requests"):
+            pulls = repo.get_pulls(state="open", head=f"{repo.owner.login}:{branch}")
+            return next(iter(pulls), None)
+
+    def _create_pull(
+        self, repo: Repository, branch: str, base: str, title: str, body: str
+    ) -> PullRequestRef:
+        try:
+            with self._translated("opening the pull request"):
+                pull = repo.create_pull(base=base, head=branch, title=title, body=body)
+        except PermanentError as exc:
+            # A concurrent run opened it between our look and our create.
+            existing = self._open_pull(repo, branch) if exc.status == 422 else None
+            if existing is None:
+                raise
+            return _ref(existing, branch, created=False)
+        log.info("opened pull request #%d from %s", pull.number, branch)
+        return _ref(pull, branch, created=True)
+
+    # -- errors --------------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        text = _URL_CREDENTIALS.sub(r"\1***@", text)
+        basic = base64.b64encode(f"x-access-token:{self._token}".encode()).decode()
+        return text.replace(self._token, "***").replace(basic, "***")
+
+    @contextmanager
+    def _translated(self, action: str) -> Iterator[None]:
+        """PyGithub's and requests' exceptions, as this module's two errors."""
+        try:
+            yield
+        except RateLimitExceededException as exc:
+            raise TransientError(
+                SYSTEM,
+                self._github_message(action, exc),
+                status=exc.status,
+                retry_after=_retry_after(exc.headers),
+            ) from None
+        except GithubException as exc:
+            message = self._github_message(action, exc)
+            if is_transient_status(exc.status):
+                raise TransientError(
+                    SYSTEM, message, status=exc.status, retry_after=_retry_after(exc.headers)
+                ) from None
+            raise PermanentError(SYSTEM, message, status=exc.status) from None
+        except OSError as exc:  # requests' connection errors and timeouts are OSErrors
+            raise TransientError(
+                SYSTEM, f"{action}: {type(exc).__name__}: {self._scrub(bounded(str(exc), 300))}"
+            ) from None
+
+    def _github_message(self, action: str, exc: GithubException) -> str:
+        data = exc.data if isinstance(exc.data, dict) else {}
+        details = [str(data.get("message") or exc.message or "")]
+        details += [
+            str(e.get("message") or e.get("code"))
+            for e in data.get("errors") or []
+            if isinstance(e, dict)
+        ]
+        text = "; ".join(d for d in details if d)
+        return self._scrub(bounded(f"{action}: HTTP {exc.status}: {text}", 500))
+
+
+def _ref(pull: PullRequest, branch: str, *, created: bool) -> PullRequestRef:
+    return PullRequestRef(number=pull.number, url=pull.html_url, branch=branch, created=created)
+
+
+def _retry_after(headers: dict[str, str] | None) -> float | None:
+    """Seconds to wait, from Retry-After or, for the primary rate limit, its reset time."""
+    headers = {k.lower(): v for k, v in (headers or {}).items()}
+    try:
+        if "retry-after" in headers:
+            return float(headers["retry-after"])
+        if headers.get("x-ratelimit-remaining") == "0" and "x-ratelimit-reset" in headers:
+            return max(0.0, float(headers["x-ratelimit-reset"]) - time.time())
+    except ValueError:
+        return None
+    return None
+
+
+def _manifest_files(root: Path) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.endswith(MANIFEST_SUFFIXES):
+                yield Path(dirpath) / name
+
+
+def _defines_workload(path: Path, workload: Workload) -> bool:
+    try:
+        text = path.read_text(encoding="utf-8")
+        return defines(text, workload.kind, workload.namespace, workload.name)
+    except (OSError, UnicodeDecodeError, EditError):
+        return False  # not a manifest we can read (a Helm template, binary data...)
