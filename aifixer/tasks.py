@@ -58,6 +58,11 @@ def _stage(task, name: str, step, payload: dict) -> dict:
         state.error = f"{name}: {exc} (gave up after {MAX_RETRIES} retries)"
     except PermanentError as exc:
         state.error = f"{name}: {exc}"
+    except pipeline.NotYet:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bug must not lose the incident: record it, go on
+        log.exception("%s %s crashed", pipeline.tag(state), name)
+        state.error = f"{name}: internal error: {type(exc).__name__}: {exc}"
     if state.error is not None:
         log.error("%s %s failed: %s", pipeline.tag(state), name, state.error)
         pipeline.save(context(), state)
@@ -104,10 +109,9 @@ def call_oncall(self, payload: dict, attempt: int = 1) -> dict:
         return payload
     try:
         state = pipeline.call_oncall(context(), state, attempt)
-    except (TransientError, PermanentError) as exc:
-        # Never retried automatically: a failed call is recorded, not re-dialled.
+    except Exception as exc:  # noqa: BLE001 - never retried: a failed call is recorded, not re-dialled
         state.error = state.error or f"call_oncall: {exc}"
-        log.error("%s call failed: %s", pipeline.tag(state), exc)
+        log.exception("%s call failed", pipeline.tag(state))
     return state.model_dump(mode="json")
 
 

@@ -76,7 +76,8 @@ class Process:
         if self.popen.poll() is not None:
             return
         try:
-            os.killpg(self.popen.pid, signal.SIGTERM)
+            # The leader first: a Celery worker's warm shutdown stops its own pool.
+            self.popen.send_signal(signal.SIGTERM)
             self.popen.wait(timeout)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             try:
