@@ -174,7 +174,15 @@ class Forge:
             edit = self._edit(Path(checkout.working_dir), path, workload, changes)
             message = f"{title}\n\nAifixer-Incident: {fingerprint}\n"
             self._push(checkout, branch, edit, message)
-        return self._create_pull(repo, branch, base, title, body(edit))
+        ref = self._create_pull(repo, branch, base, title, body(edit))
+        log.info(
+            "[%s] pull request #%d for %s (created: %s)",
+            workload.key,
+            ref.number,
+            edit.path,
+            ref.created,
+        )
+        return ref
 
     # -- where the manifest lives ----------------------------------------------------
 
@@ -346,7 +354,6 @@ class Forge:
             if existing is None:
                 raise
             return _ref(existing, branch, created=False)
-        log.info("opened pull request #%d from %s", pull.number, branch)
         return _ref(pull, branch, created=True)
 
     # -- errors --------------------------------------------------------------------------

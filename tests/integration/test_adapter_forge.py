@@ -199,7 +199,6 @@ def test_the_source_annotation_names_the_file(make_world):
     state = fixed_state(
         sc, "fpannotated", {SOURCE_ANNOTATION: f"{world.endpoints.gitops_repo}:{path}"}
     )
-    state.evidence = None
 
     ref = Forge(settings_for(world)).open_fix_pr(state)
 
@@ -209,6 +208,18 @@ def test_the_source_annotation_names_the_file(make_world):
     unannotated = fixed_state(sc, "fpambiguous")
     with pytest.raises(PermanentError, match="several files define Deployment shop/report-api"):
         Forge(settings_for(world)).open_fix_pr(unannotated)
+
+
+def test_the_source_annotation_may_name_another_repository(make_world):
+    sc, world = fixed_world(make_world)
+    path = "deploy/report-api.yaml"
+    world.call(world.forge.create_repo, "acme", "platform", {path: sc.change[0].yaml}, "init")
+    state = fixed_state(sc, "fpplatform", {SOURCE_ANNOTATION: f"acme/platform:{path}"})
+
+    ref = Forge(settings_for(world)).open_fix_pr(state)
+
+    (view,) = world.call(world.forge.prs)
+    assert ref.created and view["repo"] == "acme/platform" and f"b/{path}" in view["diff"]
 
 
 def test_gitops_paths_setting_names_the_file(make_world):
