@@ -91,8 +91,14 @@ def spawn(name: str, args: list[str], env: dict[str, str], logdir: Path) -> Proc
     logdir.mkdir(parents=True, exist_ok=True)
     path = logdir / f"{name}.log"
     out = path.open("ab")
-    popen = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, start_new_session=True)
+    popen = subprocess.Popen(
+        args,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     out.close()
     return Process(name, popen, path)
 
@@ -101,60 +107,137 @@ def start_redis(workdir: Path) -> tuple[str, Process]:
     """A private redis-server on a free loopback port, keeping nothing on disk."""
     exe = shutil.which("redis-server")
     if exe is None:
-        raise RuntimeError("redis-server is not installed (./dev installs it: apt-get install redis-server)")
+        raise RuntimeError(
+            "redis-server is not installed (./dev installs it: apt-get install redis-server)"
+        )
     port = free_port()
-    proc = spawn("redis", [exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                           "--appendonly", "no", "--dir", str(workdir)], dict(os.environ), workdir)
+    proc = spawn(
+        "redis",
+        [
+            exe,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        dict(os.environ),
+        workdir,
+    )
     wait_port(port, 10, proc.popen)
     return f"redis://127.0.0.1:{port}/0", proc
 
 
-def farm_env(world: World, redis_url: str, model_url: str, model_name: str, web_port: int,
-             workdir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+def farm_env(
+    world: World,
+    redis_url: str,
+    model_url: str,
+    model_name: str,
+    web_port: int,
+    workdir: Path,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
     ep = world.endpoints
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIFIXER_", "TWILIO_"))}
     env.update(FAST_FARM)
-    env.update({
-        "AIFIXER_REDIS_URL": redis_url,
-        "AIFIXER_STATE_DIR": str(workdir),
-        "AIFIXER_KUBECONFIG": ep.kubeconfig,
-        "AIFIXER_LOKI_URL": ep.loki,
-        "AIFIXER_MODEL_BASE_URL": model_url,
-        "AIFIXER_MODEL_NAME": model_name,
-        "AIFIXER_GITHUB_API_URL": ep.github_api,
-        "AIFIXER_GITHUB_TOKEN": ep.github_token,
-        "AIFIXER_GITHUB_REPO": ep.gitops_repo,
-        "AIFIXER_GIT_CLONE_URL": ep.gitops_clone_url,
-        "AIFIXER_TWILIO_ACCOUNT_SID": ep.twilio_account_sid,
-        "AIFIXER_TWILIO_AUTH_TOKEN": ep.twilio_auth_token,
-        "AIFIXER_TWILIO_FROM_NUMBER": ep.twilio_from,
-        "AIFIXER_TWILIO_API_BASE_URL": ep.twilio_base,
-        "AIFIXER_PUBLIC_BASE_URL": f"http://127.0.0.1:{web_port}",
-        "AIFIXER_ONCALL_NUMBERS": ",".join(ep.oncall_numbers),
-        "AIFIXER_CALL_FILE": str(workdir / "calls.jsonl"),
-        "AIFIXER_INCIDENTS_FILE": str(workdir / "incidents.jsonl"),
-        "AIFIXER_WEB_PORT": str(web_port),
-        "HOME": str(workdir),  # git and kubectl caches stay in the run's directory
-    })
+    env.update(
+        {
+            "AIFIXER_REDIS_URL": redis_url,
+            "AIFIXER_STATE_DIR": str(workdir),
+            "AIFIXER_KUBECONFIG": ep.kubeconfig,
+            "AIFIXER_LOKI_URL": ep.loki,
+            "AIFIXER_MODEL_BASE_URL": model_url,
+            "AIFIXER_MODEL_NAME": model_name,
+            "AIFIXER_GITHUB_API_URL": ep.github_api,
+            "AIFIXER_GITHUB_TOKEN": ep.github_token,
+            "AIFIXER_GITHUB_REPO": ep.gitops_repo,
+            "AIFIXER_GIT_CLONE_URL": ep.gitops_clone_url,
+            "AIFIXER_TWILIO_ACCOUNT_SID": ep.twilio_account_sid,
+            "AIFIXER_TWILIO_AUTH_TOKEN": ep.twilio_auth_token,
+            "AIFIXER_TWILIO_FROM_NUMBER": ep.twilio_from,
+            "AIFIXER_TWILIO_API_BASE_URL": ep.twilio_base,
+            "AIFIXER_PUBLIC_BASE_URL": f"http://127.0.0.1:{web_port}",
+            "AIFIXER_ONCALL_NUMBERS": ",".join(ep.oncall_numbers),
+            "AIFIXER_CALL_FILE": str(workdir / "calls.jsonl"),
+            "AIFIXER_INCIDENTS_FILE": str(workdir / "incidents.jsonl"),
+            "AIFIXER_WEB_PORT": str(web_port),
+            "HOME": str(workdir),  # git and kubectl caches stay in the run's directory
+        }
+    )
     env.update(extra or {})
     return env
 
 
-def start_farm(env: dict[str, str], workdir: Path, workers: int = 1, concurrency: int = 2) -> list[Process]:
+def start_farm(
+    env: dict[str, str], workdir: Path, workers: int = 1, concurrency: int = 2
+) -> list[Process]:
     py = sys.executable
     logs = workdir / "logs"
     procs = [
-        spawn("web", [py, "-m", "aifixer.cli", "web", "--host", "127.0.0.1",
-                      "--port", env["AIFIXER_WEB_PORT"]], env, logs),
-        spawn("beat", [py, "-m", "celery", "-A", "aifixer", "beat", "--loglevel", "INFO",
-                       "--schedule", str(workdir / "beat-schedule")], env, logs),
+        spawn(
+            "web",
+            [
+                py,
+                "-m",
+                "aifixer.cli",
+                "web",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                env["AIFIXER_WEB_PORT"],
+            ],
+            env,
+            logs,
+        ),
+        spawn(
+            "beat",
+            [
+                py,
+                "-m",
+                "celery",
+                "-A",
+                "aifixer",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(workdir / "beat-schedule"),
+            ],
+            env,
+            logs,
+        ),
     ]
     for i in range(workers):
-        procs.append(spawn(f"worker{i}", [py, "-m", "celery", "-A", "aifixer", "worker",
-                                          "--loglevel", "INFO", "--pool", "prefork",
-                                          "--concurrency", str(concurrency),
-                                          "-Q", "polls,model,cluster,notify",
-                                          "-n", f"worker{i}@%h"], env, logs))
+        procs.append(
+            spawn(
+                f"worker{i}",
+                [
+                    py,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "aifixer",
+                    "worker",
+                    "--loglevel",
+                    "INFO",
+                    "--pool",
+                    "prefork",
+                    "--concurrency",
+                    str(concurrency),
+                    "-Q",
+                    "polls,model,cluster,notify",
+                    "-n",
+                    f"worker{i}@%h",
+                ],
+                env,
+                logs,
+            )
+        )
     wait_port(int(env["AIFIXER_WEB_PORT"]), 30, procs[0].popen)
     return procs
 
@@ -187,8 +270,15 @@ def incident_report(state: IncidentState) -> dict[str, Any]:
         "outcome": state.outcome,
         "changed_paths": [c.path for c in state.apply.changes] if state.apply else [],
         "pull_request": {"number": pr.number, "url": pr.url, "branch": pr.branch} if pr else None,
-        "calls": [{"time": c.time.isoformat(), "number": c.number, "speech": c.speech,
-                   "can_intervene": c.can_intervene} for c in state.calls],
+        "calls": [
+            {
+                "time": c.time.isoformat(),
+                "number": c.number,
+                "speech": c.speech,
+                "can_intervene": c.can_intervene,
+            }
+            for c in state.calls
+        ],
         "diagnosis": state.diagnosis.summary if state.diagnosis else None,
         "verification": state.verification.reason if state.verification else None,
         "rejections": [r.model_dump() for r in state.rejections],
@@ -201,55 +291,137 @@ def _finished(ctx, state: IncidentState) -> bool:
         return False
     if state.outcome in ("fixed", "recovered"):
         return True
-    return bool(ctx.redis.exists(ctx.key("escalated", state.incident.fingerprint))) or not ctx.settings.oncall_numbers
+    return (
+        bool(ctx.redis.exists(ctx.key("escalated", state.incident.fingerprint)))
+        or not ctx.settings.oncall_numbers
+    )
 
 
-def run_scenario(sc: Scenario, workdir: Path, *, speed: float = 30.0, timeout: float = 240.0,
-                 model: Callable[[World], tuple[str, str]] = start_model_stub,
-                 progress: Callable[[list[dict[str, Any]]], None] | None = None,
-                 workers: int = 1) -> dict[str, Any]:
-    """Play one scenario end to end with the real farm; returns the JSON report."""
-    from ..pipeline import Context, all_incidents
-    from ..settings import Settings
+class FarmRun:
+    """One scenario's world and the farm running against it, as a context manager.
 
-    started = time.monotonic()
-    workdir.mkdir(parents=True, exist_ok=True)
-    with ExitStack() as stack:
-        redis_url, redis_proc = start_redis(workdir)
-        stack.callback(redis_proc.stop)
-        world = World(sc, workdir / "world", speed=speed)
-        stack.callback(world.stop)
-        world.start()
-        model_url, model_name = model(world)
-        env = farm_env(world, redis_url, model_url, model_name, free_port(), workdir)
-        procs = start_farm(env, workdir, workers=workers)
-        for p in procs:
-            stack.callback(p.stop)
-        ctx = Context(settings=Settings(redis_url=redis_url))
-        wanted = set(changed_workloads(sc))
+    `wait()` blocks until every changed workload has an incident and every incident
+    is finished (or the timeout passes); the world stays up until the `with` block
+    ends, so a caller can inspect the cluster, the forge and the call file.
+    """
+
+    def __init__(
+        self,
+        sc: Scenario,
+        workdir: Path,
+        *,
+        speed: float = 30.0,
+        model: Callable[[World], tuple[str, str]] = start_model_stub,
+        workers: int = 1,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.scenario = sc
+        self.workdir = workdir
+        self.speed = speed
+        self.model = model
+        self.workers = workers
+        self.extra_env = extra_env
+        self.model_name = ""
+        self.world: World | None = None
+        self.procs: list[Process] = []
+        self.ctx = None
+        self.env: dict[str, str] = {}
+        self._stack = ExitStack()
+        self._started = 0.0
+
+    def __enter__(self) -> FarmRun:
+        from ..pipeline import Context
+        from ..settings import Settings
+
+        self._started = time.monotonic()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            redis_url, redis_proc = start_redis(self.workdir)
+            self._stack.callback(redis_proc.stop)
+            self.world = World(self.scenario, self.workdir / "world", speed=self.speed)
+            self._stack.callback(self.world.stop)
+            self.world.start()
+            model_url, self.model_name = self.model(self.world)
+            self.env = farm_env(
+                self.world,
+                redis_url,
+                model_url,
+                self.model_name,
+                free_port(),
+                self.workdir,
+                self.extra_env,
+            )
+            self.procs = start_farm(self.env, self.workdir, workers=self.workers)
+            for p in self.procs:
+                self._stack.callback(p.stop)
+            self.ctx = Context(
+                settings=Settings(
+                    _env_file=None,
+                    redis_url=redis_url,
+                    oncall_numbers=self.world.endpoints.oncall_numbers,
+                    call_file=Path(self.env["AIFIXER_CALL_FILE"]),
+                )
+            )
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def incidents(self) -> list[IncidentState]:
+        from ..pipeline import all_incidents
+
+        return all_incidents(self.ctx)
+
+    def finished(self, states: list[IncidentState]) -> bool:
+        seen = {(s.incident.workload.namespace, s.incident.workload.name) for s in states}
+        return set(changed_workloads(self.scenario)) <= seen and all(
+            _finished(self.ctx, s) for s in states
+        )
+
+    def wait(
+        self, timeout: float, progress: Callable[[list[dict[str, Any]]], None] | None = None
+    ) -> list[IncidentState]:
         deadline = time.monotonic() + timeout
-        states: list[IncidentState] = []
-        while time.monotonic() < deadline:
-            states = all_incidents(ctx)
+        while True:
+            states = self.incidents()
             if progress is not None:
                 progress([incident_report(s) for s in states])
-            seen = {(s.incident.workload.namespace, s.incident.workload.name) for s in states}
-            if wanted <= seen and all(_finished(ctx, s) for s in states):
-                break
-            for p in procs:
+            if self.finished(states) or time.monotonic() >= deadline:
+                return states
+            for p in self.procs:
                 if p.popen.poll() is not None:
-                    raise RuntimeError(f"{p.name} exited with {p.popen.returncode}; see {p.log_path}")
+                    raise RuntimeError(
+                        f"{p.name} exited with {p.popen.returncode}; see {p.log_path}"
+                    )
             time.sleep(0.5)
-        report = {
-            "scenario": sc.name,
-            "model": model_name,
+
+    def report(self, states: list[IncidentState]) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario.name,
+            "model": self.model_name,
             "incidents": [incident_report(s) for s in states],
-            "duration_s": round(time.monotonic() - started, 2),
-            "complete": wanted <= {(s.incident.workload.namespace, s.incident.workload.name)
-                                   for s in states} and all(_finished(ctx, s) for s in states),
-            "logs": str(workdir / "logs"),
+            "duration_s": round(time.monotonic() - self._started, 2),
+            "complete": self.finished(states),
+            "logs": str(self.workdir / "logs"),
         }
-    return report
+
+
+def run_scenario(
+    sc: Scenario,
+    workdir: Path,
+    *,
+    speed: float = 30.0,
+    timeout: float = 240.0,
+    model: Callable[[World], tuple[str, str]] = start_model_stub,
+    progress: Callable[[list[dict[str, Any]]], None] | None = None,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Play one scenario end to end with the real farm; returns the JSON report."""
+    with FarmRun(sc, workdir, speed=speed, model=model, workers=workers) as run:
+        return run.report(run.wait(timeout, progress))
 
 
 def dump(report: dict[str, Any]) -> str:
