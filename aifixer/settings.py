@@ -49,7 +49,6 @@ class Settings(BaseSettings):
     model_name: str = "qwen2.5-coder-1.5b"
     model_api_key: SecretStr = SecretStr("none")
     model_timeout_s: float = 120.0
-    model_max_retries: int = 1
     # How the endpoint is asked for structured output: "json_schema" (OpenAI, vLLM),
     # "json_object_schema" (llama.cpp: {"type": "json_object", "schema": ...}),
     # "json_object" (Ollama, KubeAI/ollama) or "none" (prompt only).
