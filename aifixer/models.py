@@ -185,6 +185,14 @@ class CallRecord(Record):
     answer_text: str | None = None  # what was heard (SpeechResult or Digits)
 
 
+class ModelUsage(Record):
+    """What the model cost one stage of an incident, as the endpoint counted it."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0  # wall time waiting for answers
+
+
 class IncidentState(Record):
     """What flows through the chain, stage after stage, and what finalize records."""
 
@@ -202,3 +210,5 @@ class IncidentState(Record):
     error: str | None = None  # the stage that failed for good, and why
     model_used: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)  # stage -> seconds
+    model_usage: dict[str, ModelUsage] = Field(default_factory=dict)  # stage -> model cost
+    closed_at: datetime | None = None  # when finalize decided the outcome

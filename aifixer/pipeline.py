@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -35,6 +36,7 @@ from .models import (
     Evidence,
     Incident,
     IncidentState,
+    ModelUsage,
     Rejection,
     Signal,
     Verification,
@@ -244,6 +246,26 @@ def _timed(state: IncidentState, stage: str, started: float) -> IncidentState:
     return state
 
 
+@contextmanager
+def _metered(ctx: Context, state: IncidentState, stage: str) -> Iterator[None]:
+    """Record what the model cost `stage` of this incident in `state.model_usage`.
+
+    The model adapter keeps a running total per process; a prefork worker process
+    runs one task at a time, so the difference across the stage is this incident's.
+    """
+    before = ctx.model.total
+    try:
+        yield
+    finally:
+        after = ctx.model.total
+        if after.seconds > before.seconds:
+            state.model_usage[stage] = ModelUsage(
+                prompt_tokens=after.prompt_tokens - before.prompt_tokens,
+                completion_tokens=after.completion_tokens - before.completion_tokens,
+                seconds=round(after.seconds - before.seconds, 3),
+            )
+
+
 def gather_evidence(ctx: Context, incident: Incident, dep: dict[str, Any]) -> Evidence:
     kube, loki = ctx.kube, ctx.loki
     ns = incident.workload.namespace
@@ -313,7 +335,8 @@ def diagnose(ctx: Context, state: IncidentState) -> IncidentState:
         state.outcome = "recovered"
         log.info("%s healthy again before any fix: nothing to do", tag(state))
         return _timed(state, "diagnose", started)
-    state.diagnosis = fixer.diagnose(ctx.model, inc, state.evidence)
+    with _metered(ctx, state, "diagnose"):
+        state.diagnosis = fixer.diagnose(ctx.model, inc, state.evidence)
     log.info("%s diagnosis (%s): %s", tag(state), state.diagnosis.source, state.diagnosis.summary)
     return _timed(state, "diagnose", started)
 
@@ -322,9 +345,10 @@ def patch(ctx: Context, state: IncidentState) -> IncidentState:
     if state.outcome or state.evidence is None or state.diagnosis is None:
         return state
     started = time.monotonic()
-    proposal, rejections = fixer.propose(
-        ctx.model, state.incident, state.evidence, state.diagnosis, ctx.settings
-    )
+    with _metered(ctx, state, "patch"):
+        proposal, rejections = fixer.propose(
+            ctx.model, state.incident, state.evidence, state.diagnosis, ctx.settings
+        )
     state.rejections.extend(rejections)
     if proposal is not None:
         try:
@@ -483,7 +507,8 @@ def call_oncall(ctx: Context, state: IncidentState, attempt: int = 1) -> Inciden
         return state
     started = time.monotonic()
     if state.speech is None:
-        state.speech = fixer.speech(ctx.model, state, ctx.settings)
+        with _metered(ctx, state, "call_oncall"):
+            state.speech = fixer.speech(ctx.model, state, ctx.settings)
     placed = place_next_call(ctx, state, attempt)
     if placed is None:
         log.error(
@@ -572,6 +597,7 @@ def finalize(ctx: Context, results: list[IncidentState]) -> IncidentState:
         if other.speech is not None:
             state.speech = other.speech
         state.timings.update(other.timings)
+        state.model_usage.update(other.model_usage)
         state.error = state.error or other.error
     if state.outcome is None:
         if state.verification and state.verification.ok:
@@ -582,6 +608,7 @@ def finalize(ctx: Context, results: list[IncidentState]) -> IncidentState:
             state.outcome = "rejected"
         else:
             state.outcome = "called"
+    state.closed_at = state.closed_at or now()
     stored = load(ctx, state.incident.fingerprint)
     if stored is not None:
         state.calls = stored.calls  # the web callbacks may already have recorded calls
@@ -608,6 +635,8 @@ def append_incident_line(ctx: Context, state: IncidentState) -> None:
             "error",
             "model_used",
             "timings",
+            "model_usage",
+            "closed_at",
         }
     )
     append_line(ctx.settings.incidents_file, line.encode() + b"\n")
