@@ -133,8 +133,11 @@ def test_deployments_and_services(rendered):
 
 def test_redis_keeps_its_data_on_a_claim(rendered):
     redis = _by_kind(rendered, "Deployment")["redis"]["spec"]["template"]["spec"]
-    claims = {v["persistentVolumeClaim"]["claimName"] for v in redis["volumes"]
-              if "persistentVolumeClaim" in v}
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in redis["volumes"]
+        if "persistentVolumeClaim" in v
+    }
     assert claims and claims <= set(_by_kind(rendered, "PersistentVolumeClaim"))
     assert "--appendonly" in redis["containers"][0]["args"]
 
@@ -162,9 +165,9 @@ def test_secrets_are_referenced_never_shipped(rendered):
 
 
 def test_workers_serve_every_queue(rendered):
-    args = _by_kind(rendered, "Deployment")["worker"]["spec"]["template"]["spec"][
-        "containers"
-    ][0]["args"]
+    args = _by_kind(rendered, "Deployment")["worker"]["spec"]["template"]["spec"]["containers"][0][
+        "args"
+    ]
     assert set(args[args.index("-Q") + 1].split(",")) == QUEUES
 
 
@@ -251,7 +254,14 @@ def test_rbac_ships_no_secret_values(rbac):
 
 # The parts of KubeAI's Model CRD (kubeai.org/v1) these manifests use.
 MODEL_SPEC_FIELDS = {
-    "features", "url", "engine", "resourceProfile", "minReplicas", "maxReplicas", "args", "env",
+    "features",
+    "url",
+    "engine",
+    "resourceProfile",
+    "minReplicas",
+    "maxReplicas",
+    "args",
+    "env",
 }
 MODEL_FEATURES = {"TextGeneration", "TextEmbedding", "Reranking", "SpeechToText"}
 MODEL_URL_SCHEMES = {"OLlama": ("ollama://", "pvc://"), "VLLM": ("hf://", "pvc://", "s3://")}
@@ -336,3 +346,15 @@ def test_the_app_is_configured_from_celeryconfig():
     assert app.conf.task_acks_late is True
     assert {q.name for q in app.conf.task_queues} == QUEUES
     assert app.conf.beat_schedule == beat_schedule.beat_schedule
+
+
+def test_env_example_documents_every_setting():
+    from aifixer.settings import Settings
+
+    text = (ROOT / ".env.example").read_text()
+    missing = [
+        f"AIFIXER_{name.upper()}"
+        for name in Settings.model_fields
+        if f"AIFIXER_{name.upper()}=" not in text
+    ]
+    assert missing == []
