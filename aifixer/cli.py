@@ -225,19 +225,24 @@ def scenario_check(paths: tuple[Path, ...]) -> None:
         console.print(f"ok  {path}  ({sc.name}: expect {sc.expect.outcome})")
 
 
+def farm_run_options(fn):
+    """--speed and --timeout, shared by the commands that play scenarios with the farm."""
+    fn = click.option(
+        "--timeout",
+        default=240.0,
+        show_default=True,
+        type=float,
+        help="Wall seconds to wait for a scenario's incidents to reach an outcome.",
+    )(fn)
+    return click.option(
+        "--speed", default=30.0, show_default=True, type=float, help="Simulated time speed-up."
+    )(fn)
+
+
 @scenario.command("run")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
-@click.option(
-    "--speed", default=30.0, show_default=True, type=float, help="Simulated time speed-up."
-)
-@click.option(
-    "--timeout",
-    default=240.0,
-    show_default=True,
-    type=float,
-    help="Wall seconds to wait for every incident to reach an outcome.",
-)
+@farm_run_options
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -334,16 +339,7 @@ def _report_table(reports: list[dict]) -> Table:
 
 
 @main.command()
-@click.option(
-    "--speed", default=30.0, show_default=True, type=float, help="Simulated time speed-up."
-)
-@click.option(
-    "--timeout",
-    default=240.0,
-    show_default=True,
-    type=float,
-    help="Wall seconds to wait for each scenario's incidents to reach an outcome.",
-)
+@farm_run_options
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def demo(speed: float, timeout: float, paths: tuple[Path, ...]) -> None:
     """Play the bundled scenarios: the real farm against the sandbox, one world each.
