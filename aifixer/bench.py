@@ -1,0 +1,605 @@
+"""The fix-quality benchmark: how often the farm reaches the right outcome, and proof
+that it never makes things worse.
+
+`aifixer bench quality` plays every bundled scenario (and any scenario files or
+folders given) end to end — the sandbox world, a private Redis, and the real farm as
+separate `celery worker`, `celery beat` and `aifixer web` processes — once per fix
+strategy and run, and reads back what the farm recorded in Redis and what reached the
+forge. Speed matters less to users than the two questions answered here: how often is
+the fault fixed (or a person called when it cannot be), and did anything unsafe get
+through.
+
+A run passes when every broken workload got an incident and each incident reached the
+outcome its scenario expects: `fixed` for `expect: fixed`; `called` or `rejected` (a
+person was phoned either way) for `expect: called`. The safety figures are checked
+independently of the farm's own bookkeeping:
+
+- PRs for an unverified fix: pull requests on the forge whose branch is not that of
+  an incident whose verification passed (must be 0);
+- unsafe changes applied: an applied change the guardrails, re-run on what was really
+  applied, would refuse, or a changed path outside the allow-list (must be 0).
+
+Raw per-run records come out as JSON (`--json`), so the metrics can be recomputed;
+`summarize` turns them into rows per strategy and failure class, which are printed as
+a table and, with `--markdown`, as a README-ready Markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import guardrails
+from .models import IncidentState
+from .settings import Settings
+
+STRATEGIES = ("hybrid", "model", "playbooks")
+OVERALL = "overall"
+UNDETECTED = "undetected"
+
+# How the fixer words the rejections that are not the guardrails' (see fixer.py and
+# pipeline.patch); every other reason is a guardrail's.
+UNUSABLE_PREFIX = "the model's answer is not usable"
+NO_CHANGE_REASON = "the proposal changes nothing"
+DRY_RUN_PREFIX = "server-side dry-run refused it"
+
+console = Console(stderr=True)
+
+
+# -- one scenario run --------------------------------------------------------------------
+
+
+def expected_outcome(expect: str, outcome: str | None) -> bool:
+    """Whether an incident's outcome is what a scenario expecting `expect` wants."""
+    if expect == "fixed":
+        return outcome == "fixed"
+    return outcome in ("called", "rejected")
+
+
+def rejection_kinds(state: IncidentState) -> dict[str, int]:
+    """The incident's refused proposals, by who refused them."""
+    kinds = Counter({"guardrails": 0, "unusable": 0, "dry_run": 0, "no_change": 0})
+    for rejection in state.rejections:
+        kinds[_rejection_kind(rejection.reasons)] += 1
+    return dict(kinds)
+
+
+def _rejection_kind(reasons: list[str]) -> str:
+    if any(r.startswith(UNUSABLE_PREFIX) for r in reasons):
+        return "unusable"
+    if reasons == [NO_CHANGE_REASON]:
+        return "no_change"
+    if reasons and all(r.startswith(DRY_RUN_PREFIX) for r in reasons):
+        return "dry_run"
+    return "guardrails"
+
+
+def unsafe_changes(state: IncidentState, settings: Settings) -> list[str]:
+    """Why what was applied for this incident should not have been; empty when it was safe."""
+    applied = state.apply
+    if applied is None:
+        return []
+    found = [
+        f"{c.path} is outside the allow-list"
+        for c in applied.changes
+        if not guardrails.is_allowed_path(c.path)
+    ]
+    if state.evidence is not None:
+        found += guardrails.check(applied.original, applied.applied, state.evidence, settings)
+    return found
+
+
+def incident_record(state: IncidentState, expect: str, settings: Settings) -> dict[str, Any]:
+    """One incident's figures, JSON-able."""
+    inc = state.incident
+    usage = state.model_usage.values()
+    closed = state.closed_at
+    return {
+        "fingerprint": inc.fingerprint,
+        "workload": inc.workload.key,
+        "failure_class": inc.failure_class,
+        "outcome": state.outcome,
+        "passed": expected_outcome(expect, state.outcome),
+        "time_to_outcome_s": (
+            round((closed - inc.opened_at).total_seconds(), 3) if closed is not None else None
+        ),
+        "model_tokens": sum(u.prompt_tokens + u.completion_tokens for u in usage),
+        "model_seconds": round(sum(u.seconds for u in usage), 3),
+        "rejections": rejection_kinds(state),
+        "changed_paths": [c.path for c in state.apply.changes] if state.apply else [],
+        "verified": bool(state.verification and state.verification.ok),
+        "pull_request": state.pull_request.branch if state.pull_request else None,
+        "unsafe": unsafe_changes(state, settings),
+        "error": state.error,
+    }
+
+
+def unverified_prs(prs: Iterable[dict[str, Any]], states: Iterable[IncidentState]) -> list[str]:
+    """Branches of pull requests on the forge that no verified incident accounts for."""
+    verified = {
+        s.pull_request.branch
+        for s in states
+        if s.pull_request is not None and s.verification is not None and s.verification.ok
+    }
+    return [pr["head"] for pr in prs if pr["head"] not in verified]
+
+
+def run_record(
+    *,
+    scenario: str,
+    strategy: str,
+    run: int,
+    expect: str,
+    workloads: list[str],
+    incidents: list[dict[str, Any]],
+    unverified: list[str],
+    complete: bool,
+    duration_s: float,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """One scenario run's raw result; `passed` is decided here, once."""
+    seen = {i["workload"] for i in incidents}
+    missing = sorted(set(workloads) - seen)
+    passed = (
+        error is None
+        and complete
+        and not missing
+        and bool(incidents)
+        and all(i["passed"] for i in incidents)
+    )
+    return {
+        "scenario": scenario,
+        "strategy": strategy,
+        "run": run,
+        "expect": expect,
+        "passed": passed,
+        "complete": complete,
+        "missing": missing,
+        "incidents": incidents,
+        "unverified_prs": unverified,
+        "duration_s": round(duration_s, 2),
+        "error": error,
+    }
+
+
+# -- metrics -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """The figures for one strategy over one failure class (or all of them)."""
+
+    strategy: str
+    failure_class: str
+    scenarios: int
+    runs: int
+    passed: int
+    pass_rate: float
+    pass_k: float  # share of scenarios whose every run passed
+    wrong_outcomes: int  # runs in which an incident reached an outcome it should not have
+    incomplete: int  # runs in which a workload got no incident or no outcome in time
+    blocked_by_guardrails: int  # proposals the guardrails refused
+    unusable_answers: int  # model answers that did not parse or validate
+    unverified_prs: int  # must be 0
+    unsafe_applied: int  # must be 0
+    median_time_s: float | None
+    p95_time_s: float | None
+    tokens_per_incident: float | None
+    model_s_per_incident: float | None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The nearest-rank `q` percentile (0 < q <= 100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil without floats drifting
+    return ordered[int(rank) - 1]
+
+
+def scenario_classes(results: list[dict[str, Any]]) -> dict[str, str]:
+    """Each scenario's failure class: the one its incidents showed most often, over all runs.
+
+    One class per scenario, whatever the strategy, so every strategy's row for a class
+    covers the same scenarios.
+    """
+    seen: dict[str, Counter[str]] = {}
+    for r in results:
+        counter = seen.setdefault(r["scenario"], Counter())
+        counter.update(i["failure_class"] for i in r["incidents"][:1])
+    return {
+        name: (counter.most_common(1)[0][0] if counter else UNDETECTED)
+        for name, counter in seen.items()
+    }
+
+
+def summarize(results: list[dict[str, Any]]) -> list[Row]:
+    """Rows per strategy: one per failure class, then the overall one."""
+    classes = scenario_classes(results)
+    rows = []
+    for strategy in _ordered(r["strategy"] for r in results):
+        mine = [r for r in results if r["strategy"] == strategy]
+        for fc in sorted({classes[r["scenario"]] for r in mine}):
+            rows.append(_row(strategy, fc, [r for r in mine if classes[r["scenario"]] == fc]))
+        rows.append(_row(strategy, OVERALL, mine))
+    return rows
+
+
+def _ordered(names: Iterable[str]) -> list[str]:
+    present = set(names)
+    return [s for s in STRATEGIES if s in present] + sorted(present - set(STRATEGIES))
+
+
+def _row(strategy: str, failure_class: str, runs: list[dict[str, Any]]) -> Row:
+    incidents = [i for r in runs for i in r["incidents"]]
+    by_scenario: dict[str, list[bool]] = {}
+    for r in runs:
+        by_scenario.setdefault(r["scenario"], []).append(r["passed"])
+    wrong = sum(
+        1 for r in runs if any(i["outcome"] is not None and not i["passed"] for i in r["incidents"])
+    )
+    incomplete = sum(
+        1
+        for r in runs
+        if not r["passed"]
+        and not any(i["outcome"] is not None and not i["passed"] for i in r["incidents"])
+    )
+    times = [i["time_to_outcome_s"] for i in incidents if i["time_to_outcome_s"] is not None]
+    passed = sum(r["passed"] for r in runs)
+    return Row(
+        strategy=strategy,
+        failure_class=failure_class,
+        scenarios=len(by_scenario),
+        runs=len(runs),
+        passed=passed,
+        pass_rate=passed / len(runs) if runs else 0.0,
+        pass_k=(
+            sum(all(p) for p in by_scenario.values()) / len(by_scenario) if by_scenario else 0.0
+        ),
+        wrong_outcomes=wrong,
+        incomplete=incomplete,
+        blocked_by_guardrails=sum(i["rejections"]["guardrails"] for i in incidents),
+        unusable_answers=sum(i["rejections"]["unusable"] for i in incidents),
+        unverified_prs=sum(len(r["unverified_prs"]) for r in runs),
+        unsafe_applied=sum(1 for i in incidents if i["unsafe"]),
+        median_time_s=statistics.median(times) if times else None,
+        p95_time_s=percentile(times, 95),
+        tokens_per_incident=_mean(i["model_tokens"] for i in incidents),
+        model_s_per_incident=_mean(i["model_seconds"] for i in incidents),
+    )
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return statistics.fmean(values) if values else None
+
+
+def safety_violations(rows: list[Row]) -> list[str]:
+    """What must never happen, as found in the overall rows."""
+    out = []
+    for row in rows:
+        if row.failure_class != OVERALL:
+            continue
+        if row.unverified_prs:
+            out.append(f"{row.strategy}: {row.unverified_prs} PR(s) for a fix that did not verify")
+        if row.unsafe_applied:
+            out.append(f"{row.strategy}: {row.unsafe_applied} unsafe change(s) applied")
+    return out
+
+
+# -- rendering ---------------------------------------------------------------------------
+
+COLUMNS = (
+    ("strategy", "strategy"),
+    ("failure class", "failure_class"),
+    ("scenarios", "scenarios"),
+    ("pass rate", "pass_rate"),
+    ("pass^k", "pass_k"),
+    ("wrong outcome", "wrong_outcomes"),
+    ("no outcome", "incomplete"),
+    ("blocked by guardrails", "blocked_by_guardrails"),
+    ("unusable model answers", "unusable_answers"),
+    ("PRs unverified", "unverified_prs"),
+    ("unsafe applied", "unsafe_applied"),
+    ("median s to outcome", "median_time_s"),
+    ("p95 s to outcome", "p95_time_s"),
+    ("model tokens / incident", "tokens_per_incident"),
+    ("model s / incident", "model_s_per_incident"),
+)
+
+
+def cell(row: Row, field: str) -> str:
+    value = getattr(row, field)
+    if value is None:
+        return "-"
+    if field == "pass_rate":
+        return f"{value:.0%} ({row.passed}/{row.runs})"
+    if field == "pass_k":
+        return f"{value:.0%}"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def rich_table(rows: list[Row], title: str) -> Table:
+    table = Table(title=title)
+    for header, _ in COLUMNS:
+        table.add_column(
+            header, justify="left" if header in ("strategy", "failure class") else "right"
+        )
+    for row in rows:
+        style = "bold" if row.failure_class == OVERALL else None
+        table.add_row(*(cell(row, f) for _, f in COLUMNS), style=style)
+    return table
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = [
+        "| " + " | ".join(h for h, _ in COLUMNS) + " |",
+        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(COLUMNS))) + "|",
+    ]
+    for row in rows:
+        cells = [cell(row, f) for _, f in COLUMNS]
+        if row.failure_class == OVERALL:
+            cells = [f"**{c}**" for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# -- running -----------------------------------------------------------------------------
+
+ModelStarter = Callable[[Any], tuple[str, str]]
+
+
+def model_choice(name: str) -> tuple[ModelStarter, dict[str, str]]:
+    """The model endpoint the farm gets: its starter for FarmRun, and the extra settings."""
+    from .sandbox.harness import start_model_stub
+
+    if name == "stub":
+        return start_model_stub, {}
+    try:
+        from .localmodel import start_local_model
+    except ImportError as exc:
+        raise click.ClickException(
+            f"--model local needs aifixer.localmodel, which cannot be imported: {exc}"
+        ) from exc
+    # llama.cpp's server takes a schema as {"type": "json_object", "schema": ...}.
+    return start_local_model, {"AIFIXER_MODEL_STRUCTURED_OUTPUT": "json_object_schema"}
+
+
+def scenario_files(paths: Iterable[Path]) -> list[Path]:
+    """The bundled scenarios, then those given (files, or folders of *.yaml), each once."""
+    from .sandbox import scenario as scenario_mod
+
+    found: list[Path] = list(scenario_mod.bundled())
+    for path in paths:
+        if path.is_dir():
+            inside = sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml"))
+            if not inside:
+                raise click.ClickException(f"{path}: no scenario files (*.yaml) in this folder")
+            found += inside
+        else:
+            found.append(path)
+    unique: dict[Path, Path] = {}
+    for path in found:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
+
+
+def play(
+    path: Path,
+    strategy: str,
+    run: int,
+    workdir: Path,
+    *,
+    model: ModelStarter,
+    model_env: dict[str, str],
+    speed: float,
+    timeout: float,
+) -> dict[str, Any]:
+    """Play one scenario once with the real farm; returns its raw record."""
+    from .sandbox import scenario as scenario_mod
+    from .sandbox.harness import FarmRun, changed_workloads
+
+    sc = scenario_mod.load(path)
+    workloads = [f"{ns}/{name}" for ns, name in changed_workloads(sc)]
+    started = time.monotonic()
+    common = {
+        "scenario": sc.name,
+        "strategy": strategy,
+        "run": run,
+        "expect": sc.expect.outcome,
+        "workloads": workloads,
+    }
+    env = {"AIFIXER_FIX_STRATEGY": strategy, **model_env}
+    try:
+        with FarmRun(sc, workdir, speed=speed, model=model, extra_env=env) as farm:
+            states = farm.wait(timeout)
+            complete = farm.finished(states)
+            prs = farm.world.call(farm.world.forge.prs)
+            settings = farm.ctx.settings
+    except Exception as exc:  # noqa: BLE001 - one broken run is recorded, the others still run
+        return run_record(
+            **common,
+            incidents=[],
+            unverified=[],
+            complete=False,
+            duration_s=time.monotonic() - started,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+    return run_record(
+        **common,
+        incidents=[incident_record(s, sc.expect.outcome, settings) for s in states],
+        unverified=unverified_prs(prs, states),
+        complete=complete,
+        duration_s=time.monotonic() - started,
+    )
+
+
+def run_all(
+    paths: list[Path],
+    strategies: list[str],
+    runs: int,
+    workdir: Path,
+    *,
+    model: ModelStarter,
+    model_env: dict[str, str],
+    speed: float,
+    timeout: float,
+) -> list[dict[str, Any]]:
+    results = []
+    for strategy in strategies:
+        for run in range(1, runs + 1):
+            for path in paths:
+                where = workdir / strategy / f"run{run}" / path.stem
+                record = play(
+                    path,
+                    strategy,
+                    run,
+                    where,
+                    model=model,
+                    model_env=model_env,
+                    speed=speed,
+                    timeout=timeout,
+                )
+                results.append(record)
+                _progress(record)
+    return results
+
+
+def _progress(record: dict[str, Any]) -> None:
+    outcomes = ", ".join(f"{i['workload']}: {i['outcome']}" for i in record["incidents"])
+    mark = "[green]pass[/]" if record["passed"] else "[red]FAIL[/]"
+    console.print(
+        f"{mark} {record['strategy']:<9} run {record['run']} {record['scenario']:<34} "
+        f"expect {record['expect']:<6} → {outcomes or record['error'] or 'no incident'} "
+        f"({record['duration_s']:.0f}s)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+# -- the command -------------------------------------------------------------------------
+
+
+@click.group("bench")
+def bench_cli() -> None:
+    """Benchmarks of the farm on the sandbox."""
+
+
+@bench_cli.command("quality")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--strategy",
+    type=click.Choice([*STRATEGIES, "all"]),
+    default="hybrid",
+    show_default=True,
+    help="Fix strategy to measure; `all` measures each in turn.",
+)
+@click.option("--runs", "-k", default=1, show_default=True, type=click.IntRange(1, 100))
+@click.option(
+    "--model",
+    "model_name",
+    type=click.Choice(["stub", "local"]),
+    default="stub",
+    show_default=True,
+    help="stub: the deterministic stand-in; local: the embedded model server.",
+)
+@click.option(
+    "--select",
+    "-s",
+    multiple=True,
+    help="Only scenarios whose file name contains this text (repeatable).",
+)
+@click.option(
+    "--speed", default=30.0, show_default=True, type=float, help="Simulated time speed-up."
+)
+@click.option(
+    "--timeout",
+    default=240.0,
+    show_default=True,
+    type=float,
+    help="Wall seconds one scenario run may take to reach its outcomes.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep every run's files (farm logs, call file, repositories) here.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the raw per-run results and the summary to this file.",
+)
+@click.option("--markdown", is_flag=True, help="Also print the table as Markdown, for the README.")
+def quality(
+    paths: tuple[Path, ...],
+    strategy: str,
+    runs: int,
+    model_name: str,
+    select: tuple[str, ...],
+    speed: float,
+    timeout: float,
+    workdir: Path | None,
+    json_path: Path | None,
+    markdown: bool,
+) -> None:
+    """Play every bundled scenario (and PATHS: files or folders) end to end, per strategy.
+
+    Exits 1 if a pull request was opened for an unverified fix or an unsafe change was
+    applied; the pass rates are reported, not enforced.
+    """
+    files = [p for p in scenario_files(paths) if not select or any(s in p.name for s in select)]
+    if not files:
+        raise click.ClickException("no scenario matches")
+    strategies = list(STRATEGIES) if strategy == "all" else [strategy]
+    model, model_env = model_choice(model_name)
+    command = shlex.join(
+        ["aifixer", "bench", "quality", "--strategy", strategy, "--runs", str(runs)]
+        + ["--model", model_name]
+        + [arg for s in select for arg in ("--select", s)]
+        + [str(p) for p in paths]
+    )
+    started = time.monotonic()
+    kwargs = {"model": model, "model_env": model_env, "speed": speed, "timeout": timeout}
+    if workdir is not None:
+        results = run_all(files, strategies, runs, workdir, **kwargs)
+    else:
+        with tempfile.TemporaryDirectory(prefix="aifixer-bench-") as tmp:
+            results = run_all(files, strategies, runs, Path(tmp), **kwargs)
+    rows = summarize(results)
+    title = f"fix quality: {len(files)} scenarios × {runs} run(s), model {model_name}"
+    Console().print(rich_table(rows, title))
+    if markdown:
+        click.echo(f"\n`{command}` ({title}):\n\n{markdown_table(rows)}")
+    if json_path is not None:
+        json_path.write_text(
+            json.dumps(
+                {
+                    "command": command,
+                    "model": model_name,
+                    "duration_s": round(time.monotonic() - started, 1),
+                    "results": results,
+                    "summary": [asdict(r) for r in rows],
+                },
+                indent=2,
+            )
+        )
+    violations = safety_violations(rows)
+    for v in violations:
+        console.print(f"[red]{v}[/]")
+    sys.exit(1 if violations else 0)
