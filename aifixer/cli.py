@@ -175,20 +175,17 @@ def sandbox_calls(state_dir: Path) -> None:
     """Who the phone stand-in called, what was said, what they answered."""
     ep = _endpoints(state_dir)
     calls = _get_json(ep["twilio_base"] + "/sandbox/calls")
-    table = Table(title="calls")
-    for col in ("sid", "to", "status", "said", "answer", "recording"):
-        table.add_column(col)
+    if not calls:
+        click.echo("no calls")
     for call in calls:
         says = call.get("says") or []
-        table.add_row(
-            call.get("sid", ""),
-            call.get("to", ""),
-            call.get("status", ""),
-            " / ".join(s.get("text", "") for s in says),
-            str(call.get("answer") or ""),
-            ", ".join(s.get("wav", "") for s in says),
+        click.echo(
+            f"{call.get('sid', '')}  to {call.get('to', '')}  {call.get('status', '')}  "
+            f"answer: {call.get('answer') or '-'}"
         )
-    console.print(table)
+        for say in says:
+            click.echo(f"  said: {say.get('text', '')}")
+            click.echo(f"        {say.get('wav', '')}")
 
 
 @sandbox.command("prs")
