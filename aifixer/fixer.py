@@ -29,6 +29,7 @@ import copy
 import json
 import logging
 import re
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from string import Template
@@ -610,20 +611,35 @@ class _Attempts:
 
 
 def propose(
-    model: Model, incident: Incident, evidence: Evidence, diagnosis: Diagnosis, settings: Settings
+    model: Model,
+    incident: Incident,
+    evidence: Evidence,
+    diagnosis: Diagnosis,
+    settings: Settings,
+    *,
+    examples: Sequence[str] = (),
+    remembered: FixProposal | None = None,
 ) -> tuple[FixProposal | None, list[Rejection]]:
     """A corrected Deployment the guardrails accept, by `settings.fix_strategy`, or None.
+
+    Args:
+        examples: one-line summaries of similar past incidents, shown to the model.
+        remembered: a fix that verified on a similar past incident, replayed on this
+            Deployment; tried before the playbooks' candidates, held to the same checks.
 
     Returns the proposal (None when nothing passes) and every refusal on the way.
     """
     attempts = _Attempts(evidence, settings)
     strategy = settings.fix_strategy
+    shown = _render_examples(examples)
     if strategy == "model":
-        proposal = _propose_model(model, incident, evidence, diagnosis, attempts)
+        proposal = _propose_model(model, incident, evidence, diagnosis, attempts, shown)
     else:
-        candidates = _candidates(evidence, incident, diagnosis, settings)
+        candidates = _candidates(evidence, incident, diagnosis, settings, remembered)
         if strategy == "hybrid" and candidates:
-            proposal = _propose_hybrid(model, incident, evidence, diagnosis, candidates, attempts)
+            proposal = _propose_hybrid(
+                model, incident, evidence, diagnosis, candidates, attempts, shown
+            )
         else:
             # "playbooks"; and "hybrid" with no candidate: aifixer knows no fix for this
             # fault, and a person is better placed than a model writing one unaided.
@@ -632,21 +648,39 @@ def propose(
 
 
 def _candidates(
-    evidence: Evidence, incident: Incident, diagnosis: Diagnosis, settings: Settings
+    evidence: Evidence,
+    incident: Incident,
+    diagnosis: Diagnosis,
+    settings: Settings,
+    remembered: FixProposal | None = None,
 ) -> list[FixProposal]:
-    """Playbook candidates for the detected class, then for the diagnosed one if it differs."""
+    """The remembered fix, then playbook candidates for the detected class, then for the
+    diagnosed one if it differs."""
     classes = [incident.failure_class]
     if diagnosis.failure_class not in classes:
         classes.append(diagnosis.failure_class)
+    found = [remembered] if remembered is not None else []
+    for fc in classes:
+        found += playbooks.candidates(evidence, fc, settings)
     out: list[FixProposal] = []
     seen: set[str] = set()
-    for fc in classes:
-        for candidate in playbooks.candidates(evidence, fc, settings):
-            key = json.dumps(manifests.clean(candidate.manifest), sort_keys=True)  # not its claims
-            if key not in seen:
-                seen.add(key)
-                out.append(candidate)
+    for candidate in found:
+        key = json.dumps(manifests.clean(candidate.manifest), sort_keys=True)  # not its claims
+        if key not in seen:
+            seen.add(key)
+            out.append(candidate)
     return out
+
+
+MAX_EXAMPLES = 3
+
+
+def _render_examples(examples: Sequence[str]) -> str:
+    """The prompt's `$examples`: empty, or a short block of past incidents."""
+    if not examples:
+        return ""
+    lines = "\n".join(f"- {_clip(e, 320)}" for e in examples[:MAX_EXAMPLES])
+    return f"\nSimilar past incidents (for reference; this one may differ):\n{lines}\n"
 
 
 def _diagnosis_line(diagnosis: Diagnosis) -> str:
@@ -654,7 +688,12 @@ def _diagnosis_line(diagnosis: Diagnosis) -> str:
 
 
 def _propose_model(
-    model: Model, incident: Incident, evidence: Evidence, diagnosis: Diagnosis, attempts: _Attempts
+    model: Model,
+    incident: Incident,
+    evidence: Evidence,
+    diagnosis: Diagnosis,
+    attempts: _Attempts,
+    examples: str,
 ) -> FixProposal | None:
     base = attempts.base
     typed = {
@@ -680,6 +719,7 @@ def _propose_model(
         "fix.user",
         evidence=render_evidence(incident, evidence),
         diagnosis=_diagnosis_line(diagnosis),
+        examples=examples,
         editable=editable,
     )
     try:
@@ -707,8 +747,9 @@ def _propose_hybrid(
     diagnosis: Diagnosis,
     candidates: list[FixProposal],
     attempts: _Attempts,
+    examples: str,
 ) -> FixProposal | None:
-    chosen = _model_choice(model, incident, evidence, diagnosis, candidates, attempts)
+    chosen = _model_choice(model, incident, evidence, diagnosis, candidates, attempts, examples)
     if chosen is not None and (accepted := attempts.accept(chosen)) is not None:
         return accepted
     return attempts.first_candidate(candidates)
@@ -721,6 +762,7 @@ def _model_choice(
     diagnosis: Diagnosis,
     candidates: list[FixProposal],
     attempts: _Attempts,
+    examples: str,
 ) -> FixProposal | None:
     """The candidate the model chose, with its adjustments held to the candidate's fields."""
     base = attempts.base
@@ -752,6 +794,7 @@ def _model_choice(
         "hybrid.user",
         evidence=render_evidence(incident, evidence),
         diagnosis=_diagnosis_line(diagnosis),
+        examples=examples,
         candidates=_render_candidates(restated),
     )
     try:

@@ -311,7 +311,7 @@ def record_of(state: IncidentState) -> MemoryRecord | None:
         fix=generalise(proposal.changes, evidence) if proposal else [],
         fix_strategy=proposal.strategy if proposal else None,
         outcome=state.outcome,
-        time=(state.verification.checked_at if state.verification else datetime.now(UTC)),
+        time=state.closed_at or datetime.now(UTC),
     )
 
 

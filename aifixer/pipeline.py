@@ -28,12 +28,14 @@ from typing import Any
 import redis as redis_lib
 
 from . import detect, fixer, manifests
-from .adapters.errors import PermanentError
+from .adapters.errors import AdapterError, PermanentError
 from .adapters.kube import pod_state
+from .memory import example_lines
 from .models import (
     ApplyResult,
     CallRecord,
     Evidence,
+    FixProposal,
     Incident,
     IncidentState,
     ModelUsage,
@@ -108,6 +110,16 @@ class Context:
         from .adapters.phone import Phone
 
         return Phone(self.settings)
+
+    @cached_property
+    def memory(self):
+        """Incident memory, or None when `memory_enabled` is off."""
+        if not self.settings.memory_enabled:
+            return None
+        from .adapters.embed import Embedder
+        from .memory import Memory
+
+        return Memory(self.redis, Embedder(self.settings), self.settings)
 
     def key(self, *parts: str) -> str:
         return PREFIX + ":".join(parts)
@@ -229,8 +241,21 @@ def save(ctx: Context, state: IncidentState) -> None:
 
 
 def load(ctx: Context, fingerprint: str) -> IncidentState | None:
+    """The incident's latest state, with every call recorded on it so far.
+
+    Calls live in their own Redis list, appended by whoever saw a call end, so a
+    stage saving the state at the same moment can never drop one.
+    """
     raw = ctx.redis.get(ctx.key("incident", fingerprint))
-    return IncidentState.model_validate_json(raw) if raw else None
+    if not raw:
+        return None
+    state = IncidentState.model_validate_json(raw)
+    calls = {}
+    for item in ctx.redis.lrange(ctx.key("calls", fingerprint), 0, -1):
+        call = CallRecord.model_validate_json(item)
+        calls[call.call_sid or f"attempt-{call.attempt}"] = call
+    state.calls = sorted(calls.values(), key=lambda c: c.attempt)
+    return state
 
 
 def all_incidents(ctx: Context) -> list[IncidentState]:
@@ -345,9 +370,16 @@ def patch(ctx: Context, state: IncidentState) -> IncidentState:
     if state.outcome or state.evidence is None or state.diagnosis is None:
         return state
     started = time.monotonic()
+    examples, remembered = recall(ctx, state)
     with _metered(ctx, state, "patch"):
         proposal, rejections = fixer.propose(
-            ctx.model, state.incident, state.evidence, state.diagnosis, ctx.settings
+            ctx.model,
+            state.incident,
+            state.evidence,
+            state.diagnosis,
+            ctx.settings,
+            examples=examples,
+            remembered=remembered,
         )
     state.rejections.extend(rejections)
     if proposal is not None:
@@ -373,6 +405,41 @@ def patch(ctx: Context, state: IncidentState) -> IncidentState:
             ", ".join(c.path for c in proposal.changes),
         )
     return _timed(state, "patch", started)
+
+
+def recall(ctx: Context, state: IncidentState) -> tuple[list[str], FixProposal | None]:
+    """Similar past incidents as prompt examples, and a fix that verified on one of them.
+
+    Memory only helps: when it fails, the fixer works without it.
+    """
+    memory = ctx.memory
+    if memory is None or state.evidence is None:
+        return [], None
+    try:
+        past = memory.similar(state.evidence, state.incident, k=3)
+        known = memory.known_good(state.incident, state.evidence)
+    except (redis_lib.RedisError, AdapterError, ValueError) as exc:
+        log.warning("%s incident memory unavailable, fixing without it: %s", tag(state), exc)
+        return [], None
+    if known is not None:
+        log.info(
+            "%s a fix that verified before (%s, similarity %.2f) is tried first",
+            tag(state),
+            known.past.record.workload,
+            known.past.similarity,
+        )
+    return example_lines(past), known.proposal if known else None
+
+
+def remember(ctx: Context, state: IncidentState) -> None:
+    """Keep the finished incident for next time; a failure here never fails the incident."""
+    memory = ctx.memory
+    if memory is None:
+        return
+    try:
+        memory.remember(state)
+    except (redis_lib.RedisError, AdapterError, ValueError) as exc:
+        log.warning("%s incident not remembered: %s", tag(state), exc)
 
 
 def apply(ctx: Context, state: IncidentState) -> IncidentState:
@@ -563,15 +630,11 @@ def call_finished(
     Without `place_next` (a dial that failed inside `place_next_call`) the caller's
     loop goes on to the next number itself.
     """
+    ctx.redis.rpush(ctx.key("calls", record.fingerprint), record.model_dump_json())
     state = load(ctx, record.fingerprint)
     if state is None:
         log.error("call %s for unknown incident %s", record.call_sid, record.fingerprint)
         return
-    state.calls = [
-        c for c in state.calls if c.call_sid != record.call_sid or record.call_sid is None
-    ]
-    state.calls.append(record)
-    save(ctx, state)
     if not record.can_intervene and record.attempt < len(ctx.settings.oncall_numbers):
         if place_next is not None:
             place_next(record.fingerprint, record.attempt + 1)
@@ -609,12 +672,11 @@ def finalize(ctx: Context, results: list[IncidentState]) -> IncidentState:
         else:
             state.outcome = "called"
     state.closed_at = state.closed_at or now()
-    stored = load(ctx, state.incident.fingerprint)
-    if stored is not None:
-        state.calls = stored.calls  # the web callbacks may already have recorded calls
     save(ctx, state)
     close(ctx, state)
+    state = load(ctx, state.incident.fingerprint) or state
     append_incident_line(ctx, state)
+    remember(ctx, state)
     log.info("%s outcome: %s", tag(state), state.outcome)
     return state
 
