@@ -582,7 +582,8 @@ def _example(past: PastIncident) -> str:
 
 
 def _short(path: str) -> str:
-    return path.removeprefix("spec.template.spec.")
+    """A path as a person reads it; template diffs may be rooted at the Deployment or the template."""
+    return path.removeprefix("spec.template.").removeprefix("spec.")
 
 
 def _clip(value: Any, limit: int) -> str:
