@@ -583,7 +583,11 @@ def quality(
             results = run_all(files, strategies, runs, Path(tmp), **kwargs)
     rows = summarize(results)
     title = f"fix quality: {len(files)} scenarios × {runs} run(s), model {model_name}"
-    Console().print(rich_table(rows, title))
+    out = Console()
+    # A wide table: when piped, rich would squeeze it into 80 columns.
+    Console(width=max(out.width, 200) if not out.is_terminal else None).print(
+        rich_table(rows, title)
+    )
     if markdown:
         click.echo(f"\n`{command}` ({title}):\n\n{markdown_table(rows)}")
     if json_path is not None:
