@@ -459,8 +459,10 @@ def run_all(
     model_env: dict[str, str],
     speed: float,
     timeout: float,
+    on_record: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    results = []
+    """Every scenario, `runs` times, per strategy; `on_record` sees the results so far."""
+    results: list[dict[str, Any]] = []
     for strategy in strategies:
         for run in range(1, runs + 1):
             for path in paths:
@@ -477,6 +479,8 @@ def run_all(
                 )
                 results.append(record)
                 _progress(record)
+                if on_record is not None:
+                    on_record(results)
     return results
 
 
@@ -575,7 +579,28 @@ def quality(
         + [str(p) for p in paths]
     )
     started = time.monotonic()
-    kwargs = {"model": model, "model_env": model_env, "speed": speed, "timeout": timeout}
+
+    def save(results: list[dict[str, Any]], rows: list[Row] | None = None) -> None:
+        # Written after every run too, so an interrupted benchmark keeps what it measured.
+        if json_path is None:
+            return
+        document = {
+            "command": command,
+            "model": model_name,
+            "duration_s": round(time.monotonic() - started, 1),
+            "complete": rows is not None,
+            "results": results,
+            "summary": [asdict(r) for r in rows or []],
+        }
+        json_path.write_text(json.dumps(document, indent=2))
+
+    kwargs = {
+        "model": model,
+        "model_env": model_env,
+        "speed": speed,
+        "timeout": timeout,
+        "on_record": save,
+    }
     if workdir is not None:
         results = run_all(files, strategies, runs, workdir, **kwargs)
     else:
@@ -590,19 +615,7 @@ def quality(
     )
     if markdown:
         click.echo(f"\n`{command}` ({title}):\n\n{markdown_table(rows)}")
-    if json_path is not None:
-        json_path.write_text(
-            json.dumps(
-                {
-                    "command": command,
-                    "model": model_name,
-                    "duration_s": round(time.monotonic() - started, 1),
-                    "results": results,
-                    "summary": [asdict(r) for r in rows],
-                },
-                indent=2,
-            )
-        )
+    save(results, rows)
     violations = safety_violations(rows)
     for v in violations:
         console.print(f"[red]{v}[/]")

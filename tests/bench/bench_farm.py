@@ -116,13 +116,25 @@ class AdapterClock:
         self._depth = 0
 
     def instrument(self, ctx: pipeline.Context) -> None:
-        """Wrap every adapter the Context builds (all its cached properties but Redis)."""
+        """Wrap every adapter the Context builds, and the adapters those objects hold.
+
+        Incident memory is logic (its Redis work is the farm's) around an embedding
+        adapter (a model, like the chat model): only the adapter is wrapped.
+        """
         for name, member in vars(pipeline.Context).items():
-            if isinstance(member, cached_property) and name != "redis":
-                adapter = getattr(ctx, name)
-                for attr, _ in inspect.getmembers(type(adapter), inspect.isfunction):
-                    if not attr.startswith("_"):
-                        setattr(adapter, attr, self._timed(getattr(adapter, attr)))
+            if not isinstance(member, cached_property) or name == "redis":
+                continue
+            built = getattr(ctx, name)
+            if built is None:
+                continue
+            for obj in (built, *getattr(built, "__dict__", {}).values()):
+                if type(obj).__module__.startswith("aifixer.adapters."):
+                    self._wrap(obj)
+
+    def _wrap(self, adapter: Any) -> None:
+        for attr, _ in inspect.getmembers(type(adapter), inspect.isfunction):
+            if not attr.startswith("_"):
+                setattr(adapter, attr, self._timed(getattr(adapter, attr)))
 
     def _timed(self, method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
@@ -147,21 +159,33 @@ class StageMeter:
     adapters: AdapterClock
     total: float = 0.0
     adapter: float = 0.0
+    by_stage: dict[str, float] = field(default_factory=dict)  # stage -> overhead seconds
 
-    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def run(self, fn: Callable[..., Any], *args: Any, name: str | None = None) -> Any:
         before, started = self.adapters.seconds, time.perf_counter()
         try:
             return fn(*args)
         finally:
-            self.total += time.perf_counter() - started
-            self.adapter += self.adapters.seconds - before
+            total = time.perf_counter() - started
+            adapter = self.adapters.seconds - before
+            self.total += total
+            self.adapter += adapter
+            stage = name or fn.__name__
+            self.by_stage[stage] = self.by_stage.get(stage, 0.0) + total - adapter
+
+    def add(self, other: StageMeter) -> None:
+        self.total += other.total
+        self.adapter += other.adapter
+        for stage, seconds in other.by_stage.items():
+            self.by_stage[stage] = self.by_stage.get(stage, 0.0) + seconds
 
     def hop(self, state: IncidentState) -> IncidentState:
         """What a Celery hop does to the state: JSON dump and encode, decode and validate."""
         return self.run(
             lambda: IncidentState.model_validate(
                 json.loads(json.dumps(state.model_dump(mode="json")))
-            )
+            ),
+            name="hops",
         )
 
     @property
@@ -177,8 +201,7 @@ def first_incident(ctx: pipeline.Context, meter: StageMeter) -> IncidentState:
             trial = StageMeter(meter.adapters)
             opened = trial.run(poll, ctx)
             if opened:
-                meter.total += trial.total
-                meter.adapter += trial.adapter
+                meter.add(trial)
                 return IncidentState(incident=opened[0], model_used=ctx.settings.model_name)
         time.sleep(0.2)
     raise TimeoutError("no incident opened")
@@ -232,6 +255,8 @@ def measure_overhead(names: list[str], base: Path) -> list[float]:
             f"   {name:<30} {outcome or '-':<8} stages {meter.total * 1000:8.1f} ms"
             f"  adapters {meter.adapter * 1000:8.1f} ms  overhead {meter.overhead_ms:6.1f} ms"
         )
+        stages = sorted(meter.by_stage.items(), key=lambda kv: -kv[1])
+        print("      " + ", ".join(f"{stage} {sec * 1000:.1f}" for stage, sec in stages))
         out.append(meter.overhead_ms)
     return out
 
@@ -420,12 +445,13 @@ def push_storm(farm: Farm) -> None:
     resp.raise_for_status()
 
 
-def measure_storm(name: str, base: Path) -> tuple[int, dict[str, float]]:
+def measure_storm(name: str, base: Path) -> tuple[int, dict[str, float], dict[str, float]]:
     print(
         f"3. incidents for a storm of {STORM_LINES:,} identical error lines (goal {GOAL_STORM_INCIDENTS})"
     )
     with healthy_farm(name, base / f"storm-{name}") as farm:
         farm.wait_polled()
+        idle = farm.worker_rss_mb()
         break_it(farm)
         push_storm(farm)
         farm.wait_opened(timeout=POLL_INTERVAL_S * 10)
@@ -434,7 +460,7 @@ def measure_storm(name: str, base: Path) -> tuple[int, dict[str, float]]:
         count = farm.incidents_of_workload()
         rss = farm.worker_rss_mb()
     print(f"   {name:<30} {count} incident(s)")
-    return count, rss
+    return count, idle, rss
 
 
 # -- /proc -------------------------------------------------------------------------------
@@ -482,7 +508,7 @@ def main() -> int:
         base = Path(tmp)
         overheads = measure_overhead(list(SCENARIOS[:n_inc]), base)
         latencies, hops = measure_detection(list(SCENARIOS[:n_det]), base)
-        storm, rss = measure_storm(SCENARIOS[0], base)
+        storm, idle, rss = measure_storm(SCENARIOS[0], base)
 
     overhead = statistics.median(overheads)
     all_hops = [h for values in hops.values() for h in values]
@@ -499,11 +525,11 @@ def main() -> int:
             )
     else:
         print("   no task events received")
-    print("\nworker RSS after the storm run:")
+    print("\nworker RSS (MB)       idle   after the storm run")
     for proc, mb in rss.items():
-        print(f"   {proc:<18} {mb:7.1f} MB")
+        print(f"   {proc:<18} {idle.get(proc, 0.0):7.1f} {mb:10.1f}")
     heaviest = max(rss.values(), default=0.0)
-    print(f"   {'total':<18} {sum(rss.values()):7.1f} MB")
+    print(f"   {'total':<18} {sum(idle.values()):7.1f} {sum(rss.values()):10.1f}")
 
     goals = [
         (
