@@ -217,16 +217,23 @@ def test_first_candidate_is_the_expected_fix_and_passes_the_guardrails(path):
 
 
 @pytest.mark.parametrize("path", FIXED, ids=scenario_ids(FIXED))
-def test_the_first_fix_restores_the_healthy_values(path):
+def test_the_first_fix_restores_the_healthy_values_or_raises_memory(path):
     scenario = load(path)
     evidence = scenario_evidence(scenario)
     best = playbooks.candidates(evidence, failure_class(scenario), SETTINGS)[0]
     healthy = {"spec": {"template": evidence.last_healthy_template}}
     for change in best.changes:
+        was = manifests.get_path(healthy, change.path)
         if change.path.endswith("env"):  # the healthy variables are all there again
-            assert all(v in change.after for v in manifests.get_path(healthy, change.path))
+            assert all(v in change.after for v in was)
+        elif was == change.before:
+            # The breaking change left this field alone (a new release that needs more
+            # memory): there is nothing to restore, and the only new value a playbook
+            # may write is a higher memory limit.
+            assert change.path.endswith("resources.limits.memory")
+            assert guardrails.parse_quantity(change.after) > guardrails.parse_quantity(was)
         else:
-            assert change.after == manifests.get_path(healthy, change.path)
+            assert change.after == was
 
 
 @pytest.mark.parametrize("path", CALLED, ids=scenario_ids(CALLED))
@@ -312,6 +319,22 @@ def test_a_raised_limit_stops_at_the_cap():
     assert [c.after for c in best.changes] == ["4Gi"]
     _set_memory(evidence, requests="1Gi", limits="4Gi")
     assert playbooks.candidates(evidence, "OOMKilled", SETTINGS) == []
+
+
+def test_a_new_release_that_needs_more_memory_keeps_its_image():
+    evidence = evidence_of("oom-new-release-thumbnailer")
+    best = playbooks.candidates(evidence, "OOMKilled", SETTINGS)[0]
+    assert best.strategy == "raise-memory-limit"
+    assert [(c.before, c.after) for c in best.changes] == [("256Mi", "512Mi")]
+    container = best.manifest["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "media/thumbnailer:1.7.0"
+
+
+def test_only_the_oom_killed_sidecar_gets_more_memory():
+    best = playbooks.candidates(evidence_of("oom-sidecar-search-indexer"), "OOMKilled", SETTINGS)[0]
+    assert [(c.path, c.after) for c in best.changes] == [
+        ("spec.template.spec.containers[1].resources.limits.memory", "128Mi")
+    ]
 
 
 def test_no_memory_raise_without_an_oom_kill():
