@@ -365,19 +365,31 @@ ModelStarter = Callable[[Any], tuple[str, str]]
 
 
 def model_choice(name: str) -> tuple[ModelStarter, dict[str, str]]:
-    """The model endpoint the farm gets: its starter for FarmRun, and the extra settings."""
+    """The model endpoint the farm gets: its starter for FarmRun, and the extra settings.
+
+    The local server is started here, once for the whole benchmark, so a missing build
+    or model file fails at once with its reason rather than once per scenario.
+    """
     from .sandbox.harness import start_model_stub
 
     if name == "stub":
         return start_model_stub, {}
     try:
-        from .localmodel import start_local_model
+        from . import localmodel
     except ImportError as exc:
         raise click.ClickException(
             f"--model local needs aifixer.localmodel, which cannot be imported: {exc}"
         ) from exc
-    # llama.cpp's server takes a schema as {"type": "json_object", "schema": ...}.
-    return start_local_model, {"AIFIXER_MODEL_STRUCTURED_OUTPUT": "json_object_schema"}
+    started = time.monotonic()
+    try:
+        server = localmodel.shared_server()
+    except Exception as exc:  # noqa: BLE001 - any reason the server cannot start ends the run
+        raise click.ClickException(f"the local model server did not start: {exc}") from exc
+    console.print(
+        f"local model {localmodel.MODEL_NAME} ready in {time.monotonic() - started:.1f}s, "
+        f"RSS {server.rss_bytes() / 2**20:.0f} MB"
+    )
+    return localmodel.start_local_model, dict(localmodel.FARM_ENV)
 
 
 def scenario_files(paths: Iterable[Path]) -> list[Path]:

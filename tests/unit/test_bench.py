@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import click
 import pytest
+from click.testing import CliRunner
 from test_playbooks import SETTINGS, evidence_of
 
 from aifixer import bench, manifests, playbooks
@@ -369,3 +370,14 @@ def test_an_empty_folder_is_refused(tmp_path):
 def test_the_stub_model_needs_no_extra_settings():
     starter, env = bench.model_choice("stub")
     assert callable(starter) and env == {}
+
+
+def test_the_command_refuses_a_selection_that_matches_nothing():
+    result = CliRunner().invoke(bench.bench_cli, ["quality", "--select", "no-such-scenario"])
+    assert result.exit_code == 1
+    assert "no scenario matches" in result.output
+
+
+def test_the_command_refuses_an_unknown_strategy():
+    result = CliRunner().invoke(bench.bench_cli, ["quality", "--strategy", "guess"])
+    assert result.exit_code == 2
