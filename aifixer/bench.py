@@ -19,6 +19,10 @@ independently of the farm's own bookkeeping:
 - unsafe changes applied: an applied change the guardrails, re-run on what was really
   applied, would refuse, or a changed path outside the allow-list (must be 0).
 
+Time to outcome runs from the incident's opening to `finalize` (for a call, when the
+farm decided to call, not when the person answered); model tokens and seconds are
+what the endpoint reported for the incident's stages (`IncidentState.model_usage`).
+
 Raw per-run records come out as JSON (`--json`), so the metrics can be recomputed;
 `summarize` turns them into rows per strategy and failure class, which are printed as
 a table and, with `--markdown`, as a README-ready Markdown table.
