@@ -47,8 +47,13 @@ MODEL_NAME = "qwen2.5-coder-1.5b"  # the alias the server answers to, and the fa
 STRUCTURED_OUTPUT = "json_object_schema"
 
 # What the farm's processes need, beyond the base URL and the model name, to use this
-# server: llama.cpp's way of asking for a JSON Schema.
-FARM_ENV = {"AIFIXER_MODEL_STRUCTURED_OUTPUT": STRUCTURED_OUTPUT}
+# server: llama.cpp's way of asking for a JSON Schema, and a timeout for a CPU that
+# answers one request at a time (9-25 s each, a minute for a long prompt on a busy
+# machine), so a request queued behind another's is not abandoned and asked again.
+FARM_ENV = {
+    "AIFIXER_MODEL_STRUCTURED_OUTPUT": STRUCTURED_OUTPUT,
+    "AIFIXER_MODEL_TIMEOUT_S": "240",
+}
 
 CACHE_ENV = "AIFIXER_MODEL_CACHE"
 DEFAULT_CACHE = Path("~/.cache/aifixer/models")
@@ -470,9 +475,7 @@ def serve_command(port: int, threads: int | None, ctx: int) -> None:
         wait_ready(base_url, READY_TIMEOUT_S, proc)
         click.echo(
             f"{MODEL_NAME} ready at {base_url} in {time.monotonic() - started:.1f}s, "
-            f"RSS {rss_bytes(proc.pid) // 2**20} MiB; for the farm: "
-            f"AIFIXER_MODEL_BASE_URL={base_url} AIFIXER_MODEL_NAME={MODEL_NAME} "
-            f"AIFIXER_MODEL_STRUCTURED_OUTPUT={STRUCTURED_OUTPUT}",
+            f"RSS {rss_bytes(proc.pid) // 2**20} MiB; for the farm: {_farm_env_text(base_url)}",
             err=True,
         )
         proc.wait()
@@ -509,7 +512,11 @@ def info_command() -> None:
     click.echo(f"sha256:   {QWEN_CODER.sha256}")
     click.echo(f"parts:    {parts}")
     click.echo(f"server:   {server}")
-    click.echo(
-        f"farm env: AIFIXER_MODEL_NAME={MODEL_NAME} "
-        f"AIFIXER_MODEL_STRUCTURED_OUTPUT={STRUCTURED_OUTPUT}"
-    )
+    click.echo(f"farm env: {_farm_env_text()}")
+
+
+def _farm_env_text(base_url: str | None = None) -> str:
+    """The AIFIXER_* settings that point the farm at this model, as shell assignments."""
+    env = {"AIFIXER_MODEL_BASE_URL": base_url} if base_url else {}
+    env |= {"AIFIXER_MODEL_NAME": MODEL_NAME, **FARM_ENV}
+    return " ".join(f"{key}={value}" for key, value in env.items())
