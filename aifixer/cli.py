@@ -437,5 +437,16 @@ def calls() -> None:
     console.print(table)
 
 
+def _register_tool_groups() -> None:
+    """`aifixer model ...` (the embedded model) and `aifixer bench ...` (benchmarks)."""
+    from .bench import bench_cli
+    from .localmodel import model_cli
+
+    main.add_command(model_cli, "model")
+    main.add_command(bench_cli, "bench")
+
+
+_register_tool_groups()
+
 if __name__ == "__main__":
     main()
