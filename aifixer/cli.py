@@ -223,7 +223,16 @@ def scenario_check(paths: tuple[Path, ...]) -> None:
 
 
 def farm_run_options(fn):
-    """--speed and --timeout, shared by the commands that play scenarios with the farm."""
+    """--speed, --timeout and --model, shared by the commands that play scenarios with the farm."""
+    fn = click.option(
+        "--model",
+        "model",
+        type=click.Choice(["local", "stub"]),
+        default="local",
+        show_default=True,
+        help="local: the embedded qwen2.5-coder-1.5b on this CPU; stub: the "
+        "stand-in endpoint (a test double, no language model).",
+    )(fn)
     fn = click.option(
         "--timeout",
         default=240.0,
@@ -246,11 +255,11 @@ def farm_run_options(fn):
     help="Keep the run's files (logs, call file, repositories) here; default: a temporary dir.",
 )
 def scenario_run(
-    path: Path, as_json: bool, speed: float, timeout: float, workdir: Path | None
+    path: Path, as_json: bool, speed: float, timeout: float, model: str, workdir: Path | None
 ) -> None:
     """Play one scenario with the real farm on the sandbox and report each incident."""
     sc = _load_scenario(path)
-    report = _run_one(sc, speed, timeout, workdir, live=not as_json)
+    report = _run_one(sc, speed, timeout, model, workdir, live=not as_json)
     if as_json:
         click.echo(json.dumps(report, indent=2, ensure_ascii=False))
     else:
@@ -258,14 +267,33 @@ def scenario_run(
     sys.exit(0 if report["complete"] else 1)
 
 
-def _run_one(sc, speed: float, timeout: float, workdir: Path | None, *, live: bool) -> dict:
-    from .sandbox.harness import run_scenario
+def _run_one(
+    sc, speed: float, timeout: float, model: str, workdir: Path | None, *, live: bool
+) -> dict:
+    from .sandbox.harness import model_choice, run_scenario
 
+    starter, env = model_choice(model)
     progress = _progress_printer(sc.name) if live else None
     if workdir is not None:
-        return run_scenario(sc, workdir, speed=speed, timeout=timeout, progress=progress)
+        return run_scenario(
+            sc,
+            workdir,
+            speed=speed,
+            timeout=timeout,
+            progress=progress,
+            model=starter,
+            extra_env=env,
+        )
     with tempfile.TemporaryDirectory(prefix=f"aifixer-{sc.name}-") as tmp:
-        return run_scenario(sc, Path(tmp), speed=speed, timeout=timeout, progress=progress)
+        return run_scenario(
+            sc,
+            Path(tmp),
+            speed=speed,
+            timeout=timeout,
+            progress=progress,
+            model=starter,
+            extra_env=env,
+        )
 
 
 def _stage_of(incident: dict) -> str:
@@ -338,7 +366,7 @@ def _report_table(reports: list[dict]) -> Table:
 @main.command()
 @farm_run_options
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def demo(speed: float, timeout: float, paths: tuple[Path, ...]) -> None:
+def demo(speed: float, timeout: float, model: str, paths: tuple[Path, ...]) -> None:
     """Play the bundled scenarios: the real farm against the sandbox, one world each.
 
     For each scenario: a private Redis, the sandbox with the scenario's healthy
@@ -355,7 +383,7 @@ def demo(speed: float, timeout: float, paths: tuple[Path, ...]) -> None:
     for path in files:
         sc = _load_scenario(path)
         console.rule(f"{sc.name} (expect: {sc.expect.outcome})")
-        reports.append(_run_one(sc, speed, timeout, None, live=True))
+        reports.append(_run_one(sc, speed, timeout, model, None, live=True))
     console.print(_report_table(reports))
     models = sorted({r["model"] for r in reports})
     console.print(f"model: {', '.join(models)}")

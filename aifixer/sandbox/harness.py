@@ -13,7 +13,6 @@ tokens and phone numbers.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -418,11 +417,25 @@ def run_scenario(
     model: Callable[[World], tuple[str, str]] = start_model_stub,
     progress: Callable[[list[dict[str, Any]]], None] | None = None,
     workers: int = 1,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Play one scenario end to end with the real farm; returns the JSON report."""
-    with FarmRun(sc, workdir, speed=speed, model=model, workers=workers) as run:
+    with FarmRun(
+        sc, workdir, speed=speed, model=model, workers=workers, extra_env=extra_env
+    ) as run:
         return run.report(run.wait(timeout, progress))
 
 
-def dump(report: dict[str, Any]) -> str:
-    return json.dumps(report, indent=2, ensure_ascii=False)
+def model_choice(name: str) -> tuple[Callable[[World], tuple[str, str]], dict[str, str]]:
+    """The model starter and farm settings for `--model local|stub`.
+
+    local: the embedded qwen2.5-coder-1.5b server (one per process, reused); stub: the
+    stand-in endpoint, a test double that answers from the playbook candidates.
+    """
+    if name == "local":
+        from ..localmodel import FARM_ENV, start_local_model
+
+        return start_local_model, dict(FARM_ENV)
+    if name == "stub":
+        return start_model_stub, {}
+    raise ValueError(f"unknown model {name!r}: expected local or stub")
