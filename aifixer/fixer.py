@@ -104,9 +104,11 @@ def prompt(template: str, /, **values: Any) -> str:
 
 # -- the evidence, as the model reads it ---------------------------------------------------
 
-MAX_PODS, MAX_EVENTS, MAX_LOG_LINES, MAX_POD_LOGS, MAX_CHANGES = 4, 8, 12, 3, 10
+# Small on purpose: a CPU model reads ~50 prompt tokens a second, so every line of
+# evidence costs time on every incident.
+MAX_PODS, MAX_EVENTS, MAX_LOG_LINES, MAX_POD_LOGS, MAX_CHANGES = 3, 5, 6, 2, 10
 MAX_VALUE = 160
-MAX_EVIDENCE = 6000
+MAX_EVIDENCE = 3500
 
 EXIT_CODES = {
     1: "the application exited with an error",
@@ -152,10 +154,7 @@ def render_evidence(incident: Incident, evidence: Evidence) -> str:
         _section("Pods", [_pod_line(p) for p in _failing_pods(evidence)[:MAX_PODS]]),
         _section(
             "Warning events",
-            [
-                f"- {e.reason} (x{e.count}) {e.object}: {_clip(e.message)}"
-                for e in [e for e in evidence.events if e.type == "Warning"][-MAX_EVENTS:]
-            ],
+            _warning_lines(evidence),
         ),
         _section("Facts", _facts(evidence)),
         _section("Containers now", _containers(evidence.deployment)),
@@ -167,6 +166,37 @@ def render_evidence(incident: Incident, evidence: Evidence) -> str:
     ]
     text = "\n\n".join(s for s in sections if s)
     return text if len(text) <= MAX_EVIDENCE else text[:MAX_EVIDENCE] + "\n(evidence cut)"
+
+
+def SYSTEM_PROMPT() -> str:  # noqa: N802 - reads as the constant it is
+    """One system prompt for every evidence-based call.
+
+    The diagnosis, fix and choice prompts all start with this system prompt and the
+    same evidence, so a server that caches the prompt prefix (llama.cpp does) reads
+    the evidence once per incident instead of once per call.
+    """
+    return prompt("system")
+
+
+def _warning_lines(evidence: Evidence) -> list[str]:
+    """One line per Warning reason: the newest message, the total count, how many objects.
+
+    The same BackOff on every pod says nothing more the second time; the model reads
+    each line at the price of its tokens.
+    """
+    by_reason: dict[str, list] = {}
+    for e in evidence.events:
+        if e.type == "Warning":
+            by_reason.setdefault(e.reason, []).append(e)
+    lines = []
+    for reason, events in list(by_reason.items())[-MAX_EVENTS:]:
+        newest = events[-1]
+        objects = len({e.object for e in events})
+        where = newest.object if objects == 1 else f"{objects} objects"
+        lines.append(
+            f"- {reason} (x{sum(e.count for e in events)}) {where}: {_clip(newest.message)}"
+        )
+    return lines
 
 
 def _section(title: str, lines: list[str]) -> str:
@@ -295,7 +325,7 @@ def diagnose(model: Model, incident: Incident, evidence: Evidence) -> Diagnosis:
     )
     try:
         answer, _ = model.chat_json(
-            prompt("diagnose.system"), user, DIAGNOSIS_SCHEMA, name="diagnosis", max_tokens=400
+            SYSTEM_PROMPT(), user, DIAGNOSIS_SCHEMA, name="diagnosis", max_tokens=200
         )
     except AdapterError as exc:
         log.warning(
@@ -723,9 +753,7 @@ def _propose_model(
         editable=editable,
     )
     try:
-        answer, _ = model.chat_json(
-            prompt("fix.system"), user, schema, name="fix_edits", max_tokens=500
-        )
+        answer, _ = model.chat_json(SYSTEM_PROMPT(), user, schema, name="fix_edits", max_tokens=300)
         result = apply_edits(base, answer["edits"])
     except (AdapterError, ValueError) as exc:
         attempts.reject("model", "model", [f"the model's answer is not usable: {exc}"])
@@ -799,7 +827,7 @@ def _model_choice(
     )
     try:
         answer, _ = model.chat_json(
-            prompt("fix.system"), user, schema, name="fix_choice", max_tokens=300
+            SYSTEM_PROMPT(), user, schema, name="fix_choice", max_tokens=160
         )
     except AdapterError as exc:
         attempts.reject("model", "hybrid", [f"the model's answer is not usable: {exc}"])

@@ -127,7 +127,7 @@ class Model:
                 "json_schema": {"name": name, "schema": strict_subset(schema), "strict": True},
             }
         elif mode == "json_object_schema":
-            response_format = {"type": "json_object", "schema": schema}
+            response_format = {"type": "json_object", "schema": grammar_subset(schema)}
         elif mode == "json_object":
             response_format = {"type": "json_object"}
         else:
@@ -224,6 +224,33 @@ def strict_subset(schema: Any) -> Any:
             out[key] = {prop: strict_subset(sub) for prop, sub in value.items()}
         elif key not in _STRICT_UNSUPPORTED:
             out[key] = strict_subset(value)
+    return out
+
+
+# llama.cpp compiles the schema into a GBNF grammar: a string length bound becomes one
+# nested rule per character (a 400-character bound makes a grammar that takes longer to
+# build than the answer), and its grammar parser knows no regex escapes such as `\.`
+# or `\d`. Bounds are enforced on the reply here instead; escapes become classes.
+_GRAMMAR_UNSUPPORTED = frozenset({"minLength", "maxLength"})
+_REGEX_ESCAPES = {r"\.": "[.]", r"\d": "[0-9]", r"\-": "-", r"\_": "_"}
+
+
+def grammar_subset(schema: Any) -> Any:
+    """A copy of `schema` a llama.cpp server turns into a small, valid grammar."""
+    if isinstance(schema, list):
+        return [grammar_subset(sub) for sub in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "properties":  # property names are data, not keywords
+            out[key] = {prop: grammar_subset(sub) for prop, sub in value.items()}
+        elif key == "pattern" and isinstance(value, str):
+            for escape, plain in _REGEX_ESCAPES.items():
+                value = value.replace(escape, plain)
+            out[key] = value
+        elif key not in _GRAMMAR_UNSUPPORTED:
+            out[key] = grammar_subset(value)
     return out
 
 

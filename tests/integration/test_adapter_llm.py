@@ -15,7 +15,7 @@ import requests
 
 from aifixer import fixer
 from aifixer.adapters.errors import PermanentError, TransientError
-from aifixer.adapters.llm import Model
+from aifixer.adapters.llm import Model, grammar_subset
 from aifixer.sandbox.model_stub import MODEL_ID, make_app
 from aifixer.sandbox.serve import serve_in_thread
 from aifixer.settings import Settings
@@ -92,11 +92,22 @@ def test_json_schema_mode_sends_a_strict_named_schema_without_length_bounds(stub
     assert answer["failure_class"] == "OOMKilled"  # the stub read it from the evidence
 
 
-def test_json_object_schema_mode_sends_the_whole_schema_as_llama_cpp_wants(stub):
+def test_json_object_schema_mode_sends_a_grammar_ready_schema_as_llama_cpp_wants(stub):
     url = stub()
     ask(model(url, "json_object_schema"))
     fmt = recorded(url)[0]["response_format"]
-    assert fmt == {"type": "json_object", "schema": SCHEMA}
+    assert fmt["type"] == "json_object"
+    wire = fmt["schema"]
+    # Structure and enums go as they are; length bounds (one grammar rule per
+    # character in llama.cpp) stay behind and are enforced on the reply.
+    assert wire["properties"]["failure_class"]["enum"] == ["ImagePull", "OOMKilled"]
+    assert wire["required"] == SCHEMA["required"]
+    assert "maxLength" not in json.dumps(wire) and "minLength" not in json.dumps(wire)
+
+
+def test_grammar_subset_rewrites_regex_escapes_llama_cpp_cannot_parse():
+    schema = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(Mi|Gi)?$", "maxLength": 16}
+    assert grammar_subset(schema) == {"type": "string", "pattern": "^[0-9]+([.][0-9]+)?(Mi|Gi)?$"}
 
 
 @pytest.mark.parametrize(
