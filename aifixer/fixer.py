@@ -286,12 +286,13 @@ def _facts(evidence: Evidence) -> list[str]:
 DIAGNOSIS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["summary", "root_cause", "failure_class", "fields"],
+    # Every property is a token the CPU model must write (~8 a second): the fields a
+    # diagnosis names are read off the revision diff instead.
+    "required": ["summary", "root_cause", "failure_class"],
     "properties": {
         "summary": {"type": "string", "minLength": 10, "maxLength": 400},
         "root_cause": {"type": "string", "minLength": 5, "maxLength": 400},
         "failure_class": {"type": "string", "enum": list(FAILURE_CLASSES)},
-        "fields": {"type": "array", "maxItems": 5, "items": {"type": "string", "maxLength": 160}},
     },
 }
 
@@ -325,7 +326,7 @@ def diagnose(model: Model, incident: Incident, evidence: Evidence) -> Diagnosis:
     )
     try:
         answer, _ = model.chat_json(
-            SYSTEM_PROMPT(), user, DIAGNOSIS_SCHEMA, name="diagnosis", max_tokens=200
+            SYSTEM_PROMPT(), user, DIAGNOSIS_SCHEMA, name="diagnosis", max_tokens=150
         )
     except AdapterError as exc:
         log.warning(
@@ -338,7 +339,7 @@ def diagnose(model: Model, incident: Incident, evidence: Evidence) -> Diagnosis:
         summary=redact(answer["summary"].strip()),
         root_cause=redact(answer["root_cause"].strip()),
         failure_class=answer["failure_class"],
-        fields=[redact(f) for f in answer["fields"]],
+        fields=[c.path for c in evidence.template_diff][:5],
         source="model",
     )
 
@@ -806,7 +807,9 @@ def _model_choice(
     schema = {
         "type": "object",
         "additionalProperties": False,
-        "required": ["choice", "edits", "rationale"],
+        # No rationale: each candidate carries its own, and every word the model writes
+        # here is a second of CPU before the fix is applied.
+        "required": ["choice", "edits"],
         "properties": {
             "choice": {
                 "anyOf": [
@@ -815,7 +818,6 @@ def _model_choice(
                 ]
             },
             "edits": edits_schema(typed, 3),
-            "rationale": _rationale_schema(),
         },
     }
     user = prompt(
@@ -834,10 +836,7 @@ def _model_choice(
         return None
     if answer["choice"] is None:
         log.info(
-            "[%s] the model chose none of %d candidates: %s",
-            incident.workload.key,
-            len(candidates),
-            _clip(answer["rationale"]),
+            "[%s] the model chose none of %d candidates", incident.workload.key, len(candidates)
         )
         return None
     candidate = restated[answer["choice"]]
@@ -849,13 +848,14 @@ def _model_choice(
             candidate.strategy,
             ", ".join(e["path"] for e in dropped),
         )
-    rationale = f"{candidate.rationale} Chosen by the model: {answer['rationale']}"
+    adjusted = " (values adjusted by the model)" if answer["edits"] and not dropped else ""
     return attempts.restated(
         candidate,
         result,
         source="model",
         strategy=f"hybrid:{candidate.strategy}",
-        rationale=rationale,
+        rationale=f"{candidate.rationale} Chosen by the model among {len(candidates)} "
+        f"candidate(s){adjusted}.",
     )
 
 

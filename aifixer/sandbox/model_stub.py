@@ -237,11 +237,10 @@ def _schema(response_format: Any, prompt: str) -> dict[str, Any] | None:
 def _answer(schema: dict[str, Any], prompt: str) -> dict[str, Any]:
     props = schema.get("properties") or {}
     if "choice" in props:
-        return {
-            "choice": 0 if _allows_integer(props["choice"]) else None,
-            "edits": [],
-            "rationale": "stub: the first candidate, unexamined",
-        }
+        answer = {"choice": 0 if _allows_integer(props["choice"]) else None, "edits": []}
+        if "rationale" in props:
+            answer["rationale"] = "stub: the first candidate, unexamined"
+        return answer
     if "edits" in props:
         return {
             "edits": _revert_edit(props["edits"], prompt),
@@ -263,12 +262,14 @@ def _diagnosis(props: dict[str, Any], prompt: str) -> dict[str, Any]:
     classes = props.get("failure_class", {}).get("enum", ["AppError"])
     found = [c for c in classes if c in prompt]
     limit = props.get("summary", {}).get("maxLength", 300)
-    return {
+    answer = {
         "summary": ("stub: " + "; ".join(evidence))[:limit],
         "root_cause": "stub: unknown, the stub does not reason",
         "failure_class": found[0] if found else classes[0],
-        "fields": [],
     }
+    return {k: v for k, v in answer.items() if k in props} | (
+        {"fields": []} if "fields" in props else {}
+    )
 
 
 _CHANGE_LINE = re.compile(r"^- (\S+): (.+?) -> (.+)$", re.MULTILINE)

@@ -268,11 +268,13 @@ def test_diagnose_uses_a_valid_model_answer_redacted():
         "summary": f"Tag {BAD_IMAGE} does not exist, see {TOKEN}.",
         "root_cause": "the image tag has a typo",
         "failure_class": "ImagePull",
-        "fields": [IMAGE],
     }
-    result = fixer.diagnose(FakeModel(reply), make_incident(), make_evidence())
+    evidence = make_evidence()
+    result = fixer.diagnose(FakeModel(reply), make_incident(), evidence)
     assert result.source == "model"
-    assert result.failure_class == "ImagePull" and result.fields == [IMAGE]
+    # The fields it names come from the revision diff, not from the model's words.
+    assert result.failure_class == "ImagePull"
+    assert result.fields == [c.path for c in evidence.template_diff]
     assert TOKEN not in result.summary and BAD_IMAGE in result.summary
 
 
@@ -282,7 +284,7 @@ def test_diagnose_uses_a_valid_model_answer_redacted():
         TransientError("model", "connection refused"),
         PermanentError("model", "HTTP 400"),
         "I think the image is wrong.",
-        {"summary": "fine", "root_cause": "x", "failure_class": "Gremlins", "fields": []},
+        {"summary": "fine", "root_cause": "x", "failure_class": "Gremlins"},
     ],
 )
 def test_diagnose_falls_back_to_one_written_from_the_evidence(reply):
@@ -439,7 +441,7 @@ def test_model_edits_that_change_nothing_are_refused():
 
 
 def test_hybrid_applies_the_chosen_candidate():
-    model = FakeModel({"choice": 0, "edits": [], "rationale": "the tag was a typo"})
+    model = FakeModel({"choice": 0, "edits": []})
     proposal, rejections = fixer.propose(
         model, make_incident(), make_evidence(), diagnosis(), settings("hybrid")
     )
@@ -480,9 +482,7 @@ def oom_evidence() -> Evidence:
 
 
 def test_hybrid_adjusts_a_value_the_candidate_changes():
-    model = FakeModel(
-        {"choice": 0, "edits": [{"path": MEMORY, "value": "512Mi"}], "rationale": "more headroom"}
-    )
+    model = FakeModel({"choice": 0, "edits": [{"path": MEMORY, "value": "512Mi"}]})
     proposal, _ = fixer.propose(
         model, make_incident("OOMKilled"), oom_evidence(), diagnosis(), settings()
     )
@@ -507,7 +507,7 @@ def test_hybrid_drops_edits_beyond_the_chosen_candidate(monkeypatch, edit):
     real = playbooks.candidates
     monkeypatch.setattr(playbooks, "candidates", lambda *a: [*real(*a), other_candidate])
     # The edit is schema-valid (candidate 1 changes that field) but candidate 0 is chosen.
-    model = FakeModel({"choice": 0, "edits": [edit], "rationale": "and a bit more"})
+    model = FakeModel({"choice": 0, "edits": [edit]})
     proposal, _ = fixer.propose(model, make_incident(), make_evidence(), diagnosis(), settings())
     assert proposal is not None and changed(proposal) == {IMAGE: GOOD_IMAGE}
 
@@ -515,10 +515,10 @@ def test_hybrid_drops_edits_beyond_the_chosen_candidate(monkeypatch, edit):
 @pytest.mark.parametrize(
     "reply",
     [
-        *({"choice": 0, "edits": [e], "rationale": "x"} for e in HOSTILE_EDITS.values()),
+        *({"choice": 0, "edits": [e]} for e in HOSTILE_EDITS.values()),
         "Sure! Use the old image.",
-        {"choice": 7, "edits": [], "rationale": "out of range"},
-        {"choice": None, "edits": [], "rationale": "none fits"},
+        {"choice": 7, "edits": []},
+        {"choice": None, "edits": []},
         TransientError("model", "timed out"),
     ],
     ids=[*HOSTILE_EDITS, "not json", "no such candidate", "no choice", "model down"],

@@ -542,7 +542,7 @@ def test_hybrid_shows_the_examples_and_the_remembered_candidate_first(mem):
         failure_class="OOMKilled",
         source="model",
     )
-    model = FakeModel({"choice": 0, "edits": [], "rationale": "it worked before"})
+    model = FakeModel({"choice": 0, "edits": []})
     proposal, _ = fixer.propose(
         model,
         inc,
@@ -563,6 +563,6 @@ def test_without_examples_the_prompt_has_no_examples_block():
     diag = Diagnosis(
         summary="cart is OOMKilled.", root_cause="limit", failure_class="OOMKilled", source="model"
     )
-    model = FakeModel({"choice": 0, "edits": [], "rationale": "raise it"})
+    model = FakeModel({"choice": 0, "edits": []})
     fixer.propose(model, inc, ev, diag, settings(fix_strategy="hybrid"))
     assert "Similar past incidents" not in model.calls[0]["user"]
