@@ -214,17 +214,7 @@ def _usage(response: Any, default_model: str, seconds: float) -> Usage:
 
 def strict_subset(schema: Any) -> Any:
     """A copy of `schema` without the keywords OpenAI's strict mode refuses."""
-    if isinstance(schema, list):
-        return [strict_subset(sub) for sub in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out: dict[str, Any] = {}
-    for key, value in schema.items():
-        if key == "properties":  # property names are data, not keywords
-            out[key] = {prop: strict_subset(sub) for prop, sub in value.items()}
-        elif key not in _STRICT_UNSUPPORTED:
-            out[key] = strict_subset(value)
-    return out
+    return _pruned(schema, _STRICT_UNSUPPORTED)
 
 
 # llama.cpp compiles the schema into a GBNF grammar: a string length bound becomes one
@@ -237,20 +227,29 @@ _REGEX_ESCAPES = {r"\.": "[.]", r"\d": "[0-9]", r"\-": "-", r"\_": "_"}
 
 def grammar_subset(schema: Any) -> Any:
     """A copy of `schema` a llama.cpp server turns into a small, valid grammar."""
+    return _pruned(schema, _GRAMMAR_UNSUPPORTED, _plain_pattern)
+
+
+def _plain_pattern(pattern: str) -> str:
+    for escape, plain in _REGEX_ESCAPES.items():
+        pattern = pattern.replace(escape, plain)
+    return pattern
+
+
+def _pruned(schema: Any, drop: frozenset[str], pattern=None) -> Any:
+    """A copy of `schema` without the keywords in `drop`, patterns passed through `pattern`."""
     if isinstance(schema, list):
-        return [grammar_subset(sub) for sub in schema]
+        return [_pruned(sub, drop, pattern) for sub in schema]
     if not isinstance(schema, dict):
         return schema
     out: dict[str, Any] = {}
     for key, value in schema.items():
         if key == "properties":  # property names are data, not keywords
-            out[key] = {prop: grammar_subset(sub) for prop, sub in value.items()}
-        elif key == "pattern" and isinstance(value, str):
-            for escape, plain in _REGEX_ESCAPES.items():
-                value = value.replace(escape, plain)
-            out[key] = value
-        elif key not in _GRAMMAR_UNSUPPORTED:
-            out[key] = grammar_subset(value)
+            out[key] = {prop: _pruned(sub, drop, pattern) for prop, sub in value.items()}
+        elif key == "pattern" and pattern is not None and isinstance(value, str):
+            out[key] = pattern(value)
+        elif key not in drop:
+            out[key] = _pruned(value, drop, pattern)
     return out
 
 
