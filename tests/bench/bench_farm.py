@@ -335,10 +335,17 @@ class Farm:
             if s.incident.workload.key == key and s.incident.opened_at.timestamp() >= self.broken_at
         ]
 
-    def wait_polled(self, timeout: float = 30) -> None:
-        """Until beat's polls have run once: the farm is in its steady state."""
+    def wait_settled(self, timeout: float = 60) -> None:
+        """Until the polls have run and whatever they opened on the healthy start ended.
+
+        The first poll reads the Warning events of the pods' start-up (readiness probes
+        failing until the app listens) and may open an incident that ends `recovered`;
+        a fault while it is still open would be handled under it, not detected anew.
+        """
         keys = [self.ctx.key("cursor", "events"), self.ctx.key("cursor", "loki")]
         self._until(lambda: all(self.ctx.redis.exists(k) for k in keys), timeout, "first polls")
+        time.sleep(POLL_INTERVAL_S)
+        self._until(lambda: all(s.outcome for s in self.incidents()), timeout, "quiet farm")
 
     def wait_opened(self, timeout: float) -> float:
         self._until(self.since_fault, timeout, "incident", step=0.01)
@@ -419,7 +426,7 @@ def measure_detection(names: list[str], base: Path) -> tuple[list[float], dict[s
     hops: dict[str, list[float]] = {}
     for name in names:
         with healthy_farm(name, base / f"detect-{name}") as farm:
-            farm.wait_polled()
+            farm.wait_settled()
             earlier = len(farm.incidents())
             fault = break_it(farm)
             latency = max(0.0, farm.wait_opened(timeout=POLL_INTERVAL_S * 10) - fault)
@@ -458,7 +465,7 @@ def measure_storm(name: str, base: Path) -> tuple[int, dict[str, float], dict[st
         f"3. incidents for a storm of {STORM_LINES:,} identical error lines (goal {GOAL_STORM_INCIDENTS})"
     )
     with healthy_farm(name, base / f"storm-{name}") as farm:
-        farm.wait_polled()
+        farm.wait_settled()
         idle = farm.worker_rss_mb()
         break_it(farm)
         push_storm(farm)
