@@ -40,6 +40,7 @@ import argparse
 import functools
 import inspect
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -428,6 +429,8 @@ def measure_detection(names: list[str], base: Path) -> tuple[list[float], dict[s
         with healthy_farm(name, base / f"detect-{name}") as farm:
             farm.wait_settled()
             earlier = len(farm.incidents())
+            # At a random phase of the poll cycle: settling ends in step with the polls.
+            time.sleep(random.uniform(0, POLL_INTERVAL_S))  # noqa: S311 - not a secret
             fault = break_it(farm)
             latency = max(0.0, farm.wait_opened(timeout=POLL_INTERVAL_S * 10) - fault)
             farm.wait_closed(INCIDENT_TIMEOUT_S)  # the whole chain, for the hop figures
