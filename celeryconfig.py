@@ -53,8 +53,10 @@ broker_transport_options = {"visibility_timeout": 3600}
 # - cluster: apply and verify against the application cluster, short and frequent;
 # - notify: pull requests and phone calls, rare side effects that must not be
 #   starved by a burst of incidents.
-# A worker can serve a subset with `-Q`; the default serves all four.
-task_queues = (Queue("polls"), Queue("model"), Queue("cluster"), Queue("notify"))
+# - memory: incident memory (recall before patch, remember after finalize), the
+#   only work that loads the embedding model; run it on its own workers.
+# A worker serves the queues named with `-Q`.
+task_queues = (Queue("polls"), Queue("model"), Queue("cluster"), Queue("notify"), Queue("memory"))
 task_routes = {
     "aifixer.tasks.poll_*": {"queue": "polls"},
     "aifixer.tasks.ingest_signals": {"queue": "polls"},
@@ -66,6 +68,10 @@ task_routes = {
     "aifixer.tasks.open_pr": {"queue": "notify"},
     "aifixer.tasks.call_oncall": {"queue": "notify"},
     "aifixer.tasks.finalize": {"queue": "notify"},
+    # Incident memory embeds text with a PyTorch model: only workers started with
+    # `-Q memory` load it, so the others stay small.
+    "aifixer.tasks.recall": {"queue": "memory"},
+    "aifixer.tasks.remember": {"queue": "memory"},
 }
 # An unrouted task lands on a queue every worker serves, never on Celery's default
 # "celery" queue, which no worker here listens to.

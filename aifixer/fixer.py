@@ -799,6 +799,8 @@ def _model_choice(
     typed: dict[str, dict[str, Any]] = {}
     for candidate in restated:
         for change in candidate.changes:
+            if not _adjustable(change.path):
+                continue
             schema = value_schema(
                 change.path, change.after, max_replicas=attempts.settings.max_replicas
             )
@@ -857,6 +859,16 @@ def _model_choice(
         rationale=f"{candidate.rationale} Chosen by the model among {len(candidates)} "
         f"candidate(s){adjusted}.",
     )
+
+
+def _adjustable(path: str) -> bool:
+    """Fields whose value the model may tune in a chosen candidate: amounts, not text.
+
+    A memory limit or a replica count is a judgment the model can improve on; a
+    command, an image or an environment value restored from the last healthy revision
+    is exact, and a small model "adjusting" it only breaks it.
+    """
+    return ".resources." in path or path.endswith("replicas")
 
 
 def _render_candidates(candidates: list[FixProposal]) -> str:

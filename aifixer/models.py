@@ -206,6 +206,10 @@ class IncidentState(Record):
     pull_request: PullRequestRef | None = None
     calls: list[CallRecord] = Field(default_factory=list)
     speech: str | None = None  # what the call said
+    memory_examples: list[str] = Field(
+        default_factory=list
+    )  # similar past incidents, for the prompt
+    remembered: FixProposal | None = None  # a fix that verified on a similar past incident
     outcome: Outcome | None = None
     error: str | None = None  # the stage that failed for good, and why
     model_used: str | None = None

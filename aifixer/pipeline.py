@@ -370,7 +370,6 @@ def patch(ctx: Context, state: IncidentState) -> IncidentState:
     if state.outcome or state.evidence is None or state.diagnosis is None:
         return state
     started = time.monotonic()
-    examples, remembered = recall(ctx, state)
     with _metered(ctx, state, "patch"):
         proposal, rejections = fixer.propose(
             ctx.model,
@@ -378,8 +377,8 @@ def patch(ctx: Context, state: IncidentState) -> IncidentState:
             state.evidence,
             state.diagnosis,
             ctx.settings,
-            examples=examples,
-            remembered=remembered,
+            examples=state.memory_examples,
+            remembered=state.remembered,
         )
     state.rejections.extend(rejections)
     if proposal is not None:
@@ -407,6 +406,21 @@ def patch(ctx: Context, state: IncidentState) -> IncidentState:
     return _timed(state, "patch", started)
 
 
+def recall_stage(ctx: Context, state: IncidentState) -> IncidentState:
+    """The `recall` stage: what incident memory knows, kept on the state for `patch`.
+
+    A stage of its own, on its own queue, so that only the workers serving the
+    `memory` queue load the embedding model (PyTorch, a few hundred MB); the other
+    workers stay small.
+    """
+    if state.outcome or state.evidence is None:
+        return state
+    started = time.monotonic()
+    examples, remembered = recall(ctx, state)
+    state.memory_examples, state.remembered = examples, remembered
+    return _timed(state, "recall", started)
+
+
 def recall(ctx: Context, state: IncidentState) -> tuple[list[str], FixProposal | None]:
     """Similar past incidents as prompt examples, and a fix that verified on one of them.
 
@@ -432,7 +446,11 @@ def recall(ctx: Context, state: IncidentState) -> tuple[list[str], FixProposal |
 
 
 def remember(ctx: Context, state: IncidentState) -> None:
-    """Keep the finished incident for next time; a failure here never fails the incident."""
+    """Keep the finished incident for next time; a failure here never fails the incident.
+
+    Run by the `remember` task on the `memory` queue once `finalize` has closed the
+    incident.
+    """
     memory = ctx.memory
     if memory is None:
         return
@@ -676,7 +694,6 @@ def finalize(ctx: Context, results: list[IncidentState]) -> IncidentState:
     close(ctx, state)
     state = load(ctx, state.incident.fingerprint) or state
     append_incident_line(ctx, state)
-    remember(ctx, state)
     log.info("%s outcome: %s", tag(state), state.outcome)
     return state
 

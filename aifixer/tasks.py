@@ -74,6 +74,19 @@ def diagnose(self, payload: dict) -> dict:
     return _stage(self, "diagnose", pipeline.diagnose, payload)
 
 
+@app.task(bind=True, name="aifixer.tasks.recall", acks_late=True)
+def recall(self, payload: dict) -> dict:
+    return _stage(self, "recall", pipeline.recall_stage, payload)
+
+
+@app.task(bind=True, name="aifixer.tasks.remember", acks_late=True, ignore_result=True)
+def remember(self, fingerprint: str) -> None:
+    ctx = context()
+    state = pipeline.load(ctx, fingerprint)
+    if state is not None:
+        pipeline.remember(ctx, state)
+
+
 @app.task(bind=True, name="aifixer.tasks.patch", acks_late=True)
 def patch(self, payload: dict) -> dict:
     return _stage(self, "patch", pipeline.patch, payload)
@@ -133,13 +146,22 @@ def call_next(self, fingerprint: str, attempt: int) -> None:
 @app.task(bind=True, name="aifixer.tasks.finalize", acks_late=True)
 def finalize(self, results: list[dict]) -> dict:
     states = [IncidentState.model_validate(r) for r in results]
-    return pipeline.finalize(context(), states).model_dump(mode="json")
+    state = pipeline.finalize(context(), states)
+    if context().settings.memory_enabled:
+        remember.delay(state.incident.fingerprint)
+    return state.model_dump(mode="json")
 
 
 def remediation(state: IncidentState):
-    """The canvas for one incident: diagnose → patch → apply → verify → chord(pr | call) → finalize."""
+    """The canvas for one incident.
+
+    diagnose → (recall) → patch → apply → verify → chord(open_pr | call_oncall) → finalize,
+    recall only when incident memory is on.
+    """
+    memory = [recall.s()] if context().settings.memory_enabled else []
     return chain(
         diagnose.s(state.model_dump(mode="json")),
+        *memory,
         patch.s(),
         apply.s(),
         verify.s(),

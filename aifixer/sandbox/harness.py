@@ -175,8 +175,36 @@ def farm_env(
 def start_farm(
     env: dict[str, str], workdir: Path, workers: int = 1, concurrency: int = 2
 ) -> list[Process]:
+    """web, beat, `workers` farm workers, and one worker for the memory queue.
+
+    The memory worker is separate, as in docker-compose.yml: it alone loads the
+    embedding model, so the farm workers stay small.
+    """
     py = sys.executable
     logs = workdir / "logs"
+    celery = [py, "-m", "celery", "-A", "aifixer"]
+
+    def worker(name: str, queues: str, n: int) -> Process:
+        return spawn(
+            name,
+            [
+                *celery,
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--pool",
+                "prefork",
+                "--concurrency",
+                str(n),
+                "-Q",
+                queues,
+                "-n",
+                f"{name}@%h",
+            ],
+            env,
+            logs,
+        )
+
     procs = [
         spawn(
             "web",
@@ -195,48 +223,15 @@ def start_farm(
         ),
         spawn(
             "beat",
-            [
-                py,
-                "-m",
-                "celery",
-                "-A",
-                "aifixer",
-                "beat",
-                "--loglevel",
-                "INFO",
-                "--schedule",
-                str(workdir / "beat-schedule"),
-            ],
+            [*celery, "beat", "--loglevel", "INFO", "--schedule", str(workdir / "beat-schedule")],
             env,
             logs,
         ),
+        worker("memory0", "memory", 1),
     ]
-    for i in range(workers):
-        procs.append(
-            spawn(
-                f"worker{i}",
-                [
-                    py,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "aifixer",
-                    "worker",
-                    "--loglevel",
-                    "INFO",
-                    "--pool",
-                    "prefork",
-                    "--concurrency",
-                    str(concurrency),
-                    "-Q",
-                    "polls,model,cluster,notify",
-                    "-n",
-                    f"worker{i}@%h",
-                ],
-                env,
-                logs,
-            )
-        )
+    procs += [
+        worker(f"worker{i}", "polls,model,cluster,notify", concurrency) for i in range(workers)
+    ]
     wait_port(int(env["AIFIXER_WEB_PORT"]), 30, procs[0].popen)
     return procs
 

@@ -23,7 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 KUBERNETES_VERSION = "1.32"
-QUEUES = {"polls", "model", "cluster", "notify"}
+QUEUES = {"polls", "model", "cluster", "notify", "memory"}
 
 
 def _load_all(text: str) -> list[dict[str, Any]]:
@@ -63,7 +63,7 @@ def compose() -> dict[str, Any]:
 
 
 def test_compose_has_the_farm_services(compose):
-    assert set(compose["services"]) == {"redis", "worker", "beat", "flower", "web"}
+    assert set(compose["services"]) == {"redis", "worker", "memory-worker", "beat", "flower", "web"}
 
 
 def test_compose_worker_can_be_scaled(compose):
@@ -73,10 +73,13 @@ def test_compose_worker_can_be_scaled(compose):
     assert "ports" not in worker
 
 
-def test_compose_worker_serves_every_queue(compose):
-    command = compose["services"]["worker"]["command"]
-    assert command[:4] == ["celery", "-A", "aifixer", "worker"]
-    assert set(command[command.index("-Q") + 1].split(",")) == QUEUES
+def test_compose_workers_serve_every_queue(compose):
+    served = set()
+    for name in ("worker", "memory-worker"):
+        command = compose["services"][name]["command"]
+        assert command[:4] == ["celery", "-A", "aifixer", "worker"]
+        served |= set(command[command.index("-Q") + 1].split(","))
+    assert served == QUEUES
 
 
 def test_compose_redis_persists_and_reports_health(compose):
@@ -123,7 +126,7 @@ def test_everything_lives_in_the_aifixer_namespace(rendered):
 
 def test_deployments_and_services(rendered):
     deployments = _by_kind(rendered, "Deployment")
-    assert set(deployments) == {"redis", "worker", "beat", "flower", "web"}
+    assert set(deployments) == {"redis", "worker", "memory-worker", "beat", "flower", "web"}
     assert set(_by_kind(rendered, "Service")) == {"redis", "flower", "web"}
     assert deployments["worker"]["spec"]["replicas"] == 2
     beat = deployments["beat"]["spec"]
@@ -165,10 +168,12 @@ def test_secrets_are_referenced_never_shipped(rendered):
 
 
 def test_workers_serve_every_queue(rendered):
-    args = _by_kind(rendered, "Deployment")["worker"]["spec"]["template"]["spec"]["containers"][0][
-        "args"
-    ]
-    assert set(args[args.index("-Q") + 1].split(",")) == QUEUES
+    served = set()
+    for name in ("worker", "memory-worker"):
+        spec = _by_kind(rendered, "Deployment")[name]["spec"]["template"]["spec"]
+        args = spec["containers"][0]["args"]
+        served |= set(args[args.index("-Q") + 1].split(","))
+    assert served == QUEUES
 
 
 # --- deploy/app-cluster-rbac.yaml ------------------------------------------------
