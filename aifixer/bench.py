@@ -374,26 +374,25 @@ def model_choice(name: str) -> tuple[ModelStarter, dict[str, str]]:
     The local server is started here, once for the whole benchmark, so a missing build
     or model file fails at once with its reason rather than once per scenario.
     """
-    from .sandbox.harness import start_model_stub
+    from .sandbox.harness import model_choice as harness_choice
 
-    if name == "stub":
-        return start_model_stub, {}
     try:
-        from . import localmodel
+        starter, env = harness_choice(name)
     except ImportError as exc:
-        raise click.ClickException(
-            f"--model local needs aifixer.localmodel, which cannot be imported: {exc}"
-        ) from exc
-    started = time.monotonic()
-    try:
-        server = localmodel.shared_server()
-    except Exception as exc:  # noqa: BLE001 - any reason the server cannot start ends the run
-        raise click.ClickException(f"the local model server did not start: {exc}") from exc
-    console.print(
-        f"local model {localmodel.MODEL_NAME} ready in {time.monotonic() - started:.1f}s, "
-        f"RSS {server.rss_bytes() / 2**20:.0f} MB"
-    )
-    return localmodel.start_local_model, dict(localmodel.FARM_ENV)
+        raise click.ClickException(f"--model {name} cannot be used: {exc}") from exc
+    if name == "local":
+        from . import localmodel
+
+        started = time.monotonic()
+        try:
+            server = localmodel.shared_server()
+        except Exception as exc:  # noqa: BLE001 - any reason the server cannot start ends the run
+            raise click.ClickException(f"the local model server did not start: {exc}") from exc
+        console.print(
+            f"local model {localmodel.MODEL_NAME} ready in {time.monotonic() - started:.1f}s, "
+            f"RSS {server.rss_bytes() / 2**20:.0f} MB"
+        )
+    return starter, env
 
 
 def scenario_files(paths: Iterable[Path]) -> list[Path]:
@@ -533,10 +532,10 @@ def bench_cli() -> None:
 @click.option(
     "--model",
     "model_name",
-    type=click.Choice(["stub", "local"]),
-    default="stub",
+    type=click.Choice(["local", "stub"]),
+    default="local",
     show_default=True,
-    help="stub: the deterministic stand-in; local: the embedded model server.",
+    help="local: the embedded model server (as the demo); stub: the deterministic stand-in.",
 )
 @click.option(
     "--select",
