@@ -29,7 +29,7 @@ import redis as redis_lib
 
 from . import detect, fixer, manifests
 from .adapters.errors import AdapterError, PermanentError
-from .adapters.kube import pod_state
+from .adapters.kube import pod_state, rollout_status
 from .memory import example_lines
 from .models import (
     ApplyResult,
@@ -200,10 +200,13 @@ def _open_one(ctx: Context, namespace: str, name: str, sigs: list[Signal]) -> In
     pods = ctx.kube.pod_states(dep)
     classes = [c for p in pods for r in p.reasons if (c := detect.classify(r)) is not None]
     if not classes:
-        classes = [c for sig in sigs if (c := detect.classify(sig.reason, sig.message)) is not None]
-        if all(c == "AppError" for c in classes):
-            log.debug("[%s/%s] error lines but healthy pods: no incident", namespace, name)
+        if rollout_status(dep).done:
+            # Rolled out, and no pod shows a failure: the signals are history (a probe
+            # that failed while a pod was starting) or an application that logs an
+            # error and runs. Neither is a manifest to fix at 3 a.m.
+            log.debug("[%s/%s] signals but a healthy workload: no incident", namespace, name)
             return None
+        classes = [c for sig in sigs if (c := detect.classify(sig.reason, sig.message)) is not None]
     if not classes:
         return None
     failure = detect.dominant(classes)
