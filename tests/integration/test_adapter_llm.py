@@ -223,7 +223,7 @@ def test_the_api_key_never_appears_in_logs(stub, caplog):
         ("hostile_host_path", "not usable"),
         ("extra_edits", "not usable"),
         ("not_json", "not usable"),
-        ("hostile_registry", "never ran in this workload"),  # schema-valid: the guardrails refuse
+        ("hostile_registry", "is expected to be empty"),  # an image is not the model's to tune
     ],
 )
 def test_hostile_model_replies_never_become_the_proposal(stub, behaviour, why):
