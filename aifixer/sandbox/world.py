@@ -251,27 +251,7 @@ class World:
     def _write_endpoints(self) -> Endpoints:
         kube_url = self.sites["kubernetes"].url
         kubeconfig = self.state_dir / "kubeconfig"
-        kubeconfig.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "sandbox", "cluster": {"server": kube_url}}],
-                    "users": [{"name": "sandbox", "user": {}}],
-                    "contexts": [
-                        {
-                            "name": "sandbox",
-                            "context": {
-                                "cluster": "sandbox",
-                                "user": "sandbox",
-                                "namespace": "default",
-                            },
-                        }
-                    ],
-                    "current-context": "sandbox",
-                }
-            )
-        )
+        kubeconfig.write_text(kubeconfig_text(kube_url))
         repo = self.scenario.gitops.repo if self.scenario else "acme/gitops"
         forge_url = self.sites["forge"].url
         ep = Endpoints(
@@ -328,6 +308,25 @@ class World:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def kubeconfig_text(server_url: str) -> str:
+    """A kubeconfig for an API server on loopback: no TLS, no credentials."""
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "sandbox", "cluster": {"server": server_url}}],
+            "users": [{"name": "sandbox", "user": {}}],
+            "contexts": [
+                {
+                    "name": "sandbox",
+                    "context": {"cluster": "sandbox", "user": "sandbox", "namespace": "default"},
+                }
+            ],
+            "current-context": "sandbox",
+        }
+    )
 
 
 def _files(manifests: list[ManifestFile]) -> dict[str, str]:

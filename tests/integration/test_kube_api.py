@@ -24,23 +24,9 @@ from aifixer.sandbox.kube.resources import core
 from aifixer.sandbox.kube.server import make_app
 from aifixer.sandbox.kube.store import Store
 from aifixer.sandbox.serve import LoopThread, Site, start_site, stop_site
+from aifixer.sandbox.world import kubeconfig_text
 
 pytestmark = pytest.mark.timeout(60)
-
-KUBECONFIG = """\
-apiVersion: v1
-kind: Config
-clusters:
-- name: sandbox
-  cluster: {{server: "{url}"}}
-users:
-- name: nobody
-  user: {{}}
-contexts:
-- name: sandbox
-  context: {{cluster: sandbox, user: nobody, namespace: default}}
-current-context: sandbox
-"""
 
 
 @dataclass
@@ -65,7 +51,7 @@ def start_cluster(tmp: Path, store: Store | None = None) -> tuple[Cluster, calla
     loop = LoopThread().start()
     site = loop.call(start_site, Site("kube", make_app(store, logs)))
     kubeconfig = tmp / "kubeconfig"
-    kubeconfig.write_text(KUBECONFIG.format(url=site.url))
+    kubeconfig.write_text(kubeconfig_text(site.url))
     api = config.new_client_from_config(config_file=str(kubeconfig))
 
     def stop() -> None:

@@ -20,24 +20,11 @@ from aifixer.sandbox.kube.cluster import Cluster
 from aifixer.sandbox.kube.server import make_app
 from aifixer.sandbox.scenario import Image, Node
 from aifixer.sandbox.serve import LoopThread, Site, start_site, stop_site
+from aifixer.sandbox.world import kubeconfig_text
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 SPEED = 40.0
-KUBECONFIG = """\
-apiVersion: v1
-kind: Config
-clusters:
-- name: sandbox
-  cluster: {{server: "{url}"}}
-users:
-- name: nobody
-  user: {{}}
-contexts:
-- name: sandbox
-  context: {{cluster: sandbox, user: nobody, namespace: default}}
-current-context: sandbox
-"""
 
 MANIFEST = """\
 apiVersion: apps/v1
@@ -76,7 +63,9 @@ class Sandbox:
 
     def apply(self, name: str, image: str, replicas: int = 2, deadline: int = 600) -> None:
         path = self.workdir / f"{name}.yaml"
-        path.write_text(MANIFEST.format(name=name, image=image, replicas=replicas, deadline=deadline))
+        path.write_text(
+            MANIFEST.format(name=name, image=image, replicas=replicas, deadline=deadline)
+        )
         proc = self.kubectl("apply", "-f", str(path))
         assert proc.returncode == 0, proc.stderr
 
@@ -86,7 +75,9 @@ class Sandbox:
         return json.loads(proc.stdout)
 
     def rollout_status(self, name: str, timeout: str = "60s") -> subprocess.CompletedProcess:
-        return self.kubectl("rollout", "status", f"deployment/{name}", f"--timeout={timeout}", timeout=90)
+        return self.kubectl(
+            "rollout", "status", f"deployment/{name}", f"--timeout={timeout}", timeout=90
+        )
 
 
 @pytest.fixture
@@ -101,7 +92,7 @@ def sandbox(tmp_path: Path, kubectl) -> Iterator[Sandbox]:
 
     site = loop.call(up)
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(KUBECONFIG.format(url=site.url))
+    kubeconfig.write_text(kubeconfig_text(site.url))
     try:
         yield Sandbox(kubeconfig, tmp_path, kubectl)
     finally:
@@ -163,13 +154,18 @@ def test_broken_image_times_out_and_then_exceeds_the_progress_deadline(sandbox: 
     sandbox.apply("api", "broken/api:2", replicas=2, deadline=600)
     proc = sandbox.rollout_status("api", timeout="3s")
     assert proc.returncode != 0
-    assert "Waiting for deployment \"api\" rollout to finish" in proc.stdout
+    assert 'Waiting for deployment "api" rollout to finish' in proc.stdout
 
     # Old pods keep serving (maxUnavailable rounds 25% of 2 down to 0).
     pods = sandbox.get("pods", "-l", "app=api")["items"]
     serving = [p for p in pods if p["spec"]["containers"][0]["image"] == "nginx:1.25"]
     assert len(serving) == 2
-    assert all(c["status"] == "True" for p in serving for c in p["status"]["conditions"] if c["type"] == "Ready")
+    assert all(
+        c["status"] == "True"
+        for p in serving
+        for c in p["status"]["conditions"]
+        if c["type"] == "Ready"
+    )
     stuck = [p for p in pods if p["spec"]["containers"][0]["image"] == "broken/api:2"]
     assert len(stuck) == 1
 
