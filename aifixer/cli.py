@@ -23,7 +23,8 @@ from rich.table import Table
 from . import __version__
 
 DEFAULT_STATE_DIR = Path(".aifixer/sandbox")
-console = Console()
+# Piped or logged output gets room for the tables instead of the 80 columns default.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 @click.group()
