@@ -328,7 +328,7 @@ def gather_evidence(ctx: Context, incident: Incident, dep: dict[str, Any]) -> Ev
         if last_healthy is not None
         else []
     )
-    rollout = kube.rollout(incident.workload.name, ns)
+    rollout = rollout_status(dep)  # the Deployment just read: no second GET
     healthy = rollout.done and not any(p.reasons for p in pods)
     return Evidence(
         deployment=manifests.clean(dep),
@@ -499,8 +499,10 @@ def verify(ctx: Context, state: IncidentState) -> IncidentState:
     t = now()
     ns, name = inc.workload.namespace, inc.workload.name
     dep = ctx.kube.get_deployment(ns, name)
-    rollout = ctx.kube.rollout(name, ns)
-    pods = ctx.kube.pod_states(dep) if dep else []
+    if dep is None:
+        raise PermanentError("kubernetes", f"deployment {inc.workload.key} no longer exists")
+    rollout = rollout_status(dep)
+    pods = ctx.kube.pod_states(dep)
     restarts = sum(p.restart_count for p in pods)
     since_ns = int(state.apply.applied_at.timestamp() * 1e9)
     errors = ctx.loki.error_count(ns, [p.name for p in pods], since_ns) if pods else 0
