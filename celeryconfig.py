@@ -15,8 +15,8 @@ broker_url = Settings().redis_url  # AIFIXER_REDIS_URL, read when Celery loads i
 result_backend = broker_url
 broker_connection_retry_on_startup = True
 
-# JSON only: messages carry ids and pydantic dumps, never pickles a worker would
-# have to trust.
+# JSON only: messages carry incident ids (the record lives in Redis, see
+# aifixer/store.py), never pickles a worker would have to trust.
 task_serializer = "json"
 result_serializer = "json"
 accept_content = ["json"]
@@ -68,6 +68,8 @@ task_routes = {
     "aifixer.tasks.open_pr": {"queue": "notify"},
     "aifixer.tasks.call_oncall": {"queue": "notify"},
     "aifixer.tasks.finalize": {"queue": "notify"},
+    "aifixer.tasks.conclude": {"queue": "notify"},
+    "aifixer.tasks.watchdog": {"queue": "polls"},
     # Incident memory embeds text with a PyTorch model: only workers started with
     # `-Q memory` load it, so the others stay small.
     "aifixer.tasks.recall": {"queue": "memory"},

@@ -10,7 +10,7 @@ losing the whole file.
 
 A call's outcome arrives later, over HTTP, to whichever web replica Twilio reaches.
 The context that line needs (number, speech, when, which incident and attempt) is kept
-in Redis, stored by the caller BEFORE dialling and keyed by (fingerprint, attempt):
+in Redis, stored by the caller BEFORE dialling and keyed by (incident id, attempt):
 both travel in the signed callback URLs, so a status callback can never arrive for a
 call whose context is not yet stored, however fast the call fails. The heard answer
 is kept by CallSid, and a `SET NX` claim per CallSid makes the line exactly-once even
@@ -85,14 +85,21 @@ class CallFile:
 def append_line(path: Path, line: bytes) -> None:
     """Append one whole line to a JSON Lines file, atomically among appenders.
 
+    If the file ends in a torn line (a writer killed mid-write, a full disk), the new
+    line starts on a line of its own: the torn fragment stays a fragment that readers
+    skip, and the record appended after it is never glued to it and lost.
+
     Raises:
         OSError: the file cannot be written.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line
             written = os.write(fd, line)
             # A regular file takes the whole line at once in practice; should it not,
             # the rest still lands contiguously because every appender holds the lock.
@@ -119,7 +126,8 @@ def _to_line(record: CallRecord) -> bytes:
 class CallContext(Record):
     """What is known about a call before its outcome: stored by whoever dials."""
 
-    fingerprint: str  # the incident the call is about
+    incident_id: str  # the incident the call is about
+    fingerprint: str  # its failure (workload and class)
     attempt: int  # 1 for the first number called, 2 for the next...
     number: str
     speech: str  # what the call says
@@ -127,21 +135,21 @@ class CallContext(Record):
     call_sid: str | None = None  # known once Twilio accepted the call
 
 
-def _context_key(fingerprint: str, attempt: int) -> str:
-    return f"{KEY_PREFIX}:{fingerprint}:{attempt}"
+def _context_key(incident_id: str, attempt: int) -> str:
+    return f"{KEY_PREFIX}:{incident_id}:{attempt}"
 
 
 def store_call_context(redis: Any, context: CallContext) -> None:
     """Remember a call before dialling (and again once its CallSid is known)."""
     redis.set(
-        _context_key(context.fingerprint, context.attempt),
+        _context_key(context.incident_id, context.attempt),
         context.model_dump_json(),
         ex=CONTEXT_TTL_S,
     )
 
 
-def load_call_context(redis: Any, fingerprint: str, attempt: int) -> CallContext | None:
-    raw = redis.get(_context_key(fingerprint, attempt))
+def load_call_context(redis: Any, incident_id: str, attempt: int) -> CallContext | None:
+    raw = redis.get(_context_key(incident_id, attempt))
     return None if raw is None else CallContext.model_validate_json(raw)
 
 
@@ -180,6 +188,7 @@ def finished_record(
         speech=context.speech,
         can_intervene=answer is True,
         fingerprint=context.fingerprint,
+        incident_id=context.incident_id,
         status=status,
         call_sid=call_sid,
         attempt=context.attempt,

@@ -298,15 +298,8 @@ def _run_one(
 
 
 def _stage_of(incident: dict) -> str:
-    if incident["outcome"]:
-        return incident["outcome"]
-    if incident.get("verification"):
-        return "verified"
-    if incident["changed_paths"]:
-        return "applied, verifying"
-    if incident.get("diagnosis"):
-        return "diagnosed, patching"
-    return "opened, diagnosing"
+    """The stage the incident's record says it reached (the store keeps it)."""
+    return incident["outcome"] or incident.get("stage") or "opened"
 
 
 def _progress_printer(name: str):
@@ -315,8 +308,8 @@ def _progress_printer(name: str):
     def show(incidents: list[dict]) -> None:
         for inc in incidents:
             stage = _stage_of(inc)
-            if last.get(inc["fingerprint"]) != stage:
-                last[inc["fingerprint"]] = stage
+            if last.get(inc["id"]) != stage:
+                last[inc["id"]] = stage
                 console.print(
                     f"  {inc['namespace']}/{inc['workload']} [{inc['failure_class']}] → {stage}"
                 )
@@ -407,9 +400,9 @@ def web(host: str | None, port: int | None) -> None:
 
     ctx = pipeline.Context()
 
-    def on_call_finished(fingerprint: str, record) -> None:
+    def on_call_finished(incident_id: str, record) -> None:
         pipeline.call_finished(
-            ctx, record, place_next=lambda fp, attempt: tasks.call_next.delay(fp, attempt)
+            ctx, record, place_next=lambda iid, attempt: tasks.call_next.delay(iid, attempt)
         )
 
     def on_signals(signals) -> None:
@@ -429,7 +422,8 @@ def incidents(as_json: bool) -> None:
         click.echo(json.dumps([s.model_dump(mode="json") for s in states], indent=2))
         return
     table = Table(title="incidents")
-    for col in ("opened", "workload", "failure class", "outcome", "fix", "pull request", "calls"):
+    for col in ("opened", "workload", "failure class", "stage", "outcome", "fix", "pull request",
+                "calls"):  # fmt: skip
         table.add_column(col)
     for s in states:
         inc = s.incident
@@ -437,6 +431,7 @@ def incidents(as_json: bool) -> None:
             inc.opened_at.strftime("%Y-%m-%d %H:%M:%S"),
             inc.workload.key,
             inc.failure_class,
+            s.stage,
             s.outcome or "in progress",
             s.proposal.strategy if s.proposal else "-",
             s.pull_request.url if s.pull_request else "-",

@@ -985,6 +985,11 @@ def template_speech(state: IncidentState) -> str:
 
 
 def _what_was_tried(state: IncidentState) -> str:
+    if state.pr_error and state.verification is not None and state.verification.ok:
+        return (
+            "A fix was applied and works, but its pull request could not be opened, so the "
+            "fix is live but not in Git, and the next sync may undo it."
+        )
     if state.error:
         return f"The automatic repair stopped: {_brief(state.error)}."
     if state.proposal is not None and state.verification is not None and not state.verification.ok:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Manifest = dict[str, Any]
 
@@ -68,6 +68,15 @@ class Incident(Record):
     opened_at: datetime
     signals: list[Signal]  # the first few signals that opened it
     generation: int | None = None  # the Deployment's generation when it was opened
+    # This occurrence: "<fingerprint>-<opened, ms since the epoch>" unless given. Every
+    # at-most-once key (rollback snapshot, dialled numbers, PR branch) is keyed by it.
+    id: str = ""
+
+    @model_validator(mode="after")
+    def _occurrence_id(self) -> Incident:
+        if not self.id:
+            self.id = f"{self.fingerprint}-{int(self.opened_at.timestamp() * 1000)}"
+        return self
 
 
 class PodState(Record):
@@ -123,6 +132,7 @@ class Evidence(Record):
     last_healthy_template: Manifest | None  # pod template of the newest revision that ran healthy
     template_diff: list[FieldChange]  # last healthy template -> current template
     healthy: bool  # rollout complete and no pod shows a failure (nothing to fix)
+    generation: int | None = None  # the Deployment's generation the evidence was read at
 
 
 class Diagnosis(Record):
@@ -145,6 +155,14 @@ class Rejection(Record):
     source: str
     strategy: str
     reasons: list[str]
+
+
+class Snapshot(Record):
+    """The Deployment before aifixer's first write: what a rollback restores. Taken once."""
+
+    manifest: Manifest  # without status and server-owned metadata
+    generation: int  # its generation then
+    taken_at: float  # epoch seconds
 
 
 class ApplyResult(Record):
@@ -178,11 +196,12 @@ class CallRecord(Record):
     number: str  # the number called
     speech: str  # what was said
     can_intervene: bool  # the answer; silence and no answer count as False
-    fingerprint: str
+    fingerprint: str  # the failure (workload and class) the call was about
     status: str  # Twilio's final call status: completed, no-answer, busy, failed...
     call_sid: str | None = None
     attempt: int  # 1 for the first number called, 2 for the next...
     answer_text: str | None = None  # what was heard (SpeechResult or Digits)
+    incident_id: str | None = None  # the occurrence (None in lines written before ids)
 
 
 class ModelUsage(Record):
@@ -194,9 +213,13 @@ class ModelUsage(Record):
 
 
 class IncidentState(Record):
-    """What flows through the chain, stage after stage, and what finalize records."""
+    """One incident's record, kept in Redis (`aifixer.store`); stages load and save it."""
 
     incident: Incident
+    version: int = 0  # bumped by every save; a save over a newer record is refused
+    stage: str = "opened"  # the last stage reached (diagnosed, patched, applied...)
+    updated_at: float = 0.0  # epoch seconds of the last save
+    retries: dict[str, int] = Field(default_factory=dict)  # stage -> transient errors so far
     evidence: Evidence | None = None
     diagnosis: Diagnosis | None = None
     proposal: FixProposal | None = None
@@ -212,6 +235,7 @@ class IncidentState(Record):
     remembered: FixProposal | None = None  # a fix that verified on a similar past incident
     outcome: Outcome | None = None
     error: str | None = None  # the stage that failed for good, and why
+    pr_error: str | None = None  # the fix is verified and live, but its pull request failed
     model_used: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)  # stage -> seconds
     model_usage: dict[str, ModelUsage] = Field(default_factory=dict)  # stage -> model cost

@@ -1,17 +1,11 @@
-"""The remediation pipeline: plain functions the Celery tasks call, and the canvas.
+"""The remediation pipeline: plain functions the Celery tasks call.
 
-Each stage takes the incident's `IncidentState` and returns the next one; the tasks
-only (de)serialise, retry and log. Keeping the logic here means every step can be
-tested without a broker, and a stage never calls `.get()` on another.
+Each stage takes the incident's record (`IncidentState`, loaded from the store by the
+task), acts, and returns it; the task saves it with the stage reached. The tasks only
+load, save, retry and log. Keeping the logic here means every step can be tested
+without a broker, and a stage never calls `.get()` on another.
 
-Shared state lives in Redis under `aifixer:*`:
-- `cursor:loki`, `cursor:events` — where the polls resume;
-- `lock:<cluster>/<ns>/<name>` — the one open remediation of a workload (SET NX);
-- `done:<fingerprint>` — the Deployment generation an incident ended on; the same
-  failure on the same generation is not reopened before the cooldown;
-- `incident:<fingerprint>` — the latest IncidentState (JSON), `incidents` — the index;
-- `verify:<fingerprint>` — verification progress between non-blocking checks;
-- `dialed:<fingerprint>:<number>` — a number already called for this incident (never re-dialled).
+Shared state lives in Redis, owned by `aifixer.store` (see its docstring for the keys).
 """
 
 from __future__ import annotations
@@ -28,7 +22,7 @@ from typing import Any
 import redis as redis_lib
 
 from . import detect, fixer, manifests
-from .adapters.errors import AdapterError, PermanentError
+from .adapters.errors import AdapterError, Conflict, PermanentError, TransientError
 from .adapters.kube import pod_state, rollout_status
 from .memory import example_lines
 from .models import (
@@ -45,6 +39,7 @@ from .models import (
     Workload,
 )
 from .settings import Settings, get_settings
+from .store import Store, snapshot_of
 
 log = logging.getLogger("aifixer.pipeline")
 
@@ -80,6 +75,10 @@ class Context:
             socket_timeout=10,
             socket_connect_timeout=5,
         )
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.redis, lock_ttl_s=self.settings.lock_ttl_s)
 
     @cached_property
     def kube(self):
@@ -140,25 +139,21 @@ def tag(state_or_incident: IncidentState | Incident) -> str:
 
 def poll_loki(ctx: Context) -> list[Incident]:
     """Error lines since the Loki cursor -> new incidents."""
-    r = ctx.redis
-    key = ctx.key("cursor", "loki")
     until = time.time_ns()
-    cursor = r.get(key)
+    cursor = ctx.store.get("cursor", "loki")
     since = int(cursor) if cursor else until - int(ctx.settings.loki_lookback_s * 1e9)
     signals, new_cursor = ctx.loki.error_signals(since, until)
     incidents = open_incidents(ctx, signals)
-    r.set(key, str(max(new_cursor, since)))
+    ctx.store.set(str(max(new_cursor, since)), "cursor", "loki")
     return incidents
 
 
 def poll_events(ctx: Context) -> list[Incident]:
     """Warning events since the last resourceVersion, plus failing pods -> new incidents."""
-    r = ctx.redis
-    key = ctx.key("cursor", "events")
-    signals, rv = ctx.kube.warning_signals(r.get(key))
+    signals, rv = ctx.kube.warning_signals(ctx.store.get("cursor", "events"))
     signals += ctx.kube.pod_signals()
     incidents = open_incidents(ctx, signals)
-    r.set(key, rv)
+    ctx.store.set(rv, "cursor", "events")
     return incidents
 
 
@@ -213,8 +208,7 @@ def _open_one(ctx: Context, namespace: str, name: str, sigs: list[Signal]) -> In
     workload = Workload(cluster=s.cluster_name, namespace=namespace, name=name)
     fp = detect.fingerprint(s.cluster_name, namespace, "Deployment", name, failure)
     generation = (dep.get("metadata") or {}).get("generation")
-    r = ctx.redis
-    done = r.get(ctx.key("done", fp))
+    done = ctx.store.get("done", fp)
     if done is not None and str(generation) == done:
         return None  # this failure on this revision already ended; a person knows
     incident = Incident(
@@ -225,45 +219,30 @@ def _open_one(ctx: Context, namespace: str, name: str, sigs: list[Signal]) -> In
         signals=sigs[:MAX_SIGNALS_PER_INCIDENT],
         generation=generation,
     )
-    # One remediation per workload, however many workers and beats poll.
-    lock_ttl = int(s.verify_deadline_s + 3600)
-    if not r.set(ctx.key("lock", s.cluster_name, namespace, name), fp, nx=True, ex=lock_ttl):
-        return None
     state = IncidentState(incident=incident, model_used=s.model_name)
-    save(ctx, state)
-    log.info("%s opened incident %s (%s) from %d signal(s)", tag(incident), fp, failure, len(sigs))
+    # One remediation per workload, however many workers and beats poll.
+    if not ctx.store.create(state, ctx.store.lock_key(state)):
+        return None
+    log.info(
+        "%s opened incident %s (%s) from %d signal(s)",
+        tag(incident),
+        incident.id,
+        failure,
+        len(sigs),
+    )
     return incident
 
 
-def save(ctx: Context, state: IncidentState) -> None:
-    fp = state.incident.fingerprint
-    pipe = ctx.redis.pipeline()
-    pipe.set(ctx.key("incident", fp), state.model_dump_json())
-    pipe.zadd(ctx.key("incidents"), {fp: state.incident.opened_at.timestamp()})
-    pipe.execute()
+def save(ctx: Context, state: IncidentState, stage: str | None = None) -> None:
+    ctx.store.save(state, stage)
 
 
-def load(ctx: Context, fingerprint: str) -> IncidentState | None:
-    """The incident's latest state, with every call recorded on it so far.
-
-    Calls live in their own Redis list, appended by whoever saw a call end, so a
-    stage saving the state at the same moment can never drop one.
-    """
-    raw = ctx.redis.get(ctx.key("incident", fingerprint))
-    if not raw:
-        return None
-    state = IncidentState.model_validate_json(raw)
-    calls = {}
-    for item in ctx.redis.lrange(ctx.key("calls", fingerprint), 0, -1):
-        call = CallRecord.model_validate_json(item)
-        calls[call.call_sid or f"attempt-{call.attempt}"] = call
-    state.calls = sorted(calls.values(), key=lambda c: c.attempt)
-    return state
+def load(ctx: Context, incident_id: str) -> IncidentState | None:
+    return ctx.store.load(incident_id)
 
 
 def all_incidents(ctx: Context) -> list[IncidentState]:
-    fps = ctx.redis.zrange(ctx.key("incidents"), 0, -1)
-    return [s for fp in fps if (s := load(ctx, fp)) is not None]
+    return [s for i in ctx.store.all_ids() if (s := load(ctx, i)) is not None]
 
 
 # -- stages ----------------------------------------------------------------------------
@@ -340,6 +319,7 @@ def gather_evidence(ctx: Context, incident: Incident, dep: dict[str, Any]) -> Ev
         last_healthy_template=last_healthy,
         template_diff=template_diff,
         healthy=healthy,
+        generation=(dep.get("metadata") or {}).get("generation"),
     )
 
 
@@ -464,24 +444,91 @@ def remember(ctx: Context, state: IncidentState) -> None:
 
 
 def apply(ctx: Context, state: IncidentState) -> IncidentState:
+    """Apply the fix, over exactly what the evidence was read from, never over a person's change.
+
+    The rollback snapshot is taken once, before the first write, and kept in the store:
+    a redelivered apply reuses it instead of snapshotting its own fix. The live
+    Deployment may differ from the snapshot only by values this fix writes (a
+    redelivery after a partial write); anything else is someone else's change, and
+    aifixer touches nothing (`Conflict`). The write itself carries the resourceVersion
+    just read, so a change landing in between is refused by the API server too.
+    """
     if state.outcome or state.proposal is None or state.apply is not None:
         return state
     started = time.monotonic()
-    inc = state.incident
-    live = ctx.kube.get_deployment(inc.workload.namespace, inc.workload.name)
-    if live is None:
-        raise PermanentError("kubernetes", f"deployment {inc.workload.key} no longer exists")
-    original = manifests.clean(live)
-    applied = ctx.kube.apply(state.proposal.manifest)
+    inc, proposal = state.incident, state.proposal
+    read_at = state.evidence.generation if state.evidence else inc.generation
+    for _ in range(APPLY_ATTEMPTS):
+        live = _live(ctx, state)
+        snap = ctx.store.snapshot_once(inc.id, snapshot_of(live))
+        if read_at is not None and snap.generation != read_at:
+            raise Conflict(
+                "kubernetes",
+                f"{inc.workload.key} was changed by someone else after the diagnosis "
+                f"(generation {read_at}, now {snap.generation}); aifixer changed nothing",
+            )
+        foreign = _foreign_changes(snap.manifest, manifests.clean(live), proposal)
+        if foreign:
+            raise Conflict(
+                "kubernetes",
+                f"{inc.workload.key} was changed by someone else while the fix was being "
+                f"applied ({', '.join(foreign[:3])}); aifixer changed nothing more",
+            )
+        rv = (live.get("metadata") or {}).get("resourceVersion")
+        try:
+            applied = ctx.kube.apply(proposal.manifest, resource_version=rv)
+        except Conflict:
+            continue  # the object moved (often only its status): read it again and re-check
+        break
+    else:
+        raise TransientError("kubernetes", f"{inc.workload.key} kept changing during the apply")
     state.apply = ApplyResult(
-        original=original,
-        applied=state.proposal.manifest,
-        changes=state.proposal.changes,
+        original=snap.manifest,
+        applied=proposal.manifest,
+        changes=proposal.changes,
         generation=(applied.get("metadata") or {}).get("generation", 0),
         applied_at=now(),
     )
     log.info("%s applied (generation %s)", tag(state), state.apply.generation)
     return _timed(state, "apply", started)
+
+
+APPLY_ATTEMPTS = 5
+
+
+def _live(ctx: Context, state: IncidentState) -> dict[str, Any]:
+    w = state.incident.workload
+    live = ctx.kube.get_deployment(w.namespace, w.name)
+    if live is None:
+        raise PermanentError("kubernetes", f"deployment {w.key} no longer exists")
+    return live
+
+
+def _foreign_changes(snapshot: dict[str, Any], live: dict[str, Any], proposal: FixProposal):
+    """Paths where `live` differs from `snapshot` by something other than this fix's values."""
+    ours = [c.path for c in proposal.changes]
+    foreign = []
+    for change in manifests.diff(snapshot.get("spec"), live.get("spec"), "spec"):
+        wanted = manifests.get_path(proposal.manifest, change.path)
+        if _covers(change.after, wanted):
+            continue
+        if (
+            wanted is None
+            and change.before is None
+            and any(change.path.startswith(p) for p in ours)
+        ):
+            continue  # a default the server filled in inside a part this fix wrote
+        foreign.append(change.path)
+    return foreign
+
+
+def _covers(live: Any, wanted: Any) -> bool:
+    """`live` holds everything `wanted` says (the server may have added defaults)."""
+    if isinstance(wanted, dict) and isinstance(live, dict):
+        return all(_covers(live.get(k), v) for k, v in wanted.items())
+    if isinstance(wanted, list) and isinstance(live, list):
+        return len(wanted) == len(live) and all(map(_covers, live, wanted))
+    return live == wanted
 
 
 def verify(ctx: Context, state: IncidentState) -> IncidentState:
@@ -490,17 +537,14 @@ def verify(ctx: Context, state: IncidentState) -> IncidentState:
     Healthy means: `kubectl rollout status` would succeed, every pod is Ready with no
     failure reason, no restart since the first healthy check, and no new error line
     from the workload's pods in Loki since the apply. It must hold for the stability
-    window; at the deadline the original manifest is restored.
+    window; at the deadline the original manifest is restored (`rollback`).
     """
     if state.apply is None or state.verification is not None:
         return state
-    s, inc, r = ctx.settings, state.incident, ctx.redis
-    key = ctx.key("verify", inc.fingerprint)
+    s, inc, store = ctx.settings, state.incident, ctx.store
     t = now()
-    ns, name = inc.workload.namespace, inc.workload.name
-    dep = ctx.kube.get_deployment(ns, name)
-    if dep is None:
-        raise PermanentError("kubernetes", f"deployment {inc.workload.key} no longer exists")
+    ns = inc.workload.namespace
+    dep = _live(ctx, state)
     rollout = rollout_status(dep)
     pods = ctx.kube.pod_states(dep)
     restarts = sum(p.restart_count for p in pods)
@@ -513,7 +557,7 @@ def verify(ctx: Context, state: IncidentState) -> IncidentState:
         and all(p.ready and not p.reasons for p in pods)
         and errors == 0
     )
-    progress = r.hgetall(key)
+    progress = store.hgetall("verify", inc.id)
     details = {
         "rollout": rollout.message,
         "pods": len(pods),
@@ -522,9 +566,8 @@ def verify(ctx: Context, state: IncidentState) -> IncidentState:
     }
     if healthy:
         if not progress or int(progress.get("restarts", -1)) != restarts:
-            r.hset(key, mapping={"since": t.timestamp(), "restarts": restarts})
-            r.expire(key, int(s.verify_deadline_s * 2 + 600))
             progress = {"since": t.timestamp(), "restarts": restarts}
+            store.hset(progress, "verify", inc.id, ttl_s=s.verify_deadline_s * 2 + 600)
         healthy_since = datetime.fromtimestamp(float(progress["since"]), UTC)
         if (t - healthy_since).total_seconds() >= s.verify_stability_s:
             state.verification = Verification(
@@ -537,11 +580,11 @@ def verify(ctx: Context, state: IncidentState) -> IncidentState:
                     f"{len(pods)} pod(s) Ready, no restarts, no new error lines"
                 ),
             )
-            r.delete(key)
+            store.delete("verify", inc.id)
             log.info("%s verified: %s", tag(state), state.verification.reason)
             return state
     elif progress:
-        r.delete(key)
+        store.delete("verify", inc.id)
     elapsed = (t - state.apply.applied_at).total_seconds()
     if rollout.failed or elapsed >= s.verify_deadline_s:
         why = (
@@ -551,19 +594,58 @@ def verify(ctx: Context, state: IncidentState) -> IncidentState:
                 f"not healthy within {s.verify_deadline_s:.0f}s: {_unhealthy_reason(pods, errors, rollout.message)}"
             )
         )
-        ctx.kube.restore(state.apply.original)
-        state.verification = Verification(
-            ok=False, checked_at=t, reason=why, rolled_back=True, details=details
-        )
-        r.delete(key)
-        log.warning("%s fix did not work, original restored: %s", tag(state), why)
-        return state
+        return rollback(ctx, state, why, details)
+    ctx.store.touch(state)  # progress, for the watchdog, without rewriting the record
     raise NotYet(
         s.verify_poll_s,
         "healthy, within the stability window"
         if healthy
         else _unhealthy_reason(pods, errors, rollout.message),
     )
+
+
+def rollback(
+    ctx: Context, state: IncidentState, why: str, details: dict[str, Any] | None = None
+) -> IncidentState:
+    """Restore the snapshot taken before the fix, unless someone changed the Deployment since.
+
+    Restores only if the live Deployment is still what aifixer applied (its generation);
+    if a person changed it meanwhile, it is left as it is and the call says so. Safe to
+    redeliver: a restore that already landed is recognised and reported as done.
+
+    Raises:
+        TransientError: the API server could not be reached; retry.
+    """
+    if state.apply is None or state.verification is not None:
+        return state
+    inc = state.incident
+    snap = ctx.store.snapshot(inc.id)
+    original = snap.manifest if snap is not None else state.apply.original
+    rolled_back, reason = True, why
+    try:
+        ctx.kube.restore(original, expected_generation=state.apply.generation)
+    except Conflict as exc:
+        live = ctx.kube.get_deployment(inc.workload.namespace, inc.workload.name)
+        if live is not None and not manifests.diff(
+            original.get("spec"), manifests.clean(live).get("spec"), "spec"
+        ):
+            pass  # a restore that landed before a crash: done already
+        else:
+            rolled_back = False
+            reason = f"{why}; not rolled back: {exc.message}"
+    except PermanentError as exc:
+        if exc.status != 404:
+            raise
+        rolled_back, reason = False, f"{why}; not rolled back: the Deployment is gone"
+    state.verification = Verification(
+        ok=False, checked_at=now(), reason=reason, rolled_back=rolled_back, details=details or {}
+    )
+    ctx.store.delete("verify", inc.id)
+    if rolled_back:
+        log.warning("%s fix did not work, original restored: %s", tag(state), why)
+    else:
+        log.error("%s fix did not work and was NOT rolled back: %s", tag(state), reason)
+    return state
 
 
 def _unhealthy_reason(pods, errors: int, rollout_message: str) -> str:
@@ -588,61 +670,109 @@ def open_pr(ctx: Context, state: IncidentState) -> IncidentState:
 
 
 def needs_call(state: IncidentState) -> bool:
-    return state.outcome != "recovered" and not (state.verification and state.verification.ok)
+    """A person must hear of it: not fixed, or fixed but not in Git."""
+    if state.outcome == "recovered":
+        return False
+    verified = state.verification is not None and state.verification.ok
+    return not verified or state.pr_error is not None
 
 
-def call_oncall(ctx: Context, state: IncidentState, attempt: int = 1) -> IncidentState:
-    """Phone the next on-call number that has not been called for this incident."""
-    if not needs_call(state):
+def call_oncall(ctx: Context, state: IncidentState) -> IncidentState:
+    """Start the phone escalation with the first on-call number, once per incident.
+
+    A redelivery, or a second caller (the pull request path that failed), finds a number
+    already dialled for this incident and leaves the escalation to the callbacks.
+    """
+    if not needs_call(state) or ctx.store.dialed(state.incident.id, ctx.settings.oncall_numbers):
         return state
     started = time.monotonic()
     if state.speech is None:
         with _metered(ctx, state, "call_oncall"):
             state.speech = fixer.speech(ctx.model, state, ctx.settings)
-    placed = place_next_call(ctx, state, attempt)
+    placed = place_next_call(ctx, state, 1)
     if placed is None:
         log.error(
             "%s nobody left to call (numbers: %d)", tag(state), len(ctx.settings.oncall_numbers)
         )
+        ctx.store.mark_escalation_done(state.incident.id)
     return _timed(state, "call_oncall", started)
 
 
+PHONE_TRIES = 3  # per number, for Twilio's transient errors
+PHONE_BACKOFF_S = 1.0
+
+
 def place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | None:
-    """Dial the first on-call number from `attempt` on that this incident has not dialled."""
+    """Dial the first on-call number from `attempt` on that this incident has not dialled.
+
+    A number is dialled at most once per incident (a claim in the store, taken before
+    dialling). Twilio's transient errors are retried on the same number a few times;
+    when Twilio may have placed the call without answering (a timeout), its call list
+    is asked first. A number that cannot be called is recorded as a failed call, and
+    the next one is tried.
+    """
     from .callfile import CallContext, store_call_context
 
-    fp = state.incident.fingerprint
+    inc = state.incident
     for index, number in enumerate(ctx.settings.oncall_numbers, start=1):
-        if index < attempt:
-            continue
-        # Never re-dial a number for the same incident, whatever retries happen.
-        if not ctx.redis.set(ctx.key("dialed", fp, number), "1", nx=True, ex=7 * 86400):
+        if index < attempt or not ctx.store.claim_dial(inc.id, number):
             continue
         call = CallContext(
-            fingerprint=fp, attempt=index, number=number, speech=state.speech or "", time=now()
+            incident_id=inc.id,
+            fingerprint=inc.fingerprint,
+            attempt=index,
+            number=number,
+            speech=state.speech or "",
+            time=now(),
         )
         store_call_context(ctx.redis, call)  # before dialling: the callbacks may come first
-        try:
-            sid = ctx.phone.place_call(number, call.speech, fingerprint=fp, attempt=index)
-        except PermanentError as exc:
-            log.error("%s call to %s failed: %s", tag(state), _mask(number), exc)
-            call_finished(
-                ctx,
-                CallRecord(
-                    time=call.time,
-                    number=number,
-                    speech=call.speech,
-                    can_intervene=False,
-                    fingerprint=fp,
-                    status="failed",
-                    attempt=index,
-                ),
-            )
-            continue
-        store_call_context(ctx.redis, call.model_copy(update={"call_sid": sid}))
-        log.info("%s calling on-call #%d %s (%s)", tag(state), index, _mask(number), sid)
-        return sid
+        sid, failure = _dial(ctx, state, call)
+        if sid is not None:
+            store_call_context(ctx.redis, call.model_copy(update={"call_sid": sid}))
+            log.info("%s calling on-call #%d %s (%s)", tag(state), index, _mask(number), sid)
+            return sid
+        log.error("%s call to %s failed: %s", tag(state), _mask(number), failure)
+        call_finished(
+            ctx,
+            CallRecord(
+                time=call.time,
+                number=number,
+                speech=call.speech,
+                can_intervene=False,
+                fingerprint=inc.fingerprint,
+                incident_id=inc.id,
+                status="failed",
+                attempt=index,
+            ),
+        )
     return None
+
+
+def _dial(ctx: Context, state: IncidentState, call) -> tuple[str | None, str]:
+    """(CallSid, "") once Twilio took the call, or (None, why) when it would not."""
+    failure = ""
+    for n in range(PHONE_TRIES):
+        try:
+            sid = ctx.phone.place_call(
+                call.number, call.speech, incident_id=call.incident_id, attempt=call.attempt
+            )
+            return sid, ""
+        except PermanentError as exc:
+            return None, str(exc)
+        except TransientError as exc:
+            failure = str(exc)
+            if exc.status is None:  # no answer: Twilio may have placed it all the same
+                try:
+                    sid = ctx.phone.find_call(call.number, since=call.time)
+                except AdapterError:
+                    return None, f"{exc} (and whether the call was placed is unknown)"
+                if sid is not None:
+                    return sid, ""
+            if n + 1 < PHONE_TRIES:
+                delay = min(PHONE_BACKOFF_S * 2**n, 5.0)
+                log.warning("%s %s; trying the same number again in %.0fs", tag(state), exc, delay)
+                time.sleep(delay)
+    return None, f"{failure} (after {PHONE_TRIES} tries)"
 
 
 def call_finished(
@@ -653,40 +783,30 @@ def call_finished(
     Without `place_next` (a dial that failed inside `place_next_call`) the caller's
     loop goes on to the next number itself.
     """
-    ctx.redis.rpush(ctx.key("calls", record.fingerprint), record.model_dump_json())
-    state = load(ctx, record.fingerprint)
+    incident_id = record.incident_id or record.fingerprint
+    ctx.store.add_call(incident_id, record)
+    state = load(ctx, incident_id)
     if state is None:
-        log.error("call %s for unknown incident %s", record.call_sid, record.fingerprint)
+        log.error("call %s for unknown incident %s", record.call_sid, incident_id)
         return
     if not record.can_intervene and record.attempt < len(ctx.settings.oncall_numbers):
         if place_next is not None:
-            place_next(record.fingerprint, record.attempt + 1)
+            place_next(incident_id, record.attempt + 1)
     else:
-        mark_escalation_done(ctx, state)
+        ctx.store.mark_escalation_done(incident_id)
     append_incident_line(ctx, state)
-
-
-def mark_escalation_done(ctx: Context, state: IncidentState) -> None:
-    ctx.redis.set(ctx.key("escalated", state.incident.fingerprint), "1", ex=7 * 86400)
 
 
 def _mask(number: str) -> str:
     return number[:-4] + "****" if len(number) > 6 else "****"
 
 
-def finalize(ctx: Context, results: list[IncidentState]) -> IncidentState:
-    """Merge the chord's branches, decide the outcome, close the incident."""
-    state = results[0]
-    for other in results[1:]:
-        if other.pull_request is not None:
-            state.pull_request = other.pull_request
-        if other.speech is not None:
-            state.speech = other.speech
-        state.timings.update(other.timings)
-        state.model_usage.update(other.model_usage)
-        state.error = state.error or other.error
+def finalize(ctx: Context, state: IncidentState) -> IncidentState:
+    """Decide the outcome and close the incident; a second finalize changes nothing."""
+    if state.closed_at is not None:
+        return state
     if state.outcome is None:
-        if state.verification and state.verification.ok:
+        if state.verification and state.verification.ok and state.pr_error is None:
             state.outcome = "fixed"
         elif state.error is not None:
             state.outcome = "error"
@@ -694,13 +814,32 @@ def finalize(ctx: Context, results: list[IncidentState]) -> IncidentState:
             state.outcome = "rejected"
         else:
             state.outcome = "called"
-    state.closed_at = state.closed_at or now()
-    save(ctx, state)
-    close(ctx, state)
-    state = load(ctx, state.incident.fingerprint) or state
-    append_incident_line(ctx, state)
+    state.closed_at = now()
+    try:
+        append_incident_line(ctx, state)
+    except OSError as exc:  # the record in Redis stays the reference; never block the close
+        log.error("%s incidents file not written: %s", tag(state), exc)
+    save(ctx, state, "closed")
+    ctx.store.release(state, _done_generation(ctx, state), ctx.settings.incident_cooldown_s)
     log.info("%s outcome: %s", tag(state), state.outcome)
     return state
+
+
+def _done_generation(ctx: Context, state: IncidentState) -> int | None:
+    """The revision this failure ended on, so the same failure on it is not reopened."""
+    w = state.incident.workload
+    try:
+        dep = ctx.kube.get_deployment(w.namespace, w.name)
+    except AdapterError as exc:
+        log.warning("%s cannot read the final revision (%s): using the last known", tag(state), exc)
+        dep = None
+    if dep is not None:
+        return (dep.get("metadata") or {}).get("generation")
+    if state.apply is not None:
+        return state.apply.generation + (
+            1 if state.verification and state.verification.rolled_back else 0
+        )
+    return state.incident.generation
 
 
 def append_incident_line(ctx: Context, state: IncidentState) -> None:
@@ -717,6 +856,7 @@ def append_incident_line(ctx: Context, state: IncidentState) -> None:
             "calls",
             "rejections",
             "error",
+            "pr_error",
             "model_used",
             "timings",
             "model_usage",
@@ -726,13 +866,45 @@ def append_incident_line(ctx: Context, state: IncidentState) -> None:
     append_line(ctx.settings.incidents_file, line.encode() + b"\n")
 
 
-def close(ctx: Context, state: IncidentState) -> None:
-    """Release the workload and remember which revision this failure ended on."""
-    s, inc = ctx.settings, state.incident
-    dep = ctx.kube.get_deployment(inc.workload.namespace, inc.workload.name)
-    generation = (dep or {}).get("metadata", {}).get("generation")
-    pipe = ctx.redis.pipeline()
-    if generation is not None:
-        pipe.set(ctx.key("done", inc.fingerprint), str(generation), ex=int(s.incident_cooldown_s))
-    pipe.delete(ctx.key("lock", s.cluster_name, inc.workload.namespace, inc.workload.name))
-    pipe.execute()
+# -- the watchdog ------------------------------------------------------------------------
+
+
+def watchdog(ctx: Context) -> list[str]:
+    """Take over the incidents that stopped progressing; return the ids to conclude.
+
+    A lost message, a worker killed twice on the same task, a whole machine gone: the
+    incident's record stops moving. After `watchdog_stall_s` without progress it is
+    taken over: the fix is rolled back if it was applied and not verified, the reason
+    is recorded, and the caller concludes it (call, then finalize). Locks whose incident
+    is gone or closed are released.
+    """
+    s = ctx.settings
+    out = []
+    for iid in ctx.store.stalled(s.watchdog_stall_s):
+        state = load(ctx, iid)
+        if state is None or state.closed_at is not None:
+            ctx.store.forget_open(iid)
+            continue
+        idle = time.time() - state.updated_at
+        if state.error is None and not (state.verification is not None):
+            state.error = (
+                f"stalled at stage {state.stage} for {idle:.0f}s; taken over by the watchdog"
+            )
+        if state.apply is not None and state.verification is None:
+            rollback(ctx, state, f"not verified: {state.error}")
+        state.retries["watchdog"] = state.retries.get("watchdog", 0) + 1
+        save(ctx, state, "taken over")
+        log.warning("%s watchdog: %s", tag(state), state.error or "concluding")
+        out.append(iid)
+    for key, iid in ctx.store.locks().items():
+        state = load(ctx, iid)
+        opened_ms = iid.rsplit("-", 1)[-1]
+        age = time.time() - int(opened_ms) / 1000 if opened_ms.isdigit() else 1e9
+        if (state is None and age > LOCK_ORPHAN_S) or (state is not None and state.closed_at):
+            ctx.store.drop_lock(key, iid)
+            log.warning("watchdog: released %s (incident %s %s)", key, iid,
+                        "closed" if state else "unknown")  # fmt: skip
+    return out
+
+
+LOCK_ORPHAN_S = 60.0

@@ -274,7 +274,7 @@ def _incident(state: IncidentState) -> str:
     out = [
         "## Incident",
         "",
-        f"- Fingerprint: `{i.fingerprint}`",
+        f"- Incident: `{i.id}` (fingerprint `{i.fingerprint}`)",
         f"- Opened: {_iso(i.opened_at)}",
         f"- Workload: `{i.workload.key}` ({i.workload.kind})",
     ]

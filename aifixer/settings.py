@@ -44,6 +44,14 @@ class Settings(BaseSettings):
         6 * 3600
     )  # an incident that ended is not reopened for the same revision within this
 
+    # -- reliability: retries and the watchdog
+    retry_after_max_s: float = 60.0  # a service's Retry-After is honoured up to this
+    # An open incident whose record has not moved for this long is taken over by the
+    # watchdog: rolled back if applied and unverified, then a person is called. Longer
+    # than any stage may legitimately take (the model's task time limit plus retries).
+    watchdog_stall_s: float = 900.0
+    watchdog_interval_s: float = 30.0
+
     # -- the model
     model_base_url: str = "http://127.0.0.1:8080/v1"
     model_name: str = "qwen2.5-coder-1.5b"
@@ -125,6 +133,11 @@ class Settings(BaseSettings):
                     out[key.strip()] = path.strip()
             return out
         return v
+
+    @property
+    def lock_ttl_s(self) -> float:
+        """A workload lock's life without progress (every save renews it)."""
+        return self.watchdog_stall_s * 2 + self.verify_deadline_s
 
     @property
     def clone_url(self) -> str:

@@ -1,11 +1,24 @@
-"""Celery tasks: thin wrappers around `aifixer.pipeline`.
+"""Celery tasks: thin wrappers around `aifixer.pipeline`, passing incident ids.
 
-A task deserialises the IncidentState it is given, runs one pipeline step, and
-returns the next state as JSON. Retries are decided here, once, from the adapters'
-two error types: a TransientError is retried with exponential backoff and jitter up
-to a bound; a PermanentError (or a TransientError that outlived its retries) does
-not stop the chain — it is recorded on the state, the later stages pass it through,
-and the incident still reaches the phone and `finalize`, so nothing is lost.
+A task loads the incident's record from the store, runs one pipeline step, saves the
+record with the stage it reached and hands the id on. Messages never carry manifests
+or logs: whatever a message says, the record in Redis is what a stage acts on.
+
+Retries are decided here, once, the same way for every stage:
+- a TransientError is retried with exponential backoff and jitter (a service's
+  Retry-After is honoured up to `retry_after_max_s`, never beyond), `MAX_RETRIES`
+  times per stage, counted in the record so a redelivery does not reset the count;
+- a PermanentError, a TransientError that outlived its retries, or a bug is recorded
+  on the record; the chain goes on, and the incident still reaches the phone and
+  `finalize`. Nothing stops the chain but a lost worker, and the watchdog finishes
+  what a lost worker left;
+- verify's "not yet" re-checks are scheduled without spending that budget, and any
+  verify failure restores the original manifest before the call.
+
+The chord `open_pr | call_oncall` always concludes: its tasks record their failures
+instead of raising, they are safe to redeliver (a number is never dialled twice for
+an incident, the pull request branch is the incident's), and should the chord fail
+all the same, its error callback `conclude` finishes the incident.
 
 Every log line carries the task id (see app.py) and the `[namespace/name]` of the
 incident.
@@ -14,10 +27,14 @@ incident.
 from __future__ import annotations
 
 import logging
+import math
 import random
+from collections.abc import Callable
 from functools import lru_cache
 
+import redis as redis_lib
 from celery import chain, chord
+from celery.exceptions import Retry
 
 from . import pipeline
 from .adapters.errors import PermanentError, TransientError
@@ -26,7 +43,11 @@ from .models import IncidentState
 
 log = logging.getLogger("aifixer.tasks")
 
-MAX_RETRIES = 5
+MAX_RETRIES = 6  # per stage: with the backoff below, at least ~45 s of outage is ridden out
+BACKOFF_CAP_S = 60.0
+MAX_CONCLUDES = 3  # chord re-runs before the incident is concluded inline
+
+Step = Callable[[pipeline.Context, IncidentState], IncidentState]
 
 
 @lru_cache(maxsize=1)
@@ -35,146 +56,357 @@ def context() -> pipeline.Context:
     return pipeline.Context()
 
 
-def _backoff(retries: int, retry_after: float | None) -> float:
+def countdown(retry: int, retry_after: float | None, cap: float) -> float:
+    """Seconds before retry number `retry` (1, 2, ...): backoff, or the service's wish.
+
+    A Retry-After is honoured up to `cap` (an infinite or absurd one included), so no
+    countdown outlives the broker's visibility timeout or the workload's lock.
+    """
     if retry_after is not None:
-        return retry_after
-    return min(60.0, 2.0**retries) * (0.5 + random.random() / 2)  # noqa: S311 - jitter
+        return cap if not math.isfinite(retry_after) else max(0.5, min(retry_after, cap))
+    base = min(BACKOFF_CAP_S, cap, 2.0 ** (retry - 1))
+    return base * (0.75 + random.random() / 4)  # noqa: S311 - jitter
 
 
-def _stage(task, name: str, step, payload: dict) -> dict:
-    state = IncidentState.model_validate(payload)
-    if state.error is not None:
-        return payload  # an earlier stage failed for good: pass it on to the call and finalize
+def _decided(task) -> int:
+    """Celery's bound for a retry the record's budget already allowed (or a verify re-check).
+
+    The budget lives in the record, not in the message: Celery's own count restarts at
+    zero on a redelivery and grows with verify's re-checks, so it does not decide.
+    """
+    return task.request.retries + 1
+
+
+def _transient(exc: BaseException) -> BaseException:
+    if isinstance(exc, redis_lib.RedisError):
+        return TransientError("redis", str(exc))
+    return exc
+
+
+def _load(task, incident_id: str) -> IncidentState | None:
+    """The record, or None; Redis being down is retried on the message's own count."""
     try:
-        state = step(context(), state)
-    except TransientError as exc:
-        if task.request.retries < MAX_RETRIES:
-            log.warning(
-                "%s %s: %s (retry %d)", pipeline.tag(state), name, exc, task.request.retries + 1
-            )
-            raise task.retry(
-                exc=exc, countdown=_backoff(task.request.retries, exc.retry_after)
-            ) from None
-        state.error = f"{name}: {exc} (gave up after {MAX_RETRIES} retries)"
-    except PermanentError as exc:
-        state.error = f"{name}: {exc}"
-    except pipeline.NotYet:
+        return pipeline.load(context(), incident_id)
+    except (TransientError, redis_lib.RedisError) as exc:
+        _retry_unrecorded(task, _transient(exc))
+        raise  # unreachable: _retry_unrecorded raises
+
+
+def _retry_unrecorded(task, exc: BaseException) -> None:
+    """Redis itself failed: nothing can be recorded, so the message counts the retries.
+
+    Past the budget the exception ends the task; the record, untouched, stops moving,
+    and the watchdog concludes the incident once Redis answers again.
+    """
+    n = task.request.retries + 1
+    if n > MAX_RETRIES:
+        raise exc
+    after = getattr(exc, "retry_after", None)
+    log.warning("%s: %s (retry %d, unrecorded)", task.name, exc, n)
+    raise task.retry(
+        exc=exc,
+        countdown=countdown(n, after, context().settings.retry_after_max_s),
+        max_retries=MAX_RETRIES,
+    ) from None
+
+
+def _save(task, state: IncidentState, stage: str) -> None:
+    try:
+        pipeline.save(context(), state, stage)
+    except (TransientError, redis_lib.RedisError) as exc:
+        # Someone saved meanwhile (StaleRecord) or Redis is down: redo the step on a
+        # fresh record; every step is safe to redo.
+        _retry_unrecorded(task, _transient(exc))
+
+
+def _attempt(task, name: str, step: Step, state: IncidentState) -> IncidentState:
+    """`step(state)`, with its failure retried under the stage's budget or recorded.
+
+    Returns the new record, or on a failure for good a freshly loaded one with the
+    error recorded (what the failed step half-did is not kept).
+
+    Raises:
+        Retry: the task was re-scheduled.
+        NotYet: verification re-checks later (the caller schedules it).
+    """
+    ctx = context()
+    try:
+        return step(ctx, state)
+    except (pipeline.NotYet, Retry):
         raise
-    except Exception as exc:  # noqa: BLE001 - a bug must not lose the incident: record it, go on
-        log.exception("%s %s crashed", pipeline.tag(state), name)
-        state.error = f"{name}: internal error: {type(exc).__name__}: {exc}"
-    if state.error is not None:
-        log.error("%s %s failed: %s", pipeline.tag(state), name, state.error)
-        pipeline.save(context(), state)
-    return state.model_dump(mode="json")
+    except Exception as raw:  # noqa: BLE001 - a bug must not lose the incident: record it
+        exc = _transient(raw)
+        fresh = _load(task, state.incident.id) or state
+        if isinstance(exc, TransientError):
+            n = fresh.retries.get(name, 0) + 1
+            if n <= MAX_RETRIES:
+                fresh.retries[name] = n
+                _save(task, fresh, fresh.stage)  # the count survives a redelivery
+                log.warning("%s %s: %s (retry %d)", pipeline.tag(fresh), name, exc, n)
+                raise task.retry(
+                    countdown=countdown(n, exc.retry_after, ctx.settings.retry_after_max_s),
+                    max_retries=_decided(task),
+                ) from None
+            error = f"{name}: {exc} (gave up after {MAX_RETRIES} retries)"
+        elif isinstance(exc, PermanentError):
+            error = f"{name}: {exc}"
+        else:
+            log.exception("%s %s crashed", pipeline.tag(fresh), name)
+            error = f"{name}: internal error: {type(exc).__name__}: {exc}"
+        log.error("%s %s failed: %s", pipeline.tag(fresh), name, error)
+        fresh.error = fresh.error or error
+        return fresh
 
 
-@app.task(bind=True, name="aifixer.tasks.diagnose", acks_late=True)
-def diagnose(self, payload: dict) -> dict:
-    return _stage(self, "diagnose", pipeline.diagnose, payload)
+def _stage(task, name: str, step: Step, incident_id: str, reached: str) -> str:
+    state = _load(task, incident_id)
+    if state is None:
+        log.error("incident %s has no record: %s skipped", incident_id, name)
+        return incident_id
+    if state.closed_at is not None or state.error is not None:
+        return incident_id  # closed, or failed for good: the call and finalize handle it
+    state = _attempt(task, name, step, state)
+    _save(task, state, reached if state.error is None else f"{name} failed")
+    return incident_id
 
 
-@app.task(bind=True, name="aifixer.tasks.recall", acks_late=True)
-def recall(self, payload: dict) -> dict:
-    return _stage(self, "recall", pipeline.recall_stage, payload)
+@app.task(bind=True, name="aifixer.tasks.diagnose", acks_late=True, max_retries=MAX_RETRIES)
+def diagnose(self, incident_id: str) -> str:
+    return _stage(self, "diagnose", pipeline.diagnose, incident_id, "diagnosed")
 
 
-@app.task(bind=True, name="aifixer.tasks.remember", acks_late=True, ignore_result=True)
-def remember(self, fingerprint: str) -> None:
+@app.task(bind=True, name="aifixer.tasks.recall", acks_late=True, max_retries=MAX_RETRIES)
+def recall(self, incident_id: str) -> str:
+    return _stage(self, "recall", pipeline.recall_stage, incident_id, "recalled")
+
+
+@app.task(bind=True, name="aifixer.tasks.patch", acks_late=True, max_retries=MAX_RETRIES)
+def patch(self, incident_id: str) -> str:
+    return _stage(self, "patch", pipeline.patch, incident_id, "patched")
+
+
+@app.task(bind=True, name="aifixer.tasks.apply", acks_late=True, max_retries=MAX_RETRIES)
+def apply(self, incident_id: str) -> str:
+    # Safe to redeliver: the snapshot is taken once, and the live object must still be
+    # the snapshot (or the snapshot plus this fix) for anything to be written.
+    return _stage(self, "apply", pipeline.apply, incident_id, "applied")
+
+
+@app.task(bind=True, name="aifixer.tasks.verify", acks_late=True, max_retries=MAX_RETRIES)
+def verify(self, incident_id: str) -> str:
+    """Re-schedules itself (short countdowns, below the broker's visibility timeout).
+
+    Any failure of verification — its deadline, an error that outlived its retries, a
+    bug, a stage before it that failed after the apply — restores the original first.
+    """
+    state = _load(self, incident_id)
+    if state is None or state.closed_at is not None:
+        return incident_id
+    if state.apply is None or state.verification is not None:
+        return incident_id  # nothing applied, or decided: on to the pull request or call
+    if state.error is None:
+        try:
+            state = _attempt(self, "verify", pipeline.verify, state)
+        except pipeline.NotYet as wait:
+            raise self.retry(countdown=wait.countdown, max_retries=_decided(self)) from None
+    if state.error is not None and state.verification is None:
+        state = _rollback(self, state)
+    ok = state.verification is not None and state.verification.ok
+    _save(self, state, "verified" if ok else "not verified")
+    return incident_id
+
+
+def _rollback(task, state: IncidentState) -> IncidentState:
+    why = f"not verified: {state.error}"
+    rolled = _attempt(task, "rollback", lambda ctx, s: pipeline.rollback(ctx, s, why), state)
+    if rolled.verification is None:  # the restore itself failed for good: say so
+        from .models import Verification
+
+        rolled.verification = Verification(
+            ok=False,
+            checked_at=pipeline.now(),
+            reason=f"{why}; the restore failed too, the unverified fix may still be live",
+            rolled_back=False,
+        )
+    return rolled
+
+
+@app.task(bind=True, name="aifixer.tasks.open_pr", acks_late=True, max_retries=MAX_RETRIES)
+def open_pr(self, incident_id: str) -> str:
+    """The pull request of a verified fix; if it fails for good, a person is called.
+
+    A verified fix that is not in Git is undone by the next GitOps sync: the incident
+    is not `fixed`, and the on-call engineer hears that the fix is live but not in Git.
+    """
+    state = _load(self, incident_id)
+    if state is None or state.closed_at is not None:
+        return incident_id
+    if not (state.verification and state.verification.ok) or state.pull_request or state.pr_error:
+        return incident_id
+    done = _attempt(self, "open_pr", pipeline.open_pr, state)
+    if done.pull_request is None:
+        done.pr_error, done.error = done.error or "no pull request", None
+        _update(self, incident_id, pr_error=done.pr_error)
+        return _call(self, incident_id)
+    _update(self, incident_id, pull_request=done.pull_request, timings=done.timings)
+    return incident_id
+
+
+@app.task(bind=True, name="aifixer.tasks.call_oncall", acks_late=True, max_retries=MAX_RETRIES)
+def call_oncall(self, incident_id: str) -> str:
+    """Start the phone escalation if a person must know; a redelivery never re-dials."""
+    return _call(self, incident_id)
+
+
+def _call(task, incident_id: str) -> str:
+    state = _load(task, incident_id)
+    if state is None or state.closed_at is not None or not pipeline.needs_call(state):
+        return incident_id
+    called = _attempt(task, "call_oncall", pipeline.call_oncall, state)
+    fields = {"speech": called.speech, "timings": called.timings,
+              "model_usage": called.model_usage}  # fmt: skip
+    if called.error and not state.error:
+        fields["error"] = called.error
+    _update(task, incident_id, **fields)
+    return incident_id
+
+
+def _update(task, incident_id: str, **fields) -> None:
+    """Set `fields` on the latest record (open_pr and call_oncall run side by side)."""
+    for _ in range(5):
+        state = _load(task, incident_id)
+        if state is None:
+            return
+        for name, value in fields.items():
+            current = getattr(state, name)
+            if isinstance(current, dict):
+                current.update(value)
+            elif value is not None:
+                setattr(state, name, value)
+        try:
+            pipeline.save(context(), state)
+            return
+        except TransientError as exc:
+            if exc.system != "redis" or "meanwhile" not in exc.message:
+                _retry_unrecorded(task, exc)
+        except redis_lib.RedisError as exc:
+            _retry_unrecorded(task, _transient(exc))
+    _retry_unrecorded(task, TransientError("redis", f"incident {incident_id} kept changing"))
+
+
+@app.task(bind=True, name="aifixer.tasks.call_next", acks_late=True, max_retries=MAX_RETRIES)
+def call_next(self, incident_id: str, attempt: int) -> None:
+    """The previous person could not intervene: call the next number (once each)."""
     ctx = context()
-    state = pipeline.load(ctx, fingerprint)
-    if state is not None:
-        pipeline.remember(ctx, state)
-
-
-@app.task(bind=True, name="aifixer.tasks.patch", acks_late=True)
-def patch(self, payload: dict) -> dict:
-    return _stage(self, "patch", pipeline.patch, payload)
-
-
-@app.task(bind=True, name="aifixer.tasks.apply", acks_late=True)
-def apply(self, payload: dict) -> dict:
-    # Idempotent: apply skips when the state already holds an ApplyResult, and a
-    # server-side apply of the same manifest by the same field manager converges.
-    return _stage(self, "apply", pipeline.apply, payload)
-
-
-@app.task(bind=True, name="aifixer.tasks.verify", acks_late=True, max_retries=None)
-def verify(self, payload: dict) -> dict:
-    """Re-schedules itself (short countdowns, below the broker's visibility timeout)."""
-    try:
-        return _stage(self, "verify", pipeline.verify, payload)
-    except pipeline.NotYet as wait:
-        raise self.retry(countdown=wait.countdown, max_retries=None) from None
-
-
-@app.task(bind=True, name="aifixer.tasks.open_pr", acks_late=True)
-def open_pr(self, payload: dict) -> dict:
-    return _stage(self, "open_pr", pipeline.open_pr, payload)
-
-
-@app.task(bind=True, name="aifixer.tasks.call_oncall", acks_late=False)
-def call_oncall(self, payload: dict, attempt: int = 1) -> dict:
-    # Not acks_late: a phone call is never placed twice by a redelivery; the
-    # `dialed` key guards against the rest.
-    state = IncidentState.model_validate(payload)
-    if not pipeline.needs_call(state):
-        return payload
-    try:
-        state = pipeline.call_oncall(context(), state, attempt)
-    except Exception as exc:  # noqa: BLE001 - never retried: a failed call is recorded, not re-dialled
-        state.error = state.error or f"call_oncall: {exc}"
-        log.exception("%s call failed", pipeline.tag(state))
-    return state.model_dump(mode="json")
-
-
-@app.task(bind=True, name="aifixer.tasks.call_next", acks_late=False)
-def call_next(self, fingerprint: str, attempt: int) -> None:
-    """The previous person could not intervene: call the next number."""
-    ctx = context()
-    state = pipeline.load(ctx, fingerprint)
+    state = _load(self, incident_id)
     if state is None:
         return
     try:
         if pipeline.place_next_call(ctx, state, attempt) is None:
-            pipeline.mark_escalation_done(ctx, state)
-    except (TransientError, PermanentError) as exc:
+            ctx.store.mark_escalation_done(incident_id)
+    except (TransientError, redis_lib.RedisError) as exc:
+        _retry_unrecorded(self, _transient(exc))
+    except PermanentError as exc:
         log.error("%s call to the next on-call failed: %s", pipeline.tag(state), exc)
-        pipeline.mark_escalation_done(ctx, state)
+        ctx.store.mark_escalation_done(incident_id)
 
 
-@app.task(bind=True, name="aifixer.tasks.finalize", acks_late=True)
-def finalize(self, results: list[dict]) -> dict:
-    states = [IncidentState.model_validate(r) for r in results]
-    state = pipeline.finalize(context(), states)
-    if context().settings.memory_enabled:
-        remember.delay(state.incident.fingerprint)
-    return state.model_dump(mode="json")
+@app.task(bind=True, name="aifixer.tasks.finalize", acks_late=True, max_retries=MAX_RETRIES)
+def finalize(self, incident_id: str) -> str:
+    """Decide the outcome, close the incident, free the workload. Safe to redeliver."""
+    ctx = context()
+    state = _load(self, incident_id)
+    if state is None or state.closed_at is not None:
+        return incident_id
+    try:
+        state = pipeline.finalize(ctx, state)
+    except (TransientError, redis_lib.RedisError) as exc:
+        exc = _transient(exc)
+        n = state.retries.get("finalize", 0) + 1
+        if n > MAX_RETRIES:
+            raise  # the watchdog finishes it once Redis answers
+        log.warning("%s finalize: %s (retry %d)", pipeline.tag(state), exc, n)
+        raise self.retry(
+            countdown=countdown(n, getattr(exc, "retry_after", None),
+                                ctx.settings.retry_after_max_s),
+            max_retries=_decided(self),
+        ) from None  # fmt: skip
+    if ctx.settings.memory_enabled:
+        remember.delay(incident_id)
+    return incident_id
 
 
-def remediation(state: IncidentState):
+@app.task(bind=True, name="aifixer.tasks.conclude", acks_late=True, max_retries=MAX_RETRIES)
+def conclude(self, *_ignored, incident_id: str) -> None:
+    """Finish an incident whose chain broke: the chord again, or inline after a few tries.
+
+    The chord's error callback and the watchdog send it. The record says what is left:
+    the pull request of a verified fix, the call, finalize.
+    """
+    state = _load(self, incident_id)
+    if state is None or state.closed_at is not None:
+        return
+    n = state.retries.get("conclude", 0) + 1
+    state.retries["conclude"] = n
+    _save(self, state, f"concluding ({n})")
+    if n <= MAX_CONCLUDES:
+        tail(incident_id).apply_async()
+        return
+    log.error("%s concluded inline after %d broken chords", pipeline.tag(state), n - 1)
+    _call(self, incident_id)
+    finalize(incident_id)
+
+
+@app.task(bind=True, name="aifixer.tasks.remember", acks_late=True, ignore_result=True)
+def remember(self, incident_id: str) -> None:
+    ctx = context()
+    state = pipeline.load(ctx, incident_id)
+    if state is not None:
+        pipeline.remember(ctx, state)
+
+
+@app.task(bind=True, name="aifixer.tasks.watchdog", acks_late=False, ignore_result=True)
+def watchdog(self) -> int:
+    """Periodic: incidents that stopped moving are rolled back if needed and concluded."""
+    try:
+        stalled = pipeline.watchdog(context())
+    except (TransientError, PermanentError, redis_lib.RedisError) as exc:
+        log.warning("watchdog: %s", exc)
+        return 0
+    for incident_id in stalled:
+        conclude.apply_async(kwargs={"incident_id": incident_id})
+    return len(stalled)
+
+
+def tail(incident_id: str):
+    """chord(open_pr | call_oncall) → finalize, with `conclude` if the chord itself fails."""
+    return chord(
+        [open_pr.si(incident_id), call_oncall.si(incident_id)],
+        finalize.si(incident_id).on_error(conclude.si(incident_id=incident_id)),
+    )
+
+
+def remediation(incident_id: str):
     """The canvas for one incident.
 
     diagnose → (recall) → patch → apply → verify → chord(open_pr | call_oncall) → finalize,
-    recall only when incident memory is on.
+    recall only when incident memory is on. Every signature carries only the id.
     """
-    memory = [recall.s()] if context().settings.memory_enabled else []
+    memory = [recall.si(incident_id)] if context().settings.memory_enabled else []
     return chain(
-        diagnose.s(state.model_dump(mode="json")),
+        diagnose.si(incident_id),
         *memory,
-        patch.s(),
-        apply.s(),
-        verify.s(),
-        chord([open_pr.s(), call_oncall.s()], finalize.s()),
+        patch.si(incident_id),
+        apply.si(incident_id),
+        verify.si(incident_id),
+        tail(incident_id),
     )
 
 
 def start_remediations(incidents) -> list[str]:
     ids = []
     for incident in incidents:
-        res = remediation(
-            IncidentState(incident=incident, model_used=context().settings.model_name)
-        ).apply_async()
+        res = remediation(incident.id).apply_async()
         ids.append(res.id)
     return ids
 
@@ -193,7 +425,7 @@ def _poll(fn) -> int:
     """Polls are cheap and periodic: a failure is logged and the next beat tries again."""
     try:
         incidents = fn(context())
-    except (TransientError, PermanentError) as exc:
+    except (TransientError, PermanentError, redis_lib.RedisError) as exc:
         log.warning("poll failed: %s", exc)
         return 0
     start_remediations(incidents)

@@ -34,8 +34,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from aifixer.adapters.errors import bounded
 from aifixer.adapters.phone import (
     ATTEMPT_PARAM,
-    FINGERPRINT_PARAM,
     GATHER_PATH,
+    INCIDENT_PARAM,
     STATUS_PATH,
     Phone,
 )
@@ -54,7 +54,7 @@ from aifixer.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CallFinished = Callable[[str, CallRecord], None]  # (fingerprint, the call file line)
+CallFinished = Callable[[str, CallRecord], None]  # (incident id, the call file line)
 SignalsReceived = Callable[[list[Signal]], None]
 
 FINAL_STATUSES = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
@@ -190,15 +190,15 @@ class Web:
         url = self.settings.public_base_url.rstrip("/") + request.raw_path
         return self.phone.validator().validate(url, params, signature)
 
-    def finish_call(self, fingerprint: str, attempt: int, call_sid: str, status: str) -> bool:
+    def finish_call(self, incident_id: str, attempt: int, call_sid: str, status: str) -> bool:
         """Write the call's line (once) and report it (once); True if the line was written now.
 
         Blocking: runs in a worker thread.
         """
-        context = load_call_context(self.redis, fingerprint, attempt)
+        context = load_call_context(self.redis, incident_id, attempt)
         if context is None:
             log.warning("[%s] call %s (attempt %d) ended %s but is unknown: not recorded",
-                        fingerprint, call_sid, attempt, status)  # fmt: skip
+                        incident_id, call_sid, attempt, status)  # fmt: skip
             return False
         answer, answer_text = load_answer(self.redis, call_sid)
         record = finished_record(context, call_sid, status, answer, answer_text)
@@ -210,10 +210,10 @@ class Web:
                 release(self.redis, call_sid, "written")
                 raise
             log.info("[%s] call %s to attempt %d ended %s, can intervene: %s",
-                     fingerprint, call_sid, attempt, status, record.can_intervene)  # fmt: skip
+                     incident_id, call_sid, attempt, status, record.can_intervene)  # fmt: skip
         if claim(self.redis, call_sid, "reported"):
             try:
-                self.on_call_finished(fingerprint, record)
+                self.on_call_finished(incident_id, record)
             except BaseException:
                 release(self.redis, call_sid, "reported")
                 raise
@@ -234,7 +234,7 @@ def make_app(
     Args:
         settings: Twilio credentials, `public_base_url`, `call_file`, `web_token`.
         redis_client: a synchronous `redis.Redis`, shared with the workers.
-        on_call_finished: called once per ended call with (fingerprint, record).
+        on_call_finished: called once per ended call with (incident_id, record).
         on_signals: called with the signals of each Alertmanager webhook that has any.
 
     Raises:
@@ -261,7 +261,7 @@ def make_app(
 
 
 async def _twilio_form(request: web.Request, endpoint: str) -> tuple[Any, str, int]:
-    """The verified form, fingerprint and attempt of a Twilio callback; 403 if unsigned."""
+    """The verified form, incident_id and attempt of a Twilio callback; 403 if unsigned."""
     state = request.app[WEB]
     form = await request.post()
     if not state.signed(request, form):
@@ -269,35 +269,35 @@ async def _twilio_form(request: web.Request, endpoint: str) -> tuple[Any, str, i
         log.warning("%s: rejected a request without a valid %s", request.path, SIGNATURE_HEADER)
         raise web.HTTPForbidden(text=f"invalid {SIGNATURE_HEADER}\n")
     state.metrics.inc(CALLBACKS, endpoint=endpoint, result="accepted")
-    fingerprint = request.query.get(FINGERPRINT_PARAM)
+    incident_id = request.query.get(INCIDENT_PARAM)
     attempt = request.query.get(ATTEMPT_PARAM, "")
-    if not fingerprint or not attempt.isdigit() or not form.get("CallSid"):
+    if not incident_id or not attempt.isdigit() or not form.get("CallSid"):
         raise web.HTTPBadRequest(
-            text=f"expected ?{FINGERPRINT_PARAM}=...&{ATTEMPT_PARAM}=N and a CallSid\n"
+            text=f"expected ?{INCIDENT_PARAM}=...&{ATTEMPT_PARAM}=N and a CallSid\n"
         )
-    return form, fingerprint, int(attempt)
+    return form, incident_id, int(attempt)
 
 
 async def gather(request: web.Request) -> web.Response:
     state = request.app[WEB]
-    form, fingerprint, attempt = await _twilio_form(request, "gather")
+    form, incident_id, attempt = await _twilio_form(request, "gather")
     speech, digits = form.get("SpeechResult"), form.get("Digits")
     answer = parse_answer(speech, digits)
     answer_text = (digits or speech or "").strip() or None
     await asyncio.to_thread(store_answer, state.redis, form["CallSid"], answer, answer_text)
     log.info("[%s] call %s (attempt %d) answered %r: %s",
-             fingerprint, form["CallSid"], attempt, answer_text, answer)  # fmt: skip
+             incident_id, form["CallSid"], attempt, answer_text, answer)  # fmt: skip
     reply = THANKS_CAN_INTERVENE if answer else THANKS_NEXT_PERSON
     return web.Response(text=state.phone.reply(reply), content_type="text/xml")
 
 
 async def status(request: web.Request) -> web.Response:
     state = request.app[WEB]
-    form, fingerprint, attempt = await _twilio_form(request, "status")
+    form, incident_id, attempt = await _twilio_form(request, "status")
     call_status = form.get("CallStatus", "")
     if call_status in FINAL_STATUSES:
         written = await asyncio.to_thread(
-            state.finish_call, fingerprint, attempt, form["CallSid"], call_status
+            state.finish_call, incident_id, attempt, form["CallSid"], call_status
         )
         if written:
             state.metrics.inc(CALLS_FINISHED, status=call_status)

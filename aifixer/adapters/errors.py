@@ -21,11 +21,19 @@ class TransientError(AdapterError):
     def __init__(self, system: str, message: str, *, status: int | None = None,
                  retry_after: float | None = None) -> None:
         super().__init__(system, message, status=status)
-        self.retry_after = retry_after
+        # What the service asked for, as sent (it may be huge, or inf): the tasks clamp it.
+        self.retry_after = retry_after if retry_after is None or retry_after >= 0 else None
 
 
 class PermanentError(AdapterError):
     pass
+
+
+class Conflict(PermanentError):
+    """Someone else changed the object since it was read: aifixer must not overwrite it."""
+
+    def __init__(self, system: str, message: str) -> None:
+        super().__init__(system, message, status=409)
 
 
 def is_transient_status(status: int) -> bool:

@@ -4,7 +4,7 @@ A fix that runs in the cluster but not in the GitOps repository is reverted by t
 next sync, so once a fix is verified the same change is proposed as a pull request:
 clone the repository (shallow), find the file that defines the workload, change only
 the fixed fields in it (`aifixer.yamledit`, comments and formatting kept), commit on a
-branch named from the incident fingerprint, push, and open the pull request.
+branch named from the incident id, push, and open the pull request.
 
 Every step is idempotent, because a task may run again after any of them: an open pull
 request for the branch is returned as it is (`created=False`), a branch that already
@@ -126,7 +126,7 @@ class Forge:
         return self.propose(
             state.incident.workload,
             state.apply.changes,
-            fingerprint=state.incident.fingerprint,
+            incident_id=state.incident.id,
             title=prbody.title(state),
             body=lambda edit: prbody.body(state, edit.diff, edit.path),
             source=annotations.get(SOURCE_ANNOTATION),
@@ -137,7 +137,7 @@ class Forge:
         workload: Workload,
         changes: list[FieldChange],
         *,
-        fingerprint: str,
+        incident_id: str,
         title: str,
         body: Callable[[FileEdit], str],
         source: str | None = None,
@@ -147,7 +147,8 @@ class Forge:
         Args:
             workload: the Deployment the changes are for.
             changes: manifest fields to set (or delete, `after=None`).
-            fingerprint: the incident's; names the branch `aifixer/<fingerprint>`.
+            incident_id: the incident's; names the branch `aifixer/<incident_id>`, so a
+                redelivery finds its own pull request and a later incident opens its own.
             title: the pull request's title (also the commit subject).
             body: renders the pull request's body from the file edit.
             source: the Deployment's `aifixer.io/source` annotation, if any.
@@ -159,7 +160,7 @@ class Forge:
             TransientError, PermanentError: as for `open_fix_pr`.
         """
         repo_name, path = self._target(workload, source)
-        branch = BRANCH_PREFIX + fingerprint
+        branch = BRANCH_PREFIX + incident_id
         with self._translated(f"repository {repo_name}"):
             repo = self._github.get_repo(repo_name)
             base = self.settings.git_base_branch or repo.default_branch
@@ -172,7 +173,7 @@ class Forge:
             checkout = self._clone(self._clone_url(repo_name), Path(tmp) / "repo", base)
             path = path or self._find_file(Path(checkout.working_dir), workload)
             edit = self._edit(Path(checkout.working_dir), path, workload, changes)
-            message = f"{title}\n\nAifixer-Incident: {fingerprint}\n"
+            message = f"{title}\n\nAifixer-Incident: {incident_id}\n"
             self._push(checkout, branch, edit, message)
         ref = self._create_pull(repo, branch, base, title, body(edit))
         log.info(
@@ -331,7 +332,7 @@ class Forge:
                 return
         self._git(runner, "add", "--", edit.path)
         self._git(runner, "commit", "--quiet", "--no-verify", "-m", message)
-        # Forced: the branch is named from the fingerprint and only aifixer writes it;
+        # Forced: the branch is named from the incident id and only aifixer writes it;
         # an older attempt's content there is replaced by this verified one.
         self._git(runner, "push", "--quiet", "--force", "origin", f"HEAD:{ref}")
 

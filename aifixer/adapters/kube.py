@@ -30,7 +30,7 @@ from kubernetes.client.exceptions import ApiException
 from aifixer.models import EventRecord, Manifest, PodState, Revision, Signal
 from aifixer.settings import Settings
 
-from .errors import PermanentError, TransientError, bounded, is_transient_status
+from .errors import Conflict, PermanentError, TransientError, bounded, is_transient_status
 
 log = logging.getLogger(__name__)
 
@@ -574,45 +574,58 @@ class Kube:
         """
         return self._apply(manifest, dry_run=True)
 
-    def apply(self, manifest: Manifest) -> Manifest:
+    def apply(self, manifest: Manifest, resource_version: str | None = None) -> Manifest:
         """Apply a corrected Deployment: server-side apply, then explicit removals.
 
         Server-side apply (field manager `aifixer`, force) sets every field the
         manifest has; fields it dropped that other managers own are then removed with a
         JSON patch (see `removed_fields`), so the live spec is the manifest's.
 
+        With `resource_version`, the apply lands only on that version of the object
+        (the API server's optimistic concurrency), and the removals only on what the
+        apply produced (a JSON patch `test`), so a change made in between is never
+        overwritten.
+
         Returns:
             The Deployment as stored afterwards.
 
         Raises:
+            Conflict: the object is no longer at `resource_version` (409).
             PermanentError, TransientError.
         """
-        applied = self._apply(manifest, dry_run=False)
+        applied = self._apply(manifest, dry_run=False, resource_version=resource_version)
         removals = removed_fields(applied, manifest)
         if not removals:
             return applied
         log.info("kubernetes: removing %s from %s", ", ".join(removals), _ref(manifest))
         meta = manifest["metadata"]
+        ops = [{"op": "remove", "path": p} for p in removals]
+        if resource_version is not None:
+            rv = applied["metadata"]["resourceVersion"]
+            ops.insert(0, {"op": "test", "path": "/metadata/resourceVersion", "value": rv})
         return self._json(
             self.apps.patch_namespaced_deployment,
             meta["name"],
             meta["namespace"],
-            [{"op": "remove", "path": p} for p in removals],
+            ops,
             field_manager=FIELD_MANAGER,
             _content_type=JSON_PATCH,
         )
 
-    def restore(self, original: Manifest) -> Manifest:
+    def restore(self, original: Manifest, expected_generation: int | None = None) -> Manifest:
         """Put the original spec back (rollback of a fix that did not verify).
 
         A replace of the live object with the original spec, guarded by the live
-        resourceVersion; a conflict (409: someone changed it meanwhile) re-reads and
-        tries again, up to RESTORE_ATTEMPTS times.
+        resourceVersion; a conflict (409) re-reads and tries again, up to
+        RESTORE_ATTEMPTS times. With `expected_generation`, the live object must still
+        be at that generation (the one aifixer's fix produced): a person's later change
+        is never undone.
 
         Returns:
             The Deployment as stored afterwards.
 
         Raises:
+            Conflict: the live Deployment is no longer at `expected_generation`.
             PermanentError: the Deployment is gone, or the replace is refused.
             TransientError: as every call, or conflicts that never settled.
         """
@@ -622,6 +635,14 @@ class Kube:
             live = self.get_deployment(namespace, name)
             if live is None:
                 raise PermanentError(SYSTEM, f'deployments.apps "{name}" not found', status=404)
+            generation = live["metadata"].get("generation")
+            if expected_generation is not None and generation != expected_generation:
+                raise Conflict(
+                    SYSTEM,
+                    f"{_ref(original)} was changed by someone else after the fix "
+                    f"(generation {generation}, the fix made {expected_generation}); "
+                    "left as it is",
+                )
             live["metadata"].pop("managedFields", None)
             body = {**live, "spec": original["spec"]}
             body.pop("status", None)
@@ -633,9 +654,7 @@ class Kube:
                     body,
                     field_manager=FIELD_MANAGER,
                 )
-            except PermanentError as exc:
-                if exc.status != 409:
-                    raise
+            except Conflict:
                 log.info("kubernetes: %s changed during restore, retrying", _ref(original))
         raise TransientError(
             SYSTEM, f"{_ref(original)} kept changing; restore not done", status=409
@@ -643,7 +662,9 @@ class Kube:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _apply(self, manifest: Manifest, dry_run: bool) -> Manifest:
+    def _apply(
+        self, manifest: Manifest, dry_run: bool, resource_version: str | None = None
+    ) -> Manifest:
         meta = manifest.get("metadata") or {}
         if (
             manifest.get("kind") != "Deployment"
@@ -653,11 +674,14 @@ class Kube:
             raise ValueError(
                 "expected a Deployment manifest with metadata.name and metadata.namespace"
             )
+        body = _apply_body(manifest)
+        if resource_version is not None:
+            body["metadata"]["resourceVersion"] = resource_version  # a precondition
         return self._json(
             self.apps.patch_namespaced_deployment,
             meta["name"],
             meta["namespace"],
-            _apply_body(manifest),
+            body,
             field_manager=FIELD_MANAGER,
             force=True,
             dry_run="All" if dry_run else None,
@@ -852,6 +876,8 @@ def _status_error(status: int, message: str, retry_after: str | None):
     if status == 0:
         # The client failed before any answer (TLS, a request it could not build).
         return PermanentError(SYSTEM, bounded(message))
+    if status == 409:
+        return Conflict(SYSTEM, bounded(message))
     if is_transient_status(status):
         try:
             after = float(retry_after) if retry_after else None

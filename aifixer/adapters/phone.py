@@ -3,7 +3,7 @@
 A call says what broke (`<Say>`), asks whether the person can intervene (`<Gather>`
 for speech or a key), and tells Twilio where to report: the Gather result to
 `{public_base_url}/twilio/gather` and the call's progress to `/twilio/status`, both
-carrying the incident fingerprint and the attempt number in the query string. Twilio
+carrying the incident id and the attempt number in the query string. Twilio
 signs the whole URL, so those two values come back authenticated; `aifixer web`
 checks the signature with `validator()`.
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import datetime
 from urllib.parse import urlencode
 
 from twilio.base.exceptions import TwilioException, TwilioRestException
@@ -41,7 +42,7 @@ INVALID_TO_NUMBER = 21211  # Twilio's "Invalid 'To' Phone Number"
 
 GATHER_PATH = "/twilio/gather"
 STATUS_PATH = "/twilio/status"
-FINGERPRINT_PARAM = "fp"
+INCIDENT_PARAM = "incident"
 ATTEMPT_PARAM = "attempt"
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
 SPEECH_HINTS = "yes, no, oui, non"
@@ -72,7 +73,7 @@ class Phone:
 
     def place_call(
         self, number: str, speech: str, question: str = DEFAULT_QUESTION, *,
-        fingerprint: str, attempt: int,
+        incident_id: str, attempt: int,
     ) -> str:  # fmt: skip
         """Dial `number`, say `speech`, ask `question`; return Twilio's CallSid.
 
@@ -85,7 +86,7 @@ class Phone:
         """
         if not E164.match(number):
             raise PermanentError(SYSTEM, f"not an E.164 phone number: {number!r}")
-        query = urlencode({FINGERPRINT_PARAM: fingerprint, ATTEMPT_PARAM: attempt})
+        query = urlencode({INCIDENT_PARAM: incident_id, ATTEMPT_PARAM: attempt})
         try:
             call = self._client.calls.create(
                 to=number,
@@ -102,8 +103,31 @@ class Phone:
             raise PermanentError(SYSTEM, f"cannot place the call: {bounded(str(exc))}") from None
         except OSError as exc:  # requests' ConnectionError and Timeout are OSErrors
             raise TransientError(SYSTEM, f"cannot reach the API: {bounded(str(exc))}") from None
-        log.info("[%s] call %s placed to attempt %d", fingerprint, call.sid, attempt)
+        log.info("[%s] call %s placed to attempt %d", incident_id, call.sid, attempt)
         return call.sid
+
+    def find_call(self, number: str, since: datetime) -> str | None:
+        """The CallSid of a call to `number` created since `since`, if Twilio has one.
+
+        Asked when a create request got no answer: Twilio may have placed the call all
+        the same, and a number is never dialled twice for one incident.
+
+        Raises:
+            TransientError, PermanentError: the call list could not be read.
+        """
+        try:
+            calls = self._client.calls.list(to=number, limit=20)
+        except TwilioRestException as exc:
+            raise rest_error(exc) from None
+        except TwilioException as exc:
+            raise PermanentError(SYSTEM, f"cannot list calls: {bounded(str(exc))}") from None
+        except OSError as exc:
+            raise TransientError(SYSTEM, f"cannot reach the API: {bounded(str(exc))}") from None
+        for call in calls:
+            created = call.date_created
+            if created is not None and created.timestamp() >= since.timestamp() - 1:
+                return call.sid
+        return None
 
     def twiml(self, speech: str, question: str, gather_action: str) -> VoiceResponse:
         """The call: the speech, the question inside a Gather, a goodbye if nothing is heard."""

@@ -35,6 +35,7 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
+from aifixer.sandbox import faults
 from aifixer.sandbox.clock import rfc3339
 from aifixer.sandbox.forge_git import (
     BareRepo,
@@ -1094,6 +1095,14 @@ async def pull_page(request: web.Request) -> web.Response:
     return web.Response(text=page, content_type="text/html", charset="utf-8")
 
 
+def _fault_error(request: web.Request, fault: faults.Fault) -> web.Response:
+    """An injected status fault: GitHub's JSON error on the API, plain text elsewhere."""
+    status = fault.status or 500
+    if request.path == API_PREFIX or request.path.startswith(API_PREFIX + "/"):
+        return _json(ApiError(status, fault.phrase()).body(), status)
+    return web.Response(status=status, text=fault.phrase() + "\n")
+
+
 def make_app(forge: Forge, base_url_getter: Callable[[], str] | None = None) -> web.Application:
     """The forge's single application: git smart HTTP, pull-request pages and `/api/v3`.
 
@@ -1105,6 +1114,8 @@ def make_app(forge: Forge, base_url_getter: Callable[[], str] | None = None) -> 
     api = web.Application(middlewares=[api_middleware])
     api.add_routes(routes)
     app = web.Application()
+    # On the root application, so git smart HTTP, the pages and /api/v3 are all covered.
+    faults.install(app, "forge", _fault_error)
     for sub in (app, api):
         sub[FORGE] = forge
     api[RATE] = {}

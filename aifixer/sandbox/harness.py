@@ -257,7 +257,9 @@ def incident_report(state: IncidentState) -> dict[str, Any]:
     inc = state.incident
     pr = state.pull_request
     return {
+        "id": inc.id,
         "fingerprint": inc.fingerprint,
+        "stage": state.stage,
         "namespace": inc.workload.namespace,
         "workload": inc.workload.name,
         "failure_class": inc.failure_class,
@@ -286,7 +288,7 @@ def _finished(ctx, state: IncidentState) -> bool:
     if state.outcome in ("fixed", "recovered"):
         return True
     return (
-        bool(ctx.redis.exists(ctx.key("escalated", state.incident.fingerprint)))
+        ctx.store.escalation_done(state.incident.id)
         or not ctx.settings.oncall_numbers
     )
 

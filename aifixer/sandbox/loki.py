@@ -28,7 +28,7 @@ from decimal import Decimal
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 
-from aifixer.sandbox import logql
+from aifixer.sandbox import faults, logql
 from aifixer.sandbox.logql import LogQuery, Matcher, MetricQuery, RangeAggregation
 
 NS = 1_000_000_000
@@ -631,6 +631,7 @@ async def _form(request: web.Request) -> MultiDict[str]:
 def make_app(store: LogStore) -> web.Application:
     """Loki's HTTP API (single tenant, auth disabled) over `store`."""
     app = web.Application(middlewares=[_loki_errors], client_max_size=64 * 1024 * 1024)
+    faults.install(app, "loki", _fault_error)
     handlers = _Handlers(store)
     app.router.add_post("/loki/api/v1/push", handlers.push)
     for path, handler in (
@@ -647,6 +648,13 @@ def make_app(store: LogStore) -> web.Application:
     app.router.add_get("/ready", handlers.ready)
     app.router.add_get("/loki/api/v1/status/buildinfo", handlers.buildinfo)
     return app
+
+
+def _fault_error(request: web.Request, fault: faults.Fault) -> web.Response:
+    """An injected status fault as Loki writes errors: plain text (see `faults`)."""
+    status = fault.status or 500
+    message = "too many outstanding requests" if status == 429 else fault.phrase().lower()
+    return _text_error(status, message)
 
 
 @web.middleware

@@ -33,6 +33,8 @@ from typing import Any
 
 from aiohttp import web
 
+from aifixer.sandbox import faults
+
 MODEL_ID = "stub"
 MAX_BODY = 256 * 1024
 MAX_RECORDED = 100
@@ -98,6 +100,7 @@ def make_app(
         raise ValueError(f"slow_s must be within 0..{MAX_SLOW_S}")
     state = StubState(deque(_check_behaviours(script)), _check_behaviours([default])[0], slow_s)
     app = web.Application(client_max_size=MAX_BODY)
+    faults.install(app, "model", _fault_error)
     app[STATE] = state
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
@@ -110,6 +113,15 @@ def _error(status: int, message: str, kind: str = "invalid_request_error") -> we
     return web.json_response(
         {"error": {"message": message, "type": kind, "code": status}}, status=status
     )
+
+
+def _fault_error(request: web.Request, fault: faults.Fault) -> web.Response:
+    """An injected status fault as an OpenAI-compatible error (see `faults`)."""
+    status = fault.status or 500
+    if status == 429:
+        return _error(status, "Rate limit reached, please try again later.", "rate_limit_error")
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return _error(status, fault.phrase(), kind)
 
 
 async def list_models(request: web.Request) -> web.Response:

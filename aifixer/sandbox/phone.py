@@ -55,6 +55,7 @@ import yarl
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from aifixer.sandbox import faults
 from aifixer.sandbox.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -927,8 +928,15 @@ async def sandbox_audio(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Content-Type": "audio/wav"})
 
 
+def _fault_error(request: web.Request, fault: faults.Fault) -> web.Response:
+    """An injected status fault as Twilio's JSON error (see `faults`)."""
+    status = fault.status or 500
+    return TwilioError(status, 20000 + status, fault.phrase()).response()
+
+
 def make_app(phone: Phone) -> web.Application:
     app = web.Application(middlewares=[twilio_errors])
+    faults.install(app, "twilio", _fault_error)
     app[PHONE] = phone
     call_path = f"{ACCOUNT}/Calls/{{call_sid:{CALL_SID_PATTERN}}}.json"
     app.router.add_post(f"{ACCOUNT}/Calls.json", create_call)

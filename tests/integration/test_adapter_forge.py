@@ -127,7 +127,7 @@ def test_pull_request_changes_exactly_the_fixed_lines(make_world, scenario):
 
     ref = Forge(settings_for(world)).open_fix_pr(state)
 
-    assert ref.created and ref.branch == f"aifixer/{state.incident.fingerprint}"
+    assert ref.created and ref.branch == f"aifixer/{state.incident.id}"
     repo = github(world).get_repo(world.endpoints.gitops_repo)
     pull = repo.get_pull(ref.number)
     assert pull.head.ref == ref.branch and pull.state == "open"
@@ -140,7 +140,7 @@ def test_pull_request_changes_exactly_the_fixed_lines(make_world, scenario):
     assert changed_lines(view["diff"]) == authored_fix(sc)
     # The body carries the same diff and says the fix is live.
     assert "```diff" in pull.body and "applied this fix to the cluster" in pull.body
-    assert state.incident.fingerprint in pull.body
+    assert state.incident.id in pull.body
 
 
 def test_the_pushed_file_parses_to_the_fixed_manifests_and_keeps_comments(make_world, tmp_path):

@@ -117,11 +117,11 @@ def test_farm_reaches_the_expected_outcome(path, tmp_path):
             assert sorted(manifests.changed_paths(before, after)) == sorted(sc.expect.changed)
 
         # Every call has its one line with the four fields; no number dialled twice.
-        recorded = [(c["fingerprint"], c["number"]) for c in calls_file]
+        recorded = [(c["incident_id"], c["number"]) for c in calls_file]
         assert len(recorded) == len(set(recorded))
         assert len({c["call_sid"] for c in calls_file}) == len(calls_file)
         for state in states:
-            lines = [c for c in calls_file if c["fingerprint"] == state.incident.fingerprint]
+            lines = [c for c in calls_file if c["incident_id"] == state.incident.id]
             assert len(lines) == len(state.calls)
             for line in lines:
                 assert line["time"].endswith("Z") and line["number"].startswith("+")

@@ -57,11 +57,11 @@ class Rig:
         self.set_person(number, answer)
         fingerprint = secrets.token_hex(8)
         context = CallContext(
-            fingerprint=fingerprint, attempt=attempt, number=number, speech=SPEECH,
+            incident_id=fingerprint, fingerprint=fingerprint, attempt=attempt, number=number, speech=SPEECH,
             time=datetime.now(UTC),
         )  # fmt: skip
         store_call_context(self.redis, context)  # before dialling: callbacks may come at once
-        sid = self.phone.place_call(number, SPEECH, fingerprint=fingerprint, attempt=attempt)
+        sid = self.phone.place_call(number, SPEECH, incident_id=fingerprint, attempt=attempt)
         store_call_context(self.redis, context.model_copy(update={"call_sid": sid}))
         transcript = self.world.call(self.world.phone.finished, sid, timeout=CALL_WAIT)
         reported_fp, record = self.finished.get(timeout=CALL_WAIT)
@@ -181,7 +181,7 @@ def test_region_and_edge_from_the_environment_are_ignored(rig: Rig, monkeypatch)
 
 def test_not_e164_is_permanent_without_dialling(rig: Rig) -> None:
     with pytest.raises(PermanentError, match="E.164"):
-        rig.phone.place_call("06 12 34 56 78", SPEECH, fingerprint="fp", attempt=1)
+        rig.phone.place_call("06 12 34 56 78", SPEECH, incident_id="fp", attempt=1)
     calls = requests.get(rig.settings.twilio_api_base_url + "/sandbox/calls", timeout=10).json()
     assert calls == []
 
@@ -189,7 +189,7 @@ def test_not_e164_is_permanent_without_dialling(rig: Rig) -> None:
 def test_wrong_credentials_are_permanent(rig: Rig) -> None:
     settings = rig.settings.model_copy(update={"twilio_auth_token": SecretStr("0" * 32)})
     with pytest.raises(PermanentError) as caught:
-        Phone(settings).place_call(NUMBER, SPEECH, fingerprint="fp", attempt=1)
+        Phone(settings).place_call(NUMBER, SPEECH, incident_id="fp", attempt=1)
     assert caught.value.status == 401
     assert "0" * 32 not in str(caught.value)
 
@@ -199,7 +199,7 @@ def test_unreachable_api_is_transient(rig: Rig) -> None:
         update={"twilio_api_base_url": "http://127.0.0.1:1", "request_timeout_s": 2.0}
     )
     with pytest.raises(TransientError, match="cannot reach"):
-        Phone(settings).place_call(NUMBER, SPEECH, fingerprint="fp", attempt=1)
+        Phone(settings).place_call(NUMBER, SPEECH, incident_id="fp", attempt=1)
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,7 @@ class Served:
         """Store a call's context as the caller does before dialling; (fingerprint, CallSid)."""
         fingerprint, call_sid = secrets.token_hex(8), "CA" + secrets.token_hex(16)
         context = CallContext(
-            fingerprint=fingerprint, attempt=attempt, number=NUMBER, speech=SPEECH,
+            incident_id=fingerprint, fingerprint=fingerprint, attempt=attempt, number=NUMBER, speech=SPEECH,
             time=datetime.now(UTC), call_sid=call_sid,
         )  # fmt: skip
         store_call_context(self.redis, context)
@@ -65,7 +65,7 @@ class Served:
         token: str | None = TOKEN,
     ) -> requests.Response:  # fmt: skip
         """POST as Twilio does; token=None sends no signature at all."""
-        url = f"{self.url}{path}?{urlencode({'fp': fingerprint, 'attempt': attempt})}"
+        url = f"{self.url}{path}?{urlencode({'incident': fingerprint, 'attempt': attempt})}"
         form = {"AccountSid": ACCOUNT, "ApiVersion": "2010-04-01", "To": NUMBER} | params
         headers = {} if token is None else {"X-Twilio-Signature": sign(token, url, form)}
         return requests.post(url, data=form, headers=headers, timeout=HTTP_TIMEOUT)

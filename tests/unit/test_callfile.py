@@ -52,7 +52,7 @@ def test_append_writes_one_json_line_per_call(tmp_path: Path) -> None:
     first = json.loads(lines[0])
     assert list(first) == [
         "time", "number", "speech", "can_intervene", "fingerprint",
-        "status", "call_sid", "attempt", "answer_text",
+        "status", "call_sid", "attempt", "answer_text", "incident_id",
     ]  # fmt: skip
     assert first["time"] == "2026-01-02T03:04:05Z"
     assert first["can_intervene"] is False and first["number"] == "+33612345678"
@@ -84,10 +84,11 @@ def test_read_skips_a_torn_line(tmp_path: Path) -> None:
     with path.open("a") as f:
         f.write(whole[: len(whole) // 2])  # a writer killed mid-line
     assert [r.fingerprint for r in calls.read()] == ["fp1"]
-    calls.append(record(3))  # the next append lands after the torn bytes
-    assert [r.fingerprint for r in calls.read()] == ["fp1"]
+    calls.append(record(3))  # the next append starts a line of its own: never lost
+    assert [r.fingerprint for r in calls.read()] == ["fp1", "fp3"]
     calls.append(record(4))
-    assert [r.fingerprint for r in calls.read()] == ["fp1", "fp4"]
+    assert [r.fingerprint for r in calls.read()] == ["fp1", "fp3", "fp4"]
+    assert path.read_bytes().endswith(b"\n")
 
 
 def test_read_refuses_json_that_is_not_a_call(tmp_path: Path) -> None:
@@ -148,18 +149,19 @@ class FakeRedis:
 def test_call_context_round_trip_and_finished_record() -> None:
     redis = FakeRedis()
     context = CallContext(
-        fingerprint="abc", attempt=2, number="+15551230000", speech="Hello.",
+        incident_id="abc-1", fingerprint="abc", attempt=2, number="+15551230000", speech="Hello.",
         time=datetime(2026, 1, 2, tzinfo=UTC),
     )  # fmt: skip
     store_call_context(redis, context)
-    assert load_call_context(redis, "abc", 2) == context
-    assert load_call_context(redis, "abc", 1) is None
+    assert load_call_context(redis, "abc-1", 2) == context
+    assert load_call_context(redis, "abc-1", 1) is None
     assert load_answer(redis, "CA1") == (None, None)
     store_answer(redis, "CA1", False, "Non.")
     done = finished_record(context, "CA1", "completed", *load_answer(redis, "CA1"))
     assert (done.can_intervene, done.answer_text, done.attempt, done.number) == (
         False, "Non.", 2, "+15551230000",
     )  # fmt: skip
+    assert (done.incident_id, done.fingerprint) == ("abc-1", "abc")
     silent = finished_record(context, "CA2", "no-answer", None, None)
     assert silent.can_intervene is False and silent.status == "no-answer"
     assert finished_record(context, "CA3", "completed", True, "1").can_intervene is True

@@ -33,6 +33,26 @@ class ApiError(Exception):
         return body
 
 
+# The reason and message the API server sends with a bare status code
+# (`k8s.io/apimachinery/pkg/api/errors` and `apiserver/pkg/endpoints/handlers/responsewriters`).
+FOR_CODE: dict[int, tuple[str, str]] = {
+    400: ("BadRequest", "the server rejected our request for an unknown reason"),
+    401: ("Unauthorized", "Unauthorized"),
+    403: ("Forbidden", "forbidden"),
+    404: ("NotFound", "the server could not find the requested resource"),
+    405: ("MethodNotAllowed", "the server does not allow this method on the requested resource"),
+    409: ("Conflict", "the server reported a conflict"),
+    410: ("Expired", "the resource has expired"),
+    413: ("RequestEntityTooLarge", "request entity too large"),
+    415: ("UnsupportedMediaType", "the server does not support the media type"),
+    422: ("Invalid", "the server rejected our request due to an error in our request"),
+    429: ("TooManyRequests", "Too many requests, please try again later."),
+    500: ("InternalError", "an error on the server has prevented the request from succeeding"),
+    503: ("ServiceUnavailable", "the server is currently unable to handle the request"),
+    504: ("Timeout", "the server was unable to return a response in the time allotted"),
+}
+
+
 def _qualified(group: str, plural: str) -> str:
     return f"{plural}.{group}" if group else plural
 

@@ -28,6 +28,7 @@ import yaml
 from aiohttp import web
 from multidict import MultiMapping
 
+from .. import faults
 from ..clock import rfc3339
 from . import apply, discovery, errors, patch, schema, tables
 from .defaults import apply_defaults
@@ -304,6 +305,7 @@ def make_app(store: Store, logs: PodLogs, options: Options | None = None) -> web
     """The API server as an aiohttp application (bind it with `serve.py`)."""
     api = ApiServer(store, logs, options or Options())
     app = web.Application(middlewares=[_status_errors], client_max_size=8 * 1024 * 1024)
+    faults.install(app, "kubernetes", _fault_status)
     app.add_routes(discovery.routes())
     app.add_routes(
         [
@@ -319,6 +321,16 @@ def make_app(store: Store, logs: PodLogs, options: Options | None = None) -> web
 
 async def _ok(request: web.Request) -> web.Response:
     return web.Response(text="ok")
+
+
+def _fault_status(request: web.Request, fault: faults.Fault) -> web.StreamResponse:
+    """An injected status fault as the API server's `Status` (see `faults`)."""
+    code = fault.status or 500
+    reason, message = errors.FOR_CODE.get(code, ("", fault.phrase()))
+    details = None
+    if fault.retry_after is not None and fault.retry_after.isdigit():
+        details = {"retryAfterSeconds": int(fault.retry_after)}
+    return status_response(errors.ApiError(code, reason, message, details))
 
 
 @web.middleware

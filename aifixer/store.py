@@ -1,0 +1,319 @@
+"""The incident record in Redis: the one owner of an incident's state.
+
+Celery messages carry an incident's id, never its manifests or logs; every stage loads
+the record, acts, and saves it with the stage it reached. Whatever a worker loses (a
+SIGKILL, a lost message, a whole machine), the record says where the incident stood,
+and the watchdog can finish it.
+
+An incident id names one occurrence: the fingerprint (cluster, namespace, kind, name,
+failure class) and the millisecond it opened. Every side effect that must happen at
+most once is keyed by it: the rollback snapshot, each dialled number, the pull
+request's branch.
+
+Keys, under `aifixer:`:
+- `incident:<id>` — the IncidentState (JSON); `incidents` — every id, by opening time;
+- `open` — the ids not yet closed, scored by their last progress (the watchdog's view);
+- `calls:<id>` — the calls that ended, appended by whoever saw them end;
+- `snapshot:<id>` — the Deployment before aifixer's first write (SET NX: taken once);
+- `dialed:<id>:<number>` — a number dialled for this incident (SET NX: dialled once);
+- `lock:<cluster>:<ns>:<name>` — the one open incident of a workload (its id);
+- `done:<fingerprint>` — the generation an incident of this failure ended on (cooldown);
+- `cursor:loki`, `cursor:events` — where the polls resume;
+- `verify:<id>` — verification progress between non-blocking checks;
+- `escalated:<id>` — the phone escalation ended (someone said yes, or nobody is left).
+
+Every Redis failure leaves here as a `TransientError("redis", ...)`, so a stage retries
+a Redis restart like any other outage.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+import redis as redis_lib
+
+from .adapters.errors import TransientError
+from .models import CallRecord, IncidentState, Manifest, Snapshot
+
+PREFIX = "aifixer:"
+SYSTEM = "redis"
+KEEP_S = 7 * 86400  # how long per-incident keys outlive the incident
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _translated(fn: Callable[P, T]) -> Callable[P, T]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except redis_lib.RedisError as exc:
+            raise TransientError(SYSTEM, f"{fn.__name__}: {exc}") from exc
+
+    return wrapper
+
+
+class Store:
+    """Incident records and their at-most-once keys, in Redis.
+
+    Args:
+        redis: a `redis.Redis` with `decode_responses=True`.
+        lock_ttl_s: how long a workload's lock lives without progress; every save
+            renews it, so a slow incident never loses its lock to a twin.
+    """
+
+    def __init__(self, redis: redis_lib.Redis, lock_ttl_s: float) -> None:
+        self.redis = redis
+        self.lock_ttl_s = int(lock_ttl_s)
+
+    @staticmethod
+    def key(*parts: str) -> str:
+        return PREFIX + ":".join(parts)
+
+    # -- the record -------------------------------------------------------------------
+
+    @_translated
+    def create(self, state: IncidentState, lock: str) -> bool:
+        """Open the incident if its workload has none open; False if one is.
+
+        `lock` is the workload's lock key; its value is the incident id.
+        """
+        if not self.redis.set(lock, state.incident.id, nx=True, ex=self.lock_ttl_s):
+            return False
+        state.updated_at = time.time()
+        self._write(state, create=True)
+        return True
+
+    @_translated
+    def save(self, state: IncidentState, stage: str | None = None) -> None:
+        """Write the record; `stage` is what it just reached (shown by `aifixer incidents`).
+
+        Optimistic: the write lands only if nobody saved the record since it was loaded
+        (its `version`); otherwise `StaleRecord`, and the caller loads it again. A slow
+        stage can never undo what the watchdog or another stage recorded meanwhile.
+        """
+        if stage is not None:
+            state.stage = stage
+        state.updated_at = time.time()
+        self._write(state)
+
+    def _write(self, state: IncidentState, *, create: bool = False) -> None:
+        inc = state.incident
+        expected = state.version
+        state.version = expected + 1
+        ok = self._save_script(
+            keys=[
+                self.key("incident", inc.id),
+                self.key("incidents"),
+                self.key("open"),
+                self.lock_key(state),
+            ],
+            args=[
+                inc.id,
+                expected,
+                state.model_dump_json(),
+                inc.opened_at.timestamp(),
+                state.updated_at,
+                1 if state.closed_at is None else 0,
+                self.lock_ttl_s,
+                1 if create else 0,
+            ],
+        )
+        if not ok:
+            state.version = expected
+            raise StaleRecord(SYSTEM, f"incident {inc.id} was saved by someone else meanwhile")
+
+    @functools.cached_property
+    def _save_script(self):
+        return self.redis.register_script(_SAVE)
+
+    @_translated
+    def touch(self, state: IncidentState) -> None:
+        """Progress without a new record (a verify check): the watchdog and the lock see it."""
+        pipe = self.redis.pipeline()
+        pipe.zadd(self.key("open"), {state.incident.id: time.time()}, xx=True)
+        pipe.expire(self.lock_key(state), self.lock_ttl_s)
+        pipe.execute()
+
+    @_translated
+    def forget_open(self, incident_id: str) -> None:
+        self.redis.zrem(self.key("open"), incident_id)
+
+    def lock_key(self, state: IncidentState) -> str:
+        w = state.incident.workload
+        return self.key("lock", w.cluster, w.namespace, w.name)
+
+    @_translated
+    def load(self, incident_id: str) -> IncidentState | None:
+        """The incident's record, with every call recorded on it so far.
+
+        Calls live in their own list, appended by whoever saw a call end, so a stage
+        saving the record at the same moment can never drop one.
+        """
+        raw = self.redis.get(self.key("incident", incident_id))
+        if not raw:
+            return None
+        state = IncidentState.model_validate_json(raw)
+        calls: dict[str, CallRecord] = {}
+        for item in self.redis.lrange(self.key("calls", incident_id), 0, -1):
+            call = CallRecord.model_validate_json(item)
+            calls[call.call_sid or f"attempt-{call.attempt}"] = call
+        state.calls = sorted(calls.values(), key=lambda c: c.attempt)
+        return state
+
+    @_translated
+    def all_ids(self) -> list[str]:
+        return list(self.redis.zrange(self.key("incidents"), 0, -1))
+
+    @_translated
+    def stalled(self, older_than_s: float) -> list[str]:
+        """Open incidents that made no progress for `older_than_s` seconds."""
+        return list(self.redis.zrangebyscore(self.key("open"), "-inf", time.time() - older_than_s))
+
+    @_translated
+    def add_call(self, incident_id: str, record: CallRecord) -> None:
+        pipe = self.redis.pipeline()
+        pipe.rpush(self.key("calls", incident_id), record.model_dump_json())
+        pipe.expire(self.key("calls", incident_id), KEEP_S)
+        pipe.execute()
+
+    @_translated
+    def release(self, state: IncidentState, done_generation: int | None, cooldown_s: float) -> None:
+        """Free the workload (if this incident still holds it); remember the revision."""
+        inc = state.incident
+        lock = self.lock_key(state)
+        pipe = self.redis.pipeline()
+        if done_generation is not None:
+            pipe.set(self.key("done", inc.fingerprint), str(done_generation), ex=int(cooldown_s))
+        pipe.zrem(self.key("open"), inc.id)
+        pipe.execute()
+        # Only our own lock: a compare-and-delete, so a late finalize never frees a twin's.
+        self.redis.eval(_DELETE_IF_EQUAL, 1, lock, inc.id)
+
+    # -- at most once -----------------------------------------------------------------
+
+    @_translated
+    def snapshot_once(self, incident_id: str, snapshot: Snapshot) -> Snapshot:
+        """The rollback snapshot: `snapshot` if none was taken yet, else the first one."""
+        key = self.key("snapshot", incident_id)
+        if self.redis.set(key, snapshot.model_dump_json(), nx=True, ex=KEEP_S):
+            return snapshot
+        return Snapshot.model_validate_json(self.redis.get(key))
+
+    @_translated
+    def snapshot(self, incident_id: str) -> Snapshot | None:
+        raw = self.redis.get(self.key("snapshot", incident_id))
+        return None if raw is None else Snapshot.model_validate_json(raw)
+
+    @_translated
+    def claim_dial(self, incident_id: str, number: str) -> bool:
+        """True once per (incident, number): the right to dial it."""
+        key = self.key("dialed", incident_id, number)
+        return bool(self.redis.set(key, json.dumps({"at": time.time()}), nx=True, ex=KEEP_S))
+
+    @_translated
+    def dialed(self, incident_id: str, numbers: list[str]) -> list[str]:
+        keys = [self.key("dialed", incident_id, n) for n in numbers]
+        present = self.redis.mget(keys) if keys else []
+        return [n for n, v in zip(numbers, present, strict=True) if v is not None]
+
+    @_translated
+    def mark_escalation_done(self, incident_id: str) -> None:
+        self.redis.set(self.key("escalated", incident_id), "1", ex=KEEP_S)
+
+    @_translated
+    def escalation_done(self, incident_id: str) -> bool:
+        return bool(self.redis.exists(self.key("escalated", incident_id)))
+
+    # -- small shared values ----------------------------------------------------------
+
+    @_translated
+    def get(self, *parts: str) -> str | None:
+        return self.redis.get(self.key(*parts))
+
+    @_translated
+    def set(self, value: str, *parts: str, ttl_s: float | None = None) -> None:
+        self.redis.set(self.key(*parts), value, ex=int(ttl_s) if ttl_s else None)
+
+    @_translated
+    def delete(self, *parts: str) -> None:
+        self.redis.delete(self.key(*parts))
+
+    @_translated
+    def hgetall(self, *parts: str) -> dict[str, Any]:
+        return self.redis.hgetall(self.key(*parts))
+
+    @_translated
+    def hset(self, mapping: dict[str, Any], *parts: str, ttl_s: float) -> None:
+        pipe = self.redis.pipeline()
+        pipe.hset(self.key(*parts), mapping=mapping)
+        pipe.expire(self.key(*parts), int(ttl_s))
+        pipe.execute()
+
+    @_translated
+    def lock_holder(self, cluster: str, namespace: str, name: str) -> str | None:
+        return self.redis.get(self.key("lock", cluster, namespace, name))
+
+    @_translated
+    def locks(self) -> dict[str, str]:
+        """Every workload lock and the incident id it holds."""
+        out = {}
+        for key in self.redis.scan_iter(match=self.key("lock", "*"), count=500):
+            value = self.redis.get(key)
+            if value is not None:
+                out[key] = value
+        return out
+
+    @_translated
+    def drop_lock(self, key: str, incident_id: str) -> None:
+        self.redis.eval(_DELETE_IF_EQUAL, 1, key, incident_id)
+
+
+class StaleRecord(TransientError):
+    """The record changed since it was loaded: load it again and redo the step."""
+
+
+# KEYS: record, index, open set, lock. ARGV: id, expected version, JSON, opened-at,
+# updated-at, still open (1/0), lock TTL, create (1/0). The version lives inside the JSON
+# record itself ("version": n), read back with cjson.
+_SAVE = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  if ARGV[8] == '1' then return 0 end
+  local version = cjson.decode(current)['version'] or 0
+  if tostring(version) ~= ARGV[2] then return 0 end
+elseif ARGV[2] ~= '0' then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+if ARGV[6] == '1' then
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+  redis.call('EXPIRE', KEYS[4], ARGV[7])
+else
+  redis.call('ZREM', KEYS[3], ARGV[1])
+end
+return 1
+"""
+
+_DELETE_IF_EQUAL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def snapshot_of(live: Manifest) -> Snapshot:
+    """The rollback snapshot of a live Deployment."""
+    from . import manifests
+
+    meta = live.get("metadata") or {}
+    return Snapshot(
+        manifest=manifests.clean(live),
+        generation=int(meta.get("generation") or 0),
+        taken_at=time.time(),
+    )

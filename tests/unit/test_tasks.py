@@ -1,0 +1,434 @@
+"""The tasks and the stages over fake ports, with incident records in a real Redis.
+
+The canvas runs eagerly (Celery's `apply`: retries run at once, countdowns skipped), so
+each test plays a whole incident in milliseconds and asserts what the promise says:
+every incident ends, nothing unverified stays live, nothing is done twice, nobody's
+change is overwritten.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import redis as redis_lib
+
+from aifixer import pipeline, tasks
+from aifixer.adapters.errors import PermanentError, TransientError
+from aifixer.app import app
+from aifixer.store import StaleRecord, Store, snapshot_of
+from tests.unit.fakeports import context, open_incident
+
+GOOD, BAD, HOTFIX = "registry.local/web:1", "registry.local/web:2", "registry.local/web:2-hotfix"
+
+
+@pytest.fixture
+def ctx(redis_url, tmp_path, monkeypatch):
+    redis_lib.Redis.from_url(redis_url).flushdb()
+    c = context(redis_url, tmp_path)
+    monkeypatch.setattr(tasks, "context", lambda: c)
+    monkeypatch.setattr(pipeline, "PHONE_BACKOFF_S", 0.0)
+    # The incidents here come diagnosed and patched (fakeports.open_incident); the
+    # fixer itself is tested in test_fixer.py.
+    monkeypatch.setattr(pipeline, "diagnose", lambda c, s: s)
+    monkeypatch.setattr(pipeline, "patch", lambda c, s: s)
+    app.conf.task_always_eager = True
+    yield c
+    app.conf.task_always_eager = False
+
+
+def run(ctx, incident_id: str):
+    """The whole canvas, eagerly; returns the final record."""
+    tasks.remediation(incident_id).apply()
+    return ctx.store.load(incident_id)
+
+
+def failing(step, exc_factory, times: int):
+    """`step`, failing its first `times` calls with exc_factory()."""
+    calls = {"n": 0}
+
+    def wrapped(ctx, state):
+        calls["n"] += 1
+        if calls["n"] <= times:
+            raise exc_factory()
+        return step(ctx, state)
+
+    wrapped.calls = calls
+    return wrapped
+
+
+# -- retries ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [(5.0, 5.0), (86400.0, 60.0), (math.inf, 60.0), (0.0, 0.5)],
+)
+def test_retry_after_is_honoured_but_clamped(retry_after, expected):
+    assert tasks.countdown(1, retry_after, cap=60.0) == expected
+
+
+def test_backoff_grows_with_jitter_and_stays_bounded():
+    waits = [tasks.countdown(n, None, cap=60.0) for n in range(1, 12)]
+    assert 0.75 <= waits[0] <= 1.0
+    assert 3.0 <= waits[2] <= 4.0
+    assert all(w <= 60.0 for w in waits)
+    # Six retries ride out at least 45 s of outage, whatever the jitter.
+    assert sum(tasks.countdown(n, None, cap=60.0) for n in range(1, tasks.MAX_RETRIES + 1)) >= 45
+
+
+def test_negative_retry_after_is_ignored():
+    assert TransientError("x", "y", retry_after=-3).retry_after is None
+
+
+def test_a_stage_rides_out_more_transient_errors_than_celerys_default(ctx, monkeypatch):
+    """Five 503s in a row (Celery's own default gives up after three)."""
+    iid = open_incident(ctx)
+    step = failing(lambda c, s: s, lambda: TransientError("kubernetes", "503", status=503), 5)
+    monkeypatch.setattr(pipeline, "diagnose", step)
+    state = run(ctx, iid)
+    assert step.calls["n"] == 6
+    assert state.retries["diagnose"] == 5
+    assert state.error is None
+    assert state.outcome == "fixed"
+
+
+def test_exhausted_retries_are_recorded_and_the_chain_still_calls_and_closes(ctx, monkeypatch):
+    iid = open_incident(ctx)
+    step = failing(lambda c, s: s, lambda: TransientError("kubernetes", "503", status=503), 99)
+    monkeypatch.setattr(pipeline, "patch", step)
+    state = run(ctx, iid)
+    assert step.calls["n"] == tasks.MAX_RETRIES + 1
+    assert "gave up after 6 retries" in state.error
+    assert state.outcome == "error"
+    assert ctx.kube.writes == []  # nothing applied
+    assert [d[0] for d in ctx.phone.dialled] == ["+15550000001"]
+    assert state.closed_at is not None
+    assert ctx.store.lock_holder("app", "shop", "web") is None
+
+
+@pytest.mark.parametrize(
+    "exc", [PermanentError("model", "422"), RuntimeError("a bug")], ids=["permanent", "bug"]
+)
+def test_a_permanent_error_or_a_bug_is_recorded_not_retried(ctx, monkeypatch, exc):
+    iid = open_incident(ctx)
+    step = failing(lambda c, s: s, lambda: exc, 99)
+    monkeypatch.setattr(pipeline, "diagnose", step)
+    state = run(ctx, iid)
+    assert step.calls["n"] == 1
+    assert state.error.startswith("diagnose: ")
+    assert state.outcome == "error"
+    assert len(ctx.phone.dialled) == 1
+
+
+# -- verify ----------------------------------------------------------------------------
+
+
+def test_verify_rechecks_do_not_spend_the_error_budget(ctx, monkeypatch):
+    """Twelve "not yet" checks, then a Loki 503, then healthy: verified, not rolled back."""
+    iid = open_incident(ctx)
+    ctx.kube.healthy = False
+    checks = {"n": 0}
+    real = pipeline.verify
+
+    def verify(c, state):
+        checks["n"] += 1
+        if checks["n"] == 13:
+            raise TransientError("loki", "503", status=503)
+        if checks["n"] == 14:
+            ctx.kube.healthy = True
+        return real(c, state)
+
+    monkeypatch.setattr(pipeline, "verify", verify)
+    state = run(ctx, iid)
+    assert state.verification.ok, state.verification.reason
+    assert state.retries == {"verify": 1}
+    assert state.outcome == "fixed"
+    assert ctx.kube.image == GOOD
+    assert len(ctx.forge.prs) == 1
+    assert ctx.phone.dialled == []
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        "deadline",
+        "permanent",
+        "bug",
+        "transient-exhausted",
+    ],
+)
+def test_every_verify_failure_restores_the_original_before_calling(ctx, monkeypatch, failure):
+    iid = open_incident(ctx)
+    if failure == "deadline":
+        ctx.settings.verify_deadline_s = 0.0
+        ctx.kube.healthy = False
+    else:
+        exc = {
+            "permanent": lambda: PermanentError("kubernetes", "403 forbidden", status=403),
+            "bug": lambda: KeyError("status"),
+            "transient-exhausted": lambda: TransientError("loki", "503", status=503),
+        }[failure]
+        monkeypatch.setattr(pipeline, "verify", failing(pipeline.verify, exc, 99))
+    state = run(ctx, iid)
+    assert ctx.kube.image == BAD  # the original is back
+    assert [w["op"] for w in ctx.kube.writes] == ["apply", "restore"]
+    assert state.verification.ok is False
+    assert state.verification.rolled_back is True
+    assert state.outcome in ("called", "error")
+    assert len(ctx.phone.dialled) == 1
+    assert ctx.forge.prs == {}
+
+
+def test_a_persons_change_during_verify_is_not_rolled_back(ctx):
+    iid = open_incident(ctx)
+    ctx.settings.verify_deadline_s = 0.0
+    ctx.kube.healthy = False
+    real_apply = ctx.kube.apply
+
+    def apply_then_person(manifest, resource_version=None):
+        out = real_apply(manifest, resource_version)
+        ctx.kube.person_sets_image(HOTFIX)  # someone deploys a hotfix right after
+        return out
+
+    ctx.kube.apply = apply_then_person
+    state = run(ctx, iid)
+    assert ctx.kube.image == HOTFIX
+    assert [w["op"] for w in ctx.kube.writes] == ["apply"]
+    assert state.verification.rolled_back is False
+    assert "changed by someone else" in state.verification.reason
+    assert len(ctx.phone.dialled) == 1
+
+
+# -- apply -----------------------------------------------------------------------------
+
+
+def test_a_hotfix_between_patch_and_apply_is_never_overwritten(ctx):
+    iid = open_incident(ctx)
+    ctx.kube.person_sets_image(HOTFIX)
+    state = run(ctx, iid)
+    assert ctx.kube.image == HOTFIX
+    assert ctx.kube.writes == []
+    assert "changed by someone else" in state.error
+    assert state.apply is None
+    assert len(ctx.phone.dialled) == 1
+
+
+def test_a_status_change_between_read_and_write_is_reread_not_refused(ctx):
+    iid = open_incident(ctx)
+    real_get = ctx.kube.get_deployment
+    moved = {"n": 0}
+
+    def get_then_status_moves(ns, name):
+        out = real_get(ns, name)
+        if moved["n"] == 0:
+            moved["n"] = 1
+            ctx.kube.status_moves()  # the controller writes status before our apply
+        return out
+
+    ctx.kube.get_deployment = get_then_status_moves
+    state = run(ctx, iid)
+    assert state.outcome == "fixed"
+    assert ctx.kube.calls["apply"] == 2
+
+
+def test_a_redelivered_apply_reuses_the_first_snapshot(ctx, monkeypatch):
+    """Killed after the write, before the record was saved: the redelivery must not
+    snapshot the fix as "original"; the rollback restores the real original."""
+    iid = open_incident(ctx)
+    real_save = tasks._save
+    killed = {"done": False}
+
+    def save(task, state, stage):
+        if stage == "applied" and not killed["done"]:
+            killed["done"] = True
+            raise SystemExit("worker killed")  # the process dies; the message is redelivered
+        return real_save(task, state, stage)
+
+    monkeypatch.setattr(tasks, "_save", save)
+    with pytest.raises(SystemExit):
+        tasks.apply.apply(args=[iid], throw=True)
+    assert ctx.kube.image == GOOD  # the fix landed
+    tasks.apply.apply(args=[iid])  # the redelivery
+    state = ctx.store.load(iid)
+    assert state.apply.original["spec"]["template"]["spec"]["containers"][0]["image"] == BAD
+    assert (
+        ctx.store.snapshot(iid).manifest["spec"]["template"]["spec"]["containers"][0]["image"]
+        == BAD
+    )
+    # And a failed verification restores the real original.
+    ctx.settings.verify_deadline_s = 0.0
+    ctx.kube.healthy = False
+    tasks.verify.apply(args=[iid])
+    assert ctx.kube.image == BAD
+    assert ctx.store.load(iid).verification.rolled_back
+
+
+# -- the pull request and the phone ----------------------------------------------------
+
+
+def test_a_pull_request_that_fails_for_good_calls_a_person(ctx):
+    iid = open_incident(ctx)
+    ctx.forge.fail("open_fix_pr", PermanentError("github", "403 token refused"), times=99)
+    state = run(ctx, iid)
+    assert state.verification.ok
+    assert state.outcome == "called"
+    assert "403" in state.pr_error
+    assert len(ctx.phone.dialled) == 1
+    assert "not in Git" in state.speech
+    assert ctx.kube.image == GOOD  # a verified fix stays
+
+
+def test_twilio_transient_errors_are_retried_on_the_same_number(ctx):
+    iid = open_incident(ctx)
+    ctx.settings.verify_deadline_s = 0.0
+    ctx.kube.healthy = False
+    ctx.phone.fail("place_call", TransientError("twilio", "503", status=503), times=2)
+    run(ctx, iid)
+    assert ctx.phone.calls["place_call"] == 3
+    assert [d[0] for d in ctx.phone.dialled] == ["+15550000001"]
+
+
+def test_a_number_twilio_keeps_refusing_is_recorded_and_the_next_is_called(ctx):
+    iid = open_incident(ctx)
+    ctx.settings.verify_deadline_s = 0.0
+    ctx.kube.healthy = False
+    ctx.phone.fail("place_call", TransientError("twilio", "503", status=503), times=3)
+    state = run(ctx, iid)
+    assert [d[0] for d in ctx.phone.dialled] == ["+15550000002"]
+    assert [(c.number, c.status) for c in state.calls] == [("+15550000001", "failed")]
+
+
+def test_a_call_twilio_placed_without_answering_is_not_placed_again(ctx):
+    iid = open_incident(ctx)
+    ctx.settings.verify_deadline_s = 0.0
+    ctx.kube.healthy = False
+    ctx.phone.fail("place_call", TransientError("twilio", "read timed out"), times=1)
+    ctx.phone.placed_silently.append("+15550000001")
+    run(ctx, iid)
+    assert ctx.phone.calls["place_call"] == 1
+    assert ctx.phone.calls["find_call"] == 1
+    assert ctx.phone.dialled == []
+
+
+def test_a_redelivered_call_never_redials(ctx):
+    iid = open_incident(ctx)
+    ctx.settings.verify_deadline_s = 0.0
+    ctx.kube.healthy = False
+    run(ctx, iid)
+    tasks.call_oncall.apply(args=[iid])
+    tasks.call_next.apply(args=[iid, 1])
+    assert [d[0] for d in ctx.phone.dialled] == ["+15550000001", "+15550000002"]
+    tasks.call_next.apply(args=[iid, 2])
+    assert len(ctx.phone.dialled) == 2
+
+
+def test_a_recurring_failure_calls_the_list_from_the_start_each_time(ctx):
+    ctx.settings.verify_deadline_s = 0.0
+    ctx.kube.healthy = False
+    dialled_first = []
+    for _ in range(3):
+        iid = open_incident(ctx)
+        run(ctx, iid)
+        dialled_first.append(ctx.phone.dialled[-1])
+    assert [d[0] for d in dialled_first] == ["+15550000001"] * 3
+    assert len({d[1] for d in dialled_first}) == 3  # three incidents, three ids
+
+
+# -- the chord, the watchdog -----------------------------------------------------------
+
+
+def test_the_chords_error_callback_is_conclude():
+    sig = tasks.tail("abc-1")
+    errbacks = sig.body.options["link_error"]
+    assert [e["task"] for e in errbacks] == ["aifixer.tasks.conclude"]
+    assert errbacks[0]["kwargs"] == {"incident_id": "abc-1"}
+
+
+def test_conclude_finishes_an_incident_whose_chord_died(ctx):
+    iid = open_incident(ctx)
+    ctx.settings.verify_deadline_s = 0.0
+    ctx.kube.healthy = False
+    for name in ("apply", "verify"):
+        getattr(tasks, name).apply(args=[iid])
+    # The chord's header died (a worker lost twice): only the error callback runs.
+    tasks.conclude.apply(kwargs={"incident_id": iid})
+    state = ctx.store.load(iid)
+    assert state.closed_at is not None
+    assert state.outcome == "called"
+    assert len(ctx.phone.dialled) == 1
+
+
+def test_conclude_goes_inline_after_repeated_broken_chords(ctx, monkeypatch):
+    iid = open_incident(ctx)
+    monkeypatch.setattr(
+        tasks, "tail", lambda i: type("Dead", (), {"apply_async": lambda s: None})()
+    )
+    for _ in range(tasks.MAX_CONCLUDES + 1):
+        tasks.conclude.apply(kwargs={"incident_id": iid})
+    state = ctx.store.load(iid)
+    assert state.closed_at is not None
+    assert len(ctx.phone.dialled) == 1
+
+
+def test_the_watchdog_rolls_back_and_concludes_a_stalled_incident(ctx):
+    iid = open_incident(ctx)
+    tasks.apply.apply(args=[iid])  # applied; then the verify message is lost
+    assert ctx.kube.image == GOOD
+    ctx.settings.watchdog_stall_s = 0.0
+    assert tasks.watchdog.apply().get() == 1
+    state = ctx.store.load(iid)
+    assert ctx.kube.image == BAD
+    assert state.verification.rolled_back
+    assert "stalled at stage applied" in state.error
+    assert state.closed_at is not None
+    assert len(ctx.phone.dialled) == 1
+    assert tasks.watchdog.apply().get() == 0  # closed: nothing more
+
+
+def test_the_watchdog_releases_a_lock_whose_incident_is_closed(ctx):
+    iid = open_incident(ctx)
+    state = ctx.store.load(iid)
+    state.closed_at = pipeline.now()
+    ctx.store.save(state)
+    ctx.store.redis.set(ctx.store.lock_key(state), iid)  # a lock left behind
+    pipeline.watchdog(ctx)
+    assert ctx.store.lock_holder("app", "shop", "web") is None
+
+
+# -- the store -------------------------------------------------------------------------
+
+
+def test_a_save_over_a_newer_record_is_refused(ctx):
+    iid = open_incident(ctx)
+    a, b = ctx.store.load(iid), ctx.store.load(iid)
+    a.error = "watchdog: stalled"
+    ctx.store.save(a)
+    b.stage = "patched"
+    with pytest.raises(StaleRecord):
+        ctx.store.save(b)
+    assert ctx.store.load(iid).error == "watchdog: stalled"
+
+
+def test_the_snapshot_is_taken_once(ctx):
+    first = snapshot_of(ctx.kube.get_deployment("shop", "web"))
+    ctx.kube.person_sets_image(HOTFIX)
+    second = snapshot_of(ctx.kube.get_deployment("shop", "web"))
+    assert ctx.store.snapshot_once("i-1", first) == first
+    assert ctx.store.snapshot_once("i-1", second) == first
+
+
+def test_redis_errors_leave_the_store_as_transient_errors():
+    dead = redis_lib.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    with pytest.raises(TransientError) as info:
+        Store(dead, lock_ttl_s=60).load("x")
+    assert info.value.system == "redis"
+
+
+def test_a_second_finalize_changes_nothing(ctx):
+    iid = open_incident(ctx)
+    state = run(ctx, iid)
+    lines = ctx.settings.incidents_file.read_text().splitlines()
+    tasks.finalize.apply(args=[iid])
+    assert ctx.store.load(iid).closed_at == state.closed_at
+    assert ctx.settings.incidents_file.read_text().splitlines() == lines
