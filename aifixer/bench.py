@@ -635,3 +635,59 @@ def quality(
     for v in violations:
         console.print(f"[red]{v}[/]")
     sys.exit(1 if violations else 0)
+
+
+@bench_cli.command("chaos")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@click.option("--ci", "ci_only", is_flag=True, help="Only the cells CI runs.")
+@click.option("-k", "match", default=None, help="Only cells whose name contains this.")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds per cell.")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None,
+              help="Keep each cell's logs here (default: a temporary directory).")  # fmt: skip
+def chaos(as_json: bool, ci_only: bool, match: str | None, timeout: float, workdir) -> None:
+    """The farm under faults: every incident ends, exactly once (see aifixer/sandbox/chaos.py).
+
+    Each cell runs the real farm (worker, beat, web; stub model; one pool process) on a
+    scenario and breaks something at a stage; a row per cell. Exits 1 if any cell
+    breaks the promise.
+    """
+    from .sandbox import chaos as chaos_mod
+
+    selected = [
+        c
+        for c in chaos_mod.cells()
+        if (not ci_only or c.ci) and (match is None or match.lower() in c.name.lower())
+    ]
+    if not selected:
+        raise click.UsageError("no cell matches")
+    base = workdir or Path(tempfile.mkdtemp(prefix="aifixer-chaos-"))
+
+    def progress(row: dict) -> None:
+        if not as_json:
+            mark = "ok  " if row["ok"] else "FAIL"
+            click.echo(f"{mark} {row['cell']}: {', '.join(map(str, row['outcomes']))} "
+                       f"({row['seconds']} s) {'; '.join(row['problems'])}", err=True)  # fmt: skip
+
+    rows = chaos_mod.run_cells(selected, base, timeout=timeout, progress=progress)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(chaos_table(rows))
+    if not all(r["ok"] for r in rows):
+        sys.exit(1)
+
+
+def chaos_table(rows: list[dict]) -> str:
+    """The matrix as a Markdown table (the README shows it)."""
+    lines = [
+        "| cell | scenario | expected | outcome | PRs | calls | promise | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        verdict = "kept" if r["ok"] else "BROKEN: " + "; ".join(r["problems"])
+        lines.append(
+            f"| {r['cell']} | {r['scenario']} | {r['expected']} | "
+            f"{', '.join(map(str, r['outcomes'])) or '-'} | {r.get('prs', 0)} | "
+            f"{r.get('calls', 0)} | {verdict} | {r['seconds']} |"
+        )
+    return "\n".join(lines)

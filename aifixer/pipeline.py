@@ -545,6 +545,16 @@ def verify(ctx: Context, state: IncidentState) -> IncidentState:
     t = now()
     ns = inc.workload.namespace
     dep = _live(ctx, state)
+    generation = (dep.get("metadata") or {}).get("generation")
+    if generation != state.apply.generation:
+        # Someone changed the Deployment after the fix: what runs is no longer what
+        # aifixer applied, so there is nothing of ours to verify, and nothing to undo.
+        return rollback(
+            ctx,
+            state,
+            f"someone else changed the Deployment during verification "
+            f"(generation {generation}, the fix made {state.apply.generation})",
+        )
     rollout = rollout_status(dep)
     pods = ctx.kube.pod_states(dep)
     restarts = sum(p.restart_count for p in pods)
@@ -680,10 +690,10 @@ def needs_call(state: IncidentState) -> bool:
 def call_oncall(ctx: Context, state: IncidentState) -> IncidentState:
     """Start the phone escalation with the first on-call number, once per incident.
 
-    A redelivery, or a second caller (the pull request path that failed), finds a number
-    already dialled for this incident and leaves the escalation to the callbacks.
+    A redelivery resumes a dial a killed worker left unfinished (see `place_next_call`)
+    and never dials a number twice; once the escalation ended it does nothing.
     """
-    if not needs_call(state) or ctx.store.dialed(state.incident.id, ctx.settings.oncall_numbers):
+    if not needs_call(state) or ctx.store.escalation_done(state.incident.id):
         return state
     started = time.monotonic()
     if state.speech is None:
@@ -703,19 +713,23 @@ PHONE_BACKOFF_S = 1.0
 
 
 def place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | None:
-    """Dial the first on-call number from `attempt` on that this incident has not dialled.
+    """Make sure the first on-call number from `attempt` on that has no ended call is rung.
 
-    A number is dialled at most once per incident (a claim in the store, taken before
-    dialling). Twilio's transient errors are retried on the same number a few times;
-    when Twilio may have placed the call without answering (a timeout), its call list
-    is asked first. A number that cannot be called is recorded as a failed call, and
-    the next one is tried.
+    Each number is dialled at most once per incident: a claim in the store is taken
+    before dialling. A claim without a known CallSid is a dial a killed worker left
+    unfinished: Twilio's call list says whether it went out (then it is adopted), and
+    only if Twilio has no such call is the number dialled. Twilio's transient errors
+    are retried on the same number a few times; a number that cannot be called is
+    recorded as a failed call, and the next one is tried.
+
+    Returns the CallSid of the call now ringing, or None when nobody is left.
     """
-    from .callfile import CallContext, store_call_context
+    from .callfile import CallContext, load_call_context, store_call_context
 
     inc = state.incident
+    ended = {c.attempt for c in state.calls}
     for index, number in enumerate(ctx.settings.oncall_numbers, start=1):
-        if index < attempt or not ctx.store.claim_dial(inc.id, number):
+        if index < attempt or index in ended:
             continue
         call = CallContext(
             incident_id=inc.id,
@@ -725,6 +739,16 @@ def place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | N
             speech=state.speech or "",
             time=now(),
         )
+        if not ctx.store.claim_dial(inc.id, number):
+            known = load_call_context(ctx.redis, inc.id, index)
+            if known is not None and known.call_sid:
+                return known.call_sid  # placed already: a redelivery
+            call = known or call
+            sid = _placed_meanwhile(ctx, call)
+            if sid is not None:
+                store_call_context(ctx.redis, call.model_copy(update={"call_sid": sid}))
+                log.info("%s call to on-call #%d was placed before a crash", tag(state), index)
+                return sid
         store_call_context(ctx.redis, call)  # before dialling: the callbacks may come first
         sid, failure = _dial(ctx, state, call)
         if sid is not None:
@@ -748,6 +772,11 @@ def place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | N
     return None
 
 
+def _placed_meanwhile(ctx: Context, call) -> str | None:
+    """The CallSid Twilio gave a call to `call.number` since `call.time`, if any."""
+    return ctx.phone.find_call(call.number, since=call.time)
+
+
 def _dial(ctx: Context, state: IncidentState, call) -> tuple[str | None, str]:
     """(CallSid, "") once Twilio took the call, or (None, why) when it would not."""
     failure = ""
@@ -763,7 +792,7 @@ def _dial(ctx: Context, state: IncidentState, call) -> tuple[str | None, str]:
             failure = str(exc)
             if exc.status is None:  # no answer: Twilio may have placed it all the same
                 try:
-                    sid = ctx.phone.find_call(call.number, since=call.time)
+                    sid = _placed_meanwhile(ctx, call)
                 except AdapterError:
                     return None, f"{exc} (and whether the call was placed is unknown)"
                 if sid is not None:

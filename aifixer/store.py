@@ -217,12 +217,6 @@ class Store:
         return bool(self.redis.set(key, json.dumps({"at": time.time()}), nx=True, ex=KEEP_S))
 
     @_translated
-    def dialed(self, incident_id: str, numbers: list[str]) -> list[str]:
-        keys = [self.key("dialed", incident_id, n) for n in numbers]
-        present = self.redis.mget(keys) if keys else []
-        return [n for n, v in zip(numbers, present, strict=True) if v is not None]
-
-    @_translated
     def mark_escalation_done(self, incident_id: str) -> None:
         self.redis.set(self.key("escalated", incident_id), "1", ex=KEEP_S)
 

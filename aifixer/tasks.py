@@ -64,7 +64,7 @@ def countdown(retry: int, retry_after: float | None, cap: float) -> float:
     """
     if retry_after is not None:
         return cap if not math.isfinite(retry_after) else max(0.5, min(retry_after, cap))
-    base = min(BACKOFF_CAP_S, cap, 2.0 ** (retry - 1))
+    base = min(BACKOFF_CAP_S, 2.0 ** (retry - 1))
     return base * (0.75 + random.random() / 4)  # noqa: S311 - jitter
 
 

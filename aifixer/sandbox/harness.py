@@ -309,9 +309,11 @@ class FarmRun:
         speed: float = 30.0,
         model: Callable[[World], tuple[str, str]] = start_model_stub,
         workers: int = 1,
+        concurrency: int = 2,
         extra_env: dict[str, str] | None = None,
     ) -> None:
         self.scenario = sc
+        self.concurrency = concurrency
         self.workdir = workdir
         self.speed = speed
         self.model = model
@@ -347,7 +349,9 @@ class FarmRun:
                 self.workdir,
                 self.extra_env,
             )
-            self.procs = start_farm(self.env, self.workdir, workers=self.workers)
+            self.procs = start_farm(
+                self.env, self.workdir, workers=self.workers, concurrency=self.concurrency
+            )
             for p in self.procs:
                 self._stack.callback(p.stop)
             self.ctx = Context(

@@ -316,11 +316,38 @@ def test_a_redelivered_call_never_redials(ctx):
     ctx.settings.verify_deadline_s = 0.0
     ctx.kube.healthy = False
     run(ctx, iid)
+    tasks.call_oncall.apply(args=[iid])  # redelivered: the first call is ringing
+    assert [d[0] for d in ctx.phone.dialled] == ["+15550000001"]
+    tasks.call_next.apply(args=[iid, 2])  # the first person said no
+    tasks.call_next.apply(args=[iid, 2])  # ... and that message came twice
     tasks.call_oncall.apply(args=[iid])
-    tasks.call_next.apply(args=[iid, 1])
     assert [d[0] for d in ctx.phone.dialled] == ["+15550000001", "+15550000002"]
-    tasks.call_next.apply(args=[iid, 2])
-    assert len(ctx.phone.dialled) == 2
+
+
+def test_a_dial_a_killed_worker_left_unfinished_is_resumed_once(ctx, monkeypatch):
+    """Killed after claiming the number, before Twilio answered: Twilio has no call,
+    so the redelivery dials it (once); had Twilio placed it, it is adopted."""
+    iid = open_incident(ctx)
+    ctx.settings.verify_deadline_s = 0.0
+    ctx.kube.healthy = False
+    real = ctx.phone.place_call
+    killed = {"done": False}
+
+    def place_call(*args, **kwargs):
+        if not killed["done"]:
+            killed["done"] = True
+            raise SystemExit("worker killed mid-dial")
+        return real(*args, **kwargs)
+
+    ctx.phone.place_call = place_call
+    with pytest.raises(SystemExit):
+        run(ctx, iid)
+    assert ctx.phone.dialled == []
+    tasks.call_oncall.apply(args=[iid])  # the redelivery
+    assert [d[0] for d in ctx.phone.dialled] == ["+15550000001"]
+    assert ctx.phone.calls["find_call"] == 1
+    tasks.call_oncall.apply(args=[iid])
+    assert len(ctx.phone.dialled) == 1
 
 
 def test_a_recurring_failure_calls_the_list_from_the_start_each_time(ctx):
