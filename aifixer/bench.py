@@ -642,9 +642,18 @@ def quality(
 @click.option("--ci", "ci_only", is_flag=True, help="Only the cells CI runs.")
 @click.option("-k", "match", default=None, help="Only cells whose name contains this.")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds per cell.")
-@click.option("--workdir", type=click.Path(path_type=Path), default=None,
-              help="Keep each cell's logs here (default: a temporary directory).")  # fmt: skip
-def chaos(as_json: bool, ci_only: bool, match: str | None, timeout: float, workdir) -> None:
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Keep each cell's logs here (default: a temporary directory).",
+)
+@click.option("--storm", type=int, default=0, metavar="N",
+              help="Also N workloads failing at once (model answering in 2 s), with 1 "
+                   "and with 4 worker processes; prints the throughput ratio.")  # fmt: skip
+def chaos(
+    as_json: bool, ci_only: bool, match: str | None, timeout: float, workdir, storm: int
+) -> None:
     """The farm under faults: every incident ends, exactly once (see aifixer/sandbox/chaos.py).
 
     Each cell runs the real farm (worker, beat, web; stub model; one pool process) on a
@@ -658,7 +667,7 @@ def chaos(as_json: bool, ci_only: bool, match: str | None, timeout: float, workd
         for c in chaos_mod.cells()
         if (not ci_only or c.ci) and (match is None or match.lower() in c.name.lower())
     ]
-    if not selected:
+    if not selected and not storm:
         raise click.UsageError("no cell matches")
     base = workdir or Path(tempfile.mkdtemp(prefix="aifixer-chaos-"))
 
@@ -669,11 +678,23 @@ def chaos(as_json: bool, ci_only: bool, match: str | None, timeout: float, workd
                        f"({row['seconds']} s) {'; '.join(row['problems'])}", err=True)  # fmt: skip
 
     rows = chaos_mod.run_cells(selected, base, timeout=timeout, progress=progress)
+    storms = [chaos_mod.storm(storm, p, base / f"storm-{p}") for p in (1, 4)] if storm else []
+    ratio = (
+        storms[1]["per_minute"] / storms[0]["per_minute"]
+        if storms and storms[0]["per_minute"]
+        else None
+    )
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps({"cells": rows, "storm": storms, "ratio": ratio}, indent=2))
     else:
         click.echo(chaos_table(rows))
-    if not all(r["ok"] for r in rows):
+        for s in storms:
+            click.echo(f"storm: {s['workloads']} workloads, {s['processes']} process(es): "
+                       f"{s['ended']}/{s['incidents']} ended {s['outcomes']}, {s['prs']} PRs, "
+                       f"{s['seconds']} s, {s['per_minute']} incidents/min")  # fmt: skip
+        if ratio is not None:
+            click.echo(f"throughput ratio 4 / 1 processes: {ratio:.2f}x")
+    if not all(r["ok"] for r in rows) or not all(s["ok"] for s in storms):
         sys.exit(1)
 
 

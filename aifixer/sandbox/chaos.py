@@ -67,6 +67,7 @@ class Cell:
     early: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # from the start
     kill: str | None = None  # SIGKILL the pool process running this task
     person: bool = False  # a person deploys a hotfix at the trigger
+    redis_restart: bool = False  # Redis (append-only file on) restarts at the trigger
     incidents: int = 1  # how many incidents the cell opens
     env: dict[str, str] = field(default_factory=dict)
     ci: bool = False  # part of the subset run in CI
@@ -147,8 +148,8 @@ def cells() -> list[Cell]:
                     expect=expect,
                     at=SERVICE_AT[service],
                     faults=[(service, body)],
-                    ci=(service, kind) in {("kubernetes", "503 for 30 s"),
-                                           ("forge", "429 Retry-After inf")},
+                    ci=(service, kind)
+                    in {("kubernetes", "503 for 30 s"), ("forge", "429 Retry-After inf")},
                 )  # fmt: skip
             )
     out += [
@@ -172,6 +173,21 @@ def cells() -> list[Cell]:
             at="applied",
             person=True,
         ),
+        *[
+            Cell(
+                name=f"Redis restarted at {stage} ({expect})",
+                scenario=sc,
+                expect=expect,
+                at=stage,
+                redis_restart=True,
+                ci=stage == "applied",
+            )
+            for sc, expect, stages in (
+                (FIXED, "fixed", ("opened", "diagnosed", "patched", "applied", "verified")),
+                (CALLED, "called", ("opened", "patched")),
+            )
+            for stage in stages
+        ],
         Cell(
             name="the same failure three times after the cooldown",
             scenario=CALLED,
@@ -201,7 +217,13 @@ class CellRun:
         started = time.monotonic()
         sc = scenario_mod.load(SCENARIOS / f"{self.cell.scenario}.yaml")
         env = CHAOS_ENV | self.cell.env
-        with FarmRun(sc, self.workdir, extra_env=env, concurrency=1) as farm:
+        with FarmRun(
+            sc,
+            self.workdir,
+            extra_env=env,
+            concurrency=1,
+            append_only_redis=self.cell.redis_restart,
+        ) as farm:
             self.farm = farm
             before = self._deployment(sc)
             for service, body in self.cell.early:
@@ -252,6 +274,9 @@ class CellRun:
             self._person_hotfix(sc)
         if self.cell.kill:
             self._kill(self.cell.kill)
+        if self.cell.redis_restart:
+            self.farm.restart_redis()
+            self.notes.append("Redis restarted")
 
     def _url(self, service: str) -> str:
         ep = self.farm.world.endpoints
@@ -420,3 +445,78 @@ def run_cells(
         if progress is not None:
             progress(row)
     return rows
+
+
+# ------------------------------------------------------------------------------ storm
+
+
+def storm_scenario(n: int) -> scenario_mod.Scenario:
+    """`n` copies of the storefront, one replica each, all broken by the same release."""
+    base = scenario_mod.load(SCENARIOS / f"{FIXED}.yaml")
+
+    def copies(files: list[scenario_mod.ManifestFile]) -> list[scenario_mod.ManifestFile]:
+        out = []
+        for i in range(n):
+            name = f"storefront-{i:02d}"
+            for mf in files:
+                text = (
+                    mf.yaml.replace("name: storefront", f"name: {name}")
+                    .replace("name: storefront}", f"name: {name}}}")
+                    .replace("replicas: 3", "replicas: 1")
+                    .replace("{cpu: 100m, memory: 96Mi}", "{cpu: 10m, memory: 32Mi}")
+                    .replace("{memory: 192Mi}", "{memory: 128Mi}")
+                )
+                out.append(
+                    scenario_mod.ManifestFile(
+                        path=mf.path.replace("/storefront/", f"/{name}/"), yaml=text
+                    )
+                )
+        return out
+
+    return base.model_copy(
+        update={
+            "name": f"storm-{n}",
+            "manifests": copies(base.manifests),
+            "change": copies(base.change),
+        }
+    )
+
+
+def storm(n: int, processes: int, workdir: Path, *, model_s: float = 2.0,
+          timeout: float = 1200.0) -> dict[str, Any]:  # fmt: skip
+    """`n` workloads failing at once, the model answering in `model_s`: every incident
+    must end; throughput with `processes` worker pool processes."""
+    sc = storm_scenario(n)
+    with FarmRun(sc, workdir, extra_env=CHAOS_ENV, concurrency=processes) as farm:
+        url = farm.env["AIFIXER_MODEL_BASE_URL"].removesuffix("/v1")
+        requests.post(
+            f"{url}/sandbox/faults",
+            json=_fault(SERVICE_PATHS["model"], delay=model_s, duration=timeout),
+            timeout=5,
+        ).raise_for_status()
+        deadline = time.monotonic() + timeout
+        first = None
+        while True:
+            states = farm.incidents()
+            if states and first is None:
+                first = time.monotonic()
+            ended = [s for s in states if s.closed_at is not None]
+            if len(ended) >= n or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        spent = time.monotonic() - (first or time.monotonic())
+        prs = [p for repo in farm.world.forge.repos.values() for p in repo.pulls.values()]
+        outcomes: dict[str, int] = {}
+        for s in states:
+            outcomes[str(s.outcome)] = outcomes.get(str(s.outcome), 0) + 1
+        return {
+            "workloads": n,
+            "processes": processes,
+            "incidents": len(states),
+            "ended": len(ended),
+            "outcomes": outcomes,
+            "prs": len(prs),
+            "seconds": round(spent, 1),
+            "per_minute": round(len(ended) / spent * 60, 1) if spent else 0.0,
+            "ok": len(ended) == n == len(states) and len(prs) == outcomes.get("fixed", 0),
+        }

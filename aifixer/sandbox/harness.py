@@ -102,14 +102,20 @@ def spawn(name: str, args: list[str], env: dict[str, str], logdir: Path) -> Proc
     return Process(name, popen, path)
 
 
-def start_redis(workdir: Path) -> tuple[str, Process]:
-    """A private redis-server on a free loopback port, keeping nothing on disk."""
+def start_redis(
+    workdir: Path, *, port: int | None = None, append_only: bool = False
+) -> tuple[str, Process]:
+    """A private redis-server on a free loopback port (or `port`).
+
+    By default it keeps nothing on disk; with `append_only` it keeps an append-only
+    file in `workdir`, as a production Redis does, so it can be restarted mid-incident.
+    """
     exe = shutil.which("redis-server")
     if exe is None:
         raise RuntimeError(
             "redis-server is not installed (./dev installs it: apt-get install redis-server)"
         )
-    port = free_port()
+    port = port or free_port()
     proc = spawn(
         "redis",
         [
@@ -121,7 +127,7 @@ def start_redis(workdir: Path) -> tuple[str, Process]:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if append_only else "no",
             "--dir",
             str(workdir),
         ],
@@ -311,9 +317,12 @@ class FarmRun:
         workers: int = 1,
         concurrency: int = 2,
         extra_env: dict[str, str] | None = None,
+        append_only_redis: bool = False,
     ) -> None:
         self.scenario = sc
         self.concurrency = concurrency
+        self.append_only_redis = append_only_redis
+        self.redis_proc: Process | None = None
         self.workdir = workdir
         self.speed = speed
         self.model = model
@@ -334,8 +343,10 @@ class FarmRun:
         self._started = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            redis_url, redis_proc = start_redis(self.workdir)
-            self._stack.callback(redis_proc.stop)
+            redis_url, self.redis_proc = start_redis(
+                self.workdir, append_only=self.append_only_redis
+            )
+            self._stack.callback(lambda: self.redis_proc.stop())
             self.world = World(self.scenario, self.workdir / "world", speed=self.speed)
             self._stack.callback(self.world.stop)
             self.world.start()
@@ -369,6 +380,16 @@ class FarmRun:
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
+
+    def restart_redis(self, down_s: float = 1.0) -> None:
+        """Stop Redis (it writes its append-only file), wait, start it again on its port."""
+        url = self.env["AIFIXER_REDIS_URL"]
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        self.redis_proc.stop()
+        time.sleep(down_s)
+        _, self.redis_proc = start_redis(
+            self.workdir, port=port, append_only=self.append_only_redis
+        )
 
     def incidents(self) -> list[IncidentState]:
         from ..pipeline import all_incidents
