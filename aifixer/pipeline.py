@@ -457,15 +457,15 @@ def apply(ctx: Context, state: IncidentState) -> IncidentState:
         return state
     started = time.monotonic()
     inc, proposal = state.incident, state.proposal
-    read_at = state.evidence.generation if state.evidence else inc.generation
     for _ in range(APPLY_ATTEMPTS):
         live = _live(ctx, state)
         snap = ctx.store.snapshot_once(inc.id, snapshot_of(live))
-        if read_at is not None and snap.generation != read_at:
+        changed = _spec_changes(state.evidence.deployment, snap.manifest) if state.evidence else []
+        if changed:
             raise Conflict(
                 "kubernetes",
                 f"{inc.workload.key} was changed by someone else after the diagnosis "
-                f"(generation {read_at}, now {snap.generation}); aifixer changed nothing",
+                f"({', '.join(changed[:3])}); aifixer changed nothing",
             )
         foreign = _foreign_changes(snap.manifest, manifests.clean(live), proposal)
         if foreign:
@@ -509,6 +509,8 @@ def _foreign_changes(snapshot: dict[str, Any], live: dict[str, Any], proposal: F
     ours = [c.path for c in proposal.changes]
     foreign = []
     for change in manifests.diff(snapshot.get("spec"), live.get("spec"), "spec"):
+        if change.path in IGNORED_PATHS:
+            continue
         wanted = manifests.get_path(proposal.manifest, change.path)
         if _covers(change.after, wanted):
             continue
@@ -537,7 +539,7 @@ def verify(ctx: Context, state: IncidentState) -> IncidentState:
     Healthy means: `kubectl rollout status` would succeed, every pod is Ready with no
     failure reason, no restart since the first healthy check, and no new error line
     from the workload's pods in Loki since the apply. It must hold for the stability
-    window; at the deadline the original manifest is restored (`rollback`).
+    window. A fix not healthy at the deadline is rolled back (`rollback`).
     """
     if state.apply is None or state.verification is not None:
         return state
@@ -545,15 +547,16 @@ def verify(ctx: Context, state: IncidentState) -> IncidentState:
     t = now()
     ns = inc.workload.namespace
     dep = _live(ctx, state)
-    generation = (dep.get("metadata") or {}).get("generation")
-    if generation != state.apply.generation:
+    foreign = (
+        _foreign_changes(state.apply.original, manifests.clean(dep), state.proposal)
+        if state.proposal is not None
+        else []
+    )
+    if foreign:
         # Someone changed the Deployment after the fix: what runs is no longer what
         # aifixer applied, so there is nothing of ours to verify, and nothing to undo.
         return rollback(
-            ctx,
-            state,
-            f"someone else changed the Deployment during verification "
-            f"(generation {generation}, the fix made {state.apply.generation})",
+            ctx, state, f"someone else changed the Deployment during verification ({foreign[0]})"
         )
     rollout = rollout_status(dep)
     pods = ctx.kube.pod_states(dep)
@@ -596,7 +599,13 @@ def verify(ctx: Context, state: IncidentState) -> IncidentState:
     elif progress:
         store.delete("verify", inc.id)
     elapsed = (t - state.apply.applied_at).total_seconds()
-    if rollout.failed or elapsed >= s.verify_deadline_s:
+    # The deadline is for becoming healthy: a fix healthy at the deadline (or found
+    # healthy by a check that came late, after a lost message) gets its stability window.
+    # A workload that keeps flapping between checks is still cut off, at a hard bound.
+    late = elapsed >= s.verify_deadline_s and (
+        not healthy or elapsed >= 2 * (s.verify_deadline_s + s.watchdog_stall_s)
+    )
+    if rollout.failed or late:
         why = (
             rollout.message
             if rollout.failed
@@ -619,43 +628,84 @@ def rollback(
 ) -> IncidentState:
     """Restore the snapshot taken before the fix, unless someone changed the Deployment since.
 
-    Restores only if the live Deployment is still what aifixer applied (its generation);
-    if a person changed it meanwhile, it is left as it is and the call says so. Safe to
-    redeliver: a restore that already landed is recognised and reported as done.
+    Restores only if the live Deployment is still what aifixer wrote: its spec is the
+    snapshot plus this fix's values (the replica count aside, which autoscalers own).
+    That covers an apply that failed after its first write landed, too. If a person
+    changed it meanwhile, it is left as it is and the call says so. Safe to redeliver:
+    a restore that already landed is recognised and reported as done.
 
     Raises:
         TransientError: the API server could not be reached; retry.
     """
-    if state.apply is None or state.verification is not None:
+    if state.verification is not None or state.proposal is None:
         return state
     inc = state.incident
     snap = ctx.store.snapshot(inc.id)
-    original = snap.manifest if snap is not None else state.apply.original
-    rolled_back, reason = True, why
+    if snap is None:
+        if state.apply is None:
+            return state  # nothing was ever written
+        original = state.apply.original
+    else:
+        original = snap.manifest
     try:
-        ctx.kube.restore(original, expected_generation=state.apply.generation)
-    except Conflict as exc:
-        live = ctx.kube.get_deployment(inc.workload.namespace, inc.workload.name)
-        if live is not None and not manifests.diff(
-            original.get("spec"), manifests.clean(live).get("spec"), "spec"
-        ):
-            pass  # a restore that landed before a crash: done already
-        else:
-            rolled_back = False
-            reason = f"{why}; not rolled back: {exc.message}"
+        live = _live(ctx, state)
     except PermanentError as exc:
         if exc.status != 404:
             raise
-        rolled_back, reason = False, f"{why}; not rolled back: the Deployment is gone"
+        return _rolled(
+            ctx, state, False, f"{why}; not rolled back: the Deployment is gone", details
+        )
+    cleaned = manifests.clean(live)
+    if not _spec_changes(original, cleaned):
+        if state.apply is None:
+            return state  # the failed apply wrote nothing
+        return _rolled(ctx, state, True, why, details)  # restored before a crash: done
+    foreign = _foreign_changes(original, cleaned, state.proposal)
+    if foreign:
+        return _rolled(
+            ctx,
+            state,
+            False,
+            f"{why}; not rolled back: someone else changed the Deployment after the fix "
+            f"({', '.join(foreign[:3])}), left as it is",
+            details,
+        )
+    generation = (live.get("metadata") or {}).get("generation")
+    try:
+        ctx.kube.restore(original, expected_generation=generation)
+    except Conflict:
+        raise TransientError(
+            "kubernetes", f"{inc.workload.key} changed during the restore"
+        ) from None
+    if state.apply is None:
+        why = f"{why}; the partly applied fix was undone"
+    return _rolled(ctx, state, True, why, details)
+
+
+def _rolled(
+    ctx: Context, state: IncidentState, done: bool, reason: str, details: dict[str, Any] | None
+) -> IncidentState:
     state.verification = Verification(
-        ok=False, checked_at=now(), reason=reason, rolled_back=rolled_back, details=details or {}
+        ok=False, checked_at=now(), reason=reason, rolled_back=done, details=details or {}
     )
-    ctx.store.delete("verify", inc.id)
-    if rolled_back:
-        log.warning("%s fix did not work, original restored: %s", tag(state), why)
+    ctx.store.delete("verify", state.incident.id)
+    if done:
+        log.warning("%s fix did not work, original restored: %s", tag(state), reason)
     else:
         log.error("%s fix did not work and was NOT rolled back: %s", tag(state), reason)
     return state
+
+
+IGNORED_PATHS = ("spec.replicas",)  # autoscalers own it: not a person's change
+
+
+def _spec_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The spec paths that differ, the replica count aside."""
+    return [
+        c.path
+        for c in manifests.diff(before.get("spec"), after.get("spec"), "spec")
+        if c.path not in IGNORED_PATHS
+    ]
 
 
 def _unhealthy_reason(pods, errors: int, rollout_message: str) -> str:
@@ -724,6 +774,11 @@ def place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | N
 
     Returns the CallSid of the call now ringing, or None when nobody is left.
     """
+    with ctx.store.dialling(state.incident.id):
+        return _place_next_call(ctx, state, attempt)
+
+
+def _place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | None:
     from .callfile import CallContext, load_call_context, store_call_context
 
     inc = state.incident
@@ -750,7 +805,7 @@ def place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | N
                 log.info("%s call to on-call #%d was placed before a crash", tag(state), index)
                 return sid
         store_call_context(ctx.redis, call)  # before dialling: the callbacks may come first
-        sid, failure = _dial(ctx, state, call)
+        sid, failure = _dial(ctx, state, call)  # Twilio unreachable: raised, the task retries
         if sid is not None:
             store_call_context(ctx.redis, call.model_copy(update={"call_sid": sid}))
             log.info("%s calling on-call #%d %s (%s)", tag(state), index, _mask(number), sid)
@@ -778,8 +833,13 @@ def _placed_meanwhile(ctx: Context, call) -> str | None:
 
 
 def _dial(ctx: Context, state: IncidentState, call) -> tuple[str | None, str]:
-    """(CallSid, "") once Twilio took the call, or (None, why) when it would not."""
-    failure = ""
+    """(CallSid, "") once Twilio took the call, or (None, why) when it refused it for good.
+
+    Raises:
+        TransientError: Twilio stayed unreachable over PHONE_TRIES tries; the task
+            retries later, and the number, still claimed, is resumed then (see
+            `place_next_call`), never dialled twice.
+    """
     for n in range(PHONE_TRIES):
         try:
             sid = ctx.phone.place_call(
@@ -789,19 +849,16 @@ def _dial(ctx: Context, state: IncidentState, call) -> tuple[str | None, str]:
         except PermanentError as exc:
             return None, str(exc)
         except TransientError as exc:
-            failure = str(exc)
             if exc.status is None:  # no answer: Twilio may have placed it all the same
-                try:
-                    sid = _placed_meanwhile(ctx, call)
-                except AdapterError:
-                    return None, f"{exc} (and whether the call was placed is unknown)"
+                sid = _placed_meanwhile(ctx, call)
                 if sid is not None:
                     return sid, ""
-            if n + 1 < PHONE_TRIES:
-                delay = min(PHONE_BACKOFF_S * 2**n, 5.0)
-                log.warning("%s %s; trying the same number again in %.0fs", tag(state), exc, delay)
-                time.sleep(delay)
-    return None, f"{failure} (after {PHONE_TRIES} tries)"
+            if n + 1 == PHONE_TRIES:
+                raise
+            delay = min(PHONE_BACKOFF_S * 2**n, 5.0)
+            log.warning("%s %s; trying the same number again in %.0fs", tag(state), exc, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def call_finished(
@@ -831,8 +888,19 @@ def _mask(number: str) -> str:
 
 
 def finalize(ctx: Context, state: IncidentState) -> IncidentState:
-    """Decide the outcome and close the incident; a second finalize changes nothing."""
+    """Decide the outcome and close the incident; a second finalize changes nothing.
+
+    An incident whose fix is applied and neither verified nor restored (the restore
+    failed for good) is not closed: it waits as "restore pending" for the watchdog to
+    restore it. A redelivered finalize re-releases the workload, in case the first one
+    died between closing and releasing.
+    """
     if state.closed_at is not None:
+        ctx.store.release(state, _done_generation(ctx, state), ctx.settings.incident_cooldown_s)
+        return state
+    if state.apply is not None and state.verification is None:
+        log.error("%s the unverified fix is still live: restore pending", tag(state))
+        save(ctx, state, "restore pending")
         return state
     if state.outcome is None:
         if state.verification and state.verification.ok and state.pr_error is None:
@@ -898,33 +966,49 @@ def append_incident_line(ctx: Context, state: IncidentState) -> None:
 # -- the watchdog ------------------------------------------------------------------------
 
 
-def watchdog(ctx: Context) -> list[str]:
-    """Take over the incidents that stopped progressing; return the ids to conclude.
+def watchdog(ctx: Context) -> list[tuple[str, str]]:
+    """Finish the incidents that stopped progressing: (id, "resume" | "conclude") pairs.
 
-    A lost message, a worker killed twice on the same task, a whole machine gone: the
-    incident's record stops moving. After `watchdog_stall_s` without progress it is
-    taken over: the fix is rolled back if it was applied and not verified, the reason
-    is recorded, and the caller concludes it (call, then finalize). Locks whose incident
-    is gone or closed are released.
+    A lost message (a Redis restart drops what workers held), a worker killed twice on
+    the same task, a whole machine gone: the incident's record stops moving. After
+    `watchdog_stall_s` without progress, the watchdog first resumes the chain from the
+    stage the record reached (every stage skips what is done, and every side effect is
+    idempotent, so a resumed chain beside a merely slow one does no harm). If it stalls
+    again, it is taken over — first by a versioned save, so a stage that wakes up late
+    cannot undo it — the fix is rolled back if it was applied and not verified, and the
+    caller concludes it (call, then finalize). Locks whose incident is gone or closed
+    are released. One incident failing here never holds up the others.
     """
     s = ctx.settings
     out = []
     for iid in ctx.store.stalled(s.watchdog_stall_s):
-        state = load(ctx, iid)
-        if state is None or state.closed_at is not None:
-            ctx.store.forget_open(iid)
-            continue
-        idle = time.time() - state.updated_at
-        if state.error is None and not (state.verification is not None):
-            state.error = (
-                f"stalled at stage {state.stage} for {idle:.0f}s; taken over by the watchdog"
-            )
-        if state.apply is not None and state.verification is None:
-            rollback(ctx, state, f"not verified: {state.error}")
-        state.retries["watchdog"] = state.retries.get("watchdog", 0) + 1
-        save(ctx, state, "taken over")
-        log.warning("%s watchdog: %s", tag(state), state.error or "concluding")
-        out.append(iid)
+        try:
+            state = load(ctx, iid)
+            if state is None or state.closed_at is not None:
+                ctx.store.forget_open(iid)
+                continue
+            idle = time.time() - state.updated_at
+            takeovers = state.retries.get("watchdog", 0)
+            state.retries["watchdog"] = takeovers + 1
+            if takeovers == 0 and state.error is None:
+                save(ctx, state)  # the claim, and the clock restarts
+                out.append((iid, "resume"))
+                log.warning("%s watchdog: no progress at %s for %.0fs, resuming",
+                            tag(state), state.stage, idle)  # fmt: skip
+                continue
+            verified = state.verification is not None and state.verification.ok
+            if state.error is None and not verified:
+                state.error = (
+                    f"stalled at stage {state.stage} for {idle:.0f}s; taken over by the watchdog"
+                )
+            save(ctx, state, "taken over")  # the claim: a late stage's save is now refused
+            out.append((iid, "conclude"))
+            if state.verification is None:
+                state = rollback(ctx, state, f"not verified: {state.error}")
+                save(ctx, state, "taken over")
+            log.warning("%s watchdog: %s", tag(state), state.error or "concluding")
+        except (AdapterError, redis_lib.RedisError) as exc:
+            log.warning("watchdog: incident %s: %s (tried again next round)", iid, exc)
     for key, iid in ctx.store.locks().items():
         state = load(ctx, iid)
         opened_ms = iid.rsplit("-", 1)[-1]

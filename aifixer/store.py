@@ -28,10 +28,12 @@ a Redis restart like any other outage.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
 import redis as redis_lib
@@ -216,6 +218,33 @@ class Store:
         key = self.key("dialed", incident_id, number)
         return bool(self.redis.set(key, json.dumps({"at": time.time()}), nx=True, ex=KEEP_S))
 
+    @contextlib.contextmanager
+    def dialling(self, incident_id: str, ttl_s: float = 60.0) -> Iterator[None]:
+        """One dialler per incident at a time (a lease that ends by itself if its holder dies).
+
+        Raises:
+            Busy: another worker is dialling for this incident; retry shortly.
+        """
+        key, token = self.key("dialling", incident_id), uuid.uuid4().hex
+        try:
+            taken = self.redis.set(key, token, nx=True, ex=int(ttl_s))
+        except redis_lib.RedisError as exc:
+            raise TransientError(SYSTEM, f"dialling: {exc}") from exc
+        if not taken:
+            left = self.redis.ttl(key)
+            raise Busy(
+                "aifixer",
+                f"another worker is dialling for incident {incident_id}",
+                retry_after=float(max(1, min(left, 10))) if left and left > 0 else 5.0,
+            )
+        try:
+            yield
+        finally:
+            try:
+                self.redis.eval(_DELETE_IF_EQUAL, 1, key, token)
+            except redis_lib.RedisError:
+                pass  # the lease ends by itself
+
     @_translated
     def mark_escalation_done(self, incident_id: str) -> None:
         self.redis.set(self.key("escalated", incident_id), "1", ex=KEEP_S)
@@ -266,6 +295,10 @@ class Store:
     @_translated
     def drop_lock(self, key: str, incident_id: str) -> None:
         self.redis.eval(_DELETE_IF_EQUAL, 1, key, incident_id)
+
+
+class Busy(TransientError):
+    """Another worker holds a lease on this work; retry after `retry_after` (not an error)."""
 
 
 class StaleRecord(TransientError):

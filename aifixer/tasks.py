@@ -40,6 +40,7 @@ from . import pipeline
 from .adapters.errors import PermanentError, TransientError
 from .app import app
 from .models import IncidentState
+from .store import Busy
 
 log = logging.getLogger("aifixer.tasks")
 
@@ -92,21 +93,24 @@ def _load(task, incident_id: str) -> IncidentState | None:
         raise  # unreachable: _retry_unrecorded raises
 
 
-def _retry_unrecorded(task, exc: BaseException) -> None:
-    """Redis itself failed: nothing can be recorded, so the message counts the retries.
+UNRECORDED_COUNTDOWN_S = 3.0
+UNRECORDED_LIMIT = 40  # retries in the message's own count (verify's re-checks included)
 
-    Past the budget the exception ends the task; the record, untouched, stops moving,
-    and the watchdog concludes the incident once Redis answers again.
+
+def _retry_unrecorded(task, exc: BaseException) -> None:
+    """Redis itself failed (or the record moved): nothing can be recorded, so retry soon.
+
+    The message's own count bounds it; that count also holds verify's re-checks and the
+    recorded retries, so the bound is generous: about two minutes of Redis being gone
+    for a stage that just started. Past it the exception ends the task; the record,
+    untouched, stops moving, and the watchdog concludes the incident once Redis answers.
     """
     n = task.request.retries + 1
-    if n > MAX_RETRIES:
+    if n > UNRECORDED_LIMIT:
         raise exc
-    after = getattr(exc, "retry_after", None)
     log.warning("%s: %s (retry %d, unrecorded)", task.name, exc, n)
     raise task.retry(
-        exc=exc,
-        countdown=countdown(n, after, context().settings.retry_after_max_s),
-        max_retries=MAX_RETRIES,
+        exc=exc, countdown=UNRECORDED_COUNTDOWN_S, max_retries=_decided(task)
     ) from None
 
 
@@ -119,7 +123,9 @@ def _save(task, state: IncidentState, stage: str) -> None:
         _retry_unrecorded(task, _transient(exc))
 
 
-def _attempt(task, name: str, step: Step, state: IncidentState) -> IncidentState:
+def _attempt(
+    task, name: str, step: Step, state: IncidentState, *, failed: list[str] | None = None
+) -> IncidentState:
     """`step(state)`, with its failure retried under the stage's budget or recorded.
 
     Returns the new record, or on a failure for good a freshly loaded one with the
@@ -128,12 +134,16 @@ def _attempt(task, name: str, step: Step, state: IncidentState) -> IncidentState
     Raises:
         Retry: the task was re-scheduled.
         NotYet: verification re-checks later (the caller schedules it).
+
+    `failed`, if given, receives the error when the step failed for good.
     """
     ctx = context()
     try:
         return step(ctx, state)
     except (pipeline.NotYet, Retry):
         raise
+    except Busy as exc:  # another worker holds the lease: wait for it, free of charge
+        raise task.retry(countdown=exc.retry_after or 5.0, max_retries=_decided(task)) from None
     except Exception as raw:  # noqa: BLE001 - a bug must not lose the incident: record it
         exc = _transient(raw)
         fresh = _load(task, state.incident.id) or state
@@ -155,7 +165,14 @@ def _attempt(task, name: str, step: Step, state: IncidentState) -> IncidentState
             error = f"{name}: internal error: {type(exc).__name__}: {exc}"
         log.error("%s %s failed: %s", pipeline.tag(fresh), name, error)
         fresh.error = fresh.error or error
+        if failed is not None:
+            failed.append(error)
         return fresh
+
+
+# The stages before verify, in order: a stage whose result the record already holds is
+# not run again (a redelivery, or a chain the watchdog resumed beside a slow one).
+ORDER = {"opened": 0, "diagnosed": 1, "recalled": 2, "patched": 3, "applied": 4}
 
 
 def _stage(task, name: str, step: Step, incident_id: str, reached: str) -> str:
@@ -165,6 +182,8 @@ def _stage(task, name: str, step: Step, incident_id: str, reached: str) -> str:
         return incident_id
     if state.closed_at is not None or state.error is not None:
         return incident_id  # closed, or failed for good: the call and finalize handle it
+    if ORDER.get(state.stage, len(ORDER)) >= ORDER[reached]:
+        return incident_id  # done already
     state = _attempt(task, name, step, state)
     _save(task, state, reached if state.error is None else f"{name} failed")
     return incident_id
@@ -200,34 +219,41 @@ def verify(self, incident_id: str) -> str:
     bug, a stage before it that failed after the apply — restores the original first.
     """
     state = _load(self, incident_id)
-    if state is None or state.closed_at is not None:
+    if state is None or state.closed_at is not None or state.verification is not None:
         return incident_id
-    if state.apply is None or state.verification is not None:
-        return incident_id  # nothing applied, or decided: on to the pull request or call
+    if state.apply is None and state.error is None:
+        return incident_id  # nothing applied: on to the call
     if state.error is None:
         try:
             state = _attempt(self, "verify", pipeline.verify, state)
         except pipeline.NotYet as wait:
             raise self.retry(countdown=wait.countdown, max_retries=_decided(self)) from None
     if state.error is not None and state.verification is None:
+        # Failed after the apply (or during it, after a write landed): restore first.
         state = _rollback(self, state)
+    if state.verification is None and state.apply is None:
+        return incident_id  # the failed apply had written nothing
     ok = state.verification is not None and state.verification.ok
-    _save(self, state, "verified" if ok else "not verified")
+    stage = (
+        "verified" if ok else "restore pending" if state.verification is None else "not verified"
+    )
+    _save(self, state, stage)
     return incident_id
 
 
 def _rollback(task, state: IncidentState) -> IncidentState:
-    why = f"not verified: {state.error}"
-    rolled = _attempt(task, "rollback", lambda ctx, s: pipeline.rollback(ctx, s, why), state)
-    if rolled.verification is None:  # the restore itself failed for good: say so
-        from .models import Verification
+    """Restore the snapshot; if even that fails for good, say so and leave it to the watchdog.
 
-        rolled.verification = Verification(
-            ok=False,
-            checked_at=pipeline.now(),
-            reason=f"{why}; the restore failed too, the unverified fix may still be live",
-            rolled_back=False,
-        )
+    The incident then waits as "restore pending" (finalize does not close it); the
+    person is called all the same, and the watchdog retries the restore.
+    """
+    why = f"not verified: {state.error}"
+    failed: list[str] = []
+    rolled = _attempt(
+        task, "rollback", lambda ctx, s: pipeline.rollback(ctx, s, why), state, failed=failed
+    )
+    if failed:
+        rolled.error = f"{rolled.error}; the restore failed ({failed[0]}): the unverified fix may still be live"
     return rolled
 
 
@@ -241,7 +267,9 @@ def open_pr(self, incident_id: str) -> str:
     state = _load(self, incident_id)
     if state is None or state.closed_at is not None:
         return incident_id
-    if not (state.verification and state.verification.ok) or state.pull_request or state.pr_error:
+    if state.pr_error is not None:
+        return _call(self, incident_id)  # a redelivery after the pull request failed: call
+    if not (state.verification and state.verification.ok) or state.pull_request:
         return incident_id
     done = _attempt(self, "open_pr", pipeline.open_pr, state)
     if done.pull_request is None:
@@ -316,8 +344,9 @@ def finalize(self, incident_id: str) -> str:
     """Decide the outcome, close the incident, free the workload. Safe to redeliver."""
     ctx = context()
     state = _load(self, incident_id)
-    if state is None or state.closed_at is not None:
+    if state is None:
         return incident_id
+    was_open = state.closed_at is None
     try:
         state = pipeline.finalize(ctx, state)
     except (TransientError, redis_lib.RedisError) as exc:
@@ -331,7 +360,7 @@ def finalize(self, incident_id: str) -> str:
                                 ctx.settings.retry_after_max_s),
             max_retries=_decided(self),
         ) from None  # fmt: skip
-    if ctx.settings.memory_enabled:
+    if was_open and state.closed_at is not None and ctx.settings.memory_enabled:
         remember.delay(incident_id)
     return incident_id
 
@@ -373,8 +402,11 @@ def watchdog(self) -> int:
     except (TransientError, PermanentError, redis_lib.RedisError) as exc:
         log.warning("watchdog: %s", exc)
         return 0
-    for incident_id in stalled:
-        conclude.apply_async(kwargs={"incident_id": incident_id})
+    for incident_id, action in stalled:
+        if action == "resume":
+            remediation(incident_id).apply_async()
+        else:
+            conclude.apply_async(kwargs={"incident_id": incident_id})
     return len(stalled)
 
 

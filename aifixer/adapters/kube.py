@@ -603,14 +603,21 @@ class Kube:
         if resource_version is not None:
             rv = applied["metadata"]["resourceVersion"]
             ops.insert(0, {"op": "test", "path": "/metadata/resourceVersion", "value": rv})
-        return self._json(
-            self.apps.patch_namespaced_deployment,
-            meta["name"],
-            meta["namespace"],
-            ops,
-            field_manager=FIELD_MANAGER,
-            _content_type=JSON_PATCH,
-        )
+        try:
+            return self._json(
+                self.apps.patch_namespaced_deployment,
+                meta["name"],
+                meta["namespace"],
+                ops,
+                field_manager=FIELD_MANAGER,
+                _content_type=JSON_PATCH,
+            )
+        except PermanentError as exc:
+            if resource_version is not None and exc.status == 422 and "test" in exc.message:
+                # The `test` op failed (the API server answers 422): the object moved
+                # between the two writes. The caller re-reads and re-checks.
+                raise Conflict(SYSTEM, f"{_ref(manifest)} changed between writes") from None
+            raise
 
     def restore(self, original: Manifest, expected_generation: int | None = None) -> Manifest:
         """Put the original spec back (rollback of a fix that did not verify).

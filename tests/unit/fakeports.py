@@ -90,10 +90,11 @@ class FakeKube(Faults):
     def get_deployment(self, namespace: str, name: str):
         self.hit("get_deployment")
         out = copy.deepcopy(self.live)
-        ready = 1 if self.healthy else 0
+        n = out["spec"]["replicas"]
+        ready = n if self.healthy else 0
         out["status"] = {
             "observedGeneration": out["metadata"]["generation"],
-            "replicas": 1, "updatedReplicas": 1, "readyReplicas": ready,
+            "replicas": n, "updatedReplicas": n, "readyReplicas": ready,
             "availableReplicas": ready,
         }  # fmt: skip
         return out

@@ -196,7 +196,7 @@ def test_a_persons_change_during_verify_is_not_rolled_back(ctx):
     assert ctx.kube.image == HOTFIX
     assert [w["op"] for w in ctx.kube.writes] == ["apply"]
     assert state.verification.rolled_back is False
-    assert "changed by someone else" in state.verification.reason
+    assert "someone else changed the Deployment" in state.verification.reason
     assert len(ctx.phone.dialled) == 1
 
 
@@ -289,14 +289,38 @@ def test_twilio_transient_errors_are_retried_on_the_same_number(ctx):
     assert [d[0] for d in ctx.phone.dialled] == ["+15550000001"]
 
 
-def test_a_number_twilio_keeps_refusing_is_recorded_and_the_next_is_called(ctx):
+def test_twilio_unreachable_for_longer_is_retried_by_the_task_never_redialled(ctx):
+    """Three 503s exhaust the in-place tries: the task retries later, and the number,
+    still claimed, is resumed (Twilio's list has no call, so it is dialled once)."""
     iid = open_incident(ctx)
     ctx.settings.verify_deadline_s = 0.0
     ctx.kube.healthy = False
-    ctx.phone.fail("place_call", TransientError("twilio", "503", status=503), times=3)
+    ctx.phone.fail("place_call", TransientError("twilio", "503", status=503), times=4)
+    state = run(ctx, iid)
+    assert [d[0] for d in ctx.phone.dialled] == ["+15550000001"]
+    assert ctx.phone.calls["find_call"] == 1  # the resumed claim asked Twilio first
+    assert state.retries["call_oncall"] == 1
+    assert state.calls == []
+
+
+def test_a_number_twilio_refuses_for_good_is_recorded_and_the_next_is_called(ctx):
+    iid = open_incident(ctx)
+    ctx.settings.verify_deadline_s = 0.0
+    ctx.kube.healthy = False
+    ctx.phone.fail("place_call", PermanentError("twilio", "21211 invalid number"), times=1)
     state = run(ctx, iid)
     assert [d[0] for d in ctx.phone.dialled] == ["+15550000002"]
     assert [(c.number, c.status) for c in state.calls] == [("+15550000001", "failed")]
+
+
+def test_one_dialler_per_incident_at_a_time(ctx):
+    iid = open_incident(ctx)
+    with ctx.store.dialling(iid):
+        with pytest.raises(TransientError, match="another worker is dialling"):
+            with ctx.store.dialling(iid):
+                pass
+    with ctx.store.dialling(iid):  # released
+        pass
 
 
 def test_a_call_twilio_placed_without_answering_is_not_placed_again(ctx):
@@ -398,12 +422,28 @@ def test_conclude_goes_inline_after_repeated_broken_chords(ctx, monkeypatch):
     assert len(ctx.phone.dialled) == 1
 
 
-def test_the_watchdog_rolls_back_and_concludes_a_stalled_incident(ctx):
+def test_the_watchdog_resumes_a_chain_whose_message_was_lost(ctx):
     iid = open_incident(ctx)
     tasks.apply.apply(args=[iid])  # applied; then the verify message is lost
-    assert ctx.kube.image == GOOD
     ctx.settings.watchdog_stall_s = 0.0
     assert tasks.watchdog.apply().get() == 1
+    state = ctx.store.load(iid)
+    assert state.outcome == "fixed"
+    assert ctx.kube.image == GOOD
+    assert [w["op"] for w in ctx.kube.writes] == ["apply"]  # the resumed chain skipped apply
+    assert len(ctx.forge.prs) == 1
+
+
+def test_the_watchdog_rolls_back_and_concludes_when_the_resumed_chain_stalls_too(ctx, monkeypatch):
+    iid = open_incident(ctx)
+    tasks.apply.apply(args=[iid])
+    assert ctx.kube.image == GOOD
+    lost = type("Lost", (), {"apply_async": lambda self: None})()
+    monkeypatch.setattr(tasks, "remediation", lambda i: lost)
+    ctx.settings.watchdog_stall_s = 0.0
+    assert tasks.watchdog.apply().get() == 1  # resumed, and lost again
+    assert ctx.store.load(iid).closed_at is None
+    assert tasks.watchdog.apply().get() == 1  # taken over
     state = ctx.store.load(iid)
     assert ctx.kube.image == BAD
     assert state.verification.rolled_back
@@ -459,3 +499,102 @@ def test_a_second_finalize_changes_nothing(ctx):
     tasks.finalize.apply(args=[iid])
     assert ctx.store.load(iid).closed_at == state.closed_at
     assert ctx.settings.incidents_file.read_text().splitlines() == lines
+
+
+# -- what a second reading found ---------------------------------------------------------
+
+
+def test_an_apply_that_failed_after_its_first_write_is_undone(ctx):
+    """The server-side apply landed, the removal step failed for good: the fix is live
+    without `state.apply`; verify restores the snapshot all the same."""
+    iid = open_incident(ctx)
+    real_apply = ctx.kube.apply
+
+    def apply_then_fail(manifest, resource_version=None):
+        real_apply(manifest, resource_version)
+        raise PermanentError("kubernetes", "the removal patch was refused", status=422)
+
+    ctx.kube.apply = apply_then_fail
+    state = run(ctx, iid)
+    assert ctx.kube.image == BAD
+    assert state.verification.rolled_back
+    assert "partly applied fix was undone" in state.verification.reason
+    assert state.closed_at is not None
+    assert len(ctx.phone.dialled) == 1
+
+
+def test_a_restore_that_fails_for_good_keeps_the_incident_open_for_the_watchdog(ctx):
+    iid = open_incident(ctx)
+    ctx.settings.verify_deadline_s = 0.0
+    ctx.kube.healthy = False
+    ctx.kube.fail("restore", TransientError("kubernetes", "503", status=503), times=99)
+    state = run(ctx, iid)
+    assert ctx.kube.image == GOOD  # still live...
+    assert state.stage == "restore pending" and state.closed_at is None
+    assert "may still be live" in state.error
+    assert len(ctx.phone.dialled) == 1  # ...and a person knows
+    ctx.kube._queue["restore"].clear()  # the API server is back
+    ctx.settings.watchdog_stall_s = 0.0
+    tasks.watchdog.apply()
+    state = ctx.store.load(iid)
+    assert ctx.kube.image == BAD
+    assert state.verification.rolled_back and state.closed_at is not None
+    assert len(ctx.phone.dialled) == 1
+
+
+def test_an_autoscaler_changing_replicas_is_not_a_persons_change(ctx, monkeypatch):
+    iid = open_incident(ctx)
+    real = pipeline.verify
+
+    def verify(c, state):
+        if ctx.kube.live["spec"]["replicas"] == 1:
+            ctx.kube.live["spec"]["replicas"] = 3  # an HPA scales up
+            ctx.kube._bump(True)
+        return real(c, state)
+
+    monkeypatch.setattr(pipeline, "verify", verify)
+    state = run(ctx, iid)
+    assert state.outcome == "fixed", state.verification.reason
+
+
+def test_a_redelivered_open_pr_after_a_failed_pr_still_calls(ctx, monkeypatch):
+    iid = open_incident(ctx)
+    ctx.forge.fail("open_fix_pr", PermanentError("github", "403"), times=99)
+    real_call = tasks._call
+    killed = {"done": False}
+
+    def call(task, incident_id):
+        if not killed["done"]:
+            killed["done"] = True
+            raise SystemExit("killed after recording the PR failure")
+        return real_call(task, incident_id)
+
+    monkeypatch.setattr(tasks, "_call", call)
+    for name in ("apply", "verify"):
+        getattr(tasks, name).apply(args=[iid])
+    with pytest.raises(SystemExit):
+        tasks.open_pr.apply(args=[iid], throw=True)
+    tasks.open_pr.apply(args=[iid])  # the redelivery
+    assert len(ctx.phone.dialled) == 1
+
+
+def test_a_redelivered_finalize_releases_the_workload(ctx):
+    iid = open_incident(ctx)
+    state = run(ctx, iid)
+    ctx.store.redis.set(ctx.store.lock_key(state), iid)  # killed before the release
+    tasks.finalize.apply(args=[iid])
+    assert ctx.store.lock_holder("app", "shop", "web") is None
+    assert ctx.store.get("done", state.incident.fingerprint) is not None
+
+
+def test_a_late_stage_cannot_undo_the_watchdogs_takeover(ctx):
+    iid = open_incident(ctx)
+    tasks.apply.apply(args=[iid])
+    late = ctx.store.load(iid)  # a verify that loaded the record long ago
+    ctx.settings.watchdog_stall_s = 0.0
+    assert pipeline.watchdog(ctx) == [(iid, "resume")]
+    assert pipeline.watchdog(ctx) == [(iid, "conclude")]
+    late.stage = "verified"
+    with pytest.raises(StaleRecord):
+        ctx.store.save(late)
+    assert ctx.store.load(iid).stage == "taken over"
