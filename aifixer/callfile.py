@@ -23,6 +23,7 @@ import fcntl
 import json
 import logging
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -194,3 +195,46 @@ def finished_record(
         attempt=context.attempt,
         answer_text=answer_text,
     )
+
+
+FINAL_STATUSES = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
+
+
+def finish_call(
+    redis: Any,
+    call_file: CallFile,
+    incident_id: str,
+    attempt: int,
+    call_sid: str,
+    status: str,
+    on_finished: Callable[[str, CallRecord], None],
+) -> bool:
+    """A call ended with Twilio status `status`: write its line once, report it once.
+
+    Called by whoever learns first that the call ended — the status callback on any
+    web replica, or the escalation watchdog asking Twilio when a callback never came.
+    Returns True if the line was written now.
+    """
+    context = load_call_context(redis, incident_id, attempt)
+    if context is None:
+        log.warning("[%s] call %s (attempt %d) ended %s but is unknown: not recorded",
+                    incident_id, call_sid, attempt, status)  # fmt: skip
+        return False
+    answer, answer_text = load_answer(redis, call_sid)
+    record = finished_record(context, call_sid, status, answer, answer_text)
+    written = claim(redis, call_sid, "written")
+    if written:
+        try:
+            call_file.append(record)
+        except BaseException:
+            release(redis, call_sid, "written")
+            raise
+        log.info("[%s] call %s to attempt %d ended %s, can intervene: %s",
+                 incident_id, call_sid, attempt, status, record.can_intervene)  # fmt: skip
+    if claim(redis, call_sid, "reported"):
+        try:
+            on_finished(incident_id, record)
+        except BaseException:
+            release(redis, call_sid, "reported")
+            raise
+    return written

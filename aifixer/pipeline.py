@@ -802,12 +802,14 @@ def _place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | 
             sid = _placed_meanwhile(ctx, call)
             if sid is not None:
                 store_call_context(ctx.redis, call.model_copy(update={"call_sid": sid}))
+                ctx.store.watch_escalation(inc.id, _call_window(ctx))
                 log.info("%s call to on-call #%d was placed before a crash", tag(state), index)
                 return sid
         store_call_context(ctx.redis, call)  # before dialling: the callbacks may come first
         sid, failure = _dial(ctx, state, call)  # Twilio unreachable: raised, the task retries
         if sid is not None:
             store_call_context(ctx.redis, call.model_copy(update={"call_sid": sid}))
+            ctx.store.watch_escalation(inc.id, _call_window(ctx))
             log.info("%s calling on-call #%d %s (%s)", tag(state), index, _mask(number), sid)
             return sid
         log.error("%s call to %s failed: %s", tag(state), _mask(number), failure)
@@ -825,6 +827,66 @@ def _place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | 
             ),
         )
     return None
+
+
+def _call_window(ctx: Context) -> float:
+    """How long a call may take, ringing to the last callback, before it is looked into."""
+    s = ctx.settings
+    return s.ring_timeout_s + s.gather_timeout_s * 3 + 120.0
+
+
+def check_escalations(ctx: Context) -> list[tuple[str, int]]:
+    """Move on the phone escalations whose calls should have ended: (incident id, attempt)
+    pairs to dial next.
+
+    Once an incident closes, its escalation lives on Twilio's callbacks. A callback that
+    never came (lost, or `aifixer web` down), a next call that was never sent, a dial a
+    worker never finished: each leaves the escalation still, and a person uncalled.
+    Twilio is asked how the last call ended; its line is written and reported exactly
+    as the callback would have; and the next number is due if nobody said yes.
+    """
+    from .callfile import FINAL_STATUSES, CallFile, finish_call, load_call_context
+
+    numbers = ctx.settings.oncall_numbers
+    due: list[tuple[str, int]] = []
+    for iid in ctx.store.escalations_due():
+        try:
+            state = load(ctx, iid)
+            if state is None or ctx.store.escalation_done(iid):
+                ctx.store.mark_escalation_done(iid)
+                continue
+            ctx.store.watch_escalation(iid, _call_window(ctx))  # look again later
+            attempt = max(
+                (k for k in range(1, len(numbers) + 1) if load_call_context(ctx.redis, iid, k)),
+                default=0,
+            )
+            ended = {c.attempt: c for c in state.calls}
+            if attempt == 0:
+                due.append((iid, 1))
+                continue
+            if attempt in ended:
+                if ended[attempt].can_intervene or attempt >= len(numbers):
+                    ctx.store.mark_escalation_done(iid)
+                else:
+                    due.append((iid, attempt + 1))
+                continue
+            known = load_call_context(ctx.redis, iid, attempt)
+            if not known.call_sid:
+                due.append((iid, attempt))  # a dial left unfinished: resume it
+                continue
+            status = ctx.phone.call_status(known.call_sid)
+            if status in FINAL_STATUSES:
+                log.warning("%s call %s ended %s without a callback: recorded from Twilio",
+                            tag(state), known.call_sid, status)  # fmt: skip
+                finish_call(
+                    ctx.redis, CallFile(ctx.settings.call_file), iid, attempt, known.call_sid,
+                    status, lambda _iid, record: call_finished(
+                        ctx, record, place_next=lambda nid, nxt: due.append((nid, nxt))
+                    ),
+                )  # fmt: skip
+        except (AdapterError, redis_lib.RedisError) as exc:
+            log.warning("escalation of %s: %s (tried again later)", iid, exc)
+    return due
 
 
 def _placed_meanwhile(ctx: Context, call) -> str | None:

@@ -247,7 +247,19 @@ class Store:
 
     @_translated
     def mark_escalation_done(self, incident_id: str) -> None:
-        self.redis.set(self.key("escalated", incident_id), "1", ex=KEEP_S)
+        pipe = self.redis.pipeline()
+        pipe.set(self.key("escalated", incident_id), "1", ex=KEEP_S)
+        pipe.zrem(self.key("escalating"), incident_id)
+        pipe.execute()
+
+    @_translated
+    def watch_escalation(self, incident_id: str, due_in_s: float) -> None:
+        """The escalation should have moved on (a call ended) within `due_in_s`."""
+        self.redis.zadd(self.key("escalating"), {incident_id: time.time() + due_in_s})
+
+    @_translated
+    def escalations_due(self) -> list[str]:
+        return list(self.redis.zrangebyscore(self.key("escalating"), "-inf", time.time()))
 
     @_translated
     def escalation_done(self, incident_id: str) -> bool:

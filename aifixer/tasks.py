@@ -396,7 +396,7 @@ def remember(self, incident_id: str) -> None:
 
 @app.task(bind=True, name="aifixer.tasks.watchdog", acks_late=False, ignore_result=True)
 def watchdog(self) -> int:
-    """Periodic: incidents that stopped moving are rolled back if needed and concluded."""
+    """Periodic: stalled incidents resumed or concluded; stalled phone escalations moved on."""
     try:
         stalled = pipeline.watchdog(context())
     except (TransientError, PermanentError, redis_lib.RedisError) as exc:
@@ -407,6 +407,13 @@ def watchdog(self) -> int:
             remediation(incident_id).apply_async()
         else:
             conclude.apply_async(kwargs={"incident_id": incident_id})
+    try:
+        calls = pipeline.check_escalations(context())
+    except (TransientError, PermanentError, redis_lib.RedisError) as exc:
+        log.warning("watchdog: escalations: %s", exc)
+        calls = []
+    for incident_id, attempt in calls:
+        call_next.delay(incident_id, attempt)
     return len(stalled)
 
 

@@ -40,15 +40,7 @@ from aifixer.adapters.phone import (
     Phone,
 )
 from aifixer.answers import parse_answer
-from aifixer.callfile import (
-    CallFile,
-    claim,
-    finished_record,
-    load_answer,
-    load_call_context,
-    release,
-    store_answer,
-)
+from aifixer.callfile import FINAL_STATUSES, CallFile, finish_call, store_answer
 from aifixer.models import CallRecord, Signal
 from aifixer.settings import Settings
 
@@ -57,7 +49,6 @@ log = logging.getLogger(__name__)
 CallFinished = Callable[[str, CallRecord], None]  # (incident id, the call file line)
 SignalsReceived = Callable[[list[Signal]], None]
 
-FINAL_STATUSES = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
 THANKS_CAN_INTERVENE = "Thank you, noted: you can intervene."
 THANKS_NEXT_PERSON = "Thank you. We will call the next person."
 SIGNATURE_HEADER = "X-Twilio-Signature"
@@ -195,29 +186,10 @@ class Web:
 
         Blocking: runs in a worker thread.
         """
-        context = load_call_context(self.redis, incident_id, attempt)
-        if context is None:
-            log.warning("[%s] call %s (attempt %d) ended %s but is unknown: not recorded",
-                        incident_id, call_sid, attempt, status)  # fmt: skip
-            return False
-        answer, answer_text = load_answer(self.redis, call_sid)
-        record = finished_record(context, call_sid, status, answer, answer_text)
-        written = claim(self.redis, call_sid, "written")
-        if written:
-            try:
-                self.call_file.append(record)
-            except BaseException:
-                release(self.redis, call_sid, "written")
-                raise
-            log.info("[%s] call %s to attempt %d ended %s, can intervene: %s",
-                     incident_id, call_sid, attempt, status, record.can_intervene)  # fmt: skip
-        if claim(self.redis, call_sid, "reported"):
-            try:
-                self.on_call_finished(incident_id, record)
-            except BaseException:
-                release(self.redis, call_sid, "reported")
-                raise
-        return written
+        return finish_call(
+            self.redis, self.call_file, incident_id, attempt, call_sid, status,
+            self.on_call_finished,
+        )  # fmt: skip
 
 
 WEB = web.AppKey("web", Web)

@@ -106,6 +106,21 @@ class Phone:
         log.info("[%s] call %s placed to attempt %d", incident_id, call.sid, attempt)
         return call.sid
 
+    def call_status(self, call_sid: str) -> str:
+        """Twilio's status of a call (queued, ringing, in-progress, completed, no-answer...).
+
+        Raises:
+            TransientError, PermanentError: the call could not be read.
+        """
+        try:
+            return self._client.calls(call_sid).fetch().status
+        except TwilioRestException as exc:
+            raise rest_error(exc) from None
+        except TwilioException as exc:
+            raise PermanentError(SYSTEM, f"cannot read the call: {bounded(str(exc))}") from None
+        except OSError as exc:
+            raise TransientError(SYSTEM, f"cannot reach the API: {bounded(str(exc))}") from None
+
     def find_call(self, number: str, since: datetime) -> str | None:
         """The CallSid of a call to `number` created since `since`, if Twilio has one.
 

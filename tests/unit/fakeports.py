@@ -170,11 +170,16 @@ class FakePhone(Faults):
         super().__init__()
         self.dialled: list[tuple[str, str, int]] = []  # (number, incident id, attempt)
         self.placed_silently: list[str] = []  # numbers Twilio called but never told us about
+        self.statuses: dict[str, str] = {}  # CallSid -> what Twilio says (default: completed)
 
     def place_call(self, number, speech, question=None, *, incident_id, attempt) -> str:
         self.hit("place_call")
         self.dialled.append((number, incident_id, attempt))
         return f"CA{len(self.dialled):032d}"
+
+    def call_status(self, call_sid: str) -> str:
+        self.hit("call_status")
+        return self.statuses.get(call_sid, "completed")
 
     def find_call(self, number, since):
         self.hit("find_call")

@@ -598,3 +598,51 @@ def test_a_late_stage_cannot_undo_the_watchdogs_takeover(ctx):
     with pytest.raises(StaleRecord):
         ctx.store.save(late)
     assert ctx.store.load(iid).stage == "taken over"
+
+
+# -- the escalation after the incident closed ------------------------------------------
+
+
+def _called_and_silent(ctx):
+    """An incident that called its first number; Twilio's callbacks never arrive."""
+    iid = open_incident(ctx)
+    ctx.settings.verify_deadline_s = 0.0
+    ctx.kube.healthy = False
+    run(ctx, iid)
+    assert [d[0] for d in ctx.phone.dialled] == ["+15550000001"]
+    ctx.store.watch_escalation(iid, -1)  # its call window is over
+    return iid
+
+
+def test_a_lost_callback_is_recovered_from_twilio_and_the_next_number_called(ctx):
+    from aifixer.callfile import CallFile, load_call_context, store_answer
+
+    iid = _called_and_silent(ctx)
+    sid = load_call_context(ctx.store.redis, iid, 1).call_sid
+    store_answer(ctx.store.redis, sid, False, "non")  # the Gather was heard, then nothing
+    tasks.watchdog.apply()
+    assert [d[0] for d in ctx.phone.dialled] == ["+15550000001", "+15550000002"]
+    [line] = CallFile(ctx.settings.call_file).read()
+    assert (line.call_sid, line.can_intervene, line.incident_id) == (sid, False, iid)
+    tasks.watchdog.apply()  # not due yet: nothing more
+    assert len(ctx.phone.dialled) == 2
+
+
+def test_a_call_still_ringing_is_left_alone(ctx):
+    from aifixer.callfile import load_call_context
+
+    iid = _called_and_silent(ctx)
+    ctx.phone.statuses[load_call_context(ctx.store.redis, iid, 1).call_sid] = "ringing"
+    tasks.watchdog.apply()
+    assert len(ctx.phone.dialled) == 1
+    assert not ctx.store.escalation_done(iid)
+
+
+def test_a_yes_heard_without_its_callback_ends_the_escalation(ctx):
+    from aifixer.callfile import load_call_context, store_answer
+
+    iid = _called_and_silent(ctx)
+    store_answer(ctx.store.redis, load_call_context(ctx.store.redis, iid, 1).call_sid, True, "yes")
+    tasks.watchdog.apply()
+    assert len(ctx.phone.dialled) == 1
+    assert ctx.store.escalation_done(iid)
