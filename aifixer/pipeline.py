@@ -801,6 +801,7 @@ def _place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | 
             call = known or call
             sid = _placed_meanwhile(ctx, call)
             if sid is not None:
+                ctx.store.own_call(sid, inc.id)
                 store_call_context(ctx.redis, call.model_copy(update={"call_sid": sid}))
                 ctx.store.watch_escalation(inc.id, _call_window(ctx))
                 log.info("%s call to on-call #%d was placed before a crash", tag(state), index)
@@ -808,6 +809,7 @@ def _place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | 
         store_call_context(ctx.redis, call)  # before dialling: the callbacks may come first
         sid, failure = _dial(ctx, state, call)  # Twilio unreachable: raised, the task retries
         if sid is not None:
+            ctx.store.own_call(sid, inc.id)
             store_call_context(ctx.redis, call.model_copy(update={"call_sid": sid}))
             ctx.store.watch_escalation(inc.id, _call_window(ctx))
             log.info("%s calling on-call #%d %s (%s)", tag(state), index, _mask(number), sid)
@@ -890,8 +892,15 @@ def check_escalations(ctx: Context) -> list[tuple[str, int]]:
 
 
 def _placed_meanwhile(ctx: Context, call) -> str | None:
-    """The CallSid Twilio gave a call to `call.number` since `call.time`, if any."""
-    return ctx.phone.find_call(call.number, since=call.time)
+    """The CallSid Twilio gave a call to `call.number` since `call.time`, if any.
+
+    Calls another incident placed to the same person are not ours: every placed call
+    is recorded with its incident, and those are left out.
+    """
+    for sid in ctx.phone.calls_since(call.number, since=call.time):
+        if ctx.store.call_owner(sid) in (None, call.incident_id):
+            return sid
+    return None
 
 
 def _dial(ctx: Context, state: IncidentState, call) -> tuple[str | None, str]:

@@ -246,6 +246,15 @@ class Store:
                 pass  # the lease ends by itself
 
     @_translated
+    def own_call(self, call_sid: str, incident_id: str) -> None:
+        self.redis.set(self.key("callsid", call_sid), incident_id, ex=KEEP_S)
+
+    @_translated
+    def call_owner(self, call_sid: str) -> str | None:
+        """The incident a call was placed for, if aifixer recorded it."""
+        return self.redis.get(self.key("callsid", call_sid))
+
+    @_translated
     def mark_escalation_done(self, incident_id: str) -> None:
         pipe = self.redis.pipeline()
         pipe.set(self.key("escalated", incident_id), "1", ex=KEEP_S)

@@ -121,11 +121,12 @@ class Phone:
         except OSError as exc:
             raise TransientError(SYSTEM, f"cannot reach the API: {bounded(str(exc))}") from None
 
-    def find_call(self, number: str, since: datetime) -> str | None:
-        """The CallSid of a call to `number` created since `since`, if Twilio has one.
+    def calls_since(self, number: str, since: datetime) -> list[str]:
+        """The CallSids of calls to `number` created since `since`, newest first.
 
-        Asked when a create request got no answer: Twilio may have placed the call all
-        the same, and a number is never dialled twice for one incident.
+        Asked when a create request got no answer, or a worker died while dialling:
+        Twilio may have placed the call all the same, and a number is never dialled
+        twice for one incident.
 
         Raises:
             TransientError, PermanentError: the call list could not be read.
@@ -138,11 +139,12 @@ class Phone:
             raise PermanentError(SYSTEM, f"cannot list calls: {bounded(str(exc))}") from None
         except OSError as exc:
             raise TransientError(SYSTEM, f"cannot reach the API: {bounded(str(exc))}") from None
-        for call in calls:
-            created = call.date_created
-            if created is not None and created.timestamp() >= since.timestamp() - 1:
-                return call.sid
-        return None
+        return [
+            call.sid
+            for call in calls
+            if call.date_created is not None
+            and call.date_created.timestamp() >= since.timestamp() - 1
+        ]
 
     def twiml(self, speech: str, question: str, gather_action: str) -> VoiceResponse:
         """The call: the speech, the question inside a Gather, a goodbye if nothing is heard."""

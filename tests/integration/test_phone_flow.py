@@ -120,6 +120,17 @@ def test_yes_person_can_intervene(rig: Rig) -> None:
     assert all(c["http_status"] == 204 for c in callbacks)  # every signature validated
 
 
+def test_twilio_lists_and_reports_the_calls_placed(rig: Rig) -> None:
+    """What a resumed dial and the escalation watchdog ask Twilio, through its client."""
+    since = datetime.now(UTC)
+    record, _ = rig.call("no")
+    assert rig.phone.calls_since(NUMBER, since) == [record.call_sid]
+    assert rig.phone.calls_since("+33699999999", since) == []
+    assert rig.phone.call_status(record.call_sid) == "completed"
+    with pytest.raises(PermanentError):
+        rig.phone.call_status("CA" + "0" * 32)
+
+
 def test_speech_reaches_the_phone_and_is_spoken(rig: Rig) -> None:
     _, transcript = rig.call("yes")
     calls = requests.get(rig.settings.twilio_api_base_url + "/sandbox/calls", timeout=10).json()

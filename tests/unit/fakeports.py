@@ -181,9 +181,9 @@ class FakePhone(Faults):
         self.hit("call_status")
         return self.statuses.get(call_sid, "completed")
 
-    def find_call(self, number, since):
+    def calls_since(self, number, since):
         self.hit("find_call")
-        return "CAfound" if number in self.placed_silently else None
+        return ["CAfound"] if number in self.placed_silently else []
 
 
 class FakeModel(Faults):

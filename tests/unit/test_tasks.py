@@ -646,3 +646,16 @@ def test_a_yes_heard_without_its_callback_ends_the_escalation(ctx):
     tasks.watchdog.apply()
     assert len(ctx.phone.dialled) == 1
     assert ctx.store.escalation_done(iid)
+
+
+def test_a_call_another_incident_placed_to_the_same_person_is_not_adopted(ctx):
+    """Two incidents call the same person; one's dial got no answer: the other's call,
+    in Twilio's list, is not taken for its own."""
+    ctx.phone.placed_silently.append("+15550000001")
+    ctx.store.own_call("CAfound", "another-incident-1")
+    iid = open_incident(ctx)
+    ctx.settings.verify_deadline_s = 0.0
+    ctx.kube.healthy = False
+    ctx.phone.fail("place_call", TransientError("twilio", "read timed out"), times=1)
+    run(ctx, iid)
+    assert [d[0] for d in ctx.phone.dialled] == ["+15550000001"]  # dialled for its own
