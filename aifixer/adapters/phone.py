@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from urllib.parse import urlencode
 
@@ -87,7 +89,7 @@ class Phone:
         if not E164.match(number):
             raise PermanentError(SYSTEM, f"not an E.164 phone number: {number!r}")
         query = urlencode({INCIDENT_PARAM: incident_id, ATTEMPT_PARAM: attempt})
-        try:
+        with _translated("cannot place the call"):
             call = self._client.calls.create(
                 to=number,
                 from_=self.settings.twilio_from_number,
@@ -97,12 +99,6 @@ class Phone:
                 status_callback_method="POST",
                 timeout=self.settings.ring_timeout_s,
             )
-        except TwilioRestException as exc:
-            raise rest_error(exc) from None
-        except TwilioException as exc:
-            raise PermanentError(SYSTEM, f"cannot place the call: {bounded(str(exc))}") from None
-        except OSError as exc:  # requests' ConnectionError and Timeout are OSErrors
-            raise TransientError(SYSTEM, f"cannot reach the API: {bounded(str(exc))}") from None
         log.info("[%s] call %s placed to attempt %d", incident_id, call.sid, attempt)
         return call.sid
 
@@ -112,14 +108,8 @@ class Phone:
         Raises:
             TransientError, PermanentError: the call could not be read.
         """
-        try:
+        with _translated("cannot read the call"):
             return self._client.calls(call_sid).fetch().status
-        except TwilioRestException as exc:
-            raise rest_error(exc) from None
-        except TwilioException as exc:
-            raise PermanentError(SYSTEM, f"cannot read the call: {bounded(str(exc))}") from None
-        except OSError as exc:
-            raise TransientError(SYSTEM, f"cannot reach the API: {bounded(str(exc))}") from None
 
     def calls_since(self, number: str, since: datetime) -> list[str]:
         """The CallSids of calls to `number` created since `since`, newest first.
@@ -131,14 +121,8 @@ class Phone:
         Raises:
             TransientError, PermanentError: the call list could not be read.
         """
-        try:
+        with _translated("cannot list calls"):
             calls = self._client.calls.list(to=number, limit=20)
-        except TwilioRestException as exc:
-            raise rest_error(exc) from None
-        except TwilioException as exc:
-            raise PermanentError(SYSTEM, f"cannot list calls: {bounded(str(exc))}") from None
-        except OSError as exc:
-            raise TransientError(SYSTEM, f"cannot reach the API: {bounded(str(exc))}") from None
         return [
             call.sid
             for call in calls
@@ -179,6 +163,19 @@ class Phone:
 
     def _url(self, path: str) -> str:
         return self.settings.public_base_url.rstrip("/") + path
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """The twilio client's errors as the adapter's two, decided once."""
+    try:
+        yield
+    except TwilioRestException as exc:
+        raise rest_error(exc) from None
+    except TwilioException as exc:
+        raise PermanentError(SYSTEM, f"{what}: {bounded(str(exc))}") from None
+    except OSError as exc:  # requests' ConnectionError and Timeout are OSErrors
+        raise TransientError(SYSTEM, f"cannot reach the API: {bounded(str(exc))}") from None
 
 
 def rest_error(exc: TwilioRestException) -> TransientError | PermanentError:
