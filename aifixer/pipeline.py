@@ -460,7 +460,11 @@ def apply(ctx: Context, state: IncidentState) -> IncidentState:
     for _ in range(APPLY_ATTEMPTS):
         live = _live(ctx, state)
         snap = ctx.store.snapshot_once(inc.id, snapshot_of(live))
-        changed = _spec_changes(state.evidence.deployment, snap.manifest) if state.evidence else []
+        changed = (
+            _spec_changes(state.evidence.deployment, snap.manifest, metadata=True)
+            if state.evidence
+            else []
+        )
         if changed:
             raise Conflict(
                 "kubernetes",
@@ -699,11 +703,23 @@ def _rolled(
 IGNORED_PATHS = ("spec.replicas",)  # autoscalers own it: not a person's change
 
 
-def _spec_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """The spec paths that differ, the replica count aside."""
+def _spec_changes(
+    before: dict[str, Any], after: dict[str, Any], *, metadata: bool = False
+) -> list[str]:
+    """The spec paths that differ, the replica count aside; with `metadata`, the labels
+    and annotations too (the apply sends them, so a person's change to them since the
+    evidence was read would be overwritten)."""
+
+    def watched(manifest: dict[str, Any]) -> dict[str, Any]:
+        meta = manifest.get("metadata") or {}
+        out = {"spec": manifest.get("spec")}
+        if metadata:
+            out["metadata"] = {k: meta.get(k) or {} for k in ("labels", "annotations")}
+        return out
+
     return [
         c.path
-        for c in manifests.diff(before.get("spec"), after.get("spec"), "spec")
+        for c in manifests.diff(watched(before), watched(after))
         if c.path not in IGNORED_PATHS
     ]
 

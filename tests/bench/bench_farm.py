@@ -9,8 +9,9 @@ Four figures, each against its goal (exit 1 when one is missed):
    pipeline's Context is wrapped to add up the wall time spent inside it (outermost
    call only, so an adapter method calling another is counted once). Each stage is
    timed from the poll that opened the incident to `finalize`, and between stages the
-   state makes the JSON round trip a Celery hop makes (dump, encode, decode,
-   validate). Overhead = stage time - adapter time: the farm's own CPU, Redis and file
+   record makes the round trip a task makes around its step (saved to Redis with the
+   stage reached, loaded again by the next task; the message itself carries only the
+   id). Overhead = stage time - adapter time: the farm's own CPU, Redis and file
    work. Waiting between verification checks is not a stage and is not counted. The
    median over several incidents (different scenarios) is reported.
    Separately, the Celery hop cost: with the real farm running (worker, beat, web as
@@ -39,7 +40,6 @@ from __future__ import annotations
 import argparse
 import functools
 import inspect
-import json
 import random
 import statistics
 import sys
@@ -180,14 +180,14 @@ class StageMeter:
         for stage, seconds in other.by_stage.items():
             self.by_stage[stage] = self.by_stage.get(stage, 0.0) + seconds
 
-    def hop(self, state: IncidentState) -> IncidentState:
-        """What a Celery hop does to the state: JSON dump and encode, decode and validate."""
-        return self.run(
-            lambda: IncidentState.model_validate(
-                json.loads(json.dumps(state.model_dump(mode="json")))
-            ),
-            name="hops",
-        )
+    def hop(self, ctx: pipeline.Context, state: IncidentState, stage: str) -> IncidentState:
+        """What tasks do around a step: save the record with its stage, load it again."""
+
+        def round_trip() -> IncidentState:
+            pipeline.save(ctx, state, stage)
+            return pipeline.load(ctx, state.incident.id)
+
+        return self.run(round_trip, name="hops")
 
     @property
     def overhead_ms(self) -> float:
@@ -203,15 +203,19 @@ def first_incident(ctx: pipeline.Context, meter: StageMeter) -> IncidentState:
             opened = trial.run(poll, ctx)
             if opened:
                 meter.add(trial)
-                return IncidentState(incident=opened[0], model_used=ctx.settings.model_name)
+                return pipeline.load(ctx, opened[0].id)
         time.sleep(0.2)
     raise TimeoutError("no incident opened")
 
 
 def remediate(ctx: pipeline.Context, meter: StageMeter, state: IncidentState) -> IncidentState:
-    """The chain the tasks run, in-process: stages and hops metered, waits not."""
-    for stage in (pipeline.diagnose, pipeline.patch, pipeline.apply):
-        state = meter.hop(meter.run(stage, ctx, state))
+    """The chain the tasks run, in-process: stages and record round trips metered, waits not."""
+    for stage, reached in (
+        (pipeline.diagnose, "diagnosed"),
+        (pipeline.patch, "patched"),
+        (pipeline.apply, "applied"),
+    ):
+        state = meter.hop(ctx, meter.run(stage, ctx, state), reached)
     deadline = time.monotonic() + INCIDENT_TIMEOUT_S
     while True:
         try:
@@ -220,14 +224,13 @@ def remediate(ctx: pipeline.Context, meter: StageMeter, state: IncidentState) ->
         except pipeline.NotYet as wait:
             if time.monotonic() > deadline:
                 raise TimeoutError("verification never decided") from None
-            state = meter.hop(state)  # the retry is a new message
+            # the retry is a new message: the task loads the record again
+            state = meter.run(pipeline.load, ctx, state.incident.id, name="hops")
             time.sleep(wait.countdown)
-    state = meter.hop(state)
-    branches = [
-        meter.hop(meter.run(pipeline.open_pr, ctx, state.model_copy(deep=True))),
-        meter.hop(meter.run(pipeline.call_oncall, ctx, state.model_copy(deep=True))),
-    ]
-    return meter.hop(meter.run(pipeline.finalize, ctx, branches))
+    state = meter.hop(ctx, state, "verified")
+    state = meter.hop(ctx, meter.run(pipeline.open_pr, ctx, state), "verified")
+    state = meter.hop(ctx, meter.run(pipeline.call_oncall, ctx, state), "verified")
+    return meter.run(pipeline.finalize, ctx, state)
 
 
 def overhead_of(name: str, workdir: Path) -> tuple[StageMeter, str | None]:

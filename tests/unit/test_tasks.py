@@ -659,3 +659,12 @@ def test_a_call_another_incident_placed_to_the_same_person_is_not_adopted(ctx):
     ctx.phone.fail("place_call", TransientError("twilio", "read timed out"), times=1)
     run(ctx, iid)
     assert [d[0] for d in ctx.phone.dialled] == ["+15550000001"]  # dialled for its own
+
+
+def test_a_persons_annotation_since_the_diagnosis_is_not_overwritten(ctx):
+    iid = open_incident(ctx)
+    ctx.kube.live["metadata"]["annotations"] = {"owner": "on-call, mid-debug"}
+    ctx.kube.status_moves()  # metadata only: the generation stays
+    state = run(ctx, iid)
+    assert ctx.kube.writes == []
+    assert "metadata.annotations.owner" in state.error
