@@ -43,6 +43,8 @@ task_time_limit = 360
 # is delivered again. It must exceed the longest task run (task_time_limit) and the
 # longest countdown or ETA any task uses, or work runs twice; verify therefore
 # re-polls with short countdowns instead of one long one.
+# A message a worker held when Redis restarted also waits for it: the watchdog
+# (AIFIXER_WATCHDOG_STALL_S) resumes such an incident long before.
 broker_transport_options = {"visibility_timeout": 3600}
 
 # One queue per kind of work, so each scales and stalls on its own:

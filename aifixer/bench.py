@@ -701,7 +701,7 @@ def chaos(
 def chaos_table(rows: list[dict]) -> str:
     """The matrix as a Markdown table (the README shows it)."""
     lines = [
-        "| cell | scenario | expected | outcome | PRs | calls | promise | seconds |",
+        "| cell | scenario | expected | outcome | PRs | calls placed | promise | seconds |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

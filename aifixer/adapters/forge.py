@@ -36,6 +36,7 @@ import git
 from github import Auth, Github, GithubException, RateLimitExceededException
 from github.PullRequest import PullRequest
 from github.Repository import Repository
+from urllib3.util.retry import Retry
 
 from aifixer import prbody
 from aifixer.models import FieldChange, IncidentState, PullRequestRef, Workload
@@ -104,7 +105,13 @@ class Forge:
             base_url=settings.github_api_url,
             auth=Auth.Token(self._token),
             timeout=max(1, math.ceil(settings.request_timeout_s)),  # PyGithub wants an int
-            retry=1,  # one quick retry of a dropped connection; backoff is the task's job
+            # One quick retry of a refused connection, nothing else: urllib3 would otherwise
+            # sleep whatever Retry-After a 429 or 503 says (a day, say) inside the worker.
+            # Backoff, and honouring Retry-After within a bound, are the task's job.
+            retry=Retry(
+                total=1, connect=1, read=0, redirect=0, status=0, other=0,
+                respect_retry_after_header=False,
+            ),  # fmt: skip
             seconds_between_requests=0.05,
             seconds_between_writes=0.2,
         )

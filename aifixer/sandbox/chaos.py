@@ -107,7 +107,8 @@ KILLS = {
 }  # fmt: skip
 RUNS_IN = {
     FIXED: {"diagnose", "patch", "apply", "verify", "open_pr", "finalize"},
-    CALLED: {"diagnose", "patch", "call_oncall", "call_next", "finalize"},
+    # No candidate fix: patch asks nothing of anyone there, nothing to catch it in.
+    CALLED: {"diagnose", "call_oncall", "call_next", "finalize"},
 }
 
 
@@ -184,7 +185,7 @@ def cells() -> list[Cell]:
             )
             for sc, expect, stages in (
                 (FIXED, "fixed", ("opened", "diagnosed", "patched", "applied", "verified")),
-                (CALLED, "called", ("opened", "patched")),
+                (CALLED, "called", ("opened", "diagnosed")),
             )
             for stage in stages
         ],
@@ -235,6 +236,8 @@ class CellRun:
             problems = self._check(sc, states, before)
             if not triggered:
                 problems.insert(0, f"the incident never reached stage {self.cell.at!r}")
+            if self.cell.kill and self.counts.get("killed") != self.cell.kill:
+                problems.insert(0, f"{self.cell.kill} was never caught running: nothing killed")
         return {
             "cell": self.cell.name,
             "scenario": self.cell.scenario,

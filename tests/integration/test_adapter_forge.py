@@ -289,6 +289,27 @@ def test_forge_down_is_transient(make_world):
     assert world.endpoints.github_token not in str(info.value)
 
 
+@pytest.mark.parametrize("retry_after", ["86400", "inf"])
+def test_a_rate_limit_is_handed_to_the_task_not_slept_on(make_world, retry_after):
+    """PyGithub's own retries would sleep a 429's Retry-After (a day) inside the worker."""
+    import time
+
+    import requests
+
+    sc, world = fixed_world(make_world)
+    forge_url = world.endpoints.github_api.removesuffix("/api/v3")
+    requests.post(
+        f"{forge_url}/sandbox/faults",
+        json={"path": "^/api/v3/repos/", "status": 429, "retry_after": retry_after, "count": 5},
+        timeout=5,
+    ).raise_for_status()
+    started = time.monotonic()
+    with pytest.raises(TransientError) as info:
+        Forge(settings_for(world)).open_fix_pr(fixed_state(sc, "fplimited"))
+    assert time.monotonic() - started < 5
+    assert info.value.status == 429
+
+
 def test_git_down_is_transient(make_world):
     sc, world = fixed_world(make_world)
     with socket.socket() as s:
