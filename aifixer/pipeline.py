@@ -533,8 +533,22 @@ def _covers(live: Any, wanted: Any) -> bool:
     if isinstance(wanted, dict) and isinstance(live, dict):
         return all(_covers(live.get(k), v) for k, v in wanted.items())
     if isinstance(wanted, list) and isinstance(live, list):
-        return len(wanted) == len(live) and all(map(_covers, live, wanted))
+        if len(wanted) != len(live):
+            return False
+        by_name = _by_name(live)
+        if by_name is not None and _by_name(wanted) is not None:
+            # Named items (containers, env, ports): the server merges them by name and
+            # keeps its own order, so they are matched by name, not by position.
+            return all(_covers(by_name.get(w["name"]), w) for w in wanted)
+        return all(map(_covers, live, wanted))
     return live == wanted
+
+
+def _by_name(items: list[Any]) -> dict[str, Any] | None:
+    if not all(isinstance(i, dict) and "name" in i for i in items):
+        return None
+    named = {i["name"]: i for i in items}
+    return named if len(named) == len(items) else None
 
 
 def verify(ctx: Context, state: IncidentState) -> IncidentState:

@@ -668,3 +668,11 @@ def test_a_persons_annotation_since_the_diagnosis_is_not_overwritten(ctx):
     state = run(ctx, iid)
     assert ctx.kube.writes == []
     assert "metadata.annotations.owner" in state.error
+
+
+def test_named_items_the_server_reordered_are_still_ours():
+    wanted = [{"name": "DATABASE_URL", "value": "x"}, {"name": "CACHE_HOST", "value": "y"}]
+    live = [{"name": "CACHE_HOST", "value": "y"}, {"name": "DATABASE_URL", "value": "x"}]
+    assert pipeline._covers(live, wanted)
+    assert not pipeline._covers([{"name": "CACHE_HOST", "value": "z"}, live[1]], wanted)
+    assert not pipeline._covers(live[:1], wanted)
