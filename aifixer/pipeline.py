@@ -43,7 +43,6 @@ from .store import Store, snapshot_of
 
 log = logging.getLogger("aifixer.pipeline")
 
-PREFIX = "aifixer:"
 MAX_SIGNALS_PER_INCIDENT = 5
 LOG_EVIDENCE_LINES = 40
 
@@ -119,9 +118,6 @@ class Context:
         from .memory import Memory
 
         return Memory(self.redis, Embedder(self.settings), self.settings)
-
-    def key(self, *parts: str) -> str:
-        return PREFIX + ":".join(parts)
 
 
 def tag(state_or_incident: IncidentState | Incident) -> str:

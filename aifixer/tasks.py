@@ -40,7 +40,7 @@ from . import pipeline
 from .adapters.errors import PermanentError, TransientError
 from .app import app
 from .models import IncidentState
-from .store import Busy
+from .store import Busy, StaleRecord
 
 log = logging.getLogger("aifixer.tasks")
 
@@ -314,9 +314,10 @@ def _update(task, incident_id: str, **fields) -> None:
         try:
             pipeline.save(context(), state)
             return
+        except StaleRecord:
+            continue  # the other branch saved meanwhile: merge into its record
         except TransientError as exc:
-            if exc.system != "redis" or "meanwhile" not in exc.message:
-                _retry_unrecorded(task, exc)
+            _retry_unrecorded(task, exc)
         except redis_lib.RedisError as exc:
             _retry_unrecorded(task, _transient(exc))
     _retry_unrecorded(task, TransientError("redis", f"incident {incident_id} kept changing"))

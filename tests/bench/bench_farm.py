@@ -346,7 +346,7 @@ class Farm:
         failing until the app listens) and may open an incident that ends `recovered`;
         a fault while it is still open would be handled under it, not detected anew.
         """
-        keys = [self.ctx.key("cursor", "events"), self.ctx.key("cursor", "loki")]
+        keys = [self.ctx.store.key("cursor", "events"), self.ctx.store.key("cursor", "loki")]
         self._until(lambda: all(self.ctx.redis.exists(k) for k in keys), timeout, "first polls")
         time.sleep(POLL_INTERVAL_S)
         self._until(lambda: all(s.outcome for s in self.incidents()), timeout, "quiet farm")
