@@ -11,7 +11,7 @@ from kombu import Queue
 from aifixer.settings import Settings
 from beat_schedule import beat_schedule  # noqa: F401 - a setting Celery reads from here
 
-broker_url = Settings().redis_url  # AIFIXER_REDIS_URL, read when Celery loads its config
+broker_url = Settings().redis_dsn  # AIFIXER_REDIS_URL (+ _PASSWORD), read when Celery loads
 result_backend = broker_url
 broker_connection_retry_on_startup = True
 

@@ -6,7 +6,8 @@ finalized. The package exposes this app lazily, so `celery -A aifixer worker`
 works without importing Celery for every other use of the package.
 
 Every log record emitted while a task runs carries that task's id, whatever logger
-wrote it, so one incident's lines can be followed across workers.
+wrote it, so one incident's lines can be followed across workers; and every record is
+redacted (`aifixer.redact`) before a handler writes it.
 """
 
 import logging
@@ -14,6 +15,8 @@ import logging
 from celery import Celery, signals
 from celery._state import get_current_task
 from celery.app import trace
+
+from aifixer.redact import RedactingFilter
 
 # A task's return value is an incident's whole state (the workload's manifest, its
 # evidence and logs). Celery logs it with every success by default; the farm's logs
@@ -39,4 +42,5 @@ class TaskIdFilter(logging.Filter):
 def _task_ids_in_logs(logger: logging.Logger, *args, **kwargs) -> None:
     for handler in logger.handlers:
         handler.addFilter(TaskIdFilter())
+        handler.addFilter(RedactingFilter())
         handler.setFormatter(logging.Formatter(LOG_FORMAT))

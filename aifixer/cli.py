@@ -20,7 +20,7 @@ import requests
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
+from . import __version__, redact
 
 DEFAULT_STATE_DIR = Path(".aifixer/sandbox")
 # Piped or logged output gets room for the tables instead of the 80 columns default.
@@ -36,6 +36,7 @@ def main(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    redact.install()  # `aifixer web`, `incidents`, the sandbox: no credential in a log line
 
 
 @main.group()

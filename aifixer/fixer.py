@@ -19,8 +19,8 @@ what the deterministic parts of aifixer would accept:
 - `speech` has the model word the phone message, checks it is short, plain and safe
   to read aloud, and falls back to a template.
 
-`redact` strips token-looking strings from everything that leaves the process:
-prompts, rationales, speech.
+`redact` (the farm's one policy, `aifixer.redact`) strips credential-looking strings
+from everything that leaves the process: prompts, rationales, speech.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from importlib import resources
 from string import Template
 from typing import Any, get_args
 
-from . import guardrails, manifests, playbooks
+from . import guardrails, manifests, playbooks, untrusted
 from .adapters.errors import AdapterError
 from .adapters.llm import Model
 from .models import (
@@ -48,46 +48,13 @@ from .models import (
     Manifest,
     Rejection,
 )
+from .redact import REDACTED, redact
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 FAILURE_CLASSES: tuple[str, ...] = get_args(FailureClass)
 CONTAINERS = "spec.template.spec.containers"
-
-# -- redaction ---------------------------------------------------------------------------
-
-REDACTED = "[redacted]"
-_SECRET_PATTERNS = [
-    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"),  # GitHub tokens
-    re.compile(r"\bgithub_pat_[A-Za-z0-9_]{20,}"),
-    re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"),  # OpenAI-style API keys
-    re.compile(r"\b(?:AC|SK|CA|PN)[0-9a-fA-F]{32}\b"),  # Twilio account, key, call, number sids
-    re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),  # JWTs
-    re.compile(r"(?<![\w:])[0-9a-fA-F]{32,}\b"),  # long hex; a `sha256:` digest is public
-]
-_CREDENTIAL = re.compile(
-    r"(?i)\b(bearer|basic|password|passwd|pwd|secret|token|api[_-]?key)(\s*[=:]\s*|\s+)([^\s,;\"']{6,})"
-)
-_BASE64 = re.compile(r"(?<![\w/+=])[A-Za-z0-9+/_-]{40,}={0,2}")
-
-
-def redact(text: str) -> str:
-    """`text` without anything that looks like a token, key, sid or credential value."""
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(REDACTED, text)
-    text = _CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
-    return _BASE64.sub(lambda m: REDACTED if _looks_random(m.group(0)) else m.group(0), text)
-
-
-def _looks_random(word: str) -> bool:
-    """Base64 of a secret mixes cases and digits; a long word or path of letters does not."""
-    return (
-        any(c.isdigit() for c in word)
-        and any(c.isupper() for c in word)
-        and any(c.islower() for c in word)
-    )
-
 
 # -- prompts -----------------------------------------------------------------------------
 
@@ -335,13 +302,38 @@ def diagnose(model: Model, incident: Incident, evidence: Evidence) -> Diagnosis:
             exc,
         )
         return playbook_diagnosis(incident, evidence)
+    summary, root_cause = redact(answer["summary"].strip()), redact(answer["root_cause"].strip())
+    found = untrusted.findings(f"{summary}\n{root_cause}", known_words(incident, evidence))
+    if found:
+        # Read aloud and put in the PR: it may not relay what a log line dictated.
+        log.warning(
+            "[%s] model diagnosis carries %s; writing one from the evidence",
+            incident.workload.key,
+            " and ".join(found),
+        )
+        return playbook_diagnosis(incident, evidence)
     return Diagnosis(
-        summary=redact(answer["summary"].strip()),
-        root_cause=redact(answer["root_cause"].strip()),
+        summary=summary,
+        root_cause=root_cause,
         failure_class=answer["failure_class"],
         fields=[c.path for c in evidence.template_diff][:5],
         source="model",
     )
+
+
+def known_words(incident: Incident, evidence: Evidence | None) -> list[str]:
+    """What the workload itself is called and runs: never a finding in text about it."""
+    w = incident.workload
+    words = [w.key, w.name, w.namespace]
+    if evidence is not None:
+        words += [i for rev in evidence.revisions for i in rev.images]
+        for spec in (evidence.deployment, evidence.last_healthy_template):
+            words += [
+                c.get("image", "")
+                for c in guardrails.pod_spec(spec).get("containers") or []
+                if isinstance(c, dict) and isinstance(c.get("image"), str)
+            ]
+    return words
 
 
 def playbook_diagnosis(incident: Incident, evidence: Evidence) -> Diagnosis:
@@ -383,9 +375,14 @@ def _what_was_seen(evidence: Evidence) -> str:
     for code in _exit_codes(evidence)[:2]:
         parts.append(f"exit code {code}" + (f" ({EXIT_CODES[code]})" if code in EXIT_CODES else ""))
     warning = next((e for e in reversed(evidence.events) if e.type == "Warning"), None)
-    if warning:
-        parts.append(f"event {warning.reason}: {_clip(warning.message, 120)}")
+    if warning and _REASON_WORD.fullmatch(warning.reason or ""):
+        # The reason only: an event's message is free text anyone who can create
+        # events wrote, and this diagnosis is read aloud.
+        parts.append(f"event {warning.reason}")
     return "; ".join(parts)
+
+
+_REASON_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
 
 
 def _cause_without_history(fc: str, evidence: Evidence) -> str:
@@ -762,11 +759,19 @@ def _propose_model(
     proposal = FixProposal(
         source="model",
         strategy="model",
-        rationale=redact(answer["rationale"]),
+        rationale=_rationale(answer["rationale"], incident, evidence),
         manifest=result,
         changes=manifests.diff(base, result),
     )
     return attempts.accept(proposal)
+
+
+def _rationale(text: str, incident: Incident, evidence: Evidence) -> str:
+    """The model's explanation of its edits, unless it relays what it must not."""
+    found = untrusted.findings(text, known_words(incident, evidence))
+    if found:
+        return f"Edits written by the model (its explanation carried {found[0]} and is withheld)."
+    return redact(text)
 
 
 def _propose_hybrid(
@@ -931,7 +936,7 @@ def speech(model: Model, state: IncidentState, settings: Settings) -> str:
     except AdapterError as exc:
         log.warning("[%s] model speech unusable, using the template: %s", w.key, exc)
         return template_speech(state)
-    checked = clean_speech(text, w.name)
+    checked = clean_speech(text, w.name, known=known_words(state.incident, state.evidence))
     if checked is None:
         log.warning(
             "[%s] model speech failed validation, using the template: %s",
@@ -942,8 +947,13 @@ def speech(model: Model, state: IncidentState, settings: Settings) -> str:
     return checked
 
 
-def clean_speech(text: str, workload: str) -> str | None:
-    """`text` stripped of markup, if it is fit to be read aloud; else None."""
+def clean_speech(text: str, workload: str, known: Sequence[str] = ()) -> str | None:
+    """`text` stripped of markup, if it is fit to be read aloud; else None.
+
+    Not fit: too short or long, links, numbers, markup, anything `redact` would change,
+    and anything `untrusted.findings` names (instructions, advice the guardrails
+    refuse, numbers and links relayed from logs); `known` are the workload's own names.
+    """
     text = _LINK.sub(r"\1", text)
     text = _BULLET.sub("", text)
     text = _MARKUP.sub("", text)
@@ -962,6 +972,8 @@ def clean_speech(text: str, workload: str) -> str | None:
     if redact(text) != text or not text.isprintable():
         return None
     if _spoken(workload) not in _spoken(text):
+        return None
+    if untrusted.findings(text, [workload, *known]):
         return None
     return text
 
@@ -985,6 +997,11 @@ def template_speech(state: IncidentState) -> str:
 
 
 def _what_was_tried(state: IncidentState) -> str:
+    known = known_words(state.incident, state.evidence)
+
+    def _brief(text: str) -> str:
+        return brief(text, known=known)
+
     if state.pr_error and state.verification is not None and state.verification.ok:
         return (
             "A fix was applied and works, but its pull request could not be opened, so the "
@@ -1009,8 +1026,14 @@ def _what_was_tried(state: IncidentState) -> str:
 _FIELD_PREFIX = re.compile(r"\bspec\.template\.spec\.(?:containers\[\d+\]\.)?")
 
 
-def _brief(text: str, words: int = 14) -> str:
-    """The first clause of `text`, in at most `words` words, fit to be read aloud."""
+def brief(text: str, words: int = 14, known: Sequence[str] = ()) -> str:
+    """The first clause of `text`, in at most `words` words, fit to be read aloud.
+
+    Text that carries what `untrusted.findings` names (a value a model proposed, a
+    server's message quoting one) is not read out: its place is the incident record.
+    """
+    if untrusted.findings(text, known):
+        return "for reasons kept in the incident record"
     text = re.sub(r"[\[\]{}<>\\]", " ", _FIELD_PREFIX.sub("", redact(text)))
     first = re.split(r"(?<=[.;])\s", " ".join(text.split()), maxsplit=1)[0].rstrip(".;:")
     cut = first.split()[:words]

@@ -11,16 +11,29 @@ trusted to make on its own:
   a proposal is the whole Deployment, and a field it drops would be dropped;
 - nothing raises privilege; these get their own reasons although the allow-list
   refuses them too, because they are what a reviewer must see first;
-- no invented secrets: a Secret or ConfigMap reference never becomes a literal, a new
-  credential-looking variable never carries a literal, and references point only to
-  objects and keys the workload already used (live or in its last healthy revision).
-  A key never used before is a guess about an object aifixer cannot read, and a
-  server-side dry-run would not catch it: the kubelet fails only at container start;
+- nothing runs new code or reaches somewhere new. A field that executes or connects
+  (`command`, `args`, exec probes, a probe's `host` and `httpHeaders`, environment
+  variables, `envFrom`) may only become a value the workload itself had, live or in
+  its last healthy revision, or be removed (`command` and `args` removed give the
+  image's own entrypoint back). No new variable name (`LD_PRELOAD`, `HTTPS_PROXY`),
+  no new literal (a literal for a secret is an invented secret);
+- no invented references: a Secret or ConfigMap reference never becomes a literal,
+  and references point only to objects and keys the workload already used (live or
+  in its last healthy revision). A key never used before is a guess about an object
+  aifixer cannot read, and a server-side dry-run would not catch it: the kubelet
+  fails only at container start;
 - images only from a repository the workload already ran; tags and digests are free;
-- resources parse, memory limits stay under `settings.max_memory_limit`, requests
-  stay under limits;
+- amounts stay tunable within bounds: resources parse, memory and CPU limits stay
+  under `settings.max_memory_limit` and `settings.max_cpu_limit`, requests stay under
+  limits, probe timings stay within `PROBE_BOUNDS`;
 - the result is plausible as a schema (the server-side dry-run, done by the pipeline,
   is the complete check).
+
+The rules hold for every source of a proposal alike (the model, the playbooks, a
+remembered fix): `check` knows only the live Deployment, the proposal and the
+workload's past (`Past`: its revisions and last healthy pod template, read from the
+cluster). The pipeline runs it when a fix is chosen and again, on a past re-read from
+the cluster, immediately before writing.
 
 `check` returns every reason it finds, in words that name the field, so a refusal can
 be recorded and read out to the on-call engineer.
@@ -31,10 +44,10 @@ from __future__ import annotations
 import copy
 import re
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import manifests
-from .models import Evidence, Manifest
+from .models import Manifest, Revision
 from .settings import Settings
 
 POD_SPEC = "spec.template.spec"
@@ -65,6 +78,44 @@ CREDENTIAL_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|KEY|CREDENTIAL", re.
 _REF_KINDS = {"secretKeyRef": "Secret", "configMapKeyRef": "ConfigMap"}
 _ENV_FROM_KINDS = {"secretRef": "Secret", "configMapRef": "ConfigMap"}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# Probe timings a fix may tune, each within (lowest, highest) seconds or counts.
+PROBE_BOUNDS = {
+    "initialDelaySeconds": (0, 600),
+    "periodSeconds": (1, 300),
+    "timeoutSeconds": (1, 120),
+    "failureThreshold": (1, 120),
+    "successThreshold": (1, 10),
+    "terminationGracePeriodSeconds": (1, 600),
+}
+
+
+class Past(NamedTuple):
+    """What the workload ran before: its revisions and the last healthy pod template.
+
+    `Evidence` has both attributes and may stand in for it.
+    """
+
+    revisions: list[Revision]
+    last_healthy_template: Manifest | None
+
+
+# Namespaces aifixer never writes to, whatever the configuration says.
+FORBIDDEN_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
+
+
+def namespace_refusal(namespace: Any, settings: Settings) -> str | None:
+    """Why aifixer may not act in `namespace`; None when it may.
+
+    Only watched namespaces (`settings.namespaces`; empty means all), and never the
+    cluster's own (`FORBIDDEN_NAMESPACES`) or the farm's (`settings.own_namespace`).
+    """
+    if not isinstance(namespace, str) or not _DNS_LABEL.match(namespace):
+        return f"{_short(namespace)} is not a namespace name"
+    if namespace in FORBIDDEN_NAMESPACES or namespace == settings.own_namespace:
+        return f"namespace {namespace} is never changed by aifixer"
+    if settings.namespaces and namespace not in settings.namespaces:
+        return f"namespace {namespace} is not watched (AIFIXER_NAMESPACES)"
+    return None
 
 
 def is_allowed_path(path: str) -> bool:
@@ -72,16 +123,17 @@ def is_allowed_path(path: str) -> bool:
     return bool(_ALLOWED_PATH.match(path))
 
 
-def check(live: Manifest, proposed: Any, evidence: Evidence, settings: Settings) -> list[str]:
+def check(live: Manifest, proposed: Any, past: Past | Any, settings: Settings) -> list[str]:
     """Why `proposed` may not replace `live`; an empty list means it may.
 
     Args:
         live: the Deployment as the cluster has it (status and server fields are ignored).
         proposed: the whole corrected Deployment, as a model or a playbook wrote it;
             anything, since a model reply may not even be a mapping.
-        evidence: the incident's evidence; its revisions and last healthy template say
-            which images, Secrets, ConfigMaps and keys the workload already used.
-        settings: `max_replicas` and `max_memory_limit` are the bounds.
+        past: the workload's revisions and last healthy template (a `Past`, or the
+            incident's `Evidence`): which images, commands, variables, Secrets,
+            ConfigMaps and keys the workload already used.
+        settings: `max_replicas`, `max_memory_limit` and `max_cpu_limit` are the bounds.
     """
     if not isinstance(proposed, dict):
         return [f"the proposal is not a mapping but a {type(proposed).__name__}"]
@@ -90,14 +142,16 @@ def check(live: Manifest, proposed: Any, evidence: Evidence, settings: Settings)
     if reasons:
         return reasons
     live, proposed = comparable(live), comparable(proposed)
-    history = _History(live, evidence)
+    history = _History(live, past)
     for found in (
         _container_list(live, proposed),
         _allow_list(live, proposed),
         _privileges(live, proposed),
+        _code(live, proposed, history),
         _secrets(live, proposed, history),
         _images(live, proposed, history),
         _resources(live, proposed, settings),
+        _probe_timings(live, proposed),
         _replicas(live, proposed, settings),
         _schema(proposed),
     ):
@@ -280,12 +334,15 @@ def containers_by_name(spec: dict[str, Any], kind: str = "containers") -> dict[s
 class _History:
     """Images, object references and keys the live workload or its past used."""
 
-    def __init__(self, live: Manifest, evidence: Evidence) -> None:
-        specs = [pod_spec(live), pod_spec(evidence.last_healthy_template)]
-        images = [r for rev in evidence.revisions for r in rev.images]
+    def __init__(self, live: Manifest, past: Past | Any) -> None:
+        specs = [pod_spec(live), pod_spec(past.last_healthy_template)]
+        # The containers as they ran in the last healthy revision, by name.
+        self.healthy = containers_by_name(specs[1])
+        images = [r for rev in past.revisions for r in rev.images]
         self.objects: set[tuple[str, str]] = set()  # (kind, name)
         self.keys: set[tuple[str, str, str]] = set()  # (kind, name, key)
         self.literals: dict[str, set[str]] = {}  # env name -> literal values used
+        self.value_from: dict[str, list[Any]] = {}  # env name -> fieldRef etc. used
         for spec in specs:
             for kind in ("initContainers", "containers"):
                 for c in _list(spec.get(kind)):
@@ -301,6 +358,9 @@ class _History:
             var = _dict(var)
             if isinstance(var.get("value"), str):
                 self.literals.setdefault(str(var.get("name")), set()).add(var["value"])
+            other = {k: v for k, v in _dict(var.get("valueFrom")).items() if k not in _REF_KINDS}
+            if other:
+                self.value_from.setdefault(str(var.get("name")), []).append(other)
             for ref_field, kind in _REF_KINDS.items():
                 ref = _dict(_dict(var.get("valueFrom")).get(ref_field))
                 if ref:
@@ -425,6 +485,69 @@ def _context_flags(where: str, context: dict[str, Any]) -> set[str]:
     return flags
 
 
+def _code(live: Manifest, proposed: Manifest, history: _History) -> list[str]:
+    """What a container runs or reaches may only go back to what the workload had."""
+    reasons = []
+    live_containers = containers_by_name(pod_spec(live))
+    for index, container in enumerate(_list(pod_spec(proposed).get("containers"))):
+        where = f"{_CONTAINERS_PATH}[{index}]"
+        name = _name(container)
+        before = _dict(live_containers.get(name))
+        healthy = _dict(history.healthy.get(name))
+        for field in ("command", "args"):
+            after = container.get(field)
+            if after is None or after == before.get(field) or after == healthy.get(field):
+                continue  # removed (the image's own entrypoint), unchanged, or restored
+            reasons.append(
+                f"{where}.{field}: {_short(after)} is not what this container ran in its "
+                f"last healthy revision; a fix may only restore that {field} or remove it"
+            )
+        known = [before, healthy]
+        for probe in PROBES:
+            reasons.extend(_probe_reach(f"{where}.{probe}", container.get(probe), known))
+        reasons.extend(_env_names(where, container, known))
+        for source in _list(container.get("envFrom")):
+            if not any(source in _list(c.get("envFrom")) for c in known):
+                reasons.append(
+                    f"{where}.envFrom: {_short(source)} is a source of variables this "
+                    f"container never had"
+                )
+    return reasons
+
+
+def _probe_reach(where: str, probe: Any, known: list[dict[str, Any]]) -> list[str]:
+    """A probe's command, host and headers: only values this container's probes had."""
+    probe = _dict(probe)
+    seen = [_dict(c.get(p)) for c in known for p in PROBES]
+    reasons = []
+    for handler, field in (
+        ("exec", "command"),
+        ("httpGet", "host"),
+        ("httpGet", "httpHeaders"),
+        ("tcpSocket", "host"),
+    ):
+        value = _dict(probe.get(handler)).get(field)
+        if value in (None, []) or any(_dict(s.get(handler)).get(field) == value for s in seen):
+            continue
+        what = "runs" if handler == "exec" else "reaches"
+        reasons.append(
+            f"{where}.{handler}.{field}: {_short(value)} {what} something this container's "
+            f"probes never did"
+        )
+    return reasons
+
+
+def _env_names(where: str, container: dict[str, Any], known: list[dict[str, Any]]) -> list[str]:
+    """No variable the container never had: a name can change what a program loads."""
+    had = {_name(v) for c in known for v in _list(c.get("env"))}
+    return [
+        f"{where}.env {_name(var)}: a variable this container never had (live or in its "
+        f"last healthy revision)"
+        for var in _list(container.get("env"))
+        if _name(var) not in had
+    ]
+
+
 def _secrets(live: Manifest, proposed: Manifest, history: _History) -> list[str]:
     reasons = []
     live_containers = containers_by_name(pod_spec(live))
@@ -456,16 +579,16 @@ def _env_var(
         kinds = " and ".join(kind for kind, _, _ in _env_refs(before))
         reasons.append(f"{where}.env {name}: a {kinds} reference may not become a literal value")
     literal = var.get("value")
-    if (
-        isinstance(literal, str)
-        and literal
-        and CREDENTIAL_NAME.search(str(name))
-        and literal not in history.literals.get(str(name), set())
-    ):
+    if isinstance(literal, str) and literal not in history.literals.get(str(name), set()):
         reasons.append(
-            f"{where}.env {name}: a new literal for a credential-like variable is an "
-            f"invented secret"
+            f"{where}.env {name}: a new literal for a credential-like variable is an invented secret"
+            if CREDENTIAL_NAME.search(str(name))
+            else f"{where}.env {name}: {_short(literal)} is a value this variable never had; "
+            f"a fix may only restore the last healthy revision's"
         )
+    other = {k: v for k, v in _dict(var.get("valueFrom")).items() if k not in _REF_KINDS}
+    if other and other not in history.value_from.get(str(name), []):
+        reasons.append(f"{where}.env {name}: {_short(other)} is a source this variable never had")
     for kind, obj, key in refs_after:
         if (kind, obj) not in history.objects:
             reasons.append(
@@ -515,7 +638,10 @@ def _images(live: Manifest, proposed: Manifest, history: _History) -> list[str]:
 
 def _resources(live: Manifest, proposed: Manifest, settings: Settings) -> list[str]:
     reasons = []
-    cap = parse_quantity(settings.max_memory_limit)
+    caps = {
+        "memory": (parse_quantity(settings.max_memory_limit), settings.max_memory_limit),
+        "cpu": (parse_quantity(settings.max_cpu_limit), settings.max_cpu_limit),
+    }
     before = containers_by_name(pod_spec(live))
     for index, container in enumerate(_list(pod_spec(proposed).get("containers"))):
         resources = _dict(container.get("resources"))
@@ -529,14 +655,16 @@ def _resources(live: Manifest, proposed: Manifest, settings: Settings) -> list[s
                     values[section, resource] = parse_quantity(raw)
                 except QuantityError:
                     reasons.append(f"{where}.{section}.{resource}: {_short(raw)} is not a quantity")
-        for section in ("limits", "requests"):
+        for (section, resource), amount in values.items():
             # A request above the largest allowed limit could never run under one either.
-            memory = values.get((section, "memory"))
-            if memory is not None and memory > cap:
+            cap, words = caps.get(resource, (None, ""))
+            if cap is not None and amount > cap:
                 reasons.append(
-                    f"{where}.{section}.memory: {resources[section]['memory']} is above "
-                    f"the {settings.max_memory_limit} aifixer may set"
+                    f"{where}.{section}.{resource}: {resources[section][resource]} is above "
+                    f"the {words} aifixer may set"
                 )
+            elif amount < 0:
+                reasons.append(f"{where}.{section}.{resource}: a negative amount")
         for (section, resource), request in values.items():
             limit = values.get(("limits", resource))
             if section == "requests" and limit is not None and request > limit:
@@ -544,6 +672,29 @@ def _resources(live: Manifest, proposed: Manifest, settings: Settings) -> list[s
                     f"{where}.requests.{resource}: the request is above the limit "
                     f"({resources['requests'][resource]} > {resources['limits'][resource]})"
                 )
+    return reasons
+
+
+def _probe_timings(live: Manifest, proposed: Manifest) -> list[str]:
+    reasons = []
+    before = containers_by_name(pod_spec(live))
+    for index, container in enumerate(_list(pod_spec(proposed).get("containers"))):
+        for probe in PROBES:
+            spec = _dict(container.get(probe))
+            was = _dict(_dict(before.get(_name(container))).get(probe))
+            for field, (low, high) in PROBE_BOUNDS.items():
+                value = spec.get(field)
+                if value is None or (value == was.get(field) and not isinstance(value, bool)):
+                    continue
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, int)
+                    or not low <= value <= high
+                ):
+                    reasons.append(
+                        f"{_CONTAINERS_PATH}[{index}].{probe}.{field}: {_short(value)} is "
+                        f"outside {low}..{high}"
+                    )
     return reasons
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import redis as redis_lib
 
-from . import detect, fixer, manifests
+from . import detect, fixer, guardrails, manifests
 from .adapters.errors import AdapterError, Conflict, PermanentError, TransientError
 from .adapters.kube import pod_state, rollout_status
 from .memory import example_lines
@@ -69,7 +69,7 @@ class Context:
     @cached_property
     def redis(self) -> redis_lib.Redis:
         return redis_lib.Redis.from_url(
-            self.settings.redis_url,
+            self.settings.redis_dsn,
             decode_responses=True,
             socket_timeout=10,
             socket_connect_timeout=5,
@@ -156,6 +156,9 @@ def poll_events(ctx: Context) -> list[Incident]:
 def open_incidents(ctx: Context, signals: Iterable[Signal]) -> list[Incident]:
     """Group signals by workload and open at most one incident per workload.
 
+    Signals from namespaces aifixer may not change (`guardrails.namespace_refusal`)
+    are dropped first.
+
     A workload's failure class is read off its pods' current state, so a log line, an
     event and an alert about the same breakage give the same fingerprint. Log lines
     alone on a workload whose pods are healthy open nothing: an application that logs
@@ -164,6 +167,12 @@ def open_incidents(ctx: Context, signals: Iterable[Signal]) -> list[Incident]:
     by_workload: dict[tuple[str, str], list[Signal]] = {}
     owners: dict[tuple[str, str], str | None] = {}
     for sig in signals:
+        refusal = guardrails.namespace_refusal(sig.namespace, ctx.settings)
+        if refusal:
+            # Alerts are pushed, logs and events are cluster-wide: whatever their source,
+            # a namespace aifixer may not change opens nothing.
+            log.debug("signal %s ignored: %s", sig.reason, refusal)
+            continue
         name = sig.workload
         if name is None and sig.pod:
             pk = (sig.namespace, sig.pod)
@@ -474,6 +483,12 @@ def apply(ctx: Context, state: IncidentState) -> IncidentState:
                 f"{inc.workload.key} was changed by someone else while the fix was being "
                 f"applied ({', '.join(foreign[:3])}); aifixer changed nothing more",
             )
+        refused = recheck(ctx, state, live)
+        if refused:
+            raise PermanentError(
+                "guardrails",
+                f"the fix was refused immediately before writing: {'; '.join(refused[:5])}",
+            )
         rv = (live.get("metadata") or {}).get("resourceVersion")
         try:
             applied = ctx.kube.apply(proposal.manifest, resource_version=rv)
@@ -494,6 +509,41 @@ def apply(ctx: Context, state: IncidentState) -> IncidentState:
 
 
 APPLY_ATTEMPTS = 5
+
+
+def recheck(ctx: Context, state: IncidentState, live: dict[str, Any]) -> list[str]:
+    """Why the stored proposal may not be written now; empty when it may.
+
+    The incident record comes from Redis, which anyone who reaches it could write: so
+    nothing in it is taken on trust at the point of action. The namespace must be one
+    aifixer may change, the proposal must be the incident's own Deployment, the
+    guardrails run again against the live object and a past re-read from the cluster
+    (not the stored evidence), and the API server dry-runs it again.
+    """
+    w, proposal = state.incident.workload, state.proposal
+    refusal = guardrails.namespace_refusal(w.namespace, ctx.settings)
+    if refusal:
+        return [refusal]
+    manifest = proposal.manifest if proposal is not None else None
+    meta = (manifest or {}).get("metadata") if isinstance(manifest, dict) else None
+    if not isinstance(meta, dict) or (meta.get("namespace"), meta.get("name")) != (
+        w.namespace,
+        w.name,
+    ):
+        return [f"the proposal is not the Deployment {w.key}"]
+    revisions = ctx.kube.revisions(live)
+    past = guardrails.Past(
+        revisions=[rev for rev, _ in revisions],
+        last_healthy_template=ctx.kube.last_healthy_template(live, revisions),
+    )
+    reasons = guardrails.check(live, manifest, past, ctx.settings)
+    if reasons:
+        return reasons
+    try:
+        ctx.kube.dry_run_apply(manifest)
+    except PermanentError as exc:
+        return [f"server-side dry-run refused it: {exc.message}"]
+    return []
 
 
 def _live(ctx: Context, state: IncidentState) -> dict[str, Any]:

@@ -15,6 +15,9 @@ from datetime import UTC, datetime, timedelta
 
 from .manifests import split_path
 from .models import FieldChange, IncidentState
+from .redact import REDACTED, redact
+
+__all__ = ["REDACTED", "body", "redact", "title"]
 
 MAX_PODS = 5
 MAX_EVENTS = 5
@@ -32,32 +35,6 @@ _FAILURE_WORDS = {
     "ConfigError": "CreateContainerConfigError",
     "AppError": "application errors",
 }
-
-# Credentials as they show up in logs, events and manifests. Each pattern's group 1
-# is the label kept in front of the redacted value (often empty).
-_SECRETS = [
-    re.compile(r"()-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
-    re.compile(r"()\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})"),
-    re.compile(r"()\b(?:sk-[A-Za-z0-9_-]{16,}|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16})"),
-    re.compile(r"()\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+"),  # JWT
-    # A word after "Bearer"/"token" is a credential only if it looks generated (has a digit).
-    re.compile(r"(\b(?:Bearer|Basic|token)\s+)(?=[\w.~+/=-]*\d)[\w.~+/=-]{8,}", re.I),
-    re.compile(r"(://[^/\s:@]*:)[^/\s@]+(?=@)"),  # user:password@host
-    re.compile(
-        r"""(\b[\w.-]*(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|credentials?)"""
-        r"""["']?\s*[=:]\s*["']?)(?!\[REDACTED\])[^\s"',;&]{4,}""",
-        re.I,
-    ),
-]
-REDACTED = "[REDACTED]"
-
-
-def redact(text: str) -> str:
-    """`text` with every credential-looking value replaced by [REDACTED]."""
-    for pattern in _SECRETS:
-        text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
-    return text
-
 
 # -- title ---------------------------------------------------------------------------
 
@@ -202,7 +179,12 @@ def _evidence(state: IncidentState) -> str:
     ev = state.evidence
     if ev is None:
         return ""
-    out = ["## Evidence"]
+    out = [
+        "## Evidence",
+        "",
+        "> Quoted as read from the cluster and Loki: **untrusted text**, written by whatever "
+        "runs there. aifixer followed no instruction in it, and neither should you.",
+    ]
     if ev.pods:
         pods = []
         for p in ev.pods[:MAX_PODS]:
@@ -227,7 +209,7 @@ def _evidence(state: IncidentState) -> str:
     if ev.logs:
         logs = [f"{x.time} {x.pod}/{x.container}: {x.line}" for x in ev.logs[-MAX_LOG_LINES:]]
         out += ["", "Logs (newest last):", _fence(logs, more=len(ev.logs) - MAX_LOG_LINES)]
-    return "\n".join(out) if len(out) > 1 else ""
+    return "\n".join(out) if len(out) > 3 else ""
 
 
 def _change(state: IncidentState, file_diff: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -21,7 +22,12 @@ class Settings(BaseSettings):
 
     # -- the farm
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Kept apart from the URL so the URL can sit in a ConfigMap and this in a Secret;
+    # put into the URL (`redis_dsn`) unless the URL carries a password already.
+    redis_password: SecretStr | None = None
     cluster_name: str = "app"  # part of every fingerprint: one farm may watch several clusters
+    # The farm's own namespace where it runs in a cluster: never watched, never changed.
+    own_namespace: str = "aifixer"
     state_dir: Path = Path("/var/lib/aifixer")
 
     # -- the application cluster
@@ -76,6 +82,7 @@ class Settings(BaseSettings):
     # -- guardrails and verification
     max_replicas: int = 20
     max_memory_limit: str = "4Gi"
+    max_cpu_limit: str = "8"  # cores; a fix never sets a CPU request or limit above this
     verify_deadline_s: float = 300.0  # the fix must be healthy by then, else it is rolled back
     verify_stability_s: float = 30.0  # ... and stay healthy (no restarts, no new errors) this long
     verify_poll_s: float = 3.0  # countdown between non-blocking checks
@@ -111,7 +118,8 @@ class Settings(BaseSettings):
     # -- the web endpoints
     web_host: str = "127.0.0.1"
     web_port: int = 8000
-    web_token: SecretStr | None = None  # if set, /alertmanager requires "Authorization: Bearer <token>"
+    # /alertmanager requires "Authorization: Bearer <token>"; unset, it refuses every post.
+    web_token: SecretStr | None = None
 
     @field_validator("namespaces", "oncall_numbers", mode="before")
     @classmethod
@@ -140,8 +148,26 @@ class Settings(BaseSettings):
         return self.watchdog_stall_s * 2 + self.verify_deadline_s
 
     @property
+    def redis_dsn(self) -> str:
+        """`redis_url` with `redis_password` in it: what the clients connect with."""
+        return with_password(self.redis_url, self.redis_password)
+
+    @property
     def clone_url(self) -> str:
         return self.git_clone_url or f"https://github.com/{self.github_repo}.git"
+
+
+def with_password(url: str, password: SecretStr | None) -> str:
+    """`url` with `password` as its password, unless it has one (or there is none)."""
+    if password is None or not password.get_secret_value():
+        return url
+    parts = urlsplit(url)
+    if parts.password is not None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    secret = quote(password.get_secret_value(), safe="")
+    return urlunsplit(parts._replace(netloc=f"{user}:{secret}@{host}"))
 
 
 @lru_cache(maxsize=1)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -85,7 +86,14 @@ def _transient(exc: BaseException) -> BaseException:
 
 
 def _load(task, incident_id: str) -> IncidentState | None:
-    """The record, or None; Redis being down is retried on the message's own count."""
+    """The record, or None; Redis being down is retried on the message's own count.
+
+    A message names an incident and nothing else: anything but a well-formed id (a
+    manifest, a mapping, a path) is refused here and acts on nothing.
+    """
+    if not isinstance(incident_id, str) or not INCIDENT_ID.fullmatch(incident_id):
+        log.warning("%s: refused a message that names no incident: %.80r", task.name, incident_id)
+        return None
     try:
         return pipeline.load(context(), incident_id)
     except (TransientError, redis_lib.RedisError) as exc:
@@ -93,6 +101,7 @@ def _load(task, incident_id: str) -> IncidentState | None:
         raise  # unreachable: _retry_unrecorded raises
 
 
+INCIDENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 UNRECORDED_COUNTDOWN_S = 3.0
 UNRECORDED_LIMIT = 40  # retries in the message's own count (verify's re-checks included)
 

@@ -10,6 +10,10 @@
   record to `on_call_finished`, which moves the incident on (next number, outcome).
 * `POST /alertmanager`: Alertmanager's webhook (payload version 4); firing alerts about
   a pod or a Deployment become `Signal`s for `on_signals`, the third detection source.
+  It needs `Authorization: Bearer <AIFIXER_WEB_TOKEN>`; without a configured token it
+  refuses every post (403) and says so at start-up. At most `MAX_ALERTS` alerts per
+  payload (Alertmanager's `max_alerts` on the receiver), only watched namespaces, and
+  the signal carries the alert's labels it needs, not the payload.
 * `GET /healthz` (Redis reachable) and `GET /metrics` (Prometheus text format).
 
 Redis, the call file and the callbacks are blocking; they run in the default thread
@@ -31,6 +35,7 @@ import redis
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from aifixer import guardrails
 from aifixer.adapters.errors import bounded
 from aifixer.adapters.phone import (
     ATTEMPT_PARAM,
@@ -122,6 +127,9 @@ class _AlertmanagerPayload(BaseModel):
     alerts: list[_Alert]
 
 
+MAX_ALERTS = 200  # per payload; set `max_alerts` on Alertmanager's webhook receiver
+
+
 def alert_signals(payload: Any) -> tuple[list[Signal], list[str]]:
     """The signals in an Alertmanager webhook, and every alert's status.
 
@@ -135,8 +143,13 @@ def alert_signals(payload: Any) -> tuple[list[Signal], list[str]]:
         parsed = _AlertmanagerPayload.model_validate(payload)
     except ValidationError as exc:
         raise ValueError(f"not an Alertmanager v4 webhook payload: {exc}") from None
+    if len(parsed.alerts) > MAX_ALERTS:
+        raise ValueError(
+            f"{len(parsed.alerts)} alerts in one payload, at most {MAX_ALERTS} are read: "
+            f"set max_alerts: {MAX_ALERTS} on the Alertmanager webhook receiver"
+        )
     signals = []
-    for alert, raw in zip(parsed.alerts, payload["alerts"], strict=True):
+    for alert in parsed.alerts:
         labels = alert.labels
         pod, deployment = labels.get("pod"), labels.get("deployment")
         if alert.status != "firing" or "namespace" not in labels or not (pod or deployment):
@@ -152,7 +165,6 @@ def alert_signals(payload: Any) -> tuple[list[Signal], list[str]]:
                 reason=alertname,
                 message=bounded(summary or alertname),
                 observed_at=alert.startsAt,
-                raw=raw,
             )
         )
     return signals, [alert.status for alert in parsed.alerts]
@@ -276,10 +288,18 @@ async def status(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+ALERTMANAGER_UNCONFIGURED = (
+    "/alertmanager is refused: no AIFIXER_WEB_TOKEN is configured. Set one, and give "
+    "Alertmanager the same in the receiver's http_config.authorization.credentials"
+)
+
+
 async def alertmanager(request: web.Request) -> web.Response:
     state = request.app[WEB]
     token = state.settings.web_token
-    if token is not None and not _bearer_matches(request, token.get_secret_value()):
+    if token is None or not token.get_secret_value():
+        raise web.HTTPForbidden(text=ALERTMANAGER_UNCONFIGURED + "\n")
+    if not _bearer_matches(request, token.get_secret_value()):
         raise web.HTTPUnauthorized(
             text="a valid bearer token is required\n", headers={"WWW-Authenticate": "Bearer"}
         )
@@ -287,15 +307,31 @@ async def alertmanager(request: web.Request) -> web.Response:
         payload = await request.json()
     except ValueError:
         raise web.HTTPBadRequest(text="the body is not JSON\n") from None
+    if isinstance(payload, dict) and len(_list(payload.get("alerts"))) > MAX_ALERTS:
+        raise web.HTTPRequestEntityTooLarge(
+            MAX_ALERTS, len(payload["alerts"]),
+            text=f"at most {MAX_ALERTS} alerts per payload: set max_alerts on the receiver\n",
+        )  # fmt: skip
     try:
         signals, statuses = alert_signals(payload)
     except ValueError as exc:
         raise web.HTTPBadRequest(text=f"{exc}\n") from None
     for alert_status in statuses:
         state.metrics.inc(ALERTS, status=alert_status)
+    watched = [
+        s for s in signals if guardrails.namespace_refusal(s.namespace, state.settings) is None
+    ]
+    if len(watched) < len(signals):
+        log.info("/alertmanager: %d alert(s) about namespaces aifixer does not change ignored",
+                 len(signals) - len(watched))  # fmt: skip
+    signals = watched
     if signals:
         await asyncio.to_thread(state.on_signals, signals)
     return web.json_response({"alerts": len(statuses), "signals": len(signals)})
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _bearer_matches(request: web.Request, token: str) -> bool:
@@ -330,9 +366,11 @@ def run(
 ) -> None:
     """Serve `aifixer web` until interrupted (host and port default to the settings)."""
     client = redis.Redis.from_url(
-        settings.redis_url,
+        settings.redis_dsn,
         socket_timeout=settings.request_timeout_s,
         socket_connect_timeout=settings.request_timeout_s,
     )
     app = make_app(settings, client, on_call_finished, on_signals)
+    if settings.web_token is None or not settings.web_token.get_secret_value():
+        log.warning(ALERTMANAGER_UNCONFIGURED)
     web.run_app(app, host=host or settings.web_host, port=port or settings.web_port)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -26,6 +27,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..models import IncidentState
 from .scenario import Scenario
@@ -102,13 +104,27 @@ def spawn(name: str, args: list[str], env: dict[str, str], logdir: Path) -> Proc
     return Process(name, popen, path)
 
 
+# What the farm's Redis user may do, as in docker-compose.yml and deploy/redis.yaml:
+# every key and channel, every command but the dangerous ones (FLUSHALL, KEYS, CONFIG,
+# DEBUG, SHUTDOWN ...). The default user is off: no connection without the password.
+REDIS_USER = "aifixer"
+REDIS_ACL = ["~*", "&*", "+@all", "-@dangerous"]
+
+
 def start_redis(
-    workdir: Path, *, port: int | None = None, append_only: bool = False
+    workdir: Path,
+    *,
+    port: int | None = None,
+    append_only: bool = False,
+    password: str | None = None,
 ) -> tuple[str, Process]:
-    """A private redis-server on a free loopback port (or `port`).
+    """A private redis-server on a free loopback port (or `port`), password required.
 
     By default it keeps nothing on disk; with `append_only` it keeps an append-only
     file in `workdir`, as a production Redis does, so it can be restarted mid-incident.
+    It runs as production's does: the default user off, one ACL user (`REDIS_USER`,
+    `REDIS_ACL`) with `password` (a fresh one unless given). Returns the URL with the
+    credentials in it.
     """
     exe = shutil.which("redis-server")
     if exe is None:
@@ -116,6 +132,7 @@ def start_redis(
             "redis-server is not installed (./dev installs it: apt-get install redis-server)"
         )
     port = port or free_port()
+    password = password or secrets.token_urlsafe(18)
     proc = spawn(
         "redis",
         [
@@ -130,12 +147,20 @@ def start_redis(
             "yes" if append_only else "no",
             "--dir",
             str(workdir),
+            "--user",
+            "default",
+            "off",
+            "--user",
+            REDIS_USER,
+            "on",
+            f">{password}",
+            *REDIS_ACL,
         ],
         dict(os.environ),
         workdir,
     )
     wait_port(port, 10, proc.popen)
-    return f"redis://127.0.0.1:{port}/0", proc
+    return f"redis://{REDIS_USER}:{password}@127.0.0.1:{port}/0", proc
 
 
 def farm_env(
@@ -171,6 +196,7 @@ def farm_env(
             "AIFIXER_CALL_FILE": str(workdir / "calls.jsonl"),
             "AIFIXER_INCIDENTS_FILE": str(workdir / "incidents.jsonl"),
             "AIFIXER_WEB_PORT": str(web_port),
+            "AIFIXER_WEB_TOKEN": secrets.token_urlsafe(24),
             "HOME": str(workdir),  # git and kubectl caches stay in the run's directory
         }
     )
@@ -383,12 +409,11 @@ class FarmRun:
 
     def restart_redis(self, down_s: float = 1.0) -> None:
         """Stop Redis (it writes its append-only file), wait, start it again on its port."""
-        url = self.env["AIFIXER_REDIS_URL"]
-        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        url = urlsplit(self.env["AIFIXER_REDIS_URL"])
         self.redis_proc.stop()
         time.sleep(down_s)
         _, self.redis_proc = start_redis(
-            self.workdir, port=port, append_only=self.append_only_redis
+            self.workdir, port=url.port, append_only=self.append_only_redis, password=url.password
         )
 
     def incidents(self) -> list[IncidentState]:

@@ -36,11 +36,11 @@ def embedder() -> Embedder:
 @pytest.fixture
 def db(redis_url):
     client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=10)
-    keys = client.keys("aifixer:memory*")
+    keys = list(client.scan_iter(match="aifixer:memory*", count=1000))
     if keys:
         client.delete(*keys)
     yield client
-    keys = client.keys("aifixer:memory*")
+    keys = list(client.scan_iter(match="aifixer:memory*", count=1000))
     if keys:
         client.delete(*keys)
     client.close()

@@ -169,7 +169,7 @@ def test_forged_request_is_refused_and_changes_nothing(served: Served, path, tok
     resp = served.twilio(path, fp, forged, token=token)
     assert resp.status_code == 403
     assert served.calls == []
-    assert served.redis.keys(f"aifixer:call:{sid}:*") == []
+    assert list(served.redis.scan_iter(match=f"aifixer:call:{sid}:*")) == []
     assert served.finished.empty()
     assert served.metric("aifixer_twilio_callbacks_total{endpoint=") == 1
     assert served.metric("aifixer_twilio_callbacks_total{endpoint=") == served.metric(
@@ -261,7 +261,7 @@ def test_alertmanager_firing_alerts_become_signals(served: Served) -> None:
     )  # fmt: skip
     assert pod.message == "checkout-7d9f-abcde is crash looping"
     assert pod.observed_at == datetime(2026, 3, 1, 10, 0, 0, 123000, tzinfo=UTC)
-    assert pod.raw == payload["alerts"][0]
+    assert pod.raw == {}  # the payload is not carried along
     assert (deployment.pod, deployment.workload) == (None, "orders-api")
     assert served.metric('aifixer_alerts_received_total{status="firing"}') == 4
     assert served.metric('aifixer_alerts_received_total{status="resolved"}') == 1
@@ -298,6 +298,55 @@ def test_alertmanager_requires_the_bearer_token(served: Served, token) -> None:
         served, alertmanager_payload([alert("firing", namespace="a", pod="b")]), token
     )
     assert resp.status_code == 401 and served.signals == []
+
+
+def test_alertmanager_without_a_configured_token_refuses_everything(
+    tmp_path: Path, redis_url: str
+) -> None:
+    settings = Settings(
+        _env_file=None, redis_url=redis_url, twilio_auth_token=SecretStr(TOKEN),
+        call_file=tmp_path / "c",
+    )  # fmt: skip
+    received: list = []
+    url, stop = serve_in_thread(
+        web.make_app(settings, redis.Redis.from_url(redis_url), print, received.append)
+    )
+    try:
+        payload = alertmanager_payload([alert("firing", namespace="shop", pod="b")])
+        for headers in ({}, {"Authorization": "Bearer anything"}):
+            resp = requests.post(url + "/alertmanager", json=payload, headers=headers,
+                                 timeout=HTTP_TIMEOUT)  # fmt: skip
+            assert resp.status_code == 403 and "AIFIXER_WEB_TOKEN" in resp.text
+        assert received == []
+    finally:
+        stop()
+
+
+def test_alertmanager_caps_the_alerts_of_one_payload(served: Served) -> None:
+    many = [alert("firing", namespace="shop", pod=f"p-{i}") for i in range(web.MAX_ALERTS + 1)]
+    resp = post_alerts(served, alertmanager_payload(many))
+    assert resp.status_code == 413 and "max_alerts" in resp.text
+    assert served.signals == []
+    resp = post_alerts(served, alertmanager_payload(many[: web.MAX_ALERTS]))
+    assert resp.status_code == 200 and resp.json()["signals"] == web.MAX_ALERTS
+
+
+def test_alertmanager_ignores_namespaces_aifixer_does_not_change(served: Served) -> None:
+    served.settings.namespaces = ["shop"]
+    payload = alertmanager_payload(
+        [
+            alert("firing", namespace="shop", pod="checkout-1"),
+            alert("firing", namespace="kube-system", pod="coredns-1"),
+            alert("firing", namespace="billing", deployment="ledger"),
+        ]
+    )
+    resp = post_alerts(served, payload)
+    assert resp.status_code == 200 and resp.json() == {"alerts": 3, "signals": 1}
+    [[signal]] = served.signals
+    assert (signal.namespace, signal.pod) == ("shop", "checkout-1")
+    served.settings.namespaces = []
+    resp = post_alerts(served, payload)
+    assert resp.json()["signals"] == 2  # kube-system never, even when all are watched
 
 
 def test_healthz_pings_redis(served: Served) -> None:

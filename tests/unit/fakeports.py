@@ -25,6 +25,7 @@ from aifixer.models import (
     IncidentState,
     PodState,
     PullRequestRef,
+    Revision,
     Workload,
 )
 from aifixer.settings import Settings
@@ -112,6 +113,25 @@ class FakeKube(Faults):
     def dry_run_apply(self, manifest):
         self.hit("dry_run_apply")
         return manifest
+
+    def revisions(self, dep):
+        """Revision 1 ran registry.local/web:1 healthy; the current one runs the live image."""
+        self.hit("revisions")
+        image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
+        return [
+            (Revision(revision=2, replicaset="web-2", images=[image], ready_replicas=0,
+                      current=True), copy.deepcopy(dep["spec"]["template"])),
+            (Revision(revision=1, replicaset="web-1", images=["registry.local/web:1"],
+                      ready_replicas=0, current=False), self.healthy_template()),
+        ]  # fmt: skip
+
+    def last_healthy_template(self, dep, revisions=None):
+        self.hit("last_healthy_template")
+        return self.healthy_template()
+
+    @staticmethod
+    def healthy_template():
+        return copy.deepcopy(deployment("registry.local/web:1")["spec"]["template"])
 
     def apply(self, manifest, resource_version=None):
         self.hit("apply")

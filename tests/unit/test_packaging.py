@@ -85,7 +85,7 @@ def test_compose_workers_serve_every_queue(compose):
 def test_compose_redis_persists_and_reports_health(compose):
     redis = compose["services"]["redis"]
     command = redis["command"]
-    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[:2] == ["sh", "-c"] and "--appendonly yes" in command[2]
     assert any(volume.endswith(":/data") for volume in redis["volumes"])
     assert "healthcheck" in redis
     for name in ("worker", "beat", "flower", "web"):
@@ -94,9 +94,65 @@ def test_compose_redis_persists_and_reports_health(compose):
 
 
 def test_compose_exposes_flower_and_web(compose):
-    assert compose["services"]["flower"]["ports"] == ["5555:5555"]
+    flower = compose["services"]["flower"]
+    assert flower["ports"] == ["127.0.0.1:5555:5555"]  # the host's loopback only
+    assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${AIFIXER_FLOWER_BASIC_AUTH:?")
     assert compose["services"]["web"]["ports"] == ["8000:8000"]
     assert compose["services"]["web"]["command"][:2] == ["aifixer", "web"]
+
+
+def test_compose_redis_requires_its_password(compose, tmp_path):
+    """The compose Redis command, run here as written: no connection without the password,
+    the farm's user works and cannot run the dangerous commands, the healthcheck passes."""
+    import os
+    import socket
+
+    import redis as redis_lib
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (./dev installs it)")
+    service = compose["services"]["redis"]
+    assert service["environment"]["REDIS_PASSWORD"].startswith("${AIFIXER_REDIS_PASSWORD:?")
+    assert "ports" not in service
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # As Compose runs it ($$ is a literal $), on a free loopback port, in tmp_path.
+    script = service["command"][2].replace("$$", "$").replace("/tmp/users.acl", str(tmp_path / "u.acl"))
+    script += f" --port {port} --bind 127.0.0.1 --dir {tmp_path} --save ''"
+    env = {**os.environ, "REDIS_PASSWORD": "pw-" + "x7" * 8}
+    server = subprocess.Popen(["sh", "-c", script], env=env, cwd=tmp_path)
+    try:
+        health = service["healthcheck"]["test"][1].replace("$$", "$").replace(
+            "redis-cli", f"redis-cli -p {port}"
+        )
+        for _ in range(50):
+            if subprocess.run(["sh", "-c", health], env=env).returncode == 0:
+                break
+            server.poll()
+            assert server.returncode is None, "redis-server exited"
+            import time
+
+            time.sleep(0.1)
+        else:
+            pytest.fail("the healthcheck never passed")
+        anonymous = redis_lib.Redis(port=port)
+        with pytest.raises(redis_lib.AuthenticationError):
+            anonymous.ping()
+        url = compose["x-aifixer"]["environment"]["AIFIXER_REDIS_URL"].replace(
+            "@redis:6379", f"@127.0.0.1:{port}"
+        )
+        from aifixer.settings import Settings
+
+        settings = Settings(_env_file=None, redis_url=url, redis_password=env["REDIS_PASSWORD"])
+        farm = redis_lib.Redis.from_url(settings.redis_dsn)
+        assert farm.set("aifixer:probe", "1") and farm.eval("return 1", 0) == 1
+        for dangerous in (farm.flushall, farm.config_get, lambda: farm.keys("*")):
+            with pytest.raises(redis_lib.exceptions.NoPermissionError):
+                dangerous()
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 def test_compose_reads_settings_from_env_file(compose):
@@ -142,7 +198,7 @@ def test_redis_keeps_its_data_on_a_claim(rendered):
         if "persistentVolumeClaim" in v
     }
     assert claims and claims <= set(_by_kind(rendered, "PersistentVolumeClaim"))
-    assert "--appendonly" in redis["containers"][0]["args"]
+    assert "--appendonly yes" in " ".join(redis["containers"][0]["args"])
 
 
 def test_pods_run_as_non_root_with_resources(rendered):
@@ -234,14 +290,20 @@ def test_rbac_grants_what_aifixer_needs(rbac):
         assert (group, resource, verb) in grants
 
 
-def test_rbac_binds_the_role_to_its_service_account(rbac):
+@pytest.mark.parametrize("kind", ["RoleBinding", "ClusterRoleBinding"])
+def test_rbac_binds_the_role_to_its_service_account(rbac, kind):
+    """Per namespace by default (RoleBindings), cluster-wide as an option of its own."""
     roles = {o["metadata"]["name"] for o in rbac if o["kind"] == "ClusterRole"}
     accounts = {
         (o["metadata"]["namespace"], o["metadata"]["name"])
         for o in rbac
         if o["kind"] == "ServiceAccount"
     }
-    bindings = [o for o in rbac if o["kind"] == "ClusterRoleBinding"]
+    option = _load_all((DEPLOY / "app-cluster-rbac-cluster-wide.yaml").read_text())
+    for obj in option:
+        _assert_valid(obj)
+    assert not [o for o in rbac if o["kind"] == "ClusterRoleBinding"], "cluster-wide by default"
+    bindings = [o for o in rbac + option if o["kind"] == kind]
     assert bindings
     for binding in bindings:
         assert binding["roleRef"]["name"] in roles

@@ -218,54 +218,6 @@ def test_body_never_carries_a_secret():
     ]
     text = prbody.body(make_state(logs=logs), DIFF + f"+  # token={token}\n", "f.yaml")
     assert token not in text
-    assert "[REDACTED]" in text
+    assert prbody.REDACTED in text
 
 
-@pytest.mark.parametrize(
-    "secret_text",
-    [
-        "ghs_0123456789abcdef0123456789abcdef0123",
-        "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz",
-        "sk-proj-abcdefghijklmnop1234",
-        "xoxb-1234567890-abcdefghij",
-        "AKIAIOSFODNN7EXAMPLE",
-        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
-        "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----",
-    ],
-)
-def test_redact_removes_token_shapes(secret_text):
-    out = prbody.redact(f"before {secret_text} after")
-    assert secret_text not in out
-    assert out.startswith("before ") and out.endswith(" after")
-
-
-@pytest.mark.parametrize(
-    ("text", "kept", "gone"),
-    [
-        ("Authorization: Bearer abc123def456", "Authorization: Bearer", "abc123def456"),
-        (
-            "https://x-access-token:s3cr3tvalue@github.com/a/b.git",
-            "github.com/a/b.git",
-            "s3cr3tvalue",
-        ),
-        ("DB_PASSWORD=hunter2hunter2 port=5432", "port=5432", "hunter2hunter2"),
-        ('{"api_key": "abcd1234efgh"}', '"api_key": "', "abcd1234efgh"),
-    ],
-)
-def test_redact_keeps_the_label_and_drops_the_value(text, kept, gone):
-    out = prbody.redact(text)
-    assert kept in out and gone not in out and "[REDACTED]" in out
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "limits: {memory: 64Mi}",
-        "configMapKeyRef: {name: checkout-config, key: payment.provider}",
-        "secretKeyRef: {name: mailer-smtp, key: password}",
-        "token validation failed for request",
-        "image: shop/report-api:2.4.1",
-    ],
-)
-def test_redact_leaves_ordinary_text_alone(text):
-    assert prbody.redact(text) == text
