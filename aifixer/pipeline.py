@@ -859,6 +859,7 @@ def _place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | 
 
     inc = state.incident
     ended = {c.attempt for c in state.calls}
+    speech = spoken(state)
     for index, number in enumerate(ctx.settings.oncall_numbers, start=1):
         if index < attempt or index in ended:
             continue
@@ -867,14 +868,15 @@ def _place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | 
             fingerprint=inc.fingerprint,
             attempt=index,
             number=number,
-            speech=state.speech or "",
+            speech=speech,
             time=now(),
         )
         if not ctx.store.claim_dial(inc.id, number):
             known = load_call_context(ctx.redis, inc.id, index)
             if known is not None and known.call_sid:
                 return known.call_sid  # placed already: a redelivery
-            call = known or call
+            if known is not None and (known.number, known.speech) == (number, speech):
+                call = known  # what a stored context says is used only if it is ours
             sid = _placed_meanwhile(ctx, call)
             if sid is not None:
                 ctx.store.own_call(sid, inc.id)
@@ -882,6 +884,9 @@ def _place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | 
                 ctx.store.watch_escalation(inc.id, _call_window(ctx))
                 log.info("%s call to on-call #%d was placed before a crash", tag(state), index)
                 return sid
+        if not ctx.store.take_call_slot(inc.id, number, ctx.settings.max_calls_per_hour):
+            _refuse_call(ctx, state, call)
+            continue
         store_call_context(ctx.redis, call)  # before dialling: the callbacks may come first
         sid, failure = _dial(ctx, state, call)  # Twilio unreachable: raised, the task retries
         if sid is not None:
@@ -905,6 +910,46 @@ def _place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | 
             ),
         )
     return None
+
+
+def spoken(state: IncidentState) -> str:
+    """The speech to dial with, checked again at the point of action.
+
+    The record comes from Redis: a speech that is not what aifixer would say (anything
+    `redact` would change, or that `untrusted.findings` names) is replaced by the
+    template, written from the record's facts.
+    """
+    speech = state.speech or ""
+    checked = fixer.clean_speech(
+        speech, state.incident.workload.name, fixer.known_words(state.incident, state.evidence)
+    )
+    if checked is None:
+        if speech:
+            log.warning("%s the stored speech is not fit to be read out: the template instead",
+                        tag(state))  # fmt: skip
+        return fixer.template_speech(state)
+    return checked
+
+
+def _refuse_call(ctx: Context, state: IncidentState, call) -> None:
+    """The farm's call budget is spent: the refusal goes to the call file and the record."""
+    from .callfile import CallFile
+
+    limit = ctx.settings.max_calls_per_hour
+    log.error("%s call to on-call #%d not placed: %d calls in the last hour is the limit",
+              tag(state), call.attempt, limit)  # fmt: skip
+    record = CallRecord(
+        time=call.time,
+        number=call.number,
+        speech=call.speech,
+        can_intervene=False,
+        fingerprint=state.incident.fingerprint,
+        incident_id=state.incident.id,
+        status=f"refused: {limit} calls per hour reached",
+        attempt=call.attempt,
+    )
+    CallFile(ctx.settings.call_file).append(record)
+    call_finished(ctx, record)
 
 
 def _call_window(ctx: Context) -> float:

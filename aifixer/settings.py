@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     )
     public_base_url: str = "http://127.0.0.1:8000"  # where Twilio reaches `aifixer web`
     oncall_numbers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # The farm's call budget: calls placed beyond it in one hour are refused (and the
+    # refusal written to the call file), whatever the incidents.
+    max_calls_per_hour: int = Field(default=20, ge=1)
     call_language: str = "en-US"
     gather_timeout_s: int = 8
     ring_timeout_s: int = 30  # seconds a call rings before it counts as no-answer

@@ -60,6 +60,18 @@ def _translated(fn: Callable[P, T]) -> Callable[P, T]:
     return wrapper
 
 
+# The farm's call budget: a sliding hour of placed calls, checked and taken at once.
+_CALL_SLOT = """
+local now, window, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZSCORE', KEYS[1], ARGV[4]) then return 1 end
+if redis.call('ZCARD', KEYS[1]) >= limit then return 0 end
+redis.call('ZADD', KEYS[1], now, ARGV[4])
+redis.call('EXPIRE', KEYS[1], math.ceil(window))
+return 1
+"""
+
+
 class Store:
     """Incident records and their at-most-once keys, in Redis.
 
@@ -213,6 +225,17 @@ class Store:
         return None if raw is None else Snapshot.model_validate_json(raw)
 
     @_translated
+    @_translated
+    def take_call_slot(self, incident_id: str, number: str, per_hour: int) -> bool:
+        """True if a call may be placed now: fewer than `per_hour` in the last hour.
+
+        One budget for the whole farm, whatever the incidents: a flood of failures (or
+        someone making an application fail on purpose) cannot turn into a flood of calls.
+        """
+        script = self.redis.register_script(_CALL_SLOT)
+        member = f"{incident_id}:{number}"
+        return bool(script(keys=[self.key("calls-placed")], args=[time.time(), 3600, per_hour, member]))
+
     def claim_dial(self, incident_id: str, number: str) -> bool:
         """True once per (incident, number): the right to dial it."""
         key = self.key("dialed", incident_id, number)

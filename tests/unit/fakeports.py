@@ -189,12 +189,14 @@ class FakePhone(Faults):
     def __init__(self) -> None:
         super().__init__()
         self.dialled: list[tuple[str, str, int]] = []  # (number, incident id, attempt)
+        self.spoken: list[str] = []
         self.placed_silently: list[str] = []  # numbers Twilio called but never told us about
         self.statuses: dict[str, str] = {}  # CallSid -> what Twilio says (default: completed)
 
     def place_call(self, number, speech, question=None, *, incident_id, attempt) -> str:
         self.hit("place_call")
         self.dialled.append((number, incident_id, attempt))
+        self.spoken.append(speech)
         return f"CA{len(self.dialled):032d}"
 
     def call_status(self, call_sid: str) -> str:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import copy
 import math
+from datetime import UTC, datetime
 
 import pytest
 import redis as redis_lib
 
-from aifixer import pipeline, tasks
+from aifixer import fixer, pipeline, tasks
 from aifixer.adapters.errors import PermanentError, TransientError
 from aifixer.app import app
 from aifixer.store import StaleRecord, Store, snapshot_of
@@ -770,3 +771,56 @@ def test_a_proposal_for_another_deployment_is_refused(ctx):
     forge(ctx, iid, lambda s: s.proposal.manifest["metadata"].update(name="payments"))
     state = run(ctx, iid)
     assert ctx.kube.writes == [] and "is not the Deployment shop/web" in state.error
+
+
+# -- the phone: only configured numbers, only aifixer's words, a budget -----------------------
+
+
+def test_the_farm_stops_calling_at_its_hourly_budget_and_says_so_in_the_call_file(ctx):
+    from aifixer.callfile import CallFile
+
+    ctx.settings.max_calls_per_hour = 2
+    ctx.settings.verify_deadline_s = 0.0
+    ctx.kube.healthy = False
+    ids = []
+    for _ in range(3):
+        ids.append(open_incident(ctx))
+        run(ctx, ids[-1])
+    assert [d[1] for d in ctx.phone.dialled] == ids[:2]  # the third incident dials nobody
+    refused = [r for r in CallFile(ctx.settings.call_file).read() if r.incident_id == ids[2]]
+    assert [(r.attempt, r.status) for r in refused] == [
+        (1, "refused: 2 calls per hour reached"),
+        (2, "refused: 2 calls per hour reached"),
+    ]
+    assert all(not r.can_intervene for r in refused)
+    assert len(ctx.store.load(ids[2]).calls) == 2
+
+
+def test_a_number_written_into_a_stored_call_context_is_never_dialled(ctx):
+    from aifixer.callfile import CallContext, store_call_context
+
+    ctx.settings.verify_deadline_s = 0.0
+    ctx.kube.healthy = False
+    iid = open_incident(ctx)
+    assert ctx.store.claim_dial(iid, "+15550000001")  # a dial that never finished...
+    store_call_context(  # ...and a context someone rewrote in Redis
+        ctx.redis,
+        CallContext(incident_id=iid, fingerprint="fp-web-crashloop", attempt=1,
+                    number="+19005550199", speech="Call +1 900 555 0199 now.",
+                    time=datetime.now(UTC)),
+    )  # fmt: skip
+    run(ctx, iid)
+    assert [d[0] for d in ctx.phone.dialled] == ["+15550000001"]
+    assert "900" not in ctx.phone.spoken[0]
+
+
+def test_a_speech_written_into_the_record_is_not_read_out(ctx):
+    iid = open_incident(ctx)
+    state = ctx.store.load(iid)
+    state.speech = (
+        "The deployment web in namespace shop is broken. Set privileged to true and call "
+        "plus one four one five."
+    )
+    assert pipeline.spoken(state) == fixer.template_speech(state)
+    state.speech = fixer.template_speech(state)
+    assert pipeline.spoken(state) == state.speech
