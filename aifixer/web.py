@@ -47,6 +47,7 @@ from aifixer.adapters.phone import (
 from aifixer.answers import parse_answer
 from aifixer.callfile import FINAL_STATUSES, CallFile, finish_call, store_answer
 from aifixer.models import CallRecord, Signal
+from aifixer.redact import redact
 from aifixer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def alert_signals(payload: Any) -> tuple[list[Signal], list[str]]:
                 pod=pod,
                 workload=deployment,
                 reason=alertname,
-                message=bounded(summary or alertname),
+                message=redact(bounded(summary or alertname)),
                 observed_at=alert.startsAt,
             )
         )

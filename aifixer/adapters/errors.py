@@ -8,9 +8,16 @@ backoff and a bound, and fail the second at once.
 
 from __future__ import annotations
 
+from ..redact import redact
+
 
 class AdapterError(Exception):
+    """An outside system's failure, its message redacted: it may quote a response body,
+    and it travels on — into the incident record, the logs, Celery's retry events
+    (what Flower shows) and the call's speech."""
+
     def __init__(self, system: str, message: str, *, status: int | None = None) -> None:
+        message = redact(message)
         super().__init__(f"{system}: {message}")
         self.system = system
         self.message = message

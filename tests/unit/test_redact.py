@@ -79,3 +79,15 @@ def test_the_log_filter_redacts_messages_arguments_and_tracebacks(caplog):
     text = caplog.text
     assert token not in text and "Sup3rS3cret!" not in text
     assert "push with [redacted] failed" in text and "RuntimeError" in text
+
+
+def test_an_adapter_error_carries_no_secret():
+    """Its message goes to the record, the logs, Flower's retry events and the speech."""
+    from aifixer.adapters.errors import PermanentError, TransientError
+
+    for exc in (
+        PermanentError("kubernetes", 'Deployment is invalid: env[0].value "DB_PASS=hunter2x"'),
+        TransientError("forge", "push to https://x-access-token:s3cr3tvalue@github.com failed"),
+    ):
+        assert "hunter2x" not in str(exc) and "s3cr3tvalue" not in str(exc)
+        assert "hunter2x" not in exc.message and redact.REDACTED in exc.message
