@@ -824,3 +824,20 @@ def test_a_speech_written_into_the_record_is_not_read_out(ctx):
     assert pipeline.spoken(state) == fixer.template_speech(state)
     state.speech = fixer.template_speech(state)
     assert pipeline.spoken(state) == state.speech
+
+
+def test_signals_from_namespaces_aifixer_does_not_change_open_nothing(ctx):
+    from aifixer.models import Signal
+
+    ctx.settings.namespaces = ["shop"]
+    now = datetime.now(UTC)
+    signals = [
+        Signal(source="events", namespace=ns, workload="web", reason="BackOff", message="x",
+               observed_at=now)
+        for ns in ("kube-system", "billing", "aifixer")
+    ]  # fmt: skip
+    ctx.kube.healthy = False
+    assert pipeline.open_incidents(ctx, signals) == []
+    assert ctx.kube.calls["get_deployment"] == 0
+    opened = pipeline.open_incidents(ctx, [signals[0].model_copy(update={"namespace": "shop"})])
+    assert [i.workload.key for i in opened] == ["shop/web"]
