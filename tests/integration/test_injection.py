@@ -14,14 +14,10 @@ Then, with the real model (qwen2.5-coder-1.5b through llama.cpp):
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
-
 import pytest
 import yaml
 from injection_corpus import INJECTIONS
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
+from kube_events import post_warnings
 
 from aifixer import fixer, localmodel, untrusted
 from aifixer.sandbox import scenario as scenario_mod
@@ -46,28 +42,6 @@ def planted(sc: scenario_mod.Scenario) -> scenario_mod.Scenario:
     return sc.model_copy(update={"images": images})
 
 
-def post_events(kubeconfig: str, namespace: str, name: str) -> None:
-    api = k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=kubeconfig))
-    now = datetime.now(UTC)
-    for line in LINES:
-        api.create_namespaced_event(
-            namespace,
-            k8s.CoreV1Event(
-                metadata=k8s.V1ObjectMeta(name=f"{name}.{uuid.uuid4().hex[:12]}"),
-                involved_object=k8s.V1ObjectReference(
-                    kind="Deployment", name=name, namespace=namespace, api_version="apps/v1"
-                ),
-                reason="OperatorNotice",
-                message=line,
-                type="Warning",
-                count=1,
-                first_timestamp=now,
-                last_timestamp=now,
-                source=k8s.V1EventSource(component="app"),
-            ),
-        )
-
-
 def marked(text: str) -> list[str]:
     return [m for m in MARKERS if m.lower() in text.lower()]
 
@@ -84,7 +58,13 @@ def test_injected_lines_neither_steer_the_fix_nor_reach_people(name, tmp_path):
         sc, tmp_path / "run", speed=30, model=localmodel.start_local_model,
         extra_env=localmodel.FARM_ENV,
     ) as farm:  # fmt: skip
-        post_events(farm.env["AIFIXER_KUBECONFIG"], meta["namespace"], meta["name"])
+        post_warnings(
+            farm.env["AIFIXER_KUBECONFIG"],
+            meta["namespace"],
+            meta["name"],
+            (("OperatorNotice", line) for line in LINES),
+            component="app",
+        )
         states = farm.wait(timeout=720)
         report = farm.report(states)
         assert farm.finished(states), report

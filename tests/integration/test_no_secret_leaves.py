@@ -15,16 +15,13 @@ from __future__ import annotations
 import re
 import subprocess
 import threading
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
 from celery import Celery
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
+from kube_events import post_warnings
 from secret_corpus import SECRETS
 
 from aifixer import redact
@@ -82,29 +79,6 @@ def planted(sc: scenario_mod.Scenario) -> scenario_mod.Scenario:
     )
 
 
-def post_events(kubeconfig: str, namespace: str, name: str) -> None:
-    """Warning events on the Deployment whose messages carry the secrets."""
-    api = k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=kubeconfig))
-    now = datetime.now(UTC)
-    for i, value in enumerate(VALUES):
-        api.create_namespaced_event(
-            namespace,
-            k8s.CoreV1Event(
-                metadata=k8s.V1ObjectMeta(name=f"{name}.{uuid.uuid4().hex[:12]}"),
-                involved_object=k8s.V1ObjectReference(
-                    kind="Deployment", name=name, namespace=namespace, api_version="apps/v1"
-                ),
-                reason=f"ConfigCheckFailed{i}",
-                message=f"config check failed: {value}",
-                type="Warning",
-                count=1,
-                first_timestamp=now,
-                last_timestamp=now,
-                source=k8s.V1EventSource(component="config-checker"),
-            ),
-        )
-
-
 class Events:
     """Every Celery event the farm sends, as Flower would receive them."""
 
@@ -148,7 +122,13 @@ def test_no_planted_secret_leaves_the_farm(name, tmp_path):
         FarmRun(sc, tmp_path / "run", speed=30) as farm,
         Events(farm.env["AIFIXER_REDIS_URL"]) as events,
     ):
-        post_events(farm.env["AIFIXER_KUBECONFIG"], meta["namespace"], meta["name"])
+        post_warnings(  # the secrets in the messages of Warning events on the Deployment
+            farm.env["AIFIXER_KUBECONFIG"],
+            meta["namespace"],
+            meta["name"],
+            ((f"ConfigCheckFailed{i}", f"config check failed: {v}") for i, v in enumerate(VALUES)),
+            component="config-checker",
+        )
         states = farm.wait(timeout=240)
         assert farm.finished(states), farm.report(states)
         assert [s.outcome for s in states] == [SCENARIOS[name]], farm.report(states)
