@@ -107,8 +107,12 @@ def spawn(name: str, args: list[str], env: dict[str, str], logdir: Path) -> Proc
 # What the farm's Redis user may do, as in docker-compose.yml and deploy/redis.yaml:
 # every key and channel, every command but the dangerous ones (FLUSHALL, KEYS, CONFIG,
 # DEBUG, SHUTDOWN ...). The default user is off: no connection without the password.
+# It keeps every permission, though: Redis (7.0, and Valkey until its PR #3984) replays
+# the append-only file as the default user and checks its ACL at each EXEC, so a
+# default user with none silently drops every transaction on restart.
 REDIS_USER = "aifixer"
 REDIS_ACL = ["~*", "&*", "+@all", "-@dangerous"]
+REDIS_DEFAULT_USER = ["off", "resetpass", "~*", "&*", "+@all"]
 
 
 def start_redis(
@@ -149,7 +153,7 @@ def start_redis(
             str(workdir),
             "--user",
             "default",
-            "off",
+            *REDIS_DEFAULT_USER,
             "--user",
             REDIS_USER,
             "on",

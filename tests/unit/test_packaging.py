@@ -118,13 +118,17 @@ def test_compose_redis_requires_its_password(compose, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # As Compose runs it ($$ is a literal $), on a free loopback port, in tmp_path.
-    script = service["command"][2].replace("$$", "$").replace("/tmp/users.acl", str(tmp_path / "u.acl"))
+    script = (
+        service["command"][2].replace("$$", "$").replace("/tmp/users.acl", str(tmp_path / "u.acl"))
+    )
     script += f" --port {port} --bind 127.0.0.1 --dir {tmp_path} --save ''"
     env = {**os.environ, "REDIS_PASSWORD": "pw-" + "x7" * 8}
     server = subprocess.Popen(["sh", "-c", script], env=env, cwd=tmp_path)
     try:
-        health = service["healthcheck"]["test"][1].replace("$$", "$").replace(
-            "redis-cli", f"redis-cli -p {port}"
+        health = (
+            service["healthcheck"]["test"][1]
+            .replace("$$", "$")
+            .replace("redis-cli", f"redis-cli -p {port}")
         )
         for _ in range(50):
             if subprocess.run(["sh", "-c", health], env=env).returncode == 0:
@@ -153,6 +157,77 @@ def test_compose_redis_requires_its_password(compose, tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def _written_redis(where: str, compose: dict[str, Any], rendered: list[dict[str, Any]]) -> str:
+    """The shell script that starts Redis, as docker-compose.yml or deploy/ writes it."""
+    if where == "compose":
+        script = compose["services"]["redis"]["command"][2].replace("$$", "$")
+        return script.replace("/tmp/users.acl", "ACL_FILE")
+    container = _by_kind(rendered, "Deployment")["redis"]["spec"]["template"]["spec"]
+    return container["containers"][0]["args"][0].replace("/run/redis/users.acl", "ACL_FILE")
+
+
+@pytest.mark.parametrize("where", ["compose", "deploy"])
+def test_written_redis_keeps_transactions_across_a_restart(where, compose, tmp_path):
+    """Each written Redis command, run here twice on one append-only directory: what the
+    farm wrote in transactions and scripts (Celery's chords, the store's Lua) is there
+    after the restart. Redis replays the file as its default user and checks that
+    user's ACL at each EXEC: a default user without permissions loses them all."""
+    import os
+    import socket
+    import time
+
+    import redis as redis_lib
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (./dev installs it)")
+    script = _written_redis(where, compose, _kustomize(DEPLOY) if where == "deploy" else [])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = script.replace("ACL_FILE", str(tmp_path / "u.acl"))
+    script += (
+        f" --port {port} --bind 127.0.0.1 --dir {tmp_path} --save '' --logfile {tmp_path}/r.log"
+    )
+    env = {**os.environ, "REDIS_PASSWORD": "pw-" + "q5" * 8}
+    dsn = f"redis://aifixer:{env['REDIS_PASSWORD']}@127.0.0.1:{port}/0"
+
+    def started() -> subprocess.Popen:
+        server = subprocess.Popen(["sh", "-c", script], env=env, cwd=tmp_path)
+        for _ in range(100):
+            try:
+                redis_lib.Redis.from_url(dsn).ping()
+                return server
+            except redis_lib.ConnectionError:
+                assert server.poll() is None, "redis-server exited"
+                time.sleep(0.05)
+        pytest.fail("redis-server never answered")
+
+    server = started()
+    try:
+        farm = redis_lib.Redis.from_url(dsn)
+        with farm.pipeline(transaction=True) as tx:
+            tx.zadd("aifixer:incidents", {"inc-1": 1.0}).set("aifixer:incident:inc-1", "{}")
+            tx.execute()
+        farm.eval("redis.call('rpush', KEYS[1], ARGV[1]) return 1", 1, "aifixer:calls", "c1")
+    finally:
+        server.terminate()
+        server.wait(10)
+    server = started()
+    try:
+        farm = redis_lib.Redis.from_url(dsn)
+        assert farm.zrange("aifixer:incidents", 0, -1) == [b"inc-1"]
+        assert farm.get("aifixer:incident:inc-1") == b"{}"
+        assert farm.lrange("aifixer:calls", 0, -1) == [b"c1"]
+        with pytest.raises(redis_lib.AuthenticationError):
+            redis_lib.Redis(port=port).ping()
+        with pytest.raises(redis_lib.AuthenticationError):
+            redis_lib.Redis(port=port, username="default", password="").ping()
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert "NOPERM" not in (tmp_path / "r.log").read_text()
 
 
 def test_compose_reads_settings_from_env_file(compose):
