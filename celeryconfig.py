@@ -67,6 +67,7 @@ task_routes = {
     "aifixer.tasks.patch": {"queue": "model"},
     "aifixer.tasks.apply": {"queue": "cluster"},
     "aifixer.tasks.verify": {"queue": "cluster"},
+    "aifixer.tasks.label_cpu_level": {"queue": "cluster"},
     "aifixer.tasks.open_pr": {"queue": "notify"},
     "aifixer.tasks.call_oncall": {"queue": "notify"},
     "aifixer.tasks.finalize": {"queue": "notify"},

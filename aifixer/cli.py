@@ -409,7 +409,13 @@ def web(host: str | None, port: int | None) -> None:
     def on_signals(signals) -> None:
         tasks.ingest_signals.delay([s.model_dump(mode="json") for s in signals])
 
-    web_mod.run(ctx.settings, on_call_finished, on_signals, host=host, port=port)
+    def on_levels(pod_ids: list[str]) -> None:
+        for pod_id in pod_ids:
+            tasks.label_cpu_level.delay(pod_id)
+
+    web_mod.run(
+        ctx.settings, on_call_finished, on_signals, on_levels=on_levels, host=host, port=port
+    )
 
 
 @main.command()

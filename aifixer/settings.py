@@ -8,6 +8,7 @@ a repr, a log line or a traceback.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -118,6 +119,19 @@ class Settings(BaseSettings):
     call_file: Path = Path("/var/lib/aifixer/calls.jsonl")
     incidents_file: Path = Path("/var/lib/aifixer/incidents.jsonl")
 
+    # -- CPU levels: Alertmanager's CPU alerts put one label on the pod they name.
+    # AIFIXER_CPU_LEVELS maps an alert name to the label's value, comma-separated
+    # ("PodCpuFailure=panne,..."); AIFIXER_CPU_LEVEL_LABEL is the label's key ("status"
+    # for the original's `status=panne`). Other alerts are not levels.
+    cpu_level_label: str = "aifixer.io/cpu-level"
+    cpu_levels: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=lambda: {
+            "PodCpuNormal": "low",
+            "PodHighCpuUsage": "moderate",
+            "PodCpuFailure": "high",
+        }
+    )
+
     # -- the web endpoints
     web_host: str = "127.0.0.1"
     web_port: int = 8000
@@ -145,6 +159,31 @@ class Settings(BaseSettings):
             return out
         return v
 
+    @field_validator("cpu_levels", mode="before")
+    @classmethod
+    def _levels_map(cls, v):
+        if isinstance(v, str):
+            out = {}
+            for item in v.split(","):
+                if item.strip():
+                    alert, sep, value = item.partition("=")
+                    if not sep:
+                        raise ValueError(f"expected AlertName=label-value, got {item!r}")
+                    out[alert.strip()] = value.strip()
+            v = out
+        for alert, value in (v or {}).items():
+            if not LABEL_VALUE.fullmatch(value):
+                raise ValueError(f"{value!r} (for {alert}) is not a valid Kubernetes label value")
+        return v
+
+    @field_validator("cpu_level_label")
+    @classmethod
+    def _label_key(cls, v: str) -> str:
+        prefix, _, name = v.rpartition("/")
+        if not LABEL_NAME.fullmatch(name) or (prefix and not DNS_SUBDOMAIN.fullmatch(prefix)):
+            raise ValueError(f"{v!r} is not a valid Kubernetes label key")
+        return v
+
     @property
     def lock_ttl_s(self) -> float:
         """A workload lock's life without progress (every save renews it)."""
@@ -158,6 +197,12 @@ class Settings(BaseSettings):
     @property
     def clone_url(self) -> str:
         return self.git_clone_url or f"https://github.com/{self.github_repo}.git"
+
+
+# Kubernetes' label syntax (apimachinery validation: qualified names and label values).
+LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 def with_password(url: str, password: SecretStr | None) -> str:

@@ -41,6 +41,7 @@ from . import pipeline
 from .adapters.errors import PermanentError, TransientError
 from .app import app
 from .models import IncidentState
+from .scaling import levels
 from .store import Busy, StaleRecord
 
 log = logging.getLogger("aifixer.tasks")
@@ -489,3 +490,38 @@ def ingest_signals(self, signals: list[dict]) -> int:
     return _poll(
         lambda ctx: pipeline.open_incidents(ctx, [Signal.model_validate(s) for s in signals])
     )
+
+
+# -- CPU levels -------------------------------------------------------------------------
+
+
+@app.task(bind=True, name="aifixer.tasks.label_cpu_level", acks_late=True, ignore_result=True)
+def label_cpu_level(self, pod_id: str) -> str:
+    """The pod's CPU level label made to say what its firing alerts say (see scaling.levels).
+
+    The message names a pod ("namespace/name") and nothing else; what the label says
+    comes from the record in Redis. Safe to redeliver: the label is patched only when
+    it differs. A cluster or Redis outage is retried with the stages' backoff,
+    `MAX_RETRIES` times; a refusal or a permanent error is logged, never raised.
+    """
+    ctx = context()
+    try:
+        outcome = levels.label_pod(ctx.kube, ctx.redis, ctx.settings, pod_id)
+    except ValueError as exc:
+        log.warning("label_cpu_level: refused: %s", exc)
+        return "refused"
+    except (TransientError, redis_lib.RedisError) as raw:
+        exc = _transient(raw)
+        n = self.request.retries + 1
+        if n > MAX_RETRIES:
+            log.error("[%s] CPU level: %s (gave up after %d retries)", pod_id, exc, MAX_RETRIES)
+            return "failed"
+        log.warning("[%s] CPU level: %s (retry %d)", pod_id, exc, n)
+        raise self.retry(
+            countdown=countdown(n, exc.retry_after, ctx.settings.retry_after_max_s),
+            max_retries=MAX_RETRIES,
+        ) from None
+    except PermanentError as exc:
+        log.error("[%s] CPU level: %s", pod_id, exc)
+        return "failed"
+    return outcome

@@ -35,7 +35,6 @@ import redis
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from aifixer import guardrails
 from aifixer.adapters.errors import bounded
 from aifixer.adapters.phone import (
     ATTEMPT_PARAM,
@@ -46,14 +45,17 @@ from aifixer.adapters.phone import (
 )
 from aifixer.answers import parse_answer
 from aifixer.callfile import FINAL_STATUSES, CallFile, finish_call, store_answer
+from aifixer.guardrails import namespace_refusal
 from aifixer.models import CallRecord, Signal
 from aifixer.redact import redact
+from aifixer.scaling import levels
 from aifixer.settings import Settings
 
 log = logging.getLogger(__name__)
 
 CallFinished = Callable[[str, CallRecord], None]  # (incident id, the call file line)
 SignalsReceived = Callable[[list[Signal]], None]
+LevelsReceived = Callable[[list[str]], None]  # ids ("namespace/pod") whose level may change
 
 THANKS_CAN_INTERVENE = "Thank you, noted: you can intervene."
 THANKS_NEXT_PERSON = "Thank you. We will call the next person."
@@ -76,8 +78,8 @@ class Metrics:
         self.counters[name] = Counter()
         self.help[name] = text
 
-    def inc(self, name: str, **labels: str) -> None:
-        self.counters[name][tuple(sorted(labels.items()))] += 1
+    def inc(self, name: str, by: int = 1, **labels: str) -> None:
+        self.counters[name][tuple(sorted(labels.items()))] += by
 
     def render(self) -> str:
         lines = []
@@ -96,6 +98,7 @@ def _label_value(value: str) -> str:
 CALLBACKS = "aifixer_twilio_callbacks_total"
 CALLS_FINISHED = "aifixer_calls_finished_total"
 ALERTS = "aifixer_alerts_received_total"
+ALERTS_IGNORED = "aifixer_alerts_ignored_total"
 
 
 def _metrics() -> Metrics:
@@ -103,6 +106,7 @@ def _metrics() -> Metrics:
     metrics.declare(CALLBACKS, "Twilio callbacks, by endpoint and by accepted/rejected signature.")
     metrics.declare(CALLS_FINISHED, "Calls written to the call file, by final Twilio status.")
     metrics.declare(ALERTS, "Alertmanager alerts received, by alert status.")
+    metrics.declare(ALERTS_IGNORED, "Alertmanager alerts that led to nothing, by reason.")
     return metrics
 
 
@@ -131,14 +135,12 @@ class _AlertmanagerPayload(BaseModel):
 MAX_ALERTS = 200  # per payload; set `max_alerts` on Alertmanager's webhook receiver
 
 
-def alert_signals(payload: Any) -> tuple[list[Signal], list[str]]:
-    """The signals in an Alertmanager webhook, and every alert's status.
-
-    Only firing alerts with a `namespace` label and a `pod` or `deployment` label make a
-    signal: the farm fixes Deployments, and needs to know which one.
+def parse_alerts(payload: Any) -> list[_Alert]:
+    """The alerts of an Alertmanager webhook.
 
     Raises:
-        ValueError: the payload is not a version-4 Alertmanager webhook.
+        ValueError: the payload is not a version-4 Alertmanager webhook, or has more
+            than `MAX_ALERTS` alerts.
     """
     try:
         parsed = _AlertmanagerPayload.model_validate(payload)
@@ -149,8 +151,17 @@ def alert_signals(payload: Any) -> tuple[list[Signal], list[str]]:
             f"{len(parsed.alerts)} alerts in one payload, at most {MAX_ALERTS} are read: "
             f"set max_alerts: {MAX_ALERTS} on the Alertmanager webhook receiver"
         )
+    return parsed.alerts
+
+
+def alert_signals(alerts: list[_Alert]) -> list[Signal]:
+    """The incident signals among `alerts`.
+
+    Only firing alerts with a `namespace` label and a `pod` or `deployment` label make a
+    signal: the farm fixes Deployments, and needs to know which one.
+    """
     signals = []
-    for alert in parsed.alerts:
+    for alert in alerts:
         labels = alert.labels
         pod, deployment = labels.get("pod"), labels.get("deployment")
         if alert.status != "firing" or "namespace" not in labels or not (pod or deployment):
@@ -168,7 +179,7 @@ def alert_signals(payload: Any) -> tuple[list[Signal], list[str]]:
                 observed_at=alert.startsAt,
             )
         )
-    return signals, [alert.status for alert in parsed.alerts]
+    return signals
 
 
 # ---------------------------------------------------------------------------
@@ -185,6 +196,7 @@ class Web:
     call_file: CallFile
     on_call_finished: CallFinished
     on_signals: SignalsReceived
+    on_levels: LevelsReceived
     metrics: Metrics
 
     def signed(self, request: web.Request, params: Any) -> bool:
@@ -213,6 +225,8 @@ def make_app(
     redis_client: Any,
     on_call_finished: CallFinished,
     on_signals: SignalsReceived,
+    *,
+    on_levels: LevelsReceived,
 ) -> web.Application:
     """The `aifixer web` application.
 
@@ -221,6 +235,7 @@ def make_app(
         redis_client: a synchronous `redis.Redis`, shared with the workers.
         on_call_finished: called once per ended call with (incident_id, record).
         on_signals: called with the signals of each Alertmanager webhook that has any.
+        on_levels: called with the pods whose CPU level alerts were recorded.
 
     Raises:
         ValueError: no Twilio Auth Token is configured (no callback could be verified).
@@ -235,6 +250,7 @@ def make_app(
         call_file=CallFile(settings.call_file),
         on_call_finished=on_call_finished,
         on_signals=on_signals,
+        on_levels=on_levels,
         metrics=_metrics(),
     )
     app.router.add_post(GATHER_PATH, gather)
@@ -314,21 +330,33 @@ async def alertmanager(request: web.Request) -> web.Response:
             text=f"at most {MAX_ALERTS} alerts per payload: set max_alerts on the receiver\n",
         )  # fmt: skip
     try:
-        signals, statuses = alert_signals(payload)
+        alerts = parse_alerts(payload)
     except ValueError as exc:
         raise web.HTTPBadRequest(text=f"{exc}\n") from None
-    for alert_status in statuses:
-        state.metrics.inc(ALERTS, status=alert_status)
-    watched = [
-        s for s in signals if guardrails.namespace_refusal(s.namespace, state.settings) is None
-    ]
-    if len(watched) < len(signals):
+    for alert in alerts:
+        state.metrics.inc(ALERTS, status=alert.status)
+    settings = state.settings
+    level_alerts, others, unnamed = levels.split(alerts, settings)
+    if unnamed:
+        state.metrics.inc(ALERTS_IGNORED, unnamed, reason="level alert without a valid pod")
+    watched_levels = [a for a in level_alerts if namespace_refusal(a.namespace, settings) is None]
+    signals = alert_signals(others)
+    watched = [s for s in signals if namespace_refusal(s.namespace, settings) is None]
+    unwatched = len(level_alerts) - len(watched_levels) + len(signals) - len(watched)
+    if unwatched:
+        state.metrics.inc(ALERTS_IGNORED, unwatched, reason="namespace aifixer does not change")
         log.info("/alertmanager: %d alert(s) about namespaces aifixer does not change ignored",
-                 len(signals) - len(watched))  # fmt: skip
-    signals = watched
-    if signals:
-        await asyncio.to_thread(state.on_signals, signals)
-    return web.json_response({"alerts": len(statuses), "signals": len(signals)})
+                 unwatched)  # fmt: skip
+    unused = len(others) - len(signals)
+    if unused:  # resolved, or naming no workload: neither a level nor an incident
+        state.metrics.inc(ALERTS_IGNORED, unused, reason="not a level, no incident")
+    pods: list[str] = []
+    if watched_levels:
+        pods = await asyncio.to_thread(levels.record, state.redis, watched_levels)
+        await asyncio.to_thread(state.on_levels, pods)
+    if watched:
+        await asyncio.to_thread(state.on_signals, watched)
+    return web.json_response({"alerts": len(alerts), "signals": len(watched), "levels": len(pods)})
 
 
 def _list(value: Any) -> list[Any]:
@@ -362,6 +390,7 @@ def run(
     on_call_finished: CallFinished,
     on_signals: SignalsReceived,
     *,
+    on_levels: LevelsReceived,
     host: str | None = None,
     port: int | None = None,
 ) -> None:
@@ -371,7 +400,7 @@ def run(
         socket_timeout=settings.request_timeout_s,
         socket_connect_timeout=settings.request_timeout_s,
     )
-    app = make_app(settings, client, on_call_finished, on_signals)
+    app = make_app(settings, client, on_call_finished, on_signals, on_levels=on_levels)
     if settings.web_token is None or not settings.web_token.get_secret_value():
         log.warning(ALERTMANAGER_UNCONFIGURED)
     web.run_app(app, host=host or settings.web_host, port=port or settings.web_port)

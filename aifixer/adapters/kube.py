@@ -393,6 +393,33 @@ class Kube:
         """
         return self._read(self.apps.read_namespaced_deployment, name, namespace)
 
+    def get_pod(self, namespace: str, name: str) -> Manifest | None:
+        """The live pod, or None when it does not exist.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        return self._read(self.core.read_namespaced_pod, name, namespace)
+
+    def set_pod_label(
+        self, namespace: str, name: str, key: str, value: str | None
+    ) -> Manifest | None:
+        """Set one label of a pod (remove it when `value` is None), touching nothing else.
+
+        A merge patch of `metadata.labels.<key>` alone: the pod's other labels, its
+        annotations and its spec are not part of the request. None when the pod is gone.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        body = {"metadata": {"labels": {key: value}}}
+        try:
+            return self._json(self.core.patch_namespaced_pod, name, namespace, body)
+        except PermanentError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def pods_of(self, deployment: Manifest) -> list[Manifest]:
         """The pods the Deployment's selector matches (every revision's).
 

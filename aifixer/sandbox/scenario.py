@@ -12,6 +12,8 @@ never silently ignored, because a typo in a scenario would otherwise test nothin
 
 from __future__ import annotations
 
+import math
+import random
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +33,66 @@ class CrashSpec(_Strict):
     logs: list[str] = Field(default_factory=list)  # written just before it exits
 
 
+class Cycle(_Strict):
+    """A sine wave on the load: a day (86400 s) or an hour (3600 s), say."""
+
+    period_seconds: float = Field(gt=0)
+    amplitude: float  # units of load, peak above (and trough below) the base
+    peak_at_seconds: float = 0  # where in the period the peak falls
+
+
+class Spike(_Strict):
+    """Extra load for a while, `at_seconds` after the scenario starts."""
+
+    at_seconds: float
+    duration_seconds: float = Field(gt=0)
+    extra: float  # units of load on top of the rest, ramped up and down over 10 % of it
+
+
+class LoadProfile(_Strict):
+    """The load a Deployment running this image serves, as a function of simulated time.
+
+    load(t) = base + trend·t + Σ cycles + spikes, times (1 + noise·ε) with ε a seeded
+    normal draw per simulated `noise_seconds`, never below zero. The Deployment's ready
+    pods share it evenly; each uses `cpu_millicores_per_unit` per unit, up to its CPU
+    limit. What the ready pods cannot serve is unserved load. `history_seconds` of
+    past load (t < 0) are written into Prometheus before the scenario starts.
+    """
+
+    base: float = Field(ge=0)
+    cycles: list[Cycle] = Field(default_factory=list)
+    trend_per_hour: float = 0
+    noise: float = Field(default=0, ge=0, le=1)
+    noise_seconds: float = Field(default=15, gt=0)
+    spikes: list[Spike] = Field(default_factory=list)
+    cpu_millicores_per_unit: float = Field(default=1, gt=0)
+    history_seconds: float = Field(default=0, ge=0)
+    seed: int = 0
+
+    def at(self, t: float) -> float:
+        """Units of load at simulated second `t` (negative: before the scenario started)."""
+        value = self.base + self.trend_per_hour * t / 3600
+        for c in self.cycles:
+            value += c.amplitude * math.cos(2 * math.pi * (t - c.peak_at_seconds) / c.period_seconds)
+        for s in self.spikes:
+            value += s.extra * _ramp(t - s.at_seconds, s.duration_seconds)
+        if self.noise:
+            step = math.floor(t / self.noise_seconds)
+            value *= 1 + self.noise * random.Random(self.seed * 1_000_003 + step).gauss(0, 1)
+        return max(0.0, value)
+
+    def millicores(self, t: float) -> float:
+        return self.at(t) * self.cpu_millicores_per_unit
+
+
+def _ramp(into: float, duration: float) -> float:
+    """0 → 1 over the first 10 % of a spike, 1, then back to 0 over its last 10 %."""
+    if into < 0 or into > duration:
+        return 0.0
+    edge = duration * 0.1
+    return min(1.0, into / edge, (duration - into) / edge) if edge else 1.0
+
+
 class Image(_Strict):
     """How a container running this image behaves in the pod simulator."""
 
@@ -45,6 +107,7 @@ class Image(_Strict):
     size_bytes: int = 50_000_000  # reported in the kubelet's Pulled event
     logs: list[str] = Field(default_factory=list)  # printed once started
     crash: CrashSpec | None = None
+    load: LoadProfile | None = None  # CPU follows this load instead of cpu_millicores
 
 
 class Taint(_Strict):

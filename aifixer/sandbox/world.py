@@ -27,6 +27,7 @@ from aiohttp import web
 
 from . import forge as forge_mod
 from . import loki as loki_mod
+from . import metrics as metrics_mod
 from . import phone as phone_mod
 from .clock import Clock
 from .kube import server as kube_server
@@ -63,6 +64,7 @@ class Endpoints:
     twilio_from: str
     oncall_numbers: list[str]
     state_dir: str
+    metrics: str = ""  # the kubelet's /metrics/cadvisor and kube-state-metrics' /metrics
 
 
 class World:
@@ -84,6 +86,7 @@ class World:
         self.twilio_from = "+15005550006"
         self.logs = loki_mod.LogStore()
         self.cluster = Cluster(self.clock, self._image, self.logs.push)
+        self.metrics = metrics_mod.Metrics(self.cluster.store, self.clock, self._image)
         self.forge = forge_mod.Forge(self.state_dir / "git", self.github_token)
         self.phone = phone_mod.Phone(
             self.state_dir / "calls", {self.twilio_sid: self.twilio_token}, self.clock
@@ -107,7 +110,9 @@ class World:
             "loki": loki_mod.make_app(self.logs),
             "forge": forge_mod.make_app(self.forge, lambda: self.sites["forge"].url),
             "twilio": phone_mod.make_app(self.phone),
+            "metrics": metrics_mod.make_app(self.metrics),
         }
+        self.metrics.start()
         apps["forge"].router.add_get("/sandbox/prs", self._prs_view)
         for name, app in apps.items():
             self.sites[name] = await start_site(Site(name, app, self.ports.get(name, 0)))
@@ -126,6 +131,7 @@ class World:
         return web.json_response(await self.forge.prs())
 
     async def astop(self) -> None:
+        await self.metrics.stop()
         await self.phone.close()
         for site in self.sites.values():
             await stop_site(site)
@@ -269,6 +275,7 @@ class World:
             twilio_from=self.twilio_from,
             oncall_numbers=list(self.scenario.oncall.numbers) if self.scenario else [],
             state_dir=str(self.state_dir),
+            metrics=self.sites["metrics"].url,
         )
         path = self.state_dir / "endpoints.json"
         path.write_text(json.dumps(asdict(ep), indent=2))

@@ -45,6 +45,7 @@ class Served:
     redis: redis.Redis
     finished: queue.Queue = field(default_factory=queue.Queue)
     signals: list[list[Signal]] = field(default_factory=list)
+    levels: list[str] = field(default_factory=list)
 
     @property
     def calls(self) -> list[CallRecord]:
@@ -96,6 +97,7 @@ def served(tmp_path: Path, redis_url: str) -> Iterator[Served]:
         client,
         lambda fp, record: state.finished.put((fp, record)),
         state.signals.append,
+        on_levels=state.levels.extend,
     )
     state.url, stop = serve_in_thread(app, "web")
     settings.public_base_url = state.url  # known once bound; read per request
@@ -253,7 +255,7 @@ def test_alertmanager_firing_alerts_become_signals(served: Served) -> None:
     )
     resp = post_alerts(served, payload)
     assert resp.status_code == 200, resp.text
-    assert resp.json() == {"alerts": 5, "signals": 2}
+    assert resp.json() == {"alerts": 5, "signals": 2, "levels": 0}
     [signals] = served.signals
     pod, deployment = signals
     assert (pod.source, pod.namespace, pod.pod, pod.workload, pod.reason) == (
@@ -269,7 +271,7 @@ def test_alertmanager_firing_alerts_become_signals(served: Served) -> None:
 
 def test_alertmanager_without_firing_alerts_calls_nobody(served: Served) -> None:
     resp = post_alerts(served, alertmanager_payload([alert("resolved", namespace="a", pod="b")]))
-    assert resp.json() == {"alerts": 1, "signals": 0} and served.signals == []
+    assert resp.json() == {"alerts": 1, "signals": 0, "levels": 0} and served.signals == []
 
 
 @pytest.mark.parametrize(
@@ -309,7 +311,9 @@ def test_alertmanager_without_a_configured_token_refuses_everything(
     )  # fmt: skip
     received: list = []
     url, stop = serve_in_thread(
-        web.make_app(settings, redis.Redis.from_url(redis_url), print, received.append)
+        web.make_app(
+            settings, redis.Redis.from_url(redis_url), print, received.append, on_levels=print
+        )
     )
     try:
         payload = alertmanager_payload([alert("firing", namespace="shop", pod="b")])
@@ -341,7 +345,7 @@ def test_alertmanager_ignores_namespaces_aifixer_does_not_change(served: Served)
         ]
     )
     resp = post_alerts(served, payload)
-    assert resp.status_code == 200 and resp.json() == {"alerts": 3, "signals": 1}
+    assert resp.status_code == 200 and resp.json() == {"alerts": 3, "signals": 1, "levels": 0}
     [[signal]] = served.signals
     assert (signal.namespace, signal.pod) == ("shop", "checkout-1")
     served.settings.namespaces = []
@@ -359,7 +363,7 @@ def test_healthz_reports_redis_down(tmp_path: Path) -> None:
         _env_file=None, twilio_auth_token=SecretStr(TOKEN), call_file=tmp_path / "c"
     )
     unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
-    url, stop = serve_in_thread(web.make_app(settings, unreachable, print, print))
+    url, stop = serve_in_thread(web.make_app(settings, unreachable, print, print, on_levels=print))
     try:
         resp = requests.get(url + "/healthz", timeout=HTTP_TIMEOUT)
         assert resp.status_code == 503 and resp.text.startswith("redis:")
@@ -382,4 +386,41 @@ def test_metrics_text_format(served: Served) -> None:
 
 def test_make_app_needs_the_auth_token(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="AIFIXER_TWILIO_AUTH_TOKEN"):
-        web.make_app(Settings(_env_file=None, call_file=tmp_path / "c"), None, print, print)
+        web.make_app(
+            Settings(_env_file=None, call_file=tmp_path / "c"), None, print, print, on_levels=print
+        )
+
+
+def test_cpu_level_alerts_are_recorded_for_the_label_task_not_incidents(served: Served) -> None:
+    def level(name: str, status: str, **labels: str) -> dict:
+        return alert(status, **labels) | {"labels": {"alertname": name, **labels}}
+
+    payload = alertmanager_payload(
+        [
+            level("PodCpuFailure", "firing", namespace="shop", pod="api-1"),
+            level("PodCpuNormal", "resolved", namespace="shop", pod="api-1"),
+            level("PodCpuFailure", "firing", namespace="kube-system", pod="coredns-1"),
+            level("PodCpuFailure", "firing", namespace="shop"),  # names no pod
+            alert("resolved", namespace="shop", pod="search-1"),  # neither level nor incident
+        ]
+    )
+    resp = post_alerts(served, payload)
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"alerts": 5, "signals": 0, "levels": 1}
+    assert served.signals == [] and served.levels == ["shop/api-1"]
+    assert served.redis.hgetall("aifixer:cpulevel:shop/api-1") == {
+        b"PodCpuFailure": str(datetime_to_epoch("2026-03-01T10:00:00.123Z")).encode()
+    }
+    page = requests.get(served.url + "/metrics", timeout=HTTP_TIMEOUT).text
+    for reason, n in (
+        ("level alert without a valid pod", 1),
+        ("namespace aifixer does not change", 1),
+        ("not a level, no incident", 1),
+    ):
+        assert f'aifixer_alerts_ignored_total{{reason="{reason}"}} {n}' in page
+
+
+def datetime_to_epoch(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

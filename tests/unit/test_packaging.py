@@ -500,3 +500,107 @@ def test_env_example_documents_every_setting():
         if f"AIFIXER_{name.upper()}=" not in text
     ]
     assert missing == []
+
+
+# --- CPU levels: deploy/app-cluster-cpu-levels.yaml and deploy/monitoring/ ----------
+
+
+@pytest.fixture(scope="module")
+def cpu_levels() -> list[dict[str, Any]]:
+    return _load_all((DEPLOY / "app-cluster-cpu-levels.yaml").read_text())
+
+
+def test_cpu_levels_objects_are_valid_kubernetes(cpu_levels):
+    assert {o["kind"] for o in cpu_levels} == {
+        "ClusterRole", "RoleBinding", "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }  # fmt: skip
+    for obj in cpu_levels:
+        _assert_valid(obj)
+    assert _grants(cpu_levels) == {("", "pods", "get"), ("", "pods", "patch")}
+
+
+def _policy_allows(policy: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """The policy's CEL, evaluated as the API server does for an UPDATE of `old` to `new`."""
+    import celpy
+
+    env = celpy.Environment()
+    activation = {"object": celpy.json_to_cel(new), "oldObject": celpy.json_to_cel(old)}
+    variables: dict[str, Any] = {}
+    for var in policy["spec"]["variables"]:
+        program = env.program(env.compile(var["expression"]))
+        variables[var["name"]] = program.evaluate(
+            {**activation, "variables": celpy.celtypes.MapType(variables)}
+        )
+    activation["variables"] = celpy.celtypes.MapType(variables)
+    return all(
+        bool(env.program(env.compile(v["expression"])).evaluate(activation))
+        for v in policy["spec"]["validations"]
+    )
+
+
+def test_the_admission_policy_lets_aifixer_change_its_label_only(cpu_levels):
+    policy = next(o for o in cpu_levels if o["kind"] == "ValidatingAdmissionPolicy")
+    condition = policy["spec"]["matchConditions"][0]["expression"]
+    assert "system:serviceaccount:aifixer:aifixer" in condition
+    pod = {
+        "metadata": {"name": "api-1", "labels": {"app": "api"}, "annotations": {"team": "x"}},
+        "spec": {"containers": [{"name": "api", "image": "shop/api:1"}]},
+    }
+
+    def changed(**parts: Any) -> dict[str, Any]:
+        new = yaml.safe_load(yaml.safe_dump(pod))
+        for path, value in parts.items():
+            where, key = path.split("__")
+            new["metadata"][where][key] = value
+        return new
+
+    key = "aifixer.io/cpu-level"
+    set_level = yaml.safe_load(yaml.safe_dump(pod))
+    set_level["metadata"]["labels"][key] = "high"
+    assert _policy_allows(policy, pod, set_level)
+    assert _policy_allows(policy, set_level, pod)  # the label removed
+    no_labels = {"metadata": {"name": "api-1"}, "spec": pod["spec"]}
+    assert _policy_allows(
+        policy, no_labels, {**no_labels, "metadata": {"name": "api-1", "labels": {key: "low"}}}
+    )
+    assert not _policy_allows(policy, pod, changed(labels__app="other"))
+    assert not _policy_allows(policy, pod, changed(labels__extra="1"))
+    assert not _policy_allows(policy, pod, changed(annotations__team="y"))
+    dropped = yaml.safe_load(yaml.safe_dump(pod))
+    del dropped["metadata"]["labels"]["app"]
+    assert not _policy_allows(policy, pod, dropped)
+    hijacked = yaml.safe_load(yaml.safe_dump(set_level))
+    hijacked["spec"]["containers"][0]["image"] = "evil/miner:1"
+    assert not _policy_allows(policy, pod, hijacked)
+
+
+def test_the_cpu_level_rules_pass_promtool(tmp_path):
+    from aifixer.sandbox import promstack
+
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool is not installed (./dev installs prometheus)")
+    source = DEPLOY / "monitoring" / "cpu-levels-rules.yaml"
+    rule = yaml.safe_load(source.read_text())
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["kind"] == "PrometheusRule"
+    promstack.check_rules(promstack.rule_file_from(source, tmp_path / "rules.yml"))
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
+    from aifixer.settings import Settings
+
+    assert set(alerts) == set(Settings(_env_file=None).cpu_levels)
+
+
+def test_the_alertmanager_receiver_reaches_aifixer_web(tmp_path):
+    from aifixer.sandbox import promstack
+
+    config = yaml.safe_load((DEPLOY / "monitoring" / "alertmanager-config.yaml").read_text())
+    receiver = config["spec"]["receivers"][0]["webhookConfigs"][0]
+    assert receiver["url"].endswith(":8000/alertmanager") and receiver["sendResolved"] is True
+    assert receiver["maxAlerts"] == 200  # web.MAX_ALERTS
+    assert receiver["httpConfig"]["authorization"]["type"] == "Bearer"
+    if shutil.which("amtool") is None:
+        pytest.skip("amtool is not installed (./dev installs prometheus-alertmanager)")
+    plain = tmp_path / "alertmanager.yml"
+    plain.write_text(yaml.safe_dump(promstack.alertmanager_config(receiver["url"], token="t")))
+    done = subprocess.run(["amtool", "check-config", str(plain)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -841,3 +841,37 @@ def test_signals_from_namespaces_aifixer_does_not_change_open_nothing(ctx):
     assert ctx.kube.calls["get_deployment"] == 0
     opened = pipeline.open_incidents(ctx, [signals[0].model_copy(update={"namespace": "shop"})])
     assert [i.workload.key for i in opened] == ["shop/web"]
+
+
+# -- CPU levels -------------------------------------------------------------------------
+
+
+def test_label_cpu_level_rides_out_a_cluster_outage_and_refuses_non_ids(ctx, monkeypatch):
+    from aifixer.scaling import levels
+
+    pod = {"metadata": {"labels": {"app": "web"}}}
+    outage = {"left": 3}
+    patches = []
+
+    def get_pod(namespace, name):
+        if outage["left"]:
+            outage["left"] -= 1
+            raise TransientError("kubernetes", "503 Service Unavailable", retry_after=0.0)
+        return pod
+
+    def set_pod_label(namespace, name, key, value):
+        patches.append((namespace, name, key, value))
+        pod["metadata"]["labels"][key] = value
+        return pod
+
+    monkeypatch.setattr(ctx.kube, "get_pod", get_pod, raising=False)
+    monkeypatch.setattr(ctx.kube, "set_pod_label", set_pod_label, raising=False)
+    levels.record(ctx.redis, [levels.LevelAlert("shop", "web-1", "PodCpuFailure", True, 1.0)])
+    assert tasks.label_cpu_level.apply(args=["shop/web-1"]).get() == "set"
+    assert patches == [("shop", "web-1", ctx.settings.cpu_level_label, "high")]
+    assert tasks.label_cpu_level.apply(args=["shop/web-1"]).get() == "unchanged"
+    for forged in ({"namespace": "kube-system"}, "kube-system", "shop/web-1/x"):
+        assert tasks.label_cpu_level.apply(args=[forged]).get() == "refused"
+    outage["left"] = tasks.MAX_RETRIES + 1
+    assert tasks.label_cpu_level.apply(args=["shop/web-1"]).get() == "failed"
+    assert len(patches) == 1

@@ -1,0 +1,267 @@
+"""The real Prometheus and Alertmanager, on loopback, for the sandbox.
+
+Debian's `prometheus` (2.42) and `prometheus-alertmanager` (0.25) are the servers a
+team runs; nothing here stands in for them. Prometheus scrapes the sandbox's exporters
+(`metrics.py`) as it scrapes a kubelet and kube-state-metrics, evaluates the rule
+files it is given and sends its alerts to Alertmanager, which posts them to a webhook
+(`aifixer web`) with a bearer token, as the receiver in deploy/ is configured.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import yaml
+
+from .harness import Process, free_port, spawn, wait_port
+
+PROMETHEUS = ("prometheus",)
+ALERTMANAGER = ("prometheus-alertmanager", "alertmanager")
+
+
+class MissingServer(RuntimeError):
+    pass
+
+
+def _binary(names: tuple[str, ...], package: str) -> str:
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    raise MissingServer(
+        f"{names[0]} is not installed (./dev installs it: apt-get install {package})"
+    )
+
+
+def _wait_ready(url: str, proc: Process, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(
+                f"{proc.name} exited with {proc.popen.returncode}; see {proc.log_path}"
+            )
+        try:
+            if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{proc.name} not ready after {timeout:.0f}s; see {proc.log_path}")
+
+
+def prometheus_config(
+    metrics_url: str,
+    *,
+    rule_files: list[Path] = (),  # type: ignore[assignment]
+    alertmanager_url: str | None = None,
+    scrape_interval: str = "1s",
+    evaluation_interval: str = "1s",
+) -> dict[str, Any]:
+    """Two jobs as on a real cluster: the kubelet's cAdvisor path and kube-state-metrics."""
+    target = urlsplit(metrics_url).netloc
+    config: dict[str, Any] = {
+        "global": {
+            "scrape_interval": scrape_interval,
+            "evaluation_interval": evaluation_interval,
+        },
+        "rule_files": [str(p) for p in rule_files],
+        "scrape_configs": [
+            {
+                "job_name": "kubelet",
+                "metrics_path": "/metrics/cadvisor",
+                "honor_labels": True,
+                "static_configs": [{"targets": [target]}],
+            },
+            {
+                "job_name": "kube-state-metrics",
+                "metrics_path": "/metrics",
+                "honor_labels": True,
+                "static_configs": [{"targets": [target]}],
+            },
+        ],
+    }
+    if alertmanager_url:
+        config["alerting"] = {
+            "alertmanagers": [
+                {"static_configs": [{"targets": [urlsplit(alertmanager_url).netloc]}]}
+            ]
+        }
+    return config
+
+
+def start_prometheus(
+    workdir: Path,
+    metrics_url: str,
+    *,
+    rule_files: list[Path] = (),  # type: ignore[assignment]
+    alertmanager_url: str | None = None,
+    scrape_interval: str = "1s",
+    evaluation_interval: str = "1s",
+    port: int | None = None,
+) -> tuple[str, Process]:
+    """A private Prometheus on a free loopback port scraping `metrics_url`; returns its URL."""
+    exe = _binary(PROMETHEUS, "prometheus")
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "prometheus.yml"
+    config.write_text(
+        yaml.safe_dump(
+            prometheus_config(
+                metrics_url,
+                rule_files=list(rule_files),
+                alertmanager_url=alertmanager_url,
+                scrape_interval=scrape_interval,
+                evaluation_interval=evaluation_interval,
+            ),
+            sort_keys=False,
+        )
+    )
+    port = port or free_port()
+    proc = spawn(
+        "prometheus",
+        [
+            exe,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=30d",
+            "--log.level=warn",
+        ],
+        {"PATH": "/usr/bin:/bin"},
+        workdir,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_port(port, 30, proc.popen)
+        _wait_ready(url, proc)
+    except BaseException:
+        proc.stop()
+        raise
+    return url, proc
+
+
+def alertmanager_config(
+    webhook_url: str,
+    *,
+    token: str | None = None,
+    group_wait: str = "1s",
+    group_interval: str = "1s",
+    repeat_interval: str = "1m",
+    max_alerts: int = 200,
+) -> dict[str, Any]:
+    """One receiver, the webhook, grouped per alert and pod as deploy/ configures it."""
+    webhook: dict[str, Any] = {"url": webhook_url, "send_resolved": True, "max_alerts": max_alerts}
+    if token:
+        webhook["http_config"] = {"authorization": {"type": "Bearer", "credentials": token}}
+    return {
+        "route": {
+            "receiver": "aifixer",
+            "group_by": ["alertname", "namespace", "pod"],
+            "group_wait": group_wait,
+            "group_interval": group_interval,
+            "repeat_interval": repeat_interval,
+        },
+        "receivers": [{"name": "aifixer", "webhook_configs": [webhook]}],
+    }
+
+
+def start_alertmanager(
+    workdir: Path,
+    webhook_url: str,
+    *,
+    token: str | None = None,
+    group_wait: str = "1s",
+    group_interval: str = "1s",
+    repeat_interval: str = "1m",
+    port: int | None = None,
+) -> tuple[str, Process]:
+    """A private, single-node Alertmanager (no cluster port) posting to `webhook_url`."""
+    exe = _binary(ALERTMANAGER, "prometheus-alertmanager")
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "alertmanager.yml"
+    config.write_text(
+        yaml.safe_dump(
+            alertmanager_config(
+                webhook_url,
+                token=token,
+                group_wait=group_wait,
+                group_interval=group_interval,
+                repeat_interval=repeat_interval,
+            ),
+            sort_keys=False,
+        )
+    )
+    config.chmod(0o600)  # it holds the webhook's token
+    port = port or free_port()
+    proc = spawn(
+        "alertmanager",
+        [
+            exe,
+            f"--config.file={config}",
+            f"--storage.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",  # single node: no gossip port on 0.0.0.0:9094
+            "--log.level=warn",
+        ],
+        {"PATH": "/usr/bin:/bin"},
+        workdir,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_port(port, 30, proc.popen)
+        _wait_ready(url, proc)
+    except BaseException:
+        proc.stop()
+        raise
+    return url, proc
+
+
+def rule_file_from(
+    prometheus_rule: Path, out: Path, *, window: str | None = None, hold: str | None = None
+) -> Path:
+    """The groups of a PrometheusRule (deploy/monitoring/) as a plain rule file.
+
+    `window` replaces the rules' rate windows and `hold` their `for:`, so a run whose
+    load changes within seconds sees the same rules at its own time scale.
+    """
+    doc = yaml.safe_load(prometheus_rule.read_text())
+    if not isinstance(doc, dict) or doc.get("kind") != "PrometheusRule":
+        raise ValueError(f"{prometheus_rule} is not a PrometheusRule")
+    groups = doc["spec"]["groups"]
+    for group in groups:
+        for rule in group["rules"]:
+            if window:
+                rule["expr"] = re.sub(r"\[\d+[smhd]\]", f"[{window}]", rule["expr"])
+            if hold and "for" in rule:
+                rule["for"] = hold
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+    return out
+
+
+def check_rules(path: Path) -> None:
+    """`promtool check rules`: raises with promtool's words when the file is refused."""
+    done = subprocess.run(
+        [_binary(("promtool",), "prometheus"), "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if done.returncode != 0:
+        raise ValueError(f"promtool refused {path}: {done.stdout}{done.stderr}")
+
+
+def query(prometheus_url: str, promql: str) -> list[dict[str, Any]]:
+    """An instant query through the HTTP API; the result vector."""
+    r = requests.get(f"{prometheus_url}/api/v1/query", params={"query": promql}, timeout=10)
+    body = r.json()
+    if body.get("status") != "success":
+        raise RuntimeError(f"query {promql!r} failed: {json.dumps(body)[:300]}")
+    return body["data"]["result"]

@@ -1,0 +1,162 @@
+"""The sandbox's exporters, scraped by the real Prometheus and linted by the real promtool.
+
+A Deployment whose image has a load profile: its ready pods share the load, each capped
+by its CPU limit; the excess is unserved. Prometheus reads it with the queries a team
+writes against cAdvisor and kube-state-metrics.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import pytest
+import requests
+
+from aifixer.sandbox import scenario as scenario_mod
+from aifixer.sandbox.promstack import query, start_prometheus
+
+pytestmark = [pytest.mark.integration]
+
+DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: %(name)s, namespace: shop, labels: {app: %(name)s}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: %(name)s}}
+  template:
+    metadata: {labels: {app: %(name)s, app.kubernetes.io/part-of: shop}}
+    spec:
+      containers:
+        - name: web
+          image: %(image)s
+          resources:
+            requests: {cpu: 250m, memory: 64Mi}
+            limits: {cpu: 500m, memory: 128Mi}
+"""
+
+
+def world_scenario(speed_units: float) -> scenario_mod.Scenario:
+    """`steady`: 300m of load on two pods; `flooded`: 1500m on two pods capped at 500m."""
+    return scenario_mod.Scenario.model_validate(
+        {
+            "name": "metrics",
+            "images": {
+                "shop/steady:1": {"memory_mib": 40, "load": {"base": 300}},
+                "shop/flooded:1": {
+                    "memory_mib": 40,
+                    "load": {"base": speed_units, "cpu_millicores_per_unit": 1},
+                },
+            },
+            "manifests": [
+                {
+                    "path": f"apps/{name}.yaml",
+                    "yaml": DEPLOYMENT % {"name": name, "image": f"shop/{name}:1"},
+                }
+                for name in ("steady", "flooded")
+            ],
+            "expect": {"outcome": "fixed"},
+        }
+    )
+
+
+def wait_value(prom: str, promql: str, want: float, rel: float, timeout: float = 60) -> float:
+    deadline = time.monotonic() + timeout
+    got = None
+    while time.monotonic() < deadline:
+        result = query(prom, promql)
+        if result:
+            got = float(result[0]["value"][1])
+            if abs(got - want) <= rel * want:
+                return got
+        time.sleep(0.5)
+    pytest.fail(f"{promql} = {got}, want {want} ± {rel:.0%}")
+
+
+@pytest.fixture
+def stack(make_world, tmp_path):
+    if shutil.which("prometheus") is None:
+        pytest.skip("prometheus is not installed (./dev installs it)")
+    world = make_world(world_scenario(1500), speed=1.0)
+    prom, proc = start_prometheus(tmp_path / "prometheus", world.endpoints.metrics)
+    try:
+        yield world, prom
+    finally:
+        proc.stop()
+
+
+def test_the_exposition_passes_promtool(stack):
+    world, _ = stack
+    time.sleep(1)
+    for path in ("/metrics/cadvisor", "/metrics"):
+        page = requests.get(world.endpoints.metrics + path, timeout=5)
+        assert page.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        lint = subprocess.run(
+            ["promtool", "check", "metrics"], input=page.text, capture_output=True, text=True
+        )
+        assert lint.returncode == 0, f"{path}: {lint.stdout}{lint.stderr}"
+
+
+def test_prometheus_reads_cpu_shared_and_capped(stack):
+    world, prom = stack
+    usage = 'sum by (pod) (rate(container_cpu_usage_seconds_total{namespace="shop",container!="",pod=~"%s-.*"}[5s]))'
+    # steady: 300m shared by 2 ready pods -> 150m each; the pod cgroup series not counted.
+    wait_value(prom, f"sum({usage % 'steady'})", 0.3, 0.1)
+    per_pod = query(prom, usage % "steady")
+    assert len(per_pod) == 2
+    assert all(abs(float(r["value"][1]) - 0.15) < 0.03 for r in per_pod), per_pod
+    # flooded: 1500m asked of 2 pods limited to 500m: 1 core served, 0.5 unserved.
+    wait_value(prom, f"sum({usage % 'flooded'})", 1.0, 0.1)
+    wait_value(
+        prom,
+        'rate(sandbox_unserved_cpu_seconds_total{namespace="shop",deployment="flooded"}[5s])',
+        0.5,
+        0.1,
+    )
+    # As a share of what the pods may use, the way the CPU-level rules divide it.
+    ratio = (
+        'sum by (namespace, pod) (rate(container_cpu_usage_seconds_total{container!="",namespace="shop"}[5s]))'
+        ' / sum by (namespace, pod) (kube_pod_container_resource_limits{resource="cpu",namespace="shop"})'
+    )
+    shares = {r["metric"]["pod"].split("-")[0]: float(r["value"][1]) for r in query(prom, ratio)}
+    assert abs(shares["steady"] - 0.3) < 0.06 and abs(shares["flooded"] - 1.0) < 0.05, shares
+
+    # In simulated core-seconds, over two seconds with both pods ready: a third unserved.
+    def flooded() -> dict[str, float]:
+        return requests.get(world.endpoints.metrics + "/sandbox/load", timeout=5).json()[
+            "shop/flooded"
+        ]
+
+    before = flooded()
+    time.sleep(2)
+    after = flooded()
+    delta = {k: after[k] - before[k] for k in after}
+    assert delta["unserved_core_seconds"] == pytest.approx(
+        delta["demand_core_seconds"] / 3, rel=0.1
+    )
+    assert delta["capacity_core_seconds"] == pytest.approx(
+        delta["demand_core_seconds"] * 2 / 3, rel=0.1
+    )
+
+
+def test_kube_state_metrics_names(stack):
+    world, prom = stack
+    wait_value(prom, 'kube_deployment_spec_replicas{deployment="steady"}', 2, 0)
+    wait_value(prom, 'kube_deployment_status_replicas_available{deployment="steady"}', 2, 0)
+    limits = query(prom, 'kube_pod_container_resource_limits{resource="cpu",unit="core"}')
+    assert len(limits) == 4 and {float(r["value"][1]) for r in limits} == {0.5}
+    memory = query(prom, 'kube_pod_container_resource_requests{resource="memory",unit="byte"}')
+    assert {float(r["value"][1]) for r in memory} == {64 * 1024 * 1024}
+    labels = query(prom, 'kube_pod_labels{label_app="steady"}')
+    assert len(labels) == 2
+    assert {r["metric"]["label_app_kubernetes_io_part_of"] for r in labels} == {"shop"}
+    replicasets = {
+        r["metric"]["replicaset"]
+        for r in query(prom, 'kube_replicaset_owner{owner_kind="Deployment",owner_name="steady"}')
+    }
+    owned = query(prom, 'kube_pod_owner{namespace="shop",owner_kind="ReplicaSet"}')
+    assert len([r for r in owned if r["metric"]["owner_name"] in replicasets]) == 2
+    working = query(prom, 'container_memory_working_set_bytes{container="web",namespace="shop"}')
+    assert {float(r["value"][1]) for r in working} == {40 * 1024 * 1024}
