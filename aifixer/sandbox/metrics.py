@@ -387,6 +387,60 @@ class Metrics:
                 family.add({"namespace": ns, "deployment": name}, value)
         return render(families)
 
+    def history(self, instance: str, step_s: float = 15.0) -> str:
+        """The load profiles' past (`history_seconds`) as OpenMetrics, for backfilling.
+
+        For each Deployment whose profile has history, the CPU counters of its current
+        ready pods, sharing the past load as they share the present one, sampled every
+        `step_s` simulated seconds up to now, with the labels a scrape of
+        `/metrics/cadvisor` at `instance` gives them (job "kubelet"), so the past and the
+        live series are one series to Prometheus. `promtool tsdb
+        create-blocks-from openmetrics` turns it into blocks.
+        """
+        now, sim_now, speed = time.time(), self.clock.sim(), self.clock.speed
+        lines = ["# TYPE container_cpu_usage_seconds counter"]
+        series: list[tuple[dict[str, str], list[tuple[float, float]]]] = []
+        for dep in self._deployments():
+            profile = dep.profile
+            if profile is None or not profile.history_seconds:
+                continue
+            ready = [p for p in dep.pods if pod_ready(p)]
+            if not ready:
+                continue
+            steps = int(profile.history_seconds // step_s)
+            for pod in ready:
+                m = pod["metadata"]
+                for c in pod["spec"]["containers"]:
+                    image = self.images(c.get("image", ""))
+                    if image is None or image.load != profile:
+                        continue
+                    limit = _cores(c.get("resources"), "limits", "cpu") or self._node_cores(pod)
+                    labels = {
+                        "container": c["name"],
+                        "cpu": "total",
+                        "id": f"/kubepods/burstable/pod{m['uid']}/{c['name']}",
+                        "image": c.get("image", ""),
+                        "instance": instance,
+                        "job": "kubelet",
+                        "name": c["name"],
+                        "namespace": m["namespace"],
+                        "pod": m["name"],
+                    }
+                    total, samples = 0.0, []
+                    for i in range(-steps, 0):
+                        t = sim_now + i * step_s
+                        cores = min(profile.millicores(t) / 1000 / len(ready), limit)
+                        total += cores * step_s / speed
+                        samples.append((now + i * step_s / speed, total))
+                    series.append((labels, samples))
+        for labels, samples in series:
+            body = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+            lines += [
+                f"container_cpu_usage_seconds_total{{{body}}} {v!r} {t:.3f}" for t, v in samples
+            ]
+        lines.append("# EOF")
+        return "\n".join(lines) + "\n"
+
     def load_report(self) -> dict[str, Any]:
         """Per Deployment, in simulated core-seconds: demand, unserved, ready capacity."""
         return {
@@ -418,7 +472,9 @@ def make_app(metrics: Metrics) -> web.Application:
             units = body.get("units")
             units = None if units is None else float(units)
         except (ValueError, KeyError, TypeError) as exc:
-            raise web.HTTPBadRequest(text=f"expected namespace, deployment, units: {exc}\n") from None
+            raise web.HTTPBadRequest(
+                text=f"expected namespace, deployment, units: {exc}\n"
+            ) from None
         if units is not None and not 0 <= units < float("inf"):
             raise web.HTTPBadRequest(text="units must be a finite number >= 0\n")
         if units is None:

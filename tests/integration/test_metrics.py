@@ -160,3 +160,58 @@ def test_kube_state_metrics_names(stack):
     assert len([r for r in owned if r["metric"]["owner_name"] in replicasets]) == 2
     working = query(prom, 'container_memory_working_set_bytes{container="web",namespace="shop"}')
     assert {float(r["value"][1]) for r in working} == {40 * 1024 * 1024}
+
+
+def test_history_is_backfilled_and_continues_live(make_world, tmp_path):
+    """An hour of past load (at speed 30: two minutes of wall time) is in Prometheus
+    from its first query, in the same series the live scrape then continues."""
+    if shutil.which("prometheus") is None:
+        pytest.skip("prometheus is not installed (./dev installs it)")
+    speed = 30.0
+    sc = world_scenario(100).model_copy(deep=True)
+    profile = scenario_mod.LoadProfile(
+        base=300,
+        cycles=[scenario_mod.Cycle(period_seconds=1800, amplitude=200)],
+        history_seconds=3600,
+    )
+    sc = sc.model_copy(
+        update={
+            "images": {
+                **sc.images,
+                "shop/steady:1": sc.images["shop/steady:1"].model_copy(update={"load": profile}),
+            }
+        }
+    )
+    world = make_world(sc, speed=speed)
+    world.call(lambda: world.wait_healthy([("shop", "steady")], 30))
+    target = world.endpoints.metrics.removeprefix("http://")
+    history = world.call(lambda: _history(world, target))
+    prom, proc = start_prometheus(tmp_path / "prometheus", world.endpoints.metrics, history=history)
+    try:
+        usage = 'sum(rate(container_cpu_usage_seconds_total{namespace="shop",container!="",pod=~"steady-.*"}[4s]))'
+        now = time.time()
+        r = requests.get(
+            f"{prom}/api/v1/query_range",
+            params={"query": usage, "start": now - 110, "end": now - 10, "step": 10},
+            timeout=10,
+        ).json()
+        (series,) = r["data"]["result"]
+        points = [(float(t), float(v)) for t, v in series["values"]]
+        assert len(points) >= 9, points
+        for t, v in points:
+            sim = world.clock.sim() - (now - t) * speed
+            want = profile.millicores(sim) / 1000
+            assert abs(v - want) < 0.06 + 0.1 * want, (t, v, want)
+        # The live scrape continues the very series: one per pod, no duplicates.
+        time.sleep(3)
+        live = query(
+            prom,
+            'container_cpu_usage_seconds_total{namespace="shop",container="web",pod=~"steady-.*"}',
+        )
+        assert len(live) == 2 and {r["metric"]["job"] for r in live} == {"kubelet"}
+    finally:
+        proc.stop()
+
+
+async def _history(world, instance: str) -> str:
+    return world.metrics.history(instance)
