@@ -1,0 +1,221 @@
+"""Forecast-driven replicas: the decision, from a Deployment's annotations and its CPU history.
+
+A Deployment opts in with annotations (`POLICY_ANNOTATIONS`): the CPU one pod should
+carry, the bounds, the horizon and the mode (`preview` records the decision, `apply`
+also sets the replicas). From the history of its total CPU (Prometheus'
+`sum(rate(container_cpu_usage_seconds_total…))`, sampled at a regular step) a
+forecaster predicts the next `horizon`; the decision is
+
+    replicas = ceil(peak of the forecast / target per pod), within [min, max],
+
+never below what the load of the last sample needs now, and lowered only when every
+recommendation of the last `scale_in_window` allows it (the HPA's scale-down
+stabilization): scale-out at once, scale-in slowly. A forecast that cannot be made —
+too little history, a flat series, values that are not numbers — leaves the replicas
+alone and says why; so does an HPA targeting the same Deployment.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+PREFIX = "aifixer.io/forecast-"
+POLICY_ANNOTATIONS = {
+    "mode": PREFIX + "scaling",  # preview | apply
+    "target": PREFIX + "target-cpu",  # CPU per pod: "500m", "0.5", "1"
+    "min": PREFIX + "min-replicas",
+    "max": PREFIX + "max-replicas",
+    "horizon": PREFIX + "horizon",  # "5m", "90s": at least the time a new pod needs
+    "window": PREFIX + "scale-in-window",  # "5m"
+}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(s|m|h)")
+_CPU = re.compile(r"(\d+(?:\.\d+)?)(m?)")
+
+
+class PolicyError(ValueError):
+    """The Deployment's annotations do not make a policy; the message says which and why."""
+
+
+def duration_s(text: str, what: str) -> float:
+    m = _DURATION.fullmatch(text.strip())
+    if not m:
+        raise PolicyError(f"{what}: {text!r} is not a duration like 90s, 5m or 1h")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def cpu_cores(text: str, what: str) -> float:
+    m = _CPU.fullmatch(text.strip())
+    if not m:
+        raise PolicyError(f"{what}: {text!r} is not a CPU quantity like 500m or 0.5")
+    value = float(m.group(1)) / (1000 if m.group(2) else 1)
+    if value <= 0:
+        raise PolicyError(f"{what}: must be above zero")
+    return value
+
+
+@dataclass(frozen=True)
+class Policy:
+    mode: Literal["preview", "apply"]
+    target_cores: float
+    min_replicas: int = 1
+    max_replicas: int = 10
+    horizon_s: float = 300.0
+    scale_in_window_s: float = 300.0
+
+    @classmethod
+    def from_annotations(cls, annotations: dict[str, str] | None) -> Policy | None:
+        """The policy a Deployment asks for; None when it did not opt in.
+
+        Raises:
+            PolicyError: an annotation is present but wrong.
+        """
+        a = annotations or {}
+        mode = a.get(POLICY_ANNOTATIONS["mode"])
+        if mode is None:
+            return None
+        if mode not in ("preview", "apply"):
+            raise PolicyError(f"{POLICY_ANNOTATIONS['mode']}: {mode!r} is not preview or apply")
+        target = a.get(POLICY_ANNOTATIONS["target"])
+        if target is None:
+            raise PolicyError(
+                f"{POLICY_ANNOTATIONS['target']} is required (CPU per pod, e.g. 500m)"
+            )
+
+        def replicas(key: str, default: int) -> int:
+            text = a.get(POLICY_ANNOTATIONS[key])
+            if text is None:
+                return default
+            if not text.strip().isdigit() or int(text) < 1:
+                raise PolicyError(f"{POLICY_ANNOTATIONS[key]}: {text!r} is not a whole number >= 1")
+            return int(text)
+
+        low, high = replicas("min", 1), replicas("max", 10)
+        if low > high:
+            raise PolicyError(f"min replicas {low} is above max replicas {high}")
+        horizon = a.get(POLICY_ANNOTATIONS["horizon"])
+        window = a.get(POLICY_ANNOTATIONS["window"])
+        return cls(
+            mode=mode,  # type: ignore[arg-type]
+            target_cores=cpu_cores(target, POLICY_ANNOTATIONS["target"]),
+            min_replicas=low,
+            max_replicas=high,
+            horizon_s=duration_s(horizon, POLICY_ANNOTATIONS["horizon"]) if horizon else 300.0,
+            scale_in_window_s=duration_s(window, POLICY_ANNOTATIONS["window"]) if window else 300.0,
+        )
+
+
+class Forecaster(Protocol):
+    name: str
+
+    def predict(self, values: Sequence[float], step_s: float, horizon: int) -> list[float]:
+        """The next `horizon` values of a regular series sampled every `step_s` seconds."""
+
+
+@dataclass
+class SeasonalNaive:
+    """Tomorrow is today: the value one season ago. The baseline any forecaster must beat."""
+
+    season_s: float = 86_400.0
+    name: str = "seasonal-naive"
+
+    def predict(self, values: Sequence[float], step_s: float, horizon: int) -> list[float]:
+        season = max(1, round(self.season_s / step_s))
+        if len(values) < season:
+            raise ForecastError(
+                f"{len(values)} samples is less than one season ({season} samples of {step_s:g} s)"
+            )
+        return [values[len(values) - season + (h % season)] for h in range(horizon)]
+
+
+class ForecastError(ValueError):
+    """No forecast can be made from this history; the message says why."""
+
+
+MIN_SAMPLES = 10
+
+
+def check_history(values: Sequence[float]) -> None:
+    """Raises ForecastError when no forecaster should be trusted with `values`."""
+    if len(values) < MIN_SAMPLES:
+        raise ForecastError(f"too little history: {len(values)} samples, at least {MIN_SAMPLES}")
+    if any(not math.isfinite(v) for v in values):
+        raise ForecastError("the history has values that are not numbers (NaN or infinite)")
+    if max(values) - min(values) <= 1e-9 * max(1.0, abs(max(values))):
+        raise ForecastError("the history is flat: nothing to forecast from")
+
+
+@dataclass
+class Decision:
+    """What was decided for one Deployment at one moment, and from what."""
+
+    namespace: str
+    name: str
+    at: float  # epoch seconds
+    mode: str
+    replicas_before: int
+    replicas_after: int  # equal to before when nothing changes
+    forecaster: str = ""
+    history_samples: int = 0
+    current_cores: float | None = None
+    peak_cores: float | None = None
+    forecast: list[float] = field(default_factory=list)
+    recommended: int | None = None  # before scale-in stabilization
+    reason: str = ""
+
+    @property
+    def changes(self) -> bool:
+        return self.replicas_after != self.replicas_before
+
+
+def decide(
+    namespace: str,
+    name: str,
+    policy: Policy,
+    values: Sequence[float],
+    step_s: float,
+    replicas: int,
+    recent: Sequence[tuple[float, int]],
+    forecaster: Forecaster,
+    now: float,
+) -> Decision:
+    """The replicas for the next horizon.
+
+    `values` is the Deployment's total CPU (cores) every `step_s` seconds up to now;
+    `recent` the (time, recommended replicas) of earlier decisions, for scale-in
+    stabilization.
+    """
+    base = Decision(namespace, name, now, policy.mode, replicas, replicas, forecaster.name,
+                    len(values))  # fmt: skip
+    try:
+        check_history(values)
+        steps = max(1, math.ceil(policy.horizon_s / step_s))
+        forecast = forecaster.predict(list(values), step_s, steps)
+        if not forecast or any(not math.isfinite(v) for v in forecast):
+            raise ForecastError(f"{forecaster.name} returned values that are not numbers")
+    except ForecastError as exc:
+        base.reason = f"replicas left at {replicas}: {exc}"
+        return base
+    current = values[-1]
+    peak = max(max(forecast), 0.0)
+    wanted = math.ceil(peak / policy.target_cores - 1e-9)
+    floor_now = math.ceil(current / policy.target_cores - 1e-9)
+    recommended = min(policy.max_replicas, max(policy.min_replicas, wanted, floor_now))
+    held = [r for t, r in recent if now - t <= policy.scale_in_window_s]
+    after = recommended
+    why = f"forecast peak {peak:.3f} cores over {policy.horizon_s:g} s / {policy.target_cores:g} per pod"
+    if recommended < replicas and held and max(held) > recommended:
+        after = min(replicas, max(held))
+        why += f"; scale-in held at {after} by the last {policy.scale_in_window_s:g} s"
+    if floor_now > wanted:
+        why += f"; the load now ({current:.3f} cores) needs {floor_now}"
+    base.replicas_after = after
+    base.current_cores = current
+    base.peak_cores = peak
+    base.forecast = [round(v, 4) for v in forecast]
+    base.recommended = recommended
+    base.reason = why
+    return base

@@ -1,0 +1,107 @@
+"""Forecast-driven replicas: the policy a Deployment's annotations ask for, and the decision."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from aifixer.scaling.forecast import (
+    POLICY_ANNOTATIONS as A,
+)
+from aifixer.scaling.forecast import (
+    ForecastError,
+    Policy,
+    PolicyError,
+    SeasonalNaive,
+    decide,
+)
+
+
+def policy(**over) -> Policy:
+    base = {A["mode"]: "apply", A["target"]: "500m", A["min"]: "2", A["max"]: "8",
+            A["horizon"]: "2m", A["window"]: "5m"}  # fmt: skip
+    return Policy.from_annotations({**base, **over})
+
+
+def test_annotations_make_the_policy():
+    p = policy()
+    assert (p.mode, p.target_cores, p.min_replicas, p.max_replicas, p.horizon_s,
+            p.scale_in_window_s) == ("apply", 0.5, 2, 8, 120.0, 300.0)  # fmt: skip
+    assert Policy.from_annotations({"other": "x"}) is None
+    assert Policy.from_annotations({A["mode"]: "preview", A["target"]: "1"}).target_cores == 1.0
+
+
+@pytest.mark.parametrize(
+    ("over", "words"),
+    [
+        ({A["mode"]: "yes"}, "preview or apply"),
+        ({A["target"]: "lots"}, "CPU quantity"),
+        ({A["target"]: "0m"}, "above zero"),
+        ({A["min"]: "0"}, "whole number"),
+        ({A["min"]: "9"}, "above max"),
+        ({A["horizon"]: "5 minutes"}, "duration"),
+    ],
+)
+def test_bad_annotations_say_which_and_why(over, words):
+    with pytest.raises(PolicyError, match=words):
+        policy(**over)
+
+
+def test_the_target_is_required():
+    with pytest.raises(PolicyError, match="target-cpu is required"):
+        Policy.from_annotations({A["mode"]: "apply"})
+
+
+DAY = [1.0 + math.sin(2 * math.pi * i / 24) for i in range(48)]  # two "days" of 24 steps
+
+
+def test_seasonal_naive_repeats_the_last_season():
+    f = SeasonalNaive(season_s=24 * 60)
+    assert f.predict(DAY, 60, 3) == DAY[24:27]
+    with pytest.raises(ForecastError, match="less than one season"):
+        f.predict(DAY[:20], 60, 3)
+
+
+def run(values, replicas=3, recent=(), pol=None, now=10_000.0):
+    return decide("shop", "api", pol or policy(), values, 60.0, replicas, list(recent),
+                  SeasonalNaive(season_s=24 * 60), now)  # fmt: skip
+
+
+def test_scale_out_ahead_of_the_peak():
+    # Now at the trough (index 48 ≡ 0: 1.0 core); within two minutes the series rises.
+    d = run(DAY)
+    assert d.peak_cores == pytest.approx(max(DAY[24:26]))
+    assert d.replicas_after == max(2, math.ceil(d.peak_cores / 0.5))
+    assert d.history_samples == 48 and len(d.forecast) == 2
+
+
+def test_bounds_and_the_load_of_now():
+    d = run([v * 10 for v in DAY])  # 20 cores at the peak: capped at 8
+    assert d.replicas_after == 8
+    low = run([0.05] * 47 + [0.06])  # almost nothing: the minimum
+    assert low.replicas_after == 2
+
+
+def test_scale_in_waits_for_the_window():
+    values = [0.2] * 40 + [2.0] * 7 + [0.2]  # a burst just ended
+    d = run(values, replicas=6, recent=[(9_900.0, 6), (9_000.0, 8)])
+    assert d.recommended == 2 and d.replicas_after == 6
+    assert "held" in d.reason
+    later = run(values, replicas=6, recent=[(9_000.0, 6)])  # outside the 5-minute window
+    assert later.replicas_after == 2
+
+
+@pytest.mark.parametrize(
+    ("values", "words"),
+    [
+        ([1.0] * 5, "too little history"),
+        ([1.0] * 48, "flat"),
+        ([1.0, float("nan")] * 24, "not numbers"),
+        ([1.0, 2.0] * 6, "less than one season"),
+    ],
+)
+def test_no_forecast_leaves_the_replicas_alone_and_says_why(values, words):
+    d = run(values, replicas=4)
+    assert d.replicas_after == 4 and not d.changes
+    assert words in d.reason and d.reason.startswith("replicas left at 4")
