@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     call_file: Path = Path("/var/lib/aifixer/calls.jsonl")
     incidents_file: Path = Path("/var/lib/aifixer/incidents.jsonl")
 
+    # -- Prometheus (forecast scaling reads the CPU history from it)
+    prometheus_url: str = ""
+    prometheus_org_id: str | None = None  # X-Scope-OrgID for Mimir, Cortex or Thanos
+
     # -- CPU levels: Alertmanager's CPU alerts put one label on the pod they name.
     # AIFIXER_CPU_LEVELS maps an alert name to the label's value, comma-separated
     # ("PodCpuFailure=panne,..."); AIFIXER_CPU_LEVEL_LABEL is the label's key ("status"

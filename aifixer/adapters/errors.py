@@ -8,6 +8,8 @@ backoff and a bound, and fail the second at once.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..redact import redact
 
 
@@ -50,3 +52,44 @@ def is_transient_status(status: int) -> bool:
 def bounded(text: str, limit: int = 500) -> str:
     """Response bodies in errors and logs are cut: they can be large and are not ours."""
     return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more bytes)"
+
+
+def retry_after(value: str | None) -> float | None:
+    """A Retry-After header in seconds; None when absent or an HTTP date (the backoff decides)."""
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def get_json(http: Any, system: str, url: str, params: Any, timeout: float) -> Any:
+    """GET `url` with a `requests` session and return its JSON, errors decided here.
+
+    Raises:
+        TransientError: unreachable, timed out, 5xx or 429 (with its Retry-After), or
+            a body that is not JSON.
+        PermanentError: any other refusal (a 400 for a query it cannot parse...), with
+            the service's own words.
+    """
+    import requests
+
+    try:
+        resp = http.get(url, params=params, timeout=timeout)
+    except requests.Timeout as exc:
+        raise TransientError(system, f"timed out after {timeout}s: {exc}") from exc
+    except requests.RequestException as exc:
+        raise TransientError(system, f"cannot reach {url}: {exc}") from exc
+    if resp.status_code >= 300:
+        message = bounded(resp.text.strip()) or resp.reason
+        if is_transient_status(resp.status_code):
+            raise TransientError(
+                system,
+                message,
+                status=resp.status_code,
+                retry_after=retry_after(resp.headers.get("Retry-After")),
+            )
+        raise PermanentError(system, message, status=resp.status_code)
+    try:
+        return resp.json()
+    except ValueError as exc:
+        raise TransientError(system, f"not JSON: {bounded(resp.text)}") from exc

@@ -25,7 +25,7 @@ import requests
 from aifixer.models import LogLine, Signal
 from aifixer.settings import Settings
 
-from .errors import PermanentError, TransientError, bounded, is_transient_status
+from .errors import PermanentError, bounded, get_json
 
 log = logging.getLogger(__name__)
 
@@ -214,26 +214,7 @@ class Loki:
         return entries
 
     def _get(self, path: str, params: dict[str, str]) -> dict:
-        try:
-            resp = self.http.get(self.base + path, params=params, timeout=self.timeout)
-        except requests.Timeout as exc:
-            raise TransientError(SYSTEM, f"timed out after {self.timeout}s: {exc}") from exc
-        except requests.RequestException as exc:
-            raise TransientError(SYSTEM, f"cannot reach {self.base}: {exc}") from exc
-        if resp.status_code >= 300:
-            message = bounded(resp.text.strip()) or resp.reason
-            if is_transient_status(resp.status_code):
-                raise TransientError(
-                    SYSTEM,
-                    message,
-                    status=resp.status_code,
-                    retry_after=_retry_after(resp.headers.get("Retry-After")),
-                )
-            raise PermanentError(SYSTEM, message, status=resp.status_code)
-        try:
-            return resp.json()
-        except ValueError as exc:
-            raise TransientError(SYSTEM, f"not JSON: {bounded(resp.text)}") from exc
+        return get_json(self.http, SYSTEM, self.base + path, params, self.timeout)
 
 
 def pods_selector(namespace: str, pods: list[str]) -> str:
@@ -283,10 +264,3 @@ def _time(ns: int) -> datetime:
 
 def _now_ns() -> int:
     return int(datetime.now(tz=UTC).timestamp() * NS)
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None  # an HTTP date: let the caller's backoff decide

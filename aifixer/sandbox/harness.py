@@ -323,10 +323,7 @@ def _finished(ctx, state: IncidentState) -> bool:
         return False
     if state.outcome in ("fixed", "recovered"):
         return True
-    return (
-        ctx.store.escalation_done(state.incident.id)
-        or not ctx.settings.oncall_numbers
-    )
+    return ctx.store.escalation_done(state.incident.id) or not ctx.settings.oncall_numbers
 
 
 class FarmRun:

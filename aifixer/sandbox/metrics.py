@@ -391,7 +391,7 @@ class Metrics:
         """The load profiles' past (`history_seconds`) as OpenMetrics, for backfilling.
 
         For each Deployment whose profile has history, the CPU counters of its current
-        ready pods, sharing the past load as they share the present one, sampled every
+        ready pods (and their owner series, so queries that join them work on the past), sharing the past load as they share the present one, sampled every
         `step_s` simulated seconds up to now, with the labels a scrape of
         `/metrics/cadvisor` at `instance` gives them (job "kubelet"), so the past and the
         live series are one series to Prometheus. `promtool tsdb
@@ -400,6 +400,8 @@ class Metrics:
         now, sim_now, speed = time.time(), self.clock.sim(), self.clock.speed
         lines = ["# TYPE container_cpu_usage_seconds counter"]
         series: list[tuple[dict[str, str], list[tuple[float, float]]]] = []
+        owners: list[tuple[dict[str, str], list[float]]] = []  # kube_pod_owner
+        replicasets: dict[str, tuple[dict[str, str], list[float]]] = {}  # kube_replicaset_owner
         for dep in self._deployments():
             profile = dep.profile
             if profile is None or not profile.history_seconds:
@@ -426,6 +428,36 @@ class Metrics:
                         "namespace": m["namespace"],
                         "pod": m["name"],
                     }
+                    rs = _owner(pod, "ReplicaSet") or ""
+                    ksm = {
+                        "instance": instance,
+                        "job": "kube-state-metrics",
+                        "namespace": m["namespace"],
+                    }
+                    times = [now + i * step_s / speed for i in range(-steps, 0)]
+                    owners.append(
+                        (
+                            {
+                                **ksm,
+                                "owner_is_controller": "true",
+                                "owner_kind": "ReplicaSet",
+                                "owner_name": rs,
+                                "pod": m["name"],
+                                "uid": m["uid"],
+                            },
+                            times,
+                        )
+                    )
+                    replicasets[rs] = (
+                        {
+                            **ksm,
+                            "owner_is_controller": "true",
+                            "owner_kind": "Deployment",
+                            "owner_name": dep.name,
+                            "replicaset": rs,
+                        },
+                        times,
+                    )
                     total, samples = 0.0, []
                     for i in range(-steps, 0):
                         t = sim_now + i * step_s
@@ -438,6 +470,14 @@ class Metrics:
             lines += [
                 f"container_cpu_usage_seconds_total{{{body}}} {v!r} {t:.3f}" for t, v in samples
             ]
+        for name, pairs in (
+            ("kube_pod_owner", owners),
+            ("kube_replicaset_owner", list(replicasets.values())),
+        ):
+            lines.append(f"# TYPE {name} gauge")
+            for labels, times in pairs:
+                body = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+                lines += [f"{name}{{{body}}} 1 {t:.3f}" for t in times]
         lines.append("# EOF")
         return "\n".join(lines) + "\n"
 

@@ -166,10 +166,25 @@ def start_prometheus(
     try:
         wait_port(port, 30, proc.popen)
         _wait_ready(url, proc)
+        _wait_scraped(url, proc)
     except BaseException:
         proc.stop()
         raise
     return url, proc
+
+
+def _wait_scraped(url: str, proc: Process, timeout: float = 30) -> None:
+    """Until every target was scraped once (Prometheus applies targets ~5 s after start)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        targets = requests.get(f"{url}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+        if targets and all(t["health"] == "up" for t in targets):
+            return
+        if any(t["health"] == "down" for t in targets):
+            errors = "; ".join(t["lastError"] for t in targets if t["lastError"])
+            raise RuntimeError(f"prometheus cannot scrape the sandbox: {errors}")
+        time.sleep(0.2)
+    raise TimeoutError(f"{proc.name} scraped nothing after {timeout:.0f}s; see {proc.log_path}")
 
 
 def alertmanager_config(

@@ -73,7 +73,9 @@ class LoadProfile(_Strict):
         """Units of load at simulated second `t` (negative: before the scenario started)."""
         value = self.base + self.trend_per_hour * t / 3600
         for c in self.cycles:
-            value += c.amplitude * math.cos(2 * math.pi * (t - c.peak_at_seconds) / c.period_seconds)
+            value += c.amplitude * math.cos(
+                2 * math.pi * (t - c.peak_at_seconds) / c.period_seconds
+            )
         for s in self.spikes:
             value += s.extra * _ramp(t - s.at_seconds, s.duration_seconds)
         if self.noise:

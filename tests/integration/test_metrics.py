@@ -123,14 +123,14 @@ def test_prometheus_reads_cpu_shared_and_capped(stack):
     shares = {r["metric"]["pod"].split("-")[0]: float(r["value"][1]) for r in query(prom, ratio)}
     assert abs(shares["steady"] - 0.3) < 0.06 and abs(shares["flooded"] - 1.0) < 0.05, shares
 
-    # In simulated core-seconds, over two seconds with both pods ready: a third unserved.
+    # In simulated core-seconds, over four seconds with both pods ready: a third unserved.
     def flooded() -> dict[str, float]:
         return requests.get(world.endpoints.metrics + "/sandbox/load", timeout=5).json()[
             "shop/flooded"
         ]
 
     before = flooded()
-    time.sleep(2)
+    time.sleep(4)
     after = flooded()
     delta = {k: after[k] - before[k] for k in after}
     assert delta["unserved_core_seconds"] == pytest.approx(
@@ -215,3 +215,44 @@ def test_history_is_backfilled_and_continues_live(make_world, tmp_path):
 
 async def _history(world, instance: str) -> str:
     return world.metrics.history(instance)
+
+
+def test_the_prometheus_adapter_reads_a_deployments_cpu_history(make_world, tmp_path):
+    """Through the owner series, the history of `steady` alone (not `flooded`), backfilled
+    and live; a query Prometheus refuses is permanent, an unreachable one transient."""
+    from aifixer.adapters.errors import PermanentError, TransientError
+    from aifixer.adapters.prometheus import Prometheus
+    from aifixer.settings import Settings
+
+    if shutil.which("prometheus") is None:
+        pytest.skip("prometheus is not installed (./dev installs it)")
+    speed = 30.0
+    sc = world_scenario(100)
+    profile = scenario_mod.LoadProfile(base=300, history_seconds=1800)
+    image = sc.images["shop/steady:1"].model_copy(update={"load": profile})
+    sc = sc.model_copy(update={"images": {**sc.images, "shop/steady:1": image}})
+    world = make_world(sc, speed=speed)
+    world.call(lambda: world.wait_healthy([("shop", "steady"), ("shop", "flooded")], 30))
+    target = world.endpoints.metrics.removeprefix("http://")
+    history = world.call(lambda: _history(world, target))
+    url, proc = start_prometheus(tmp_path / "prometheus", world.endpoints.metrics, history=history)
+    try:
+        prom = Prometheus(Settings(_env_file=None, prometheus_url=url))
+        end = time.time() - 1
+        values = prom.deployment_cpu("shop", "steady", end - 50, end, 5, window="3s")
+        assert len(values) == 11
+        # The backfill ends when Prometheus starts; its first scrape comes seconds later:
+        # the one gap a 3 s window cannot bridge.
+        known = [v for v in values if v == v]
+        assert len(known) >= 9, str(values)
+        assert all(abs(v - 0.3) < 0.05 for v in known), str([round(v, 3) for v in values])
+        assert all(v != v for v in prom.deployment_cpu("shop", "nothing", end - 10, end, 5))
+        with pytest.raises(PermanentError) as refused:
+            prom.query_range("sum(rate(", end - 10, end, 5)
+        assert refused.value.status == 400
+        with pytest.raises(ValueError, match="points per series"):
+            prom.query_range("up", 0, end, 1)
+    finally:
+        proc.stop()
+    with pytest.raises(TransientError):
+        prom.query_range("up", end - 10, end, 5)

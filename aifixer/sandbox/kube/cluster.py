@@ -38,8 +38,9 @@ MAX_PODS = "110"
 
 
 class Cluster:
-    def __init__(self, clock: Clock, images: Callable[[str], Image | None],
-                 log_sink: LogSink | None = None) -> None:
+    def __init__(
+        self, clock: Clock, images: Callable[[str], Image | None], log_sink: LogSink | None = None
+    ) -> None:
         self.clock = clock
         self.store = Store(clock)
         self.recorder = EventRecorder(self.store, clock)
@@ -53,11 +54,16 @@ class Cluster:
         try:
             from .controllers import DeploymentController, ReplicaSetController
         except ImportError as exc:
-            log.warning("Deployment and ReplicaSet controllers unavailable (%s): "
-                        "pods are only created directly", exc)
+            log.warning(
+                "Deployment and ReplicaSet controllers unavailable (%s): "
+                "pods are only created directly",
+                exc,
+            )
             return []
-        return [DeploymentController(self.store, self.clock, self.recorder),
-                ReplicaSetController(self.store, self.clock, self.recorder)]
+        return [
+            DeploymentController(self.store, self.clock, self.recorder),
+            ReplicaSetController(self.store, self.clock, self.recorder),
+        ]
 
     # -- lifecycle (on the sandbox loop) ------------------------------------------------
 
@@ -88,8 +94,10 @@ class Cluster:
         existing = self.store.try_get(NAMESPACES, None, name)
         if existing is not None:
             return existing
-        return self.store.create(NAMESPACES, apply_defaults(
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
+        return self.store.create(
+            NAMESPACES,
+            apply_defaults({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+        )
 
     def register_nodes(self, nodes: Iterable[Node]) -> list[Obj]:
         """Create Node objects as each node's kubelet does when it registers."""
@@ -97,7 +105,9 @@ class Cluster:
         for node in nodes:
             index = self.store.count(NODES)
             try:
-                out.append(self.store.create(NODES, node_object(node, index, rfc3339(self.clock.now()))))
+                out.append(
+                    self.store.create(NODES, node_object(node, index, rfc3339(self.clock.now())))
+                )
             except errors.ApiError as exc:
                 if exc.code != 409:
                     raise
@@ -132,16 +142,20 @@ def node_object(node: Node, index: int, now: str) -> Obj:
         "metadata": {
             "name": node.name,
             "labels": labels,
-            "annotations": {"node.alpha.kubernetes.io/ttl": "0",
-                            "volumes.kubernetes.io/controller-managed-attach-detach": "true"},
+            "annotations": {
+                "node.alpha.kubernetes.io/ttl": "0",
+                "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+            },
         },
         "spec": spec,
         "status": {
             "capacity": capacity,
             "allocatable": dict(capacity),
             "conditions": _node_conditions(now),
-            "addresses": [{"type": "InternalIP", "address": f"172.18.0.{index + 2}"},
-                          {"type": "Hostname", "address": node.name}],
+            "addresses": [
+                {"type": "InternalIP", "address": f"172.18.0.{index + 2}"},
+                {"type": "Hostname", "address": node.name},
+            ],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
             "nodeInfo": {
                 "architecture": "amd64",
@@ -162,10 +176,24 @@ def node_object(node: Node, index: int, now: str) -> Obj:
 
 def _node_conditions(now: str) -> list[dict]:
     rows = (
-        ("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+        (
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available",
+        ),
         ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
         ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
         ("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
     )
-    return [{"type": t, "status": s, "lastHeartbeatTime": now, "lastTransitionTime": now,
-             "reason": r, "message": m} for t, s, r, m in rows]
+    return [
+        {
+            "type": t,
+            "status": s,
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": now,
+            "reason": r,
+            "message": m,
+        }
+        for t, s, r, m in rows
+    ]

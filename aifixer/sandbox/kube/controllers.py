@@ -50,11 +50,16 @@ REVISION_HISTORY = "deployment.kubernetes.io/revision-history"
 DESIRED_REPLICAS = "deployment.kubernetes.io/desired-replicas"
 MAX_REPLICAS = "deployment.kubernetes.io/max-replicas"
 # Annotations the Deployment keeps for itself rather than copying to its ReplicaSets.
-_ANNOTATIONS_NOT_COPIED = frozenset({
-    "kubectl.kubernetes.io/last-applied-configuration",
-    REVISION, REVISION_HISTORY, DESIRED_REPLICAS, MAX_REPLICAS,
-    "deprecated.deployment.rollback.to",
-})
+_ANNOTATIONS_NOT_COPIED = frozenset(
+    {
+        "kubectl.kubernetes.io/last-applied-configuration",
+        REVISION,
+        REVISION_HISTORY,
+        DESIRED_REPLICAS,
+        MAX_REPLICAS,
+        "deprecated.deployment.rollback.to",
+    }
+)
 _MAX_REV_HISTORY_CHARS = 2000
 _MAX_INT32 = 2**31 - 1
 
@@ -128,7 +133,9 @@ def _status_int(obj: Obj | None, field: str) -> int:
 
 def _by_creation(objs: Iterable[Obj]) -> list[Obj]:
     """controller.ReplicaSetsByCreationTimestamp: oldest first, ties by name."""
-    return sorted(objs, key=lambda o: (o["metadata"].get("creationTimestamp", ""), o["metadata"]["name"]))
+    return sorted(
+        objs, key=lambda o: (o["metadata"].get("creationTimestamp", ""), o["metadata"]["name"])
+    )
 
 
 def _active(rses: Iterable[Obj | None]) -> list[Obj]:
@@ -154,7 +161,9 @@ def scaled_value(value: int | str | None, total: int, round_up: bool) -> int:
     if isinstance(value, int):
         return value
     if not isinstance(value, str) or not value.endswith("%"):
-        raise ValueError(f"invalid value for IntOrString: invalid type: string is not a percentage: {value!r}")
+        raise ValueError(
+            f"invalid value for IntOrString: invalid type: string is not a percentage: {value!r}"
+        )
     try:
         percent = int(value[:-1])
     except ValueError:
@@ -461,8 +470,9 @@ class ReplicaSetController(_Controller):
         uid = new["metadata"]["uid"]
         if ev_type == "DELETED":
             self.stamps.forget(uid)
-        elif pod_ready(new) and (old is None or not pod_ready(old)
-                                 or _ready_time_key(old) != _ready_time_key(new)):
+        elif pod_ready(new) and (
+            old is None or not pod_ready(old) or _ready_time_key(old) != _ready_time_key(new)
+        ):
             self.stamps.mark(uid, "ready", _ready_time_key(new))
         for pod in (new, old):
             ref = _controller_ref(pod) if pod is not None else None
@@ -489,8 +499,11 @@ class ReplicaSetController(_Controller):
     def _owned_active_pods(self, rs: Obj) -> list[Obj]:
         selector = rs.get("spec", {}).get("selector")
         return [
-            pod for pod in self.store.list(PODS, rs["metadata"].get("namespace"))
-            if _pod_active(pod) and _owned_by(pod, rs) and match_label_selector(selector, _labels(pod))
+            pod
+            for pod in self.store.list(PODS, rs["metadata"].get("namespace"))
+            if _pod_active(pod)
+            and _owned_by(pod, rs)
+            and match_label_selector(selector, _labels(pod))
         ]
 
     def _manage_replicas(self, rs: Obj, pods: list[Obj]) -> ApiError | None:
@@ -500,7 +513,9 @@ class ReplicaSetController(_Controller):
         if diff > 0:
             for pod in self._pods_to_delete(rs, pods, min(diff, self.burst_replicas)):
                 try:
-                    self.store.delete(PODS, pod["metadata"].get("namespace"), pod["metadata"]["name"])
+                    self.store.delete(
+                        PODS, pod["metadata"].get("namespace"), pod["metadata"]["name"]
+                    )
                 except ApiError as exc:
                     if exc.code == 404:
                         continue
@@ -534,8 +549,12 @@ class ReplicaSetController(_Controller):
         for field in ("annotations", "finalizers"):
             if tmeta.get(field):
                 meta[field] = Store.copy(tmeta[field])
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
-               "spec": Store.copy(template.get("spec") or {})}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": meta,
+            "spec": Store.copy(template.get("spec") or {}),
+        }
         return defaults.apply_defaults(pod)
 
     def _pods_to_delete(self, rs: Obj, pods: list[Obj], count: int) -> list[Obj]:
@@ -563,8 +582,14 @@ class ReplicaSetController(_Controller):
             cost = int(annotations.get("controller.kubernetes.io/pod-deletion-cost", 0))
         except ValueError:
             cost = 0
-        ready_since = -self.stamps.sim_of(pod["metadata"]["uid"], "ready", _ready_time_key(pod)) if ready else 0.0
-        restarts = max((c.get("restartCount", 0) for c in status.get("containerStatuses") or []), default=0)
+        ready_since = (
+            -self.stamps.sim_of(pod["metadata"]["uid"], "ready", _ready_time_key(pod))
+            if ready
+            else 0.0
+        )
+        restarts = max(
+            (c.get("restartCount", 0) for c in status.get("containerStatuses") or []), default=0
+        )
         created = pod["metadata"].get("creationTimestamp") or ""
         return (
             bool(node),
@@ -586,7 +611,10 @@ class ReplicaSetController(_Controller):
         stamp = _ready_time_key(pod)
         if not stamp:
             return False
-        return self.stamps.sim_of(pod["metadata"]["uid"], "ready", stamp) + min_ready_seconds < self.clock.sim()
+        return (
+            self.stamps.sim_of(pod["metadata"]["uid"], "ready", stamp) + min_ready_seconds
+            < self.clock.sim()
+        )
 
     def _calculate_status(self, rs: Obj, pods: list[Obj], manage_error: ApiError | None) -> Obj:
         spec = rs.get("spec", {})
@@ -595,16 +623,25 @@ class ReplicaSetController(_Controller):
         status = Store.copy(rs.get("status") or {})
         status["replicas"] = len(pods)
         status["fullyLabeledReplicas"] = sum(
-            1 for p in pods if all(_labels(p).get(k) == v for k, v in template_labels.items()))
+            1 for p in pods if all(_labels(p).get(k) == v for k, v in template_labels.items())
+        )
         status["readyReplicas"] = sum(1 for p in pods if pod_ready(p))
         status["availableReplicas"] = sum(1 for p in pods if self._available(p, min_ready))
-        conditions = [c for c in status.get("conditions") or [] if c.get("type") != "ReplicaFailure"]
-        failure = next((c for c in status.get("conditions") or [] if c.get("type") == "ReplicaFailure"), None)
+        conditions = [
+            c for c in status.get("conditions") or [] if c.get("type") != "ReplicaFailure"
+        ]
+        failure = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "ReplicaFailure"), None
+        )
         if manage_error is not None and failure is None:
             reason = "FailedCreate" if len(pods) < _replicas(rs) else "FailedDelete"
-            failure = {"type": "ReplicaFailure", "status": "True",
-                       "lastTransitionTime": rfc3339(self.clock.now()),
-                       "reason": reason, "message": manage_error.message}
+            failure = {
+                "type": "ReplicaFailure",
+                "status": "True",
+                "lastTransitionTime": rfc3339(self.clock.now()),
+                "reason": reason,
+                "message": manage_error.message,
+            }
         if manage_error is not None:
             conditions.append(failure)
         status["conditions"] = conditions
@@ -614,10 +651,15 @@ class ReplicaSetController(_Controller):
         """updateReplicaSetStatus: write only when counts, conditions or generation moved."""
         old = rs.get("status") or {}
         generation = rs["metadata"].get("generation", 0)
-        unchanged = all(int(old.get(f) or 0) == int(status[f]) for f in
-                        ("replicas", "fullyLabeledReplicas", "readyReplicas", "availableReplicas"))
-        if unchanged and int(old.get("observedGeneration") or 0) == generation \
-                and (old.get("conditions") or []) == status["conditions"]:
+        unchanged = all(
+            int(old.get(f) or 0) == int(status[f])
+            for f in ("replicas", "fullyLabeledReplicas", "readyReplicas", "availableReplicas")
+        )
+        if (
+            unchanged
+            and int(old.get("observedGeneration") or 0) == generation
+            and (old.get("conditions") or []) == status["conditions"]
+        ):
             return rs
         status["observedGeneration"] = generation
         out = Store.copy(rs)
@@ -630,8 +672,11 @@ class ReplicaSetController(_Controller):
         if not min_ready:
             return
         waits = [
-            self.stamps.sim_of(p["metadata"]["uid"], "ready", _ready_time_key(p)) + min_ready - self.clock.sim()
-            for p in pods if pod_ready(p) and _ready_time_key(p) and not self._available(p, min_ready)
+            self.stamps.sim_of(p["metadata"]["uid"], "ready", _ready_time_key(p))
+            + min_ready
+            - self.clock.sim()
+            for p in pods
+            if pod_ready(p) and _ready_time_key(p) and not self._available(p, min_ready)
         ]
         if waits:
             # Strictly after the instant, as IsPodAvailable compares with Before().
@@ -647,7 +692,9 @@ def _omit_empty(status: Obj, keep: Iterable[str] = ()) -> Obj:
 
 
 def _is_rolling(d: Obj) -> bool:
-    return ((d.get("spec") or {}).get("strategy") or {}).get("type", "RollingUpdate") == "RollingUpdate"
+    return ((d.get("spec") or {}).get("strategy") or {}).get(
+        "type", "RollingUpdate"
+    ) == "RollingUpdate"
 
 
 def resolve_fenceposts(d: Obj) -> tuple[int, int]:
@@ -701,7 +748,11 @@ def set_condition(status: Obj, cond: Obj) -> bool:
     The condition moves to the end of the list, as the real helper appends it.
     """
     current = get_condition(status, cond["type"])
-    if current is not None and current["status"] == cond["status"] and current.get("reason") == cond["reason"]:
+    if (
+        current is not None
+        and current["status"] == cond["status"]
+        and current.get("reason") == cond["reason"]
+    ):
         return False
     if current is not None and current["status"] == cond["status"]:
         cond["lastTransitionTime"] = current.get("lastTransitionTime")
@@ -712,10 +763,12 @@ def set_condition(status: Obj, cond: Obj) -> bool:
 
 def _deployment_complete(d: Obj, status: Obj) -> bool:
     want = _replicas(d)
-    return (int(status.get("updatedReplicas") or 0) == want
-            and int(status.get("replicas") or 0) == want
-            and int(status.get("availableReplicas") or 0) == want
-            and int(status.get("observedGeneration") or 0) >= d["metadata"].get("generation", 0))
+    return (
+        int(status.get("updatedReplicas") or 0) == want
+        and int(status.get("replicas") or 0) == want
+        and int(status.get("availableReplicas") or 0) == want
+        and int(status.get("observedGeneration") or 0) >= d["metadata"].get("generation", 0)
+    )
 
 
 def _deployment_progressing(d: Obj, new: Obj) -> bool:
@@ -724,10 +777,13 @@ def _deployment_progressing(d: Obj, new: Obj) -> bool:
     def n(s: Obj, f: str) -> int:
         return int(s.get(f) or 0)
 
-    return (n(new, "updatedReplicas") > n(old, "updatedReplicas")
-            or n(new, "replicas") - n(new, "updatedReplicas") < n(old, "replicas") - n(old, "updatedReplicas")
-            or n(new, "readyReplicas") > n(old, "readyReplicas")
-            or n(new, "availableReplicas") > n(old, "availableReplicas"))
+    return (
+        n(new, "updatedReplicas") > n(old, "updatedReplicas")
+        or n(new, "replicas") - n(new, "updatedReplicas")
+        < n(old, "replicas") - n(old, "updatedReplicas")
+        or n(new, "readyReplicas") > n(old, "readyReplicas")
+        or n(new, "availableReplicas") > n(old, "availableReplicas")
+    )
 
 
 class DeploymentController(_Controller):
@@ -779,8 +835,12 @@ class DeploymentController(_Controller):
         d.setdefault("status", {})
         selector = d.get("spec", {}).get("selector")
         if not _semantic(selector):
-            self._event(d, "SelectingAll",
-                        "This deployment is selecting all pods. A non-empty selector is required.", "Warning")
+            self._event(
+                d,
+                "SelectingAll",
+                "This deployment is selecting all pods. A non-empty selector is required.",
+                "Warning",
+            )
             if int(d["status"].get("observedGeneration") or 0) < d["metadata"].get("generation", 0):
                 d["status"]["observedGeneration"] = d["metadata"]["generation"]
                 self._write_status(d)
@@ -800,7 +860,8 @@ class DeploymentController(_Controller):
         """ReplicaSets this Deployment controls whose labels its selector matches."""
         selector = d["spec"].get("selector")
         return [
-            rs for rs in self.store.list(REPLICASETS, d["metadata"].get("namespace"))
+            rs
+            for rs in self.store.list(REPLICASETS, d["metadata"].get("namespace"))
             if _owned_by(rs, d) and match_label_selector(selector, _labels(rs))
         ]
 
@@ -824,7 +885,11 @@ class DeploymentController(_Controller):
         new_rs, old_rses = self._new_and_old(d, rs_list, create=False)
         for rs in _active([*old_rses, new_rs]):
             desired = (rs["metadata"].get("annotations") or {}).get(DESIRED_REPLICAS)
-            if desired is not None and desired.lstrip("-").isdigit() and int(desired) != _replicas(d):
+            if (
+                desired is not None
+                and desired.lstrip("-").isdigit()
+                and int(desired) != _replicas(d)
+            ):
                 return True
         return False
 
@@ -860,7 +925,9 @@ class DeploymentController(_Controller):
         for rs in _active(old_rses):
             scaled_down |= self._scale_and_record(d, rs, 0)
         if scaled_down or self._old_pods_running(d, self._refreshed(old_rses)):
-            self._sync_rollout_status(d, self._refreshed([*old_rses, new_rs]), self._refresh(new_rs))
+            self._sync_rollout_status(
+                d, self._refreshed([*old_rses, new_rs]), self._refresh(new_rs)
+            )
             return
         if new_rs is None:
             new_rs, old_rses = self._new_and_old(d, rs_list, create=True)
@@ -876,7 +943,11 @@ class DeploymentController(_Controller):
         selector = d["spec"].get("selector")
         for pod in self.store.list(PODS, d["metadata"].get("namespace")):
             ref = _controller_ref(pod)
-            if ref is None or ref.get("uid") not in old_uids or not match_label_selector(selector, _labels(pod)):
+            if (
+                ref is None
+                or ref.get("uid") not in old_uids
+                or not match_label_selector(selector, _labels(pod))
+            ):
                 continue
             if (pod.get("status") or {}).get("phase") not in ("Failed", "Succeeded"):
                 return True
@@ -884,13 +955,26 @@ class DeploymentController(_Controller):
 
     # -- the new ReplicaSet and its revision ---------------------------------------------------
 
-    def _new_and_old(self, d: Obj, rs_list: list[Obj], *, create: bool) -> tuple[Obj | None, list[Obj]]:
+    def _new_and_old(
+        self, d: Obj, rs_list: list[Obj], *, create: bool
+    ) -> tuple[Obj | None, list[Obj]]:
         """getAllReplicaSetsAndSyncRevision: (new RS or None, all old RSes)."""
         rs_list = self._refreshed(rs_list)  # an earlier step of this sync may have rewritten some
-        existing = next((rs for rs in _by_creation(rs_list)
-                         if equal_ignore_hash(rs["spec"].get("template") or {}, d["spec"].get("template") or {})),
-                        None)
-        old_rses = [rs for rs in rs_list if existing is None or rs["metadata"]["uid"] != existing["metadata"]["uid"]]
+        existing = next(
+            (
+                rs
+                for rs in _by_creation(rs_list)
+                if equal_ignore_hash(
+                    rs["spec"].get("template") or {}, d["spec"].get("template") or {}
+                )
+            ),
+            None,
+        )
+        old_rses = [
+            rs
+            for rs in rs_list
+            if existing is None or rs["metadata"]["uid"] != existing["metadata"]["uid"]
+        ]
         new_revision = str(max((_revision(rs) for rs in old_rses), default=0) + 1)
         if existing is not None:
             return self._sync_existing_new(d, existing, new_revision), old_rses
@@ -905,10 +989,14 @@ class DeploymentController(_Controller):
         if annotations_changed or (rs["spec"].get("minReadySeconds") or 0) != min_ready:
             rs["spec"]["minReadySeconds"] = min_ready
             return self.store.update(REPLICASETS, rs)
-        revision_changed = self._set_revision(d, (rs["metadata"].get("annotations") or {}).get(REVISION, ""))
+        revision_changed = self._set_revision(
+            d, (rs["metadata"].get("annotations") or {}).get(REVISION, "")
+        )
         status_changed = False
         if _progress_deadline(d) is not None and get_condition(d["status"], "Progressing") is None:
-            status_changed = self._set_progressing(d, "True", FOUND_NEW_RS, f'Found new replica set "{rs["metadata"]["name"]}"')
+            status_changed = self._set_progressing(
+                d, "True", FOUND_NEW_RS, f'Found new replica set "{rs["metadata"]["name"]}"'
+            )
         if revision_changed or status_changed:
             self._write_status(d, revision_changed)
         return existing
@@ -917,20 +1005,28 @@ class DeploymentController(_Controller):
         template = Store.copy(d["spec"].get("template") or {})
         collisions = d["status"].get("collisionCount")
         hash_ = pod_template_hash(d["spec"].get("template") or {}, collisions)
-        template.setdefault("metadata", {})["labels"] = {**(template["metadata"].get("labels") or {}), HASH_LABEL: hash_}
+        template.setdefault("metadata", {})["labels"] = {
+            **(template["metadata"].get("labels") or {}),
+            HASH_LABEL: hash_,
+        }
         selector = Store.copy(d["spec"].get("selector") or {})
         selector["matchLabels"] = {**(selector.get("matchLabels") or {}), HASH_LABEL: hash_}
         name = f"{d['metadata']['name']}-{hash_}"
         rs: Obj = {
-            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
             "metadata": {
                 "name": name,
                 "namespace": d["metadata"].get("namespace"),
                 "labels": dict(template["metadata"]["labels"]),
                 "ownerReferences": [_new_controller_ref(d)],
             },
-            "spec": {"replicas": 0, "minReadySeconds": d["spec"].get("minReadySeconds") or 0,
-                     "selector": selector, "template": template},
+            "spec": {
+                "replicas": 0,
+                "minReadySeconds": d["spec"].get("minReadySeconds") or 0,
+                "selector": selector,
+                "template": template,
+            },
         }
         rs["spec"]["replicas"] = self._new_rs_new_replicas(d, [*old_rses, rs], rs)
         self._set_new_rs_annotations(d, rs, new_revision, exists=False)
@@ -946,10 +1042,15 @@ class DeploymentController(_Controller):
             self._event(d, FAILED_RS_CREATE, message, "Warning")
             raise
         if _replicas(created) > 0:
-            self._event(d, "ScalingReplicaSet", f"Scaled up replica set {name} from 0 to {_replicas(created)}")
+            self._event(
+                d,
+                "ScalingReplicaSet",
+                f"Scaled up replica set {name} from 0 to {_replicas(created)}",
+            )
         revision_changed = self._set_revision(d, new_revision)
         status_changed = _progress_deadline(d) is not None and self._set_progressing(
-            d, "True", NEW_RS_CREATED, f'Created new replica set "{name}"')
+            d, "True", NEW_RS_CREATED, f'Created new replica set "{name}"'
+        )
         if revision_changed or status_changed:
             self._write_status(d, revision_changed)
         return created
@@ -957,7 +1058,9 @@ class DeploymentController(_Controller):
     def _name_collision(self, d: Obj, name: str) -> Obj:
         """An RS by the new name exists: ours (a stale cache elsewhere) or a hash collision."""
         rs = self.store.get(REPLICASETS, d["metadata"].get("namespace"), name)
-        if _owned_by(rs, d) and equal_ignore_hash(d["spec"].get("template") or {}, rs["spec"].get("template") or {}):
+        if _owned_by(rs, d) and equal_ignore_hash(
+            d["spec"].get("template") or {}, rs["spec"].get("template") or {}
+        ):
             return rs
         d["status"]["collisionCount"] = int(d["status"].get("collisionCount") or 0) + 1
         self._write_status(d)
@@ -967,8 +1070,11 @@ class DeploymentController(_Controller):
         """deploymentutil.NewRSNewReplicas: how far the new RS may be scaled up now."""
         if not _is_rolling(d):
             return _replicas(d)
-        surge = scaled_value(((d["spec"].get("strategy") or {}).get("rollingUpdate") or {}).get("maxSurge"),
-                             _replicas(d), True)
+        surge = scaled_value(
+            ((d["spec"].get("strategy") or {}).get("rollingUpdate") or {}).get("maxSurge"),
+            _replicas(d),
+            True,
+        )
         current = sum(_replicas(rs) for rs in all_rses)
         max_total = _replicas(d) + surge
         if current >= max_total:
@@ -1050,8 +1156,11 @@ class DeploymentController(_Controller):
         copy["spec"]["replicas"] = new_scale
         self.store.update(REPLICASETS, copy)
         if resize:
-            self._event(d, "ScalingReplicaSet",
-                        f"Scaled {operation} replica set {rs['metadata']['name']} from {old_scale} to {new_scale}")
+            self._event(
+                d,
+                "ScalingReplicaSet",
+                f"Scaled {operation} replica set {rs['metadata']['name']} from {old_scale} to {new_scale}",
+            )
         return resize
 
     def _reconcile_new(self, d: Obj, all_rses: list[Obj], new_rs: Obj) -> bool:
@@ -1162,7 +1271,11 @@ class DeploymentController(_Controller):
         if not desired.lstrip("-").isdigit():
             return False
         want = _replicas(d)
-        return _replicas(rs) == want and int(desired) == want and _status_int(rs, "availableReplicas") == want
+        return (
+            _replicas(rs) == want
+            and int(desired) == want
+            and _status_int(rs, "availableReplicas") == want
+        )
 
     @staticmethod
     def _proportion(d: Obj, rs: Obj, to_add: int, added: int) -> int:
@@ -1191,17 +1304,24 @@ class DeploymentController(_Controller):
         limit = d["spec"].get("revisionHistoryLimit")
         if limit is None or limit == _MAX_INT32:
             return
-        alive = [rs for rs in old_rses if rs is not None and not rs["metadata"].get("deletionTimestamp")]
+        alive = [
+            rs for rs in old_rses if rs is not None and not rs["metadata"].get("deletionTimestamp")
+        ]
         excess = len(alive) - int(limit)
         if excess <= 0:
             return
         by_revision = sorted(_by_creation(alive), key=_revision)
         for rs in by_revision[:excess]:
-            if (_status_int(rs, "replicas") != 0 or _replicas(rs) != 0
-                    or rs["metadata"].get("generation", 0) > _status_int(rs, "observedGeneration")):
+            if (
+                _status_int(rs, "replicas") != 0
+                or _replicas(rs) != 0
+                or rs["metadata"].get("generation", 0) > _status_int(rs, "observedGeneration")
+            ):
                 continue
             try:
-                self.store.delete(REPLICASETS, rs["metadata"].get("namespace"), rs["metadata"]["name"])
+                self.store.delete(
+                    REPLICASETS, rs["metadata"].get("namespace"), rs["metadata"]["name"]
+                )
             except ApiError as exc:
                 if exc.code != 404:
                     raise
@@ -1222,11 +1342,25 @@ class DeploymentController(_Controller):
             "collisionCount": d["status"].get("collisionCount"),
         }
         if available >= _replicas(d) - max_unavailable(d):
-            set_condition(status, self._condition("Available", "True", "MinimumReplicasAvailable",
-                                                  "Deployment has minimum availability."))
+            set_condition(
+                status,
+                self._condition(
+                    "Available",
+                    "True",
+                    "MinimumReplicasAvailable",
+                    "Deployment has minimum availability.",
+                ),
+            )
         else:
-            set_condition(status, self._condition("Available", "False", "MinimumReplicasUnavailable",
-                                                  "Deployment does not have minimum availability."))
+            set_condition(
+                status,
+                self._condition(
+                    "Available",
+                    "False",
+                    "MinimumReplicasUnavailable",
+                    "Deployment does not have minimum availability.",
+                ),
+            )
         return status
 
     def _sync_status(self, d: Obj, all_rses: list[Obj | None], new_rs: Obj | None) -> None:
@@ -1243,15 +1377,25 @@ class DeploymentController(_Controller):
         if deadline is None:
             remove_condition(status, "Progressing")
         current = get_condition(d["status"], "Progressing")
-        complete_before = (status["replicas"] == status["updatedReplicas"] and current is not None
-                           and current.get("reason") == NEW_RS_AVAILABLE)
-        subject = (f'ReplicaSet "{new_rs["metadata"]["name"]}"' if new_rs is not None
-                   else f'Deployment "{d["metadata"]["name"]}"')
+        complete_before = (
+            status["replicas"] == status["updatedReplicas"]
+            and current is not None
+            and current.get("reason") == NEW_RS_AVAILABLE
+        )
+        subject = (
+            f'ReplicaSet "{new_rs["metadata"]["name"]}"'
+            if new_rs is not None
+            else f'Deployment "{d["metadata"]["name"]}"'
+        )
         if deadline is not None and not complete_before:
             if _deployment_complete(d, status):
-                self._set_progressing_in(d, status, "True", NEW_RS_AVAILABLE, f"{subject} has successfully progressed.")
+                self._set_progressing_in(
+                    d, status, "True", NEW_RS_AVAILABLE, f"{subject} has successfully progressed."
+                )
             elif _deployment_progressing(d, status):
-                cond = self._condition("Progressing", "True", RS_UPDATED, f"{subject} is progressing.")
+                cond = self._condition(
+                    "Progressing", "True", RS_UPDATED, f"{subject} is progressing."
+                )
                 if current is not None:
                     # Progress refreshes lastUpdateTime even when the reason is unchanged.
                     if current["status"] == "True":
@@ -1260,7 +1404,9 @@ class DeploymentController(_Controller):
                 set_condition(status, cond)
                 self._mark_progress(d, cond)
             elif self._timed_out(d, status, deadline):
-                self._set_progressing_in(d, status, "False", TIMED_OUT, f"{subject} has timed out progressing.")
+                self._set_progressing_in(
+                    d, status, "False", TIMED_OUT, f"{subject} has timed out progressing."
+                )
         failures = self._replica_failures(all_rses, new_rs)
         if failures:
             set_condition(status, failures[0])
@@ -1282,8 +1428,9 @@ class DeploymentController(_Controller):
 
     def _since_progress(self, d: Obj, cond: Obj) -> float:
         """Simulated seconds since the Progressing condition's lastUpdateTime."""
-        return self.clock.sim() - self.stamps.sim_of(d["metadata"]["uid"], "progress",
-                                                    cond.get("lastUpdateTime") or "")
+        return self.clock.sim() - self.stamps.sim_of(
+            d["metadata"]["uid"], "progress", cond.get("lastUpdateTime") or ""
+        )
 
     def _requeue_stuck(self, d: Obj, status: Obj) -> None:
         """Come back when the progress deadline would pass without further news."""
@@ -1302,25 +1449,42 @@ class DeploymentController(_Controller):
     @staticmethod
     def _replica_failures(all_rses: list[Obj | None], new_rs: Obj | None) -> list[Obj]:
         """ReplicaFailure conditions of the new RS, else of any RS, as Deployment conditions."""
+
         def failures(rses: Iterable[Obj | None]) -> list[Obj]:
             return [
-                {"type": c["type"], "status": c["status"], "lastUpdateTime": c.get("lastTransitionTime"),
-                 "lastTransitionTime": c.get("lastTransitionTime"), "reason": c.get("reason"),
-                 "message": c.get("message")}
-                for rs in rses if rs is not None
-                for c in (rs.get("status") or {}).get("conditions") or [] if c.get("type") == "ReplicaFailure"
+                {
+                    "type": c["type"],
+                    "status": c["status"],
+                    "lastUpdateTime": c.get("lastTransitionTime"),
+                    "lastTransitionTime": c.get("lastTransitionTime"),
+                    "reason": c.get("reason"),
+                    "message": c.get("message"),
+                }
+                for rs in rses
+                if rs is not None
+                for c in (rs.get("status") or {}).get("conditions") or []
+                if c.get("type") == "ReplicaFailure"
             ]
+
         return failures([new_rs]) or failures(all_rses)
 
     def _condition(self, type_: str, status: str, reason: str, message: str) -> Obj:
         now = rfc3339(self.clock.now())
-        return {"type": type_, "status": status, "lastUpdateTime": now, "lastTransitionTime": now,
-                "reason": reason, "message": message}
+        return {
+            "type": type_,
+            "status": status,
+            "lastUpdateTime": now,
+            "lastTransitionTime": now,
+            "reason": reason,
+            "message": message,
+        }
 
     def _set_progressing(self, d: Obj, status: str, reason: str, message: str) -> bool:
         return self._set_progressing_in(d, d["status"], status, reason, message)
 
-    def _set_progressing_in(self, d: Obj, target: Obj, status: str, reason: str, message: str) -> bool:
+    def _set_progressing_in(
+        self, d: Obj, target: Obj, status: str, reason: str, message: str
+    ) -> bool:
         cond = self._condition("Progressing", status, reason, message)
         target.setdefault("conditions", [])
         if set_condition(target, cond):
@@ -1343,7 +1507,9 @@ class DeploymentController(_Controller):
         namespace, name = d["metadata"].get("namespace"), d["metadata"]["name"]
         if annotations_changed:
             current = Store.copy(self.store.get(DEPLOYMENTS, namespace, name))
-            current["metadata"].setdefault("annotations", {})[REVISION] = d["metadata"]["annotations"][REVISION]
+            current["metadata"].setdefault("annotations", {})[REVISION] = d["metadata"][
+                "annotations"
+            ][REVISION]
             self.store.update(DEPLOYMENTS, current)
         # A sync never awaits, so nothing else has written the Deployment meanwhile.
         current = Store.copy(self.store.get(DEPLOYMENTS, namespace, name))
@@ -1354,7 +1520,10 @@ class DeploymentController(_Controller):
         """The stored version of an RS this sync may have just rewritten."""
         if rs is None:
             return None
-        return self.store.try_get(REPLICASETS, rs["metadata"].get("namespace"), rs["metadata"]["name"]) or rs
+        return (
+            self.store.try_get(REPLICASETS, rs["metadata"].get("namespace"), rs["metadata"]["name"])
+            or rs
+        )
 
     def _refreshed(self, rses: list[Obj | None]) -> list[Obj | None]:
         return [self._refresh(rs) for rs in rses]

@@ -186,8 +186,15 @@ class NodeState:
 class Kubelet:
     """The kubelets of all registered nodes (one object; per-node state in NodeState)."""
 
-    def __init__(self, store: Store, clock: Clock, recorder: EventRecorder, logs: PodLogs,
-                 images: Callable[[str], Image | None], log_sink: LogSink | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        recorder: EventRecorder,
+        logs: PodLogs,
+        images: Callable[[str], Image | None],
+        log_sink: LogSink | None = None,
+    ) -> None:
         self.store = store
         self.clock = clock
         self.recorder = recorder
@@ -220,8 +227,10 @@ class Kubelet:
                 return None
             cidr = (obj.get("spec") or {}).get("podCIDR") or f"10.244.{len(self.nodes)}.0/24"
             addresses = (obj.get("status") or {}).get("addresses") or []
-            host_ip = next((a["address"] for a in addresses if a.get("type") == "InternalIP"),
-                           f"172.18.0.{len(self.nodes) + 2}")
+            host_ip = next(
+                (a["address"] for a in addresses if a.get("type") == "InternalIP"),
+                f"172.18.0.{len(self.nodes) + 2}",
+            )
             state = self.nodes[name] = NodeState(name, host_ip, cidr.rsplit(".", 1)[0])
         return state
 
@@ -243,8 +252,12 @@ class Kubelet:
                 if w.namespace == ns:
                     w.poke()
         elif res.key == NODES.key and ev_type == "ADDED":
-            for pod in self.store.list(PODS, predicate=lambda p: (p.get("spec") or {}).get("nodeName")
-                                       == new["metadata"]["name"]):
+            for pod in self.store.list(
+                PODS,
+                predicate=lambda p: (
+                    (p.get("spec") or {}).get("nodeName") == new["metadata"]["name"]
+                ),
+            ):
                 self._maybe_start(pod)
 
     def _maybe_start(self, pod: Obj) -> None:
@@ -260,12 +273,18 @@ class Kubelet:
 
     # -- output -----------------------------------------------------------------------
 
-    def event(self, pod: Obj, type_: str, reason: str, message: str, container: str | None, host: str) -> None:
+    def event(
+        self, pod: Obj, type_: str, reason: str, message: str, container: str | None, host: str
+    ) -> None:
         field_path = f"spec.containers{{{container}}}" if container else ""
         try:
-            self.recorder.record(pod, type_, reason, message, COMPONENT, field_path=field_path, host=host)
+            self.recorder.record(
+                pod, type_, reason, message, COMPONENT, field_path=field_path, host=host
+            )
         except errors.ApiError as exc:  # e.g. the namespace is being deleted
-            log.debug("event %s on %s not recorded: %s", reason, pod["metadata"]["name"], exc.message)
+            log.debug(
+                "event %s on %s not recorded: %s", reason, pod["metadata"]["name"], exc.message
+            )
 
     def write_log(self, worker: PodWorker, container: str, stream: str, lines: list[str]) -> None:
         if not lines:
@@ -279,8 +298,14 @@ class Kubelet:
             entries.append((ts, line))
         if self.log_sink is None:
             return
-        labels = {"namespace": ns, "pod": pod, "container": container, "job": f"{ns}/{container}",
-                  "node_name": worker.node.name, "stream": stream}
+        labels = {
+            "namespace": ns,
+            "pod": pod,
+            "container": container,
+            "job": f"{ns}/{container}",
+            "node_name": worker.node.name,
+            "stream": stream,
+        }
         if worker.app:
             labels["app"] = worker.app
         try:
@@ -345,8 +370,14 @@ class PodWorker:
         self.pod_ip: str | None = None
         self.start_time = rfc3339(self.clock.now())
         self.sandbox_ready = False
-        self.init = [ContainerStatus(c["name"], c.get("image", "")) for c in self.spec.get("initContainers") or []]
-        self.main = [ContainerStatus(c["name"], c.get("image", "")) for c in self.spec.get("containers") or []]
+        self.init = [
+            ContainerStatus(c["name"], c.get("image", ""))
+            for c in self.spec.get("initContainers") or []
+        ]
+        self.main = [
+            ContainerStatus(c["name"], c.get("image", ""))
+            for c in self.spec.get("containers") or []
+        ]
         if self.init:
             for cs in self.main:
                 cs.state = {"waiting": {"reason": "PodInitializing"}}
@@ -397,8 +428,12 @@ class PodWorker:
                     return
             for cs in self.main:
                 cs.state = {"waiting": {"reason": "ContainerCreating"}}
-            await asyncio.gather(*(ContainerRunner(self, spec, cs).run()
-                                   for spec, cs in zip(self.spec.get("containers") or [], self.main, strict=True)))
+            await asyncio.gather(
+                *(
+                    ContainerRunner(self, spec, cs).run()
+                    for spec, cs in zip(self.spec.get("containers") or [], self.main, strict=True)
+                )
+            )
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug here must not take the whole sandbox loop down
@@ -409,7 +444,9 @@ class PodWorker:
     async def _mount_volumes(self) -> None:
         delay = MOUNT_RETRY_INITIAL
         while True:
-            failures = [msg for msg in (self._mount_error(v) for v in self.spec.get("volumes") or []) if msg]
+            failures = [
+                msg for msg in (self._mount_error(v) for v in self.spec.get("volumes") or []) if msg
+            ]
             if not failures:
                 return
             for msg in failures:
@@ -420,7 +457,10 @@ class PodWorker:
     def _mount_error(self, volume: dict) -> str | None:
         sources = [volume] + [s for s in ((volume.get("projected") or {}).get("sources") or [])]
         for src in sources:
-            for kind, res, name_key in (("configMap", CONFIGMAPS, "name"), ("secret", SECRETS, "secretName")):
+            for kind, res, name_key in (
+                ("configMap", CONFIGMAPS, "name"),
+                ("secret", SECRETS, "secretName"),
+            ):
                 ref = src.get(kind)
                 if not isinstance(ref, dict) or ref.get("optional"):
                     continue
@@ -432,8 +472,10 @@ class PodWorker:
                 keys = _data_keys(obj)
                 for item in ref.get("items") or []:
                     if item.get("key") not in keys:
-                        return (f'MountVolume.SetUp failed for volume "{volume["name"]}" : '
-                                f'{what} references non-existent config key: {item.get("key")}')
+                        return (
+                            f'MountVolume.SetUp failed for volume "{volume["name"]}" : '
+                            f"{what} references non-existent config key: {item.get('key')}"
+                        )
         return None
 
     # -- status -----------------------------------------------------------------------
@@ -449,15 +491,25 @@ class PodWorker:
             return
         self._last_status = status
         try:
-            self.store.update(PODS, {"metadata": {"namespace": self.namespace, "name": self.name},
-                                     "status": self.store.copy(status)}, subresource="status")
+            self.store.update(
+                PODS,
+                {
+                    "metadata": {"namespace": self.namespace, "name": self.name},
+                    "status": self.store.copy(status),
+                },
+                subresource="status",
+            )
         except errors.ApiError as exc:
             log.debug("status of %s/%s not written: %s", self.namespace, self.name, exc.message)
 
     def _condition(self, type_: str, status: bool, reason: str = "", message: str = "") -> dict:
         value = "True" if status else "False"
         prev = self._conditions.get(type_)
-        ltt = prev["lastTransitionTime"] if prev and prev["status"] == value else rfc3339(self.clock.now())
+        ltt = (
+            prev["lastTransitionTime"]
+            if prev and prev["status"] == value
+            else rfc3339(self.clock.now())
+        )
         cond = {"type": type_, "status": value, "lastProbeTime": None, "lastTransitionTime": ltt}
         if reason:
             cond["reason"] = reason
@@ -467,20 +519,39 @@ class PodWorker:
         return cond
 
     def _status(self, current: Obj) -> dict:
-        init_done = all("terminated" in cs.state and cs.state["terminated"]["exitCode"] == 0 for cs in self.init)
-        incomplete = [cs.name for cs in self.init if not ("terminated" in cs.state
-                                                           and cs.state["terminated"]["exitCode"] == 0)]
+        init_done = all(
+            "terminated" in cs.state and cs.state["terminated"]["exitCode"] == 0 for cs in self.init
+        )
+        incomplete = [
+            cs.name
+            for cs in self.init
+            if not ("terminated" in cs.state and cs.state["terminated"]["exitCode"] == 0)
+        ]
         unready = [cs.name for cs in self.main if not cs.ready]
         unready_msg = f"containers with unready status: [{' '.join(unready)}]" if unready else ""
         conditions = [
             self._condition("PodReadyToStartContainers", self.sandbox_ready),
-            self._condition("Initialized", init_done, "" if init_done else "ContainersNotInitialized",
-                            "" if init_done else f"containers with incomplete status: [{' '.join(incomplete)}]"),
-            self._condition("Ready", not unready, "ContainersNotReady" if unready else "", unready_msg),
-            self._condition("ContainersReady", not unready, "ContainersNotReady" if unready else "", unready_msg),
+            self._condition(
+                "Initialized",
+                init_done,
+                "" if init_done else "ContainersNotInitialized",
+                "" if init_done else f"containers with incomplete status: [{' '.join(incomplete)}]",
+            ),
+            self._condition(
+                "Ready", not unready, "ContainersNotReady" if unready else "", unready_msg
+            ),
+            self._condition(
+                "ContainersReady", not unready, "ContainersNotReady" if unready else "", unready_msg
+            ),
         ]
-        scheduled = next((c for c in (current.get("status") or {}).get("conditions") or []
-                          if c.get("type") == "PodScheduled"), None)
+        scheduled = next(
+            (
+                c
+                for c in (current.get("status") or {}).get("conditions") or []
+                if c.get("type") == "PodScheduled"
+            ),
+            None,
+        )
         conditions.append(scheduled or self._condition("PodScheduled", True))
         host = self.node.host_ip
         status: dict[str, Any] = {
@@ -503,7 +574,9 @@ class PodWorker:
         """kubelet getPhase for the app containers."""
         policy = self.spec.get("restartPolicy", "Always")
         for cs in self.init:
-            term = cs.state.get("terminated") or (cs.last_state.get("terminated") if "waiting" in cs.state else None)
+            term = cs.state.get("terminated") or (
+                cs.last_state.get("terminated") if "waiting" in cs.state else None
+            )
             if policy == "Never" and term and term["exitCode"] != 0:
                 return "Failed"
             if not ("terminated" in cs.state and cs.state["terminated"]["exitCode"] == 0):
@@ -544,7 +617,11 @@ class PodWorker:
 
 
 def _data_keys(obj: Obj) -> set[str]:
-    return set(obj.get("data") or {}) | set(obj.get("binaryData") or {}) | set(obj.get("stringData") or {})
+    return (
+        set(obj.get("data") or {})
+        | set(obj.get("binaryData") or {})
+        | set(obj.get("stringData") or {})
+    )
 
 
 def _secret_value(obj: Obj, key: str) -> str | None:
@@ -565,7 +642,9 @@ def _secret_value(obj: Obj, key: str) -> str | None:
 class ContainerRunner:
     """The restart loop of one container: back-off, image, config, run, repeat."""
 
-    def __init__(self, worker: PodWorker, spec: dict, cs: ContainerStatus, *, init: bool = False) -> None:
+    def __init__(
+        self, worker: PodWorker, spec: dict, cs: ContainerStatus, *, init: bool = False
+    ) -> None:
         self.w = worker
         self.clock = worker.clock
         self.spec = spec
@@ -604,19 +683,29 @@ class ContainerRunner:
                 continue
             end = await self._run_instance(image, env)
             self.finished_at = self.clock.sim()
-            restart = policy == "Always" and not self.init or (policy != "Never" and end.exit_code != 0)
+            restart = (
+                policy == "Always" and not self.init or (policy != "Never" and end.exit_code != 0)
+            )
             if not restart:
                 return end.exit_code == 0
             await self.clock.sleep(SYNC_SECONDS)
 
     async def _crash_loop_wait(self, backoff: Backoff, key: str, finished_at: float) -> None:
         pod_ref = _pod_ref(self.w.pod)
-        self.cs.waiting("CrashLoopBackOff", f"back-off {go_duration(backoff.get(key))} restarting failed "
-                                            f"container={self.name} pod={pod_ref}")
+        self.cs.waiting(
+            "CrashLoopBackOff",
+            f"back-off {go_duration(backoff.get(key))} restarting failed "
+            f"container={self.name} pod={pod_ref}",
+        )
         self.w.publish()
-        self.event("Warning", "BackOff", f"Back-off restarting failed container {self.name} in pod {pod_ref}")
-        await self.clock.sleep(min(RESYNC_SECONDS, backoff.remaining(key, finished_at, self.clock.sim()))
-                               + _EPSILON)
+        self.event(
+            "Warning",
+            "BackOff",
+            f"Back-off restarting failed container {self.name} in pod {pod_ref}",
+        )
+        await self.clock.sleep(
+            min(RESYNC_SECONDS, backoff.remaining(key, finished_at, self.clock.sim())) + _EPSILON
+        )
 
     # -- image ---------------------------------------------------------------------------
 
@@ -628,7 +717,9 @@ class ContainerRunner:
             present = ref in self.w.node.images
             image = self.w.kubelet.images(ref)
             if present and image is not None and policy != "Always":
-                self.event("Normal", "Pulled", f'Container image "{ref}" already present on machine')
+                self.event(
+                    "Normal", "Pulled", f'Container image "{ref}" already present on machine'
+                )
                 self.cs.image_ref = image_id(ref)
                 return image
             if policy == "Never":
@@ -647,8 +738,10 @@ class ContainerRunner:
             if image is None:
                 await self.clock.sleep(0.5)
                 full = normalize_image(ref)
-                last_error = (f'rpc error: code = NotFound desc = failed to pull and unpack image "{full}": '
-                              f'failed to resolve reference "{full}": {full}: not found')
+                last_error = (
+                    f'rpc error: code = NotFound desc = failed to pull and unpack image "{full}": '
+                    f'failed to resolve reference "{full}": {full}: not found'
+                )
                 self.event("Warning", "Failed", f'Failed to pull image "{ref}": {last_error}')
                 self.w.pull_backoff.next(ref, self.clock.sim())
                 self.cs.waiting("ErrImagePull", last_error)
@@ -662,9 +755,13 @@ class ContainerRunner:
             await self.clock.sleep(took)
             self.w.node.images.add(ref)
             self.cs.image_ref = image_id(ref)
-            self.event("Normal", "Pulled", f'Successfully pulled image "{ref}" in {go_duration(took)} '
-                                           f'({go_duration(took + 0.012)} including waiting). '
-                                           f'Image size: {image.size_bytes} bytes.')
+            self.event(
+                "Normal",
+                "Pulled",
+                f'Successfully pulled image "{ref}" in {go_duration(took)} '
+                f"({go_duration(took + 0.012)} including waiting). "
+                f"Image size: {image.size_bytes} bytes.",
+            )
             return image
 
     async def _image_failure(self, reason: str, message: str) -> None:
@@ -683,7 +780,10 @@ class ContainerRunner:
         env: dict[str, str] = {}
         for src in self.spec.get("envFrom") or []:
             prefix = src.get("prefix") or ""
-            for kind, res, what in (("configMapRef", CONFIGMAPS, "configmap"), ("secretRef", SECRETS, "secret")):
+            for kind, res, what in (
+                ("configMapRef", CONFIGMAPS, "configmap"),
+                ("secretRef", SECRETS, "secret"),
+            ):
                 ref = src.get(kind)
                 if not isinstance(ref, dict):
                     continue
@@ -693,8 +793,11 @@ class ContainerRunner:
                         continue
                     raise ConfigError(f'{what} "{ref.get("name")}" not found')
                 for k in sorted(_data_keys(obj) - set(obj.get("binaryData") or {})):
-                    env[prefix + k] = (_secret_value(obj, k) if what == "secret"
-                                       else str((obj.get("data") or {}).get(k, ""))) or ""
+                    env[prefix + k] = (
+                        _secret_value(obj, k)
+                        if what == "secret"
+                        else str((obj.get("data") or {}).get(k, ""))
+                    ) or ""
         for var in self.spec.get("env") or []:
             name = var.get("name", "")
             if "valueFrom" in var:
@@ -707,8 +810,10 @@ class ContainerRunner:
         return env
 
     def _value_from(self, source: dict) -> str | None:
-        for kind, res, what, label in (("configMapKeyRef", CONFIGMAPS, "configmap", "ConfigMap"),
-                                       ("secretKeyRef", SECRETS, "secret", "Secret")):
+        for kind, res, what, label in (
+            ("configMapKeyRef", CONFIGMAPS, "configmap", "ConfigMap"),
+            ("secretKeyRef", SECRETS, "secret", "Secret"),
+        ):
             ref = source.get(kind)
             if not isinstance(ref, dict):
                 continue
@@ -718,7 +823,9 @@ class ContainerRunner:
                 if optional:
                     return None
                 raise ConfigError(f'{what} "{name}" not found')
-            value = _secret_value(obj, key) if what == "secret" else (obj.get("data") or {}).get(key)
+            value = (
+                _secret_value(obj, key) if what == "secret" else (obj.get("data") or {}).get(key)
+            )
             if value is None:
                 if optional:
                     return None
@@ -771,8 +878,13 @@ class ContainerRunner:
         run = _Instance(self, image, env, probes)
         end = await run.wait()
         cs.ready = cs.started = False
-        term = {"exitCode": end.exit_code, "reason": end.reason, "startedAt": started_at,
-                "finishedAt": rfc3339(self.clock.now()), "containerID": cs.container_id}
+        term = {
+            "exitCode": end.exit_code,
+            "reason": end.reason,
+            "startedAt": started_at,
+            "finishedAt": rfc3339(self.clock.now()),
+            "containerID": cs.container_id,
+        }
         message = end.message or self._fallback_message(run)
         if message:
             term["message"] = message
@@ -782,7 +894,10 @@ class ContainerRunner:
 
     def _fallback_message(self, run: _Instance) -> str:
         """terminationMessagePolicy FallbackToLogsOnError: the log tail of a failed container."""
-        if self.spec.get("terminationMessagePolicy") != "FallbackToLogsOnError" or run.exit_code_hint == 0:
+        if (
+            self.spec.get("terminationMessagePolicy") != "FallbackToLogsOnError"
+            or run.exit_code_hint == 0
+        ):
             return ""
         return "\n".join(run.lines[-80:])[-2048:]
 
@@ -794,20 +909,32 @@ class ContainerRunner:
         exe = argv[0]
         if _basename(exe) in image.binaries:
             return None
-        detail = (f'exec: "{exe}": stat {exe}: no such file or directory' if "/" in exe
-                  else f'exec: "{exe}": executable file not found in $PATH')
-        return ("failed to create containerd task: failed to create shim task: OCI runtime create failed: "
-                "runc create failed: unable to start container process: error during container init: "
-                f"{detail}: unknown")
+        detail = (
+            f'exec: "{exe}": stat {exe}: no such file or directory'
+            if "/" in exe
+            else f'exec: "{exe}": executable file not found in $PATH'
+        )
+        return (
+            "failed to create containerd task: failed to create shim task: OCI runtime create failed: "
+            "runc create failed: unable to start container process: error during container init: "
+            f"{detail}: unknown"
+        )
 
     def _start_failed(self, message: str) -> Termination:
         """containerd StartError: the container exists but its process never ran."""
         cs = self.cs
         self.event("Warning", "Failed", f"Error: {message}")
         now = rfc3339(self.clock.now())
-        cs.last_state = {"terminated": {"exitCode": 128, "reason": "StartError", "message": message,
-                                        "startedAt": ZERO_TIME, "finishedAt": now,
-                                        "containerID": cs.container_id}}
+        cs.last_state = {
+            "terminated": {
+                "exitCode": 128,
+                "reason": "StartError",
+                "message": message,
+                "startedAt": ZERO_TIME,
+                "finishedAt": now,
+                "containerID": cs.container_id,
+            }
+        }
         cs.state = {"waiting": {"reason": "RunContainerError", "message": message}}
         cs.ready = cs.started = False
         self.w.publish()
@@ -858,10 +985,12 @@ def _shell_not_found(shell: str, command: str) -> str:
 
 def _expand(value: str, env: dict[str, str]) -> str:
     """$(VAR) references to earlier variables; $$ is a literal $."""
+
     def sub(m: re.Match) -> str:
         if m.group(0) == "$$":
             return "$"
         return env.get(m.group(1), m.group(0))
+
     return _ENV_REF.sub(sub, value)
 
 
@@ -892,7 +1021,9 @@ def _covering_mount(spec: dict, path: str) -> dict | None:
 class _Instance:
     """One started container process: its logs, exit, and probes."""
 
-    def __init__(self, runner: ContainerRunner, image: Image, env: dict[str, str], probes: dict) -> None:
+    def __init__(
+        self, runner: ContainerRunner, image: Image, env: dict[str, str], probes: dict
+    ) -> None:
         self.r = runner
         self.clock = runner.clock
         self.image = image
@@ -945,7 +1076,9 @@ class _Instance:
             if not value:
                 return await self._fatal(f"FATAL: environment variable {var} is not set")
             if expected is not None and value != expected:
-                return await self._fatal(f'FATAL: environment variable {var} has an invalid value: "{value}"')
+                return await self._fatal(
+                    f'FATAL: environment variable {var} has an invalid value: "{value}"'
+                )
         for path in self.image.requires_files:
             if not self._file_present(path):
                 return await self._fatal(f"FATAL: open {path}: no such file or directory")
@@ -974,22 +1107,39 @@ class _Instance:
         mount = _covering_mount(self.r.spec, path)
         if mount is None:
             return False
-        volume = next((v for v in self.r.w.spec.get("volumes") or [] if v.get("name") == mount.get("name")), None)
+        volume = next(
+            (v for v in self.r.w.spec.get("volumes") or [] if v.get("name") == mount.get("name")),
+            None,
+        )
         if volume is None:
             return False
-        rel = mount["subPath"] if mount.get("subPath") else path[len(mount["mountPath"].rstrip("/")):].lstrip("/")
+        rel = (
+            mount["subPath"]
+            if mount.get("subPath")
+            else path[len(mount["mountPath"].rstrip("/")) :].lstrip("/")
+        )
         sources = [volume] + list((volume.get("projected") or {}).get("sources") or [])
-        typed = [s for s in sources if isinstance(s.get("configMap"), dict) or isinstance(s.get("secret"), dict)]
+        typed = [
+            s
+            for s in sources
+            if isinstance(s.get("configMap"), dict) or isinstance(s.get("secret"), dict)
+        ]
         if not typed:
             return True  # emptyDir, hostPath, PVC, downwardAPI...: the app finds its files there
         store, ns = self.r.w.store, self.r.w.namespace
         for src in typed:
-            ref, res = (src["configMap"], CONFIGMAPS) if "configMap" in src else (src["secret"], SECRETS)
+            ref, res = (
+                (src["configMap"], CONFIGMAPS) if "configMap" in src else (src["secret"], SECRETS)
+            )
             obj = store.try_get(res, ns, ref.get("name") or ref.get("secretName") or "")
             if obj is None:
                 continue
             items = ref.get("items")
-            files = {i.get("path") for i in items if i.get("key") in _data_keys(obj)} if items else _data_keys(obj)
+            files = (
+                {i.get("path") for i in items if i.get("key") in _data_keys(obj)}
+                if items
+                else _data_keys(obj)
+            )
             if rel in files or any(f.startswith(rel.rstrip("/") + "/") for f in files if rel):
                 return True
         return False
@@ -1003,7 +1153,11 @@ class _Instance:
         await self.clock.sleep(elapsed - self._elapsed())
 
     async def _probe_loop(self, kind: str, probe: dict) -> Termination | None:
-        label = {"startupProbe": "Startup", "livenessProbe": "Liveness", "readinessProbe": "Readiness"}[kind]
+        label = {
+            "startupProbe": "Startup",
+            "livenessProbe": "Liveness",
+            "readinessProbe": "Readiness",
+        }[kind]
         period = probe.get("periodSeconds") or 10
         failure_threshold = probe.get("failureThreshold") or 3
         success_threshold = probe.get("successThreshold") or 1
@@ -1034,8 +1188,11 @@ class _Instance:
                 if kind == "readinessProbe":
                     self._set(ready=False)
                 elif failures >= failure_threshold:
-                    self.r.event("Normal", "Killing",
-                                 f"Container {self.r.name} failed {label.lower()} probe, will be restarted")
+                    self.r.event(
+                        "Normal",
+                        "Killing",
+                        f"Container {self.r.name} failed {label.lower()} probe, will be restarted",
+                    )
                     return Termination(137, "Error")
             at += period
 
@@ -1060,29 +1217,49 @@ class _Instance:
                 continue
             port = _port(spec, action.get("port"))
             if port is None:
-                return False, f'unable to find port "{action.get("port")}" in container {self.r.name}', True
+                return (
+                    False,
+                    f'unable to find port "{action.get("port")}" in container {self.r.name}',
+                    True,
+                )
             target = f"{action.get('host') or host}:{port}"
             open_ = listening and port == image.port
             if kind == "httpGet":
                 path = action.get("path") or "/"
                 url = f"{(action.get('scheme') or 'HTTP').lower()}://{target}{path}"
                 if not open_:
-                    return False, f'Get "{url}": dial tcp {target}: connect: connection refused', False
+                    return (
+                        False,
+                        f'Get "{url}": dial tcp {target}: connect: connection refused',
+                        False,
+                    )
                 if path.split("?", 1)[0] != image.health_path:
                     return False, "HTTP probe failed with statuscode: 404", False
                 return True, "", False
             if kind == "tcpSocket":
-                return (True, "", False) if open_ else \
-                    (False, f"dial tcp {target}: connect: connection refused", False)
-            return (True, "", False) if open_ else \
-                (False, f'timeout: failed to connect service "{target}" within 1s', False)
+                return (
+                    (True, "", False)
+                    if open_
+                    else (False, f"dial tcp {target}: connect: connection refused", False)
+                )
+            return (
+                (True, "", False)
+                if open_
+                else (False, f'timeout: failed to connect service "{target}" within 1s', False)
+            )
         command = [str(a) for a in ((probe.get("exec") or {}).get("command") or [])]
         if command and image.binaries is not None:
             script = _shell_script(command)
             if _basename(command[0]) not in image.binaries:
-                return False, ("rpc error: code = Unknown desc = failed to exec in container: failed to start "
-                               f'exec: OCI runtime exec failed: exec failed: unable to start container process: '
-                               f'exec: "{command[0]}": executable file not found in $PATH: unknown'), True
+                return (
+                    False,
+                    (
+                        "rpc error: code = Unknown desc = failed to exec in container: failed to start "
+                        f"exec: OCI runtime exec failed: exec failed: unable to start container process: "
+                        f'exec: "{command[0]}": executable file not found in $PATH: unknown'
+                    ),
+                    True,
+                )
             cmd = _script_command(script) if script is not None else None
             if cmd and _basename(cmd) not in image.binaries:
                 return False, _shell_not_found(command[0], cmd), False

@@ -63,8 +63,10 @@ def container_requests(container: dict) -> tuple[int, int]:
     requests, limits = res.get("requests") or {}, res.get("limits") or {}
     cpu = requests.get("cpu", limits.get("cpu"))
     mem = requests.get("memory", limits.get("memory"))
-    return (_quantity(cpu, cpu_millicores) if cpu is not None else 0,
-            _quantity(mem, memory_bytes) if mem is not None else 0)
+    return (
+        _quantity(cpu, cpu_millicores) if cpu is not None else 0,
+        _quantity(mem, memory_bytes) if mem is not None else 0,
+    )
 
 
 def memory_limit_bytes(container: dict) -> int | None:
@@ -99,7 +101,9 @@ def tolerates(tolerations: list[dict], taint: dict) -> bool:
         if t.get("operator", "Equal") == "Exists":
             if not t.get("key") or t["key"] == taint.get("key"):
                 return True
-        elif t.get("key") == taint.get("key") and (t.get("value") or "") == (taint.get("value") or ""):
+        elif t.get("key") == taint.get("key") and (t.get("value") or "") == (
+            taint.get("value") or ""
+        ):
             return True
     return False
 
@@ -129,9 +133,10 @@ def _match_term(term: dict, node: Obj) -> bool:
     fields = term.get("matchFields") or []
     if not exprs and not fields:
         return False  # an empty term matches no node
-    return (all(_match_expression(e, labels.get(e.get("key"))) for e in exprs)
-            and all(_match_expression(f, node["metadata"]["name"] if f.get("key") == "metadata.name" else None)
-                    for f in fields))
+    return all(_match_expression(e, labels.get(e.get("key"))) for e in exprs) and all(
+        _match_expression(f, node["metadata"]["name"] if f.get("key") == "metadata.name" else None)
+        for f in fields
+    )
 
 
 def matches_node_affinity(pod: Obj, node: Obj) -> bool:
@@ -140,8 +145,9 @@ def matches_node_affinity(pod: Obj, node: Obj) -> bool:
     for k, v in (spec.get("nodeSelector") or {}).items():
         if labels.get(k) != v:
             return False
-    required = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
-                .get("requiredDuringSchedulingIgnoredDuringExecution"))
+    required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    )
     if required is None:
         return True
     return any(_match_term(t, node) for t in required.get("nodeSelectorTerms") or [])
@@ -156,9 +162,11 @@ class NodeUsage:
 
 def _allocatable(node: Obj) -> tuple[int, int, int]:
     alloc = (node.get("status") or {}).get("allocatable") or {}
-    return (_quantity(alloc.get("cpu", "0"), cpu_millicores),
-            _quantity(alloc.get("memory", "0"), memory_bytes),
-            int(alloc.get("pods", "110")))
+    return (
+        _quantity(alloc.get("cpu", "0"), cpu_millicores),
+        _quantity(alloc.get("memory", "0"), memory_bytes),
+        int(alloc.get("pods", "110")),
+    )
 
 
 def node_filter(pod: Obj, node: Obj, usage: NodeUsage) -> tuple[list[str], bool]:
@@ -171,11 +179,14 @@ def node_filter(pod: Obj, node: Obj, usage: NodeUsage) -> tuple[list[str], bool]
     tolerations = spec.get("tolerations") or []
     node_spec = node.get("spec") or {}
     if node_spec.get("unschedulable") and not tolerates(
-            tolerations, {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}):
+        tolerations, {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
+    ):
         return [REASON_UNSCHEDULABLE], False
     for taint in node_spec.get("taints") or []:
         if taint.get("effect") in ("NoSchedule", "NoExecute") and not tolerates(tolerations, taint):
-            return [f"node(s) had untolerated taint {{{taint.get('key')}: {taint.get('value', '')}}}"], False
+            return [
+                f"node(s) had untolerated taint {{{taint.get('key')}: {taint.get('value', '')}}}"
+            ], False
     if not matches_node_affinity(pod, node):
         return [REASON_AFFINITY], False
     cpu, mem = pod_requests(pod)
@@ -190,14 +201,22 @@ def node_filter(pod: Obj, node: Obj, usage: NodeUsage) -> tuple[list[str], bool]
     return reasons, True
 
 
-def fit_error(num_nodes: int, node_reasons: dict[str, list[str]], preemptable: dict[str, bool]) -> str:
+def fit_error(
+    num_nodes: int, node_reasons: dict[str, list[str]], preemptable: dict[str, bool]
+) -> str:
     """The framework's FitError text, with the default preemption plugin's postfix."""
     histogram = Counter(r for reasons in node_reasons.values() for r in reasons)
-    msg = f"0/{num_nodes} nodes are available: " + ", ".join(
-        sorted(f"{n} {r}" for r, n in histogram.items())) + "."
+    msg = (
+        f"0/{num_nodes} nodes are available: "
+        + ", ".join(sorted(f"{n} {r}" for r, n in histogram.items()))
+        + "."
+    )
     post = Counter(NO_VICTIMS if preemptable[name] else NOT_HELPFUL for name in node_reasons)
-    msg += f" preemption: 0/{num_nodes} nodes are available: " + ", ".join(
-        sorted(f"{n} {r}" for r, n in post.items())) + ".."
+    msg += (
+        f" preemption: 0/{num_nodes} nodes are available: "
+        + ", ".join(sorted(f"{n} {r}" for r, n in post.items()))
+        + ".."
+    )
     return msg
 
 
@@ -219,8 +238,11 @@ def _key(pod: Obj) -> tuple[str, str]:
 
 def _wants_scheduling(pod: Obj) -> bool:
     spec = pod.get("spec") or {}
-    return (not spec.get("nodeName") and not is_terminal(pod)
-            and spec.get("schedulerName", COMPONENT) == COMPONENT)
+    return (
+        not spec.get("nodeName")
+        and not is_terminal(pod)
+        and spec.get("schedulerName", COMPONENT) == COMPONENT
+    )
 
 
 class Scheduler:
@@ -246,7 +268,9 @@ class Scheduler:
         for task in (self._task, self._flush_task):
             if task is not None:
                 task.cancel()
-        await asyncio.gather(*(t for t in (self._task, self._flush_task) if t), return_exceptions=True)
+        await asyncio.gather(
+            *(t for t in (self._task, self._flush_task) if t), return_exceptions=True
+        )
         self._task = self._flush_task = None
 
     # -- change feed ------------------------------------------------------------
@@ -271,7 +295,8 @@ class Scheduler:
     def _retry_unschedulable(self) -> None:
         if self._unschedulable:
             asyncio.get_running_loop().call_later(
-                self.clock.wall_seconds(RETRY_BACKOFF_SECONDS), self._move_unschedulable)
+                self.clock.wall_seconds(RETRY_BACKOFF_SECONDS), self._move_unschedulable
+            )
 
     def _move_unschedulable(self) -> None:
         for key in sorted(self._unschedulable):
@@ -297,7 +322,9 @@ class Scheduler:
                 if pod is not None and _wants_scheduling(pod):
                     try:
                         self.schedule_one(pod)
-                    except errors.ApiError as exc:  # deleted or changed under us: next event retries
+                    except (
+                        errors.ApiError
+                    ) as exc:  # deleted or changed under us: next event retries
                         log.debug("scheduling %s/%s: %s", *key, exc.message)
                 await asyncio.sleep(0)  # let the API server serve requests between pods
 
@@ -344,16 +371,22 @@ class Scheduler:
         bound = self.store.update(PODS, bound)
         self._set_scheduled_condition(bound, "True", None, None)
         ns, name = _key(pod)
-        self.recorder.record(bound, "Normal", "Scheduled",
-                             f"Successfully assigned {ns}/{name} to {node_name}", COMPONENT)
+        self.recorder.record(
+            bound,
+            "Normal",
+            "Scheduled",
+            f"Successfully assigned {ns}/{name} to {node_name}",
+            COMPONENT,
+        )
 
     def _unschedulable_pod(self, pod: Obj, message: str) -> None:
         self._unschedulable.add(_key(pod))
         pod = self._set_scheduled_condition(pod, "False", "Unschedulable", message)
         self.recorder.record(pod, "Warning", "FailedScheduling", message, COMPONENT)
 
-    def _set_scheduled_condition(self, pod: Obj, status: str, reason: str | None,
-                                 message: str | None) -> Obj:
+    def _set_scheduled_condition(
+        self, pod: Obj, status: str, reason: str | None, message: str | None
+    ) -> Obj:
         st = self.store.copy(pod.get("status") or {})
         st.setdefault("phase", "Pending")
         conditions = st.setdefault("conditions", [])
@@ -370,6 +403,15 @@ class Scheduler:
             else:
                 cond[k] = v
         meta = pod["metadata"]
-        return self.store.update(PODS, {"metadata": {"namespace": meta.get("namespace"), "name": meta["name"],
-                                                     "uid": meta["uid"]}, "status": st},
-                                 subresource="status")
+        return self.store.update(
+            PODS,
+            {
+                "metadata": {
+                    "namespace": meta.get("namespace"),
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                },
+                "status": st,
+            },
+            subresource="status",
+        )

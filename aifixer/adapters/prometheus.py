@@ -1,0 +1,94 @@
+"""Prometheus, read over its HTTP API with `requests` (`/api/v1/query_range`).
+
+Forecast scaling reads a Deployment's CPU history from it: the cAdvisor series of the
+Deployment's pods, found through kube-state-metrics' owner series (pod → ReplicaSet →
+Deployment, as kube-prometheus' `namespace_workload_pod:kube_pod_owner:relabel` does),
+so a StatefulSet or a Deployment whose name starts the same is never counted in.
+
+Errors are decided here once: unreachable, timeouts, 5xx and 429 are `TransientError`
+(429 and 503 with their Retry-After); a query Prometheus refuses (400, 422 with its
+own words) is `PermanentError`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import requests
+
+from aifixer.settings import Settings
+
+from .errors import PermanentError, get_json
+
+SYSTEM = "prometheus"
+MAX_POINTS = 11_000  # Prometheus refuses a range query of more than 11,000 points per series
+
+Series = tuple[dict[str, str], list[tuple[float, float]]]
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def deployment_cpu_query(namespace: str, name: str, window: str = "1m") -> str:
+    """The cores a Deployment's pods use, summed: one series."""
+    ns = _quote(namespace)
+    return (
+        f'sum(rate(container_cpu_usage_seconds_total{{namespace={ns}, container!=""}}[{window}])'
+        " * on (namespace, pod) group_left() max by (namespace, pod) ("
+        f'kube_pod_owner{{namespace={ns}, owner_kind="ReplicaSet"}}'
+        " * on (namespace, owner_name) group_left() max by (namespace, owner_name) ("
+        f'label_replace(kube_replicaset_owner{{namespace={ns}, owner_kind="Deployment",'
+        f' owner_name={_quote(name)}}}, "owner_name", "$1", "replicaset", "(.*)"))))'
+    )
+
+
+class Prometheus:
+    """A Prometheus (or Prometheus-compatible: Thanos, Mimir, VictoriaMetrics) query API."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.prometheus_url:
+            raise PermanentError(SYSTEM, "AIFIXER_PROMETHEUS_URL is not set")
+        self.base = settings.prometheus_url.rstrip("/")
+        self.timeout = settings.request_timeout_s
+        self.http = requests.Session()
+        if settings.prometheus_org_id:
+            self.http.headers["X-Scope-OrgID"] = settings.prometheus_org_id
+
+    def close(self) -> None:
+        self.http.close()
+
+    def query_range(self, promql: str, start: float, end: float, step: float) -> list[Series]:
+        """A range query: [(labels, [(t, value)])], values as floats (NaN kept).
+
+        Raises:
+            ValueError: more points than Prometheus answers for (raise the step).
+            TransientError, PermanentError.
+        """
+        if step <= 0 or end < start:
+            raise ValueError(f"need start <= end and step > 0, got {start}, {end}, {step}")
+        if (end - start) / step + 1 > MAX_POINTS:
+            raise ValueError(f"{(end - start) / step:.0f} points per series, at most {MAX_POINTS}")
+        body = get_json(
+            self.http,
+            SYSTEM,
+            f"{self.base}/api/v1/query_range",
+            {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"},
+            self.timeout,
+        )
+        if body.get("status") != "success" or body.get("data", {}).get("resultType") != "matrix":
+            raise PermanentError(SYSTEM, f"unexpected answer: {str(body)[:300]}")
+        return [
+            (dict(r.get("metric") or {}), [(float(t), float(v)) for t, v in r.get("values") or []])
+            for r in body["data"]["result"]
+        ]
+
+    def deployment_cpu(
+        self, namespace: str, name: str, start: float, end: float, step: float, window: str = "1m"
+    ) -> list[float]:
+        """The Deployment's total CPU (cores) at every step from start to end; NaN where
+        Prometheus has no value (no pods, or no scrape)."""
+        series = self.query_range(deployment_cpu_query(namespace, name, window), start, end, step)
+        points = {round(t, 3): v for t, v in series[0][1]} if series else {}
+        count = int(math.floor((end - start) / step + 1e-9)) + 1
+        return [points.get(round(start + i * step, 3), math.nan) for i in range(count)]
