@@ -152,29 +152,12 @@ class Settings(BaseSettings):
     @field_validator("gitops_paths", mode="before")
     @classmethod
     def _comma_map(cls, v):
-        if isinstance(v, str):
-            out = {}
-            for item in v.split(","):
-                if item.strip():
-                    key, sep, path = item.partition("=")
-                    if not sep:
-                        raise ValueError(f"expected namespace/name=path, got {item!r}")
-                    out[key.strip()] = path.strip()
-            return out
-        return v
+        return _pairs(v, "namespace/name=path")
 
     @field_validator("cpu_levels", mode="before")
     @classmethod
     def _levels_map(cls, v):
-        if isinstance(v, str):
-            out = {}
-            for item in v.split(","):
-                if item.strip():
-                    alert, sep, value = item.partition("=")
-                    if not sep:
-                        raise ValueError(f"expected AlertName=label-value, got {item!r}")
-                    out[alert.strip()] = value.strip()
-            v = out
+        v = _pairs(v, "AlertName=label-value")
         for alert, value in (v or {}).items():
             if not LABEL_VALUE.fullmatch(value):
                 raise ValueError(f"{value!r} (for {alert}) is not a valid Kubernetes label value")
@@ -207,6 +190,20 @@ class Settings(BaseSettings):
 LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _pairs(v, shape: str):
+    """"k=v,k2=v2" as a dict (anything else as given); `shape` names the expected form."""
+    if not isinstance(v, str):
+        return v
+    out = {}
+    for item in v.split(","):
+        if item.strip():
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"expected {shape}, got {item!r}")
+            out[key.strip()] = value.strip()
+    return out
 
 
 def with_password(url: str, password: SecretStr | None) -> str:

@@ -436,7 +436,11 @@ class FarmRun:
             states = self.incidents()
             if progress is not None:
                 progress([incident_report(s) for s in states])
-            if self.finished(states) or time.monotonic() >= deadline:
+            if self.finished(states):
+                # Read again: `finished` looks at the escalation now, and the records
+                # read before it may miss the last call (written before it ended).
+                return self.incidents()
+            if time.monotonic() >= deadline:
                 return states
             for p in self.procs:
                 if p.popen.poll() is not None:

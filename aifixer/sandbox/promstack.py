@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -148,17 +149,32 @@ def start_prometheus(
             sort_keys=False,
         )
     )
-    port = port or free_port()
-    proc = spawn(
+    return _serve(
         "prometheus",
         [
             exe,
             f"--config.file={config}",
             f"--storage.tsdb.path={workdir / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
             "--storage.tsdb.retention.time=30d",
-            "--log.level=warn",
         ],
+        workdir,
+        port,
+        wait=_wait_scraped,
+    )
+
+
+def _serve(
+    name: str,
+    args: list[str],
+    workdir: Path,
+    port: int | None,
+    wait: Callable[[str, Process], None] | None = None,
+) -> tuple[str, Process]:
+    """`args` listening on 127.0.0.1 (a free port unless given), ready (and `wait`ed)."""
+    port = port or free_port()
+    proc = spawn(
+        name,
+        [*args, f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
         {"PATH": "/usr/bin:/bin"},
         workdir,
     )
@@ -166,7 +182,8 @@ def start_prometheus(
     try:
         wait_port(port, 30, proc.popen)
         _wait_ready(url, proc)
-        _wait_scraped(url, proc)
+        if wait is not None:
+            wait(url, proc)
     except BaseException:
         proc.stop()
         raise
@@ -239,28 +256,17 @@ def start_alertmanager(
         )
     )
     config.chmod(0o600)  # it holds the webhook's token
-    port = port or free_port()
-    proc = spawn(
+    return _serve(
         "alertmanager",
         [
             exe,
             f"--config.file={config}",
             f"--storage.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
             "--cluster.listen-address=",  # single node: no gossip port on 0.0.0.0:9094
-            "--log.level=warn",
         ],
-        {"PATH": "/usr/bin:/bin"},
         workdir,
+        port,
     )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_port(port, 30, proc.popen)
-        _wait_ready(url, proc)
-    except BaseException:
-        proc.stop()
-        raise
-    return url, proc
 
 
 def rule_file_from(

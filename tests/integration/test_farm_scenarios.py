@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import traceback
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
@@ -41,9 +43,39 @@ def _deployment(docs: list[dict], namespace: str, name: str) -> dict:
     )
 
 
-@pytest.mark.timeout(300)
+# The scenarios play side by side, a few at a time: each farm mostly waits (polls,
+# rollouts, the verification window), so three share two cores without slowing down.
+PARALLEL = 3
+
+
+@pytest.fixture(scope="module")
+def played(request, tmp_path_factory) -> dict[str, str | None]:
+    """Every selected scenario played and checked: its failure (traceback), or None."""
+    selected = [
+        item.callspec.params["path"]
+        for item in request.session.items
+        if getattr(item, "originalname", "") == "test_farm_reaches_the_expected_outcome"
+    ]
+
+    def one(path):
+        try:
+            play_and_check(path, tmp_path_factory.mktemp(path.stem))
+        except BaseException:  # noqa: BLE001 - reported by the scenario's own test
+            return path.stem, traceback.format_exc()
+        return path.stem, None
+
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        return dict(pool.map(one, selected))
+
+
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
-def test_farm_reaches_the_expected_outcome(path, tmp_path):
+def test_farm_reaches_the_expected_outcome(path, played):
+    failure = played[path.stem]
+    assert failure is None, failure
+
+
+def play_and_check(path, tmp_path) -> None:
     sc = scenario_mod.load(path)
     with FarmRun(sc, tmp_path / "run", speed=30) as run:
         states = run.wait(timeout=180)
