@@ -29,4 +29,4 @@ RUN pip install --no-deps .
 USER 10001:10001
 WORKDIR /home/aifixer
 EXPOSE 8000 5555
-CMD ["celery", "-A", "aifixer", "worker", "-Q", "polls,model,cluster,notify", "--loglevel=INFO"]
+CMD ["celery", "-A", "aifixer", "worker", "-Q", "polls,model,cluster,notify,scaling", "--loglevel=INFO"]

@@ -10,6 +10,7 @@ from aifixer.settings import get_settings
 
 _interval = get_settings().poll_interval_s
 _watchdog = get_settings().watchdog_interval_s
+_scaling = get_settings().scaling_interval_s
 
 beat_schedule = {
     "poll-loki": {
@@ -22,6 +23,19 @@ beat_schedule = {
         "schedule": _interval,
         "options": {"queue": "polls", "expires": _interval},
     },
+    # Forecast scaling: only Deployments annotated aifixer.io/forecast-scaling, and
+    # only when a Prometheus is configured.
+    **(
+        {
+            "forecast-scaling": {
+                "task": "aifixer.tasks.forecast_scaling",
+                "schedule": _scaling,
+                "options": {"queue": "scaling", "expires": _scaling},
+            }
+        }
+        if get_settings().prometheus_url
+        else {}
+    ),
     # Incidents that stopped moving (a lost message, a worker gone) are finished.
     "watchdog": {
         "task": "aifixer.tasks.watchdog",

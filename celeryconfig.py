@@ -57,8 +57,13 @@ broker_transport_options = {"visibility_timeout": 3600}
 #   starved by a burst of incidents.
 # - memory: incident memory (recall before patch, remember after finalize), the
 #   only work that loads the embedding model; run it on its own workers.
+# - scaling: forecast scaling's periodic pass (Prometheus history, a forecast per
+#   opted-in Deployment); a slow forecast never delays detection.
 # A worker serves the queues named with `-Q`.
-task_queues = (Queue("polls"), Queue("model"), Queue("cluster"), Queue("notify"), Queue("memory"))
+task_queues = (
+    Queue("polls"), Queue("model"), Queue("cluster"), Queue("notify"), Queue("memory"),
+    Queue("scaling"),
+)  # fmt: skip
 task_routes = {
     "aifixer.tasks.poll_*": {"queue": "polls"},
     "aifixer.tasks.ingest_signals": {"queue": "polls"},
@@ -68,6 +73,7 @@ task_routes = {
     "aifixer.tasks.apply": {"queue": "cluster"},
     "aifixer.tasks.verify": {"queue": "cluster"},
     "aifixer.tasks.label_cpu_level": {"queue": "cluster"},
+    "aifixer.tasks.forecast_scaling": {"queue": "scaling"},
     "aifixer.tasks.open_pr": {"queue": "notify"},
     "aifixer.tasks.call_oncall": {"queue": "notify"},
     "aifixer.tasks.finalize": {"queue": "notify"},

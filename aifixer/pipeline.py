@@ -86,6 +86,12 @@ class Context:
         return Kube(self.settings)
 
     @cached_property
+    def prometheus(self):
+        from .adapters.prometheus import Prometheus
+
+        return Prometheus(self.settings)
+
+    @cached_property
     def loki(self):
         from .adapters.loki import Loki
 

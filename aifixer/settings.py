@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     prometheus_url: str = ""
     prometheus_org_id: str | None = None  # X-Scope-OrgID for Mimir, Cortex or Thanos
 
+    # -- forecast scaling: Deployments opt in by annotations (aifixer.io/forecast-*)
+    scaling_interval_s: float = Field(default=60, gt=0)
+    scaling_history_s: float = Field(default=1800, gt=0)  # the seed read 30 minutes
+    scaling_step_s: float = Field(default=15, gt=0)
+    scaling_forecaster: Literal["holt", "seasonal-naive"] = "holt"
+
     # -- CPU levels: Alertmanager's CPU alerts put one label on the pod they name.
     # AIFIXER_CPU_LEVELS maps an alert name to the label's value, comma-separated
     # ("PodCpuFailure=panne,..."); AIFIXER_CPU_LEVEL_LABEL is the label's key ("status"

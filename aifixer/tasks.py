@@ -41,7 +41,7 @@ from . import pipeline
 from .adapters.errors import PermanentError, TransientError
 from .app import app
 from .models import IncidentState
-from .scaling import levels
+from .scaling import levels, scaler
 from .store import Busy, StaleRecord
 
 log = logging.getLogger("aifixer.tasks")
@@ -525,3 +525,18 @@ def label_cpu_level(self, pod_id: str) -> str:
         log.error("[%s] CPU level: %s", pod_id, exc)
         return "failed"
     return outcome
+
+
+# -- forecast scaling ---------------------------------------------------------------------
+
+
+@app.task(bind=True, name="aifixer.tasks.forecast_scaling", acks_late=False, ignore_result=True)
+def forecast_scaling(self) -> int:
+    """Periodic: one decision per opted-in Deployment (see scaling.scaler); a pass that
+    fails (Prometheus or the cluster unreachable) is logged and the next one tries again."""
+    ctx = context()
+    try:
+        return len(scaler.scale_once(ctx.kube, ctx.prometheus, ctx.redis, ctx.settings))
+    except (TransientError, PermanentError, redis_lib.RedisError) as exc:
+        log.warning("forecast scaling: %s (the next pass tries again)", exc)
+        return 0

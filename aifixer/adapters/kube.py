@@ -420,6 +420,54 @@ class Kube:
                 return None
             raise
 
+    # -- forecast scaling -------------------------------------------------------------
+
+    def deployments(self, namespace: str | None) -> list[Manifest]:
+        """The Deployments of one namespace (None: of every namespace).
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        return self._list(
+            self.apps.list_namespaced_deployment,
+            self.apps.list_deployment_for_all_namespaces,
+            namespace or "",
+        )
+
+    def autoscaler_of(self, namespace: str, name: str) -> str | None:
+        """The HorizontalPodAutoscaler (autoscaling/v2) that scales this Deployment, if any.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        api = client.AutoscalingV2Api(self.api_client)
+        hpas = self._json(api.list_namespaced_horizontal_pod_autoscaler, namespace)
+        for hpa in hpas.get("items") or []:
+            ref = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+            if ref.get("kind") == "Deployment" and ref.get("name") == name:
+                return hpa["metadata"]["name"]
+        return None
+
+    def set_replicas(self, namespace: str, name: str, replicas: int, expected: int) -> Manifest:
+        """Set `spec.replicas`, only if it still is `expected` (a JSON patch `test`).
+
+        Raises:
+            Conflict: someone changed the replicas since they were read.
+            TransientError, PermanentError.
+        """
+        body = [
+            {"op": "test", "path": "/spec/replicas", "value": expected},
+            {"op": "replace", "path": "/spec/replicas", "value": replicas},
+        ]
+        try:
+            return self._json(self.apps.patch_namespaced_deployment, name, namespace, body)
+        except PermanentError as exc:
+            if exc.status in (409, 422):
+                raise Conflict(
+                    SYSTEM, f"{namespace}/{name}: replicas changed since read ({exc.message})"
+                ) from exc
+            raise
+
     def pods_of(self, deployment: Manifest) -> list[Manifest]:
         """The pods the Deployment's selector matches (every revision's).
 

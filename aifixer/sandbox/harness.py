@@ -266,7 +266,7 @@ def start_farm(
         worker("memory0", "memory", 1),
     ]
     procs += [
-        worker(f"worker{i}", "polls,model,cluster,notify", concurrency) for i in range(workers)
+        worker(f"worker{i}", "polls,model,cluster,notify,scaling", concurrency) for i in range(workers)
     ]
     wait_port(int(env["AIFIXER_WEB_PORT"]), 30, procs[0].popen)
     return procs

@@ -131,6 +131,31 @@ class SeasonalNaive:
         return [values[len(values) - season + (h % season)] for h in range(horizon)]
 
 
+@dataclass
+class Holt:
+    """Holt's linear trend (double exponential smoothing): level and trend, no season.
+
+    Works from a few minutes of history; follows ramps, not cycles.
+    """
+
+    alpha: float = 0.5
+    beta: float = 0.3
+    name: str = "holt"
+
+    def predict(self, values: Sequence[float], step_s: float, horizon: int) -> list[float]:
+        if len(values) < 2:
+            raise ForecastError("Holt needs at least two samples")
+        level, trend = values[0], values[1] - values[0]
+        for v in values[1:]:
+            previous = level
+            level = self.alpha * v + (1 - self.alpha) * (level + trend)
+            trend = self.beta * (level - previous) + (1 - self.beta) * trend
+        return [level + (h + 1) * trend for h in range(horizon)]
+
+
+FORECASTERS = {"holt": Holt, "seasonal-naive": SeasonalNaive}
+
+
 class ForecastError(ValueError):
     """No forecast can be made from this history; the message says why."""
 

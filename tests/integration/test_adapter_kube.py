@@ -224,3 +224,42 @@ def test_a_stopped_server_is_transient(tmp_path):
 def test_a_missing_kubeconfig_is_permanent(tmp_path):
     with pytest.raises(PermanentError):
         Kube(Settings(kubeconfig=tmp_path / "missing", state_dir=tmp_path))
+
+
+def test_forecast_scaling_reads_deployments_and_hpas_and_sets_replicas_guarded(oom):
+    _, world, kube = oom
+    from kubernetes import client as k8s
+    from kubernetes import config as k8s_config
+
+    from aifixer.adapters.errors import Conflict
+
+    (dep,) = [d for d in kube.deployments("shop") if d["metadata"]["name"] == "report-api"]
+    assert [d["metadata"]["name"] for d in kube.deployments(None)] == ["report-api"]
+    assert kube.autoscaler_of("shop", "report-api") is None
+    api = k8s.AutoscalingV2Api(
+        k8s_config.new_client_from_config(config_file=world.endpoints.kubeconfig)
+    )
+    api.create_namespaced_horizontal_pod_autoscaler(
+        "shop",
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "report"},
+            "spec": {
+                "scaleTargetRef": {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "name": "report-api",
+                },
+                "minReplicas": 1,
+                "maxReplicas": 4,
+            },
+        },
+    )
+    assert kube.autoscaler_of("shop", "report-api") == "report"
+    replicas = dep["spec"]["replicas"]
+    scaled = kube.set_replicas("shop", "report-api", replicas + 1, expected=replicas)
+    assert scaled["spec"]["replicas"] == replicas + 1
+    with pytest.raises(Conflict, match="replicas changed"):
+        kube.set_replicas("shop", "report-api", 9, expected=replicas)  # it is replicas + 1 now
+    assert kube.get_deployment("shop", "report-api")["spec"]["replicas"] == replicas + 1

@@ -57,9 +57,12 @@ def played(request, tmp_path_factory) -> dict[str, str | None]:
         if getattr(item, "originalname", "") == "test_farm_reaches_the_expected_outcome"
     ]
 
+    # Made here, not in the threads: pytest's temporary directories are not thread-safe.
+    workdirs = {path: tmp_path_factory.mktemp(path.stem) for path in selected}
+
     def one(path):
         try:
-            play_and_check(path, tmp_path_factory.mktemp(path.stem))
+            play_and_check(path, workdirs[path])
         except BaseException:  # noqa: BLE001 - reported by the scenario's own test
             return path.stem, traceback.format_exc()
         return path.stem, None

@@ -105,3 +105,104 @@ def test_no_forecast_leaves_the_replicas_alone_and_says_why(values, words):
     d = run(values, replicas=4)
     assert d.replicas_after == 4 and not d.changes
     assert words in d.reason and d.reason.startswith("replicas left at 4")
+
+
+# -- one pass over the cluster (scaling.scaler), with a real Redis --------------------
+
+
+class Cluster:
+    def __init__(self, deployments, hpas=None):
+        self.deps = deployments
+        self.hpas = hpas or {}
+        self.scaled = []
+
+    def deployments(self, namespace):
+        return [d for d in self.deps if namespace in (None, d["metadata"]["namespace"])]
+
+    def autoscaler_of(self, namespace, name):
+        return self.hpas.get(f"{namespace}/{name}")
+
+    def set_replicas(self, namespace, name, replicas, expected):
+        from aifixer.adapters.errors import Conflict
+
+        dep = next(d for d in self.deps if d["metadata"]["name"] == name)
+        if dep["spec"]["replicas"] != expected:
+            raise Conflict("kubernetes", "replicas changed since read")
+        dep["spec"]["replicas"] = replicas
+        self.scaled.append((namespace, name, replicas))
+
+
+class History:
+    def __init__(self, values):
+        self.values = values
+
+    def deployment_cpu(self, namespace, name, start, end, step):
+        return list(self.values)
+
+
+def deployment(name, replicas=2, mode="apply", ns="shop"):
+    ann = {A["mode"]: mode, A["target"]: "500m", A["min"]: "1", A["max"]: "10", A["horizon"]: "1m"}
+    return {"metadata": {"namespace": ns, "name": name, "annotations": ann},
+            "spec": {"replicas": replicas}}  # fmt: skip
+
+
+@pytest.fixture
+def r(redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter("aifixer:scaling:*"):
+        client.delete(key)
+    yield client
+    client.close()
+
+
+def test_a_pass_scales_out_records_and_stands_aside(r):
+    from aifixer.scaling import scaler
+    from aifixer.settings import Settings
+
+    ramp = [0.2 + 0.1 * i for i in range(30)]  # rising towards 3.1 cores
+    cluster = Cluster(
+        [
+            deployment("api"),
+            deployment("web", mode="preview"),
+            deployment("hpa-managed"),
+            {"metadata": {"namespace": "shop", "name": "plain"}, "spec": {"replicas": 1}},
+            deployment("system", ns="kube-system"),
+        ],
+        hpas={"shop/hpa-managed": "hpa-managed"},
+    )
+    settings = Settings(_env_file=None, scaling_step_s=15)
+    made = {d.name: d for d in scaler.scale_once(cluster, History(ramp), r, settings, now=1e6)}
+    assert set(made) == {"api", "web", "hpa-managed"}
+    api = made["api"]
+    assert api.replicas_after == math.ceil(round(api.peak_cores / 0.5, 6)) > 2
+    assert cluster.scaled == [("shop", "api", api.replicas_after)]
+    assert made["web"].changes and "preview" in made["web"].reason
+    assert "HPA hpa-managed" in made["hpa-managed"].reason and not made["hpa-managed"].changes
+    (saved,) = scaler.decisions(r, "shop", "api")
+    assert saved["replicas_after"] == api.replicas_after and saved["history_samples"] == 30
+
+
+def test_a_person_changing_replicas_meanwhile_wins(r):
+    from aifixer.scaling import scaler
+    from aifixer.settings import Settings
+
+    class Racing(Cluster):
+        def set_replicas(self, namespace, name, replicas, expected):
+            self.deps[0]["spec"]["replicas"] = 7  # someone scaled it by hand just now
+            return super().set_replicas(namespace, name, replicas, expected)
+
+    cluster = Racing([deployment("api")])
+    (d,) = scaler.scale_once(cluster, History([0.2 + 0.1 * i for i in range(30)]), r,
+                             Settings(_env_file=None), now=1e6)  # fmt: skip
+    assert cluster.scaled == [] and cluster.deps[0]["spec"]["replicas"] == 7
+    assert "not applied" in d.reason and not d.changes
+
+
+def test_gaps_keep_only_the_trailing_run():
+    from aifixer.scaling.scaler import trailing_finite
+
+    nan = float("nan")
+    assert trailing_finite([1.0, nan, 2.0, 3.0]) == [2.0, 3.0]
+    assert trailing_finite([1.0, 2.0, nan]) == []

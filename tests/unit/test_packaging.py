@@ -23,7 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 KUBERNETES_VERSION = "1.32"
-QUEUES = {"polls", "model", "cluster", "notify", "memory"}
+QUEUES = {"polls", "model", "cluster", "notify", "memory", "scaling"}
 
 
 def _load_all(text: str) -> list[dict[str, Any]]:

@@ -102,6 +102,17 @@ RESOURCES: tuple[Resource, ...] = (
         categories=("all",),
     ),
     Resource("events.k8s.io", "v1", "events", "Event", "event", True, ("ev",), storage="events"),
+    Resource(
+        "autoscaling",
+        "v2",
+        "horizontalpodautoscalers",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscaler",
+        True,
+        ("hpa",),
+        subresources=("status",),
+        categories=("all",),
+    ),
 )
 
 _BY_PATH = {(r.group, r.version, r.plural): r for r in RESOURCES}
