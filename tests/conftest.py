@@ -31,6 +31,19 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture
+def clean_redis(redis_url):
+    """A client of the test Redis with no aifixer key left by an earlier test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    stale = list(client.scan_iter(match="aifixer:*", count=1000))
+    if stale:
+        client.delete(*stale)
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def make_world(tmp_path) -> Iterator[Callable]:
     """make_world(scenario=None, speed=30, load=True, apply_change=True) -> started World."""
     from aifixer.sandbox.world import World

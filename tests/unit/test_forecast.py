@@ -147,14 +147,8 @@ def deployment(name, replicas=2, mode="apply", ns="shop"):
 
 
 @pytest.fixture
-def r(redis_url):
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter("aifixer:scaling:*"):
-        client.delete(key)
-    yield client
-    client.close()
+def r(clean_redis):
+    return clean_redis
 
 
 def test_a_pass_scales_out_records_and_stands_aside(r):

@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-import redis
 
 from aifixer.scaling import levels
 from aifixer.settings import Settings
@@ -39,12 +38,8 @@ class Pods:
 
 
 @pytest.fixture
-def r(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter("aifixer:cpulevel:*"):
-        client.delete(key)
-    yield client
-    client.close()
+def r(clean_redis):
+    return clean_redis
 
 
 @pytest.fixture
