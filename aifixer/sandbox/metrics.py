@@ -129,6 +129,7 @@ class Metrics:
         self.sim_unserved: dict[tuple[str, str], float] = {}  # core·s of simulated time
         self.sim_demand: dict[tuple[str, str], float] = {}
         self.sim_capacity: dict[tuple[str, str], float] = {}  # ready pods' CPU limits, core·s
+        self.pod_cores: dict[str, float] = {}  # pod uid -> cores used at the last step
         # Load set by hand (POST /sandbox/load), in units, instead of the profile's.
         self.overrides: dict[tuple[str, str], float] = {}
         self._last: tuple[float, float] | None = None  # (wall, sim) of the last step
@@ -163,6 +164,7 @@ class Metrics:
         if dt <= 0:
             return
         mid = (last_sim + sim) / 2
+        usage: dict[str, float] = {}  # pod uid -> cores now, what metrics-server reports
         for dep in self._deployments():
             key = (dep.namespace, dep.name)
             ready = {p["metadata"]["uid"] for p in dep.pods if pod_ready(p)}
@@ -175,6 +177,7 @@ class Metrics:
                     pod, dep.profile, share if uid in ready else None
                 ):
                     self.cpu_seconds[(uid, c)] = self.cpu_seconds.get((uid, c), 0.0) + cores * dt
+                    usage[uid] = usage.get(uid, 0.0) + cores
                     if uid in ready and dep.profile is not None:
                         served += cores
                         capacity += limit
@@ -192,6 +195,8 @@ class Metrics:
             for c, cores, _ in self._usage(pod, None, None):
                 uid = pod["metadata"]["uid"]
                 self.cpu_seconds[(uid, c)] = self.cpu_seconds.get((uid, c), 0.0) + cores * dt
+                usage[uid] = usage.get(uid, 0.0) + cores
+        self.pod_cores = usage
 
     def _demand(self, key: tuple[str, str], profile: LoadProfile | None, t: float) -> float:
         """Cores the Deployment's load asks for at simulated second `t`."""

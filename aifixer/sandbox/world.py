@@ -26,6 +26,7 @@ import yaml
 from aiohttp import web
 
 from . import forge as forge_mod
+from . import hpa as hpa_mod
 from . import loki as loki_mod
 from . import metrics as metrics_mod
 from . import phone as phone_mod
@@ -87,6 +88,9 @@ class World:
         self.logs = loki_mod.LogStore()
         self.cluster = Cluster(self.clock, self._image, self.logs.push)
         self.metrics = metrics_mod.Metrics(self.cluster.store, self.clock, self._image)
+        self.hpa = hpa_mod.HpaController(
+            self.cluster.store, self.clock, self.cluster.recorder, self.metrics
+        )
         self.forge = forge_mod.Forge(self.state_dir / "git", self.github_token)
         self.phone = phone_mod.Phone(
             self.state_dir / "calls", {self.twilio_sid: self.twilio_token}, self.clock
@@ -113,6 +117,7 @@ class World:
             "metrics": metrics_mod.make_app(self.metrics),
         }
         self.metrics.start()
+        self.hpa.start()
         apps["forge"].router.add_get("/sandbox/prs", self._prs_view)
         for name, app in apps.items():
             self.sites[name] = await start_site(Site(name, app, self.ports.get(name, 0)))
@@ -131,6 +136,7 @@ class World:
         return web.json_response(await self.forge.prs())
 
     async def astop(self) -> None:
+        await self.hpa.stop()
         await self.metrics.stop()
         await self.phone.close()
         for site in self.sites.values():
