@@ -448,6 +448,40 @@ def incidents(as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the full decisions as JSON.")
+@click.option("--last", default=20, show_default=True, help="Decisions shown per Deployment.")
+def scaling(as_json: bool, last: int) -> None:
+    """Forecast scaling's decisions (from Redis), per Deployment, oldest first."""
+    from datetime import UTC, datetime
+
+    from . import pipeline
+    from .scaling import scaler
+
+    ctx = pipeline.Context()
+    found = scaler.all_decisions(ctx.redis, last)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    table = Table(title="forecast scaling")
+    for col in ("time", "deployment", "mode", "samples", "now (cores)", "peak (cores)",
+                "replicas", "why"):  # fmt: skip
+        table.add_column(col)
+    for key, decisions in found.items():
+        for d in decisions:
+            table.add_row(
+                datetime.fromtimestamp(d["at"], UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                key,
+                d["mode"],
+                str(d["history_samples"]),
+                "-" if d["current_cores"] is None else f"{d['current_cores']:.3f}",
+                "-" if d["peak_cores"] is None else f"{d['peak_cores']:.3f}",
+                f"{d['replicas_before']} -> {d['replicas_after']}",
+                d["reason"],
+            )
+    console.print(table)
+
+
+@main.command()
 def calls() -> None:
     """The call file: when, who, what was said, and the answer."""
     from .callfile import CallFile

@@ -42,6 +42,16 @@ def decisions(redis: Any, namespace: str, name: str) -> list[dict[str, Any]]:
     return [json.loads(x) for x in redis.lrange(_key(namespace, name), 0, -1)]
 
 
+def all_decisions(redis: Any, last: int = 20) -> dict[str, list[dict[str, Any]]]:
+    """The last `last` decisions of every Deployment, by "namespace/name"."""
+    prefix = _key("", "")[:-1]
+    out = {}
+    for raw in sorted(redis.scan_iter(match=prefix + "*", count=1000)):
+        key = raw.decode() if isinstance(raw, bytes) else raw
+        out[key[len(prefix) :]] = [json.loads(x) for x in redis.lrange(key, -last, -1)]
+    return out
+
+
 def recent(redis: Any, namespace: str, name: str, since: float) -> list[tuple[float, int]]:
     """(time, recommended replicas) of the decisions since `since`."""
     out = []

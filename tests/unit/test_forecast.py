@@ -200,3 +200,26 @@ def test_gaps_keep_only_the_trailing_run():
     nan = float("nan")
     assert trailing_finite([1.0, nan, 2.0, 3.0]) == [2.0, 3.0]
     assert trailing_finite([1.0, 2.0, nan]) == []
+
+
+def test_the_scaling_command_shows_the_decisions(r, redis_url, monkeypatch):
+    from click.testing import CliRunner
+
+    from aifixer import cli
+    from aifixer.scaling import scaler
+    from aifixer.settings import Settings, get_settings
+
+    cluster = Cluster([deployment("api")])
+    scaler.scale_once(cluster, History([0.2 + 0.1 * i for i in range(30)]), r,
+                      Settings(_env_file=None), now=1e6)  # fmt: skip
+    monkeypatch.setenv("AIFIXER_REDIS_URL", redis_url)
+    get_settings.cache_clear()
+    try:
+        out = CliRunner().invoke(cli.main, ["scaling", "--json"])
+        assert out.exit_code == 0, out.output
+        (d,) = __import__("json").loads(out.output)["shop/api"]
+        assert d["replicas_before"] == 2 and d["replicas_after"] > 2
+        table = CliRunner().invoke(cli.main, ["scaling"], env={"COLUMNS": "200"})
+        assert table.exit_code == 0 and "shop/api" in table.output and "2 -> " in table.output
+    finally:
+        get_settings.cache_clear()
