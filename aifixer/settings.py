@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     scaling_history_s: float = Field(default=1800, gt=0)  # the seed read 30 minutes
     scaling_step_s: float = Field(default=15, gt=0)
     scaling_forecaster: Literal["holt", "seasonal-naive"] = "holt"
+    # rate() window over the CPU counters: at least four scrape intervals (kube-prometheus
+    # scrapes cAdvisor every 30 s).
+    scaling_rate_window: str = Field(default="2m", pattern=r"^[0-9]+[smh]$")
 
     # -- CPU levels: Alertmanager's CPU alerts put one label on the pod they name.
     # AIFIXER_CPU_LEVELS maps an alert name to the label's value, comma-separated

@@ -402,22 +402,35 @@ class Kube:
         return self._read(self.core.read_namespaced_pod, name, namespace)
 
     def set_pod_label(
-        self, namespace: str, name: str, key: str, value: str | None
+        self,
+        namespace: str,
+        name: str,
+        key: str,
+        value: str | None,
+        resource_version: str | None = None,
     ) -> Manifest | None:
         """Set one label of a pod (remove it when `value` is None), touching nothing else.
 
-        A merge patch of `metadata.labels.<key>` alone: the pod's other labels, its
-        annotations and its spec are not part of the request. None when the pod is gone.
+        A patch of `metadata.labels.<key>` alone: the pod's other labels, its annotations
+        and its spec are not part of the request. With `resource_version`, the write
+        happens only on that version of the pod. None when the pod is gone.
 
         Raises:
+            Conflict: the pod is no longer at `resource_version`.
             TransientError, PermanentError.
         """
-        body = {"metadata": {"labels": {key: value}}}
+        meta: dict[str, Any] = {"labels": {key: value}}
+        if resource_version:
+            meta["resourceVersion"] = resource_version
         try:
-            return self._json(self.core.patch_namespaced_pod, name, namespace, body)
+            return self._json(self.core.patch_namespaced_pod, name, namespace, {"metadata": meta})
+        except Conflict:
+            raise
         except PermanentError as exc:
             if exc.status == 404:
                 return None
+            if exc.status == 409:
+                raise Conflict(SYSTEM, f"{namespace}/{name}: {exc.message}") from exc
             raise
 
     # -- forecast scaling -------------------------------------------------------------
@@ -462,7 +475,8 @@ class Kube:
         try:
             return self._json(self.apps.patch_namespaced_deployment, name, namespace, body)
         except PermanentError as exc:
-            if exc.status in (409, 422):
+            # The JSON patch `test` failing is a 422 that names the test.
+            if exc.status == 409 or (exc.status == 422 and "test" in exc.message.lower()):
                 raise Conflict(
                     SYSTEM, f"{namespace}/{name}: replicas changed since read ({exc.message})"
                 ) from exc

@@ -417,6 +417,36 @@ class Metrics:
             steps = int(profile.history_seconds // step_s)
             for pod in ready:
                 m = pod["metadata"]
+                rs = _owner(pod, "ReplicaSet") or ""
+                ksm = {
+                    "instance": instance,
+                    "job": "kube-state-metrics",
+                    "namespace": m["namespace"],
+                }
+                times = [now + i * step_s / speed for i in range(-steps, 0)]
+                owners.append(
+                    (
+                        {
+                            **ksm,
+                            "owner_is_controller": "true",
+                            "owner_kind": "ReplicaSet",
+                            "owner_name": rs,
+                            "pod": m["name"],
+                            "uid": m["uid"],
+                        },
+                        times,
+                    )
+                )
+                replicasets[rs] = (
+                    {
+                        **ksm,
+                        "owner_is_controller": "true",
+                        "owner_kind": "Deployment",
+                        "owner_name": dep.name,
+                        "replicaset": rs,
+                    },
+                    times,
+                )
                 for c in pod["spec"]["containers"]:
                     image = self.images(c.get("image", ""))
                     if image is None or image.load != profile:
@@ -433,36 +463,6 @@ class Metrics:
                         "namespace": m["namespace"],
                         "pod": m["name"],
                     }
-                    rs = _owner(pod, "ReplicaSet") or ""
-                    ksm = {
-                        "instance": instance,
-                        "job": "kube-state-metrics",
-                        "namespace": m["namespace"],
-                    }
-                    times = [now + i * step_s / speed for i in range(-steps, 0)]
-                    owners.append(
-                        (
-                            {
-                                **ksm,
-                                "owner_is_controller": "true",
-                                "owner_kind": "ReplicaSet",
-                                "owner_name": rs,
-                                "pod": m["name"],
-                                "uid": m["uid"],
-                            },
-                            times,
-                        )
-                    )
-                    replicasets[rs] = (
-                        {
-                            **ksm,
-                            "owner_is_controller": "true",
-                            "owner_kind": "Deployment",
-                            "owner_name": dep.name,
-                            "replicaset": rs,
-                        },
-                        times,
-                    )
                     total, samples = 0.0, []
                     for i in range(-steps, 0):
                         t = sim_now + i * step_s

@@ -10,6 +10,7 @@ files it is given and sends its alerts to Alertmanager, which posts them to a we
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -243,6 +244,8 @@ def start_alertmanager(
     exe = _binary(ALERTMANAGER, "prometheus-alertmanager")
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "alertmanager.yml"
+    # It holds the webhook's token: readable by this user only, from its creation.
+    os.close(os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     config.write_text(
         yaml.safe_dump(
             alertmanager_config(
@@ -255,7 +258,6 @@ def start_alertmanager(
             sort_keys=False,
         )
     )
-    config.chmod(0o600)  # it holds the webhook's token
     return _serve(
         "alertmanager",
         [
@@ -285,8 +287,10 @@ def rule_file_from(
         for rule in group["rules"]:
             if window:
                 rule["expr"] = re.sub(r"\[\d+[smhd]\]", f"[{window}]", rule["expr"])
-            if hold and "for" in rule:
-                rule["for"] = hold
+            if hold:
+                for key in ("for", "keep_firing_for"):
+                    if key in rule:
+                        rule[key] = hold
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
     return out

@@ -32,6 +32,9 @@ POLICY_ANNOTATIONS = {
     "horizon": PREFIX + "horizon",  # "5m", "90s": at least the time a new pod needs
     "window": PREFIX + "scale-in-window",  # "5m"
 }
+MAX_HORIZON_S = 3_600.0  # an hour ahead: further is not autoscaling
+MAX_WINDOW_S = 86_400.0
+KEPT_POINTS = 60  # of a forecast, in its record
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(s|m|h)")
 _CPU = re.compile(r"(\d+(?:\.\d+)?)(m?)")
 
@@ -89,7 +92,7 @@ class Policy:
             text = a.get(POLICY_ANNOTATIONS[key])
             if text is None:
                 return default
-            if not text.strip().isdigit() or int(text) < 1:
+            if not re.fullmatch(r"[0-9]{1,6}", text.strip()) or int(text) < 1:
                 raise PolicyError(f"{POLICY_ANNOTATIONS[key]}: {text!r} is not a whole number >= 1")
             return int(text)
 
@@ -98,13 +101,19 @@ class Policy:
             raise PolicyError(f"min replicas {low} is above max replicas {high}")
         horizon = a.get(POLICY_ANNOTATIONS["horizon"])
         window = a.get(POLICY_ANNOTATIONS["window"])
+        horizon_s = duration_s(horizon, POLICY_ANNOTATIONS["horizon"]) if horizon else 300.0
+        window_s = duration_s(window, POLICY_ANNOTATIONS["window"]) if window else 300.0
+        if not 0 < horizon_s <= MAX_HORIZON_S:
+            raise PolicyError(f"{POLICY_ANNOTATIONS['horizon']}: at most {MAX_HORIZON_S:g} s")
+        if window_s > MAX_WINDOW_S:
+            raise PolicyError(f"{POLICY_ANNOTATIONS['window']}: at most {MAX_WINDOW_S:g} s")
         return cls(
             mode=mode,  # type: ignore[arg-type]
             target_cores=cpu_cores(target, POLICY_ANNOTATIONS["target"]),
             min_replicas=low,
             max_replicas=high,
-            horizon_s=duration_s(horizon, POLICY_ANNOTATIONS["horizon"]) if horizon else 300.0,
-            scale_in_window_s=duration_s(window, POLICY_ANNOTATIONS["window"]) if window else 300.0,
+            horizon_s=horizon_s,
+            scale_in_window_s=window_s,
         )
 
 
@@ -232,15 +241,17 @@ def decide(
     held = [r for t, r in recent if now - t <= policy.scale_in_window_s]
     after = recommended
     why = f"forecast peak {peak:.3f} cores over {policy.horizon_s:g} s / {policy.target_cores:g} per pod"
-    if recommended < replicas and held and max(held) > recommended:
-        after = min(replicas, max(held))
+    if recommended < replicas and (not held or max(held) > recommended):
+        # Scale in only what every recommendation of the window allows; with none yet
+        # (a new opt-in, records lost), wait for one.
+        after = min(replicas, max(held)) if held else replicas
         why += f"; scale-in held at {after} by the last {policy.scale_in_window_s:g} s"
     if floor_now > wanted:
         why += f"; the load now ({current:.3f} cores) needs {floor_now}"
     base.replicas_after = after
     base.current_cores = current
     base.peak_cores = peak
-    base.forecast = [round(v, 4) for v in forecast]
+    base.forecast = [round(v, 4) for v in forecast[:KEPT_POINTS]]
     base.recommended = recommended
     base.reason = why
     return base

@@ -8,8 +8,9 @@ and resolved, to `aifixer web`, which records them here and enqueues one
 The record is the set of level alerts firing for the pod, each with its `startsAt`:
 the label is the level of the one that started last (the current load, when a
 resolved notice of the previous level arrives late), and is removed when none fires.
-A notice older than what is recorded changes nothing, so Alertmanager's retries and
-out-of-order deliveries are harmless. The task reads the record, not the message, and
+A notice older than what is recorded changes nothing, and a resolved alert leaves a
+tombstone, so Alertmanager's retries, an HA peer's duplicates and out-of-order
+deliveries are harmless. The task reads the record, not the message, and
 checks at the point of action that the namespace is one aifixer may change; it patches
 its one label key and nothing else, only when the value differs; a pod that no longer
 exists is not an error.
@@ -23,12 +24,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from ..adapters.errors import Conflict, TransientError
 from ..adapters.kube import Kube
 from ..guardrails import namespace_refusal
 from ..settings import Settings
 
 log = logging.getLogger("aifixer.scaling.levels")
 
+CONFLICT_ATTEMPTS = 5
 KEEP_S = 86_400  # a pod's record lives a day past its last notice (firing alerts repeat)
 POD_ID = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?")
 
@@ -74,16 +77,20 @@ def _key(pod_id: str) -> str:
     return f"aifixer:cpulevel:{pod_id}"
 
 
-# Firing: record it unless a later start of the same alert is recorded. Resolved: drop
-# it unless what is recorded started later (a new firing of the same alert).
+# Each alert of a pod has one field: its startsAt while it fires, minus its startsAt once
+# resolved (a tombstone). A firing notice counts only if it started after what is
+# recorded (a late or repeated "firing" of an alert already resolved brings nothing
+# back); a resolved notice only if it is not older than the firing it ends.
 _RECORD = """
 local current = redis.call('HGET', KEYS[1], ARGV[1])
+local at = tonumber(ARGV[3])
+local seen = current and math.abs(tonumber(current)) or nil
 if ARGV[2] == 'firing' then
-  if not current or tonumber(current) <= tonumber(ARGV[3]) then
+  if not seen or (tonumber(current) > 0 and seen <= at) or (tonumber(current) <= 0 and seen < at) then
     redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
   end
-elseif current and tonumber(current) <= tonumber(ARGV[3]) then
-  redis.call('HDEL', KEYS[1], ARGV[1])
+elseif not seen or seen <= at then
+  redis.call('HSET', KEYS[1], ARGV[1], '-' .. ARGV[3])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
@@ -104,11 +111,15 @@ def record(redis: Any, alerts: list[LevelAlert]) -> list[str]:
 
 def desired(redis: Any, pod_id: str, settings: Settings) -> str | None:
     """The level the pod's label must say, or None when no level alert fires for it."""
-    firing = {
+    recorded = {
         (k.decode() if isinstance(k, bytes) else k): float(v)
         for k, v in (redis.hgetall(_key(pod_id)) or {}).items()
     }
-    known = [(started, name) for name, started in firing.items() if name in settings.cpu_levels]
+    known = [
+        (started, name)
+        for name, started in recorded.items()
+        if started > 0 and name in settings.cpu_levels  # resolved ones are negative
+    ]
     if not known:
         return None
     _, latest = max(known)
@@ -129,15 +140,26 @@ def label_pod(kube: Kube, redis: Any, settings: Settings, pod_id: str) -> Outcom
     if refusal:
         log.warning("[%s] level not set: %s", pod_id, refusal)
         return "refused"
-    want = desired(redis, pod_id, settings)
-    pod = kube.get_pod(namespace, name)
-    if pod is None:
-        return "gone"
     key = settings.cpu_level_label
-    have = ((pod.get("metadata") or {}).get("labels") or {}).get(key)
-    if have == want:
-        return "unchanged"
-    if kube.set_pod_label(namespace, name, key, want) is None:
-        return "gone"
-    log.info("[%s] %s: %s -> %s", pod_id, key, have, want)
-    return "set" if want is not None else "removed"
+    for _ in range(CONFLICT_ATTEMPTS):
+        # The pod first, then the record, then a write guarded by the pod's version: of
+        # two tasks for one pod, the one that read the older record cannot write last.
+        pod = kube.get_pod(namespace, name)
+        if pod is None:
+            return "gone"
+        want = desired(redis, pod_id, settings)
+        meta = pod.get("metadata") or {}
+        have = (meta.get("labels") or {}).get(key)
+        if have == want:
+            return "unchanged"
+        try:
+            written = kube.set_pod_label(
+                namespace, name, key, want, resource_version=meta.get("resourceVersion")
+            )
+        except Conflict:
+            continue  # the pod changed (another task, the kubelet): read both again
+        if written is None:
+            return "gone"
+        log.info("[%s] %s: %s -> %s", pod_id, key, have, want)
+        return "set" if want is not None else "removed"
+    raise TransientError("kubernetes", f"{pod_id} kept changing while its level was set")

@@ -14,10 +14,10 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
-from ..adapters.errors import Conflict
+from ..adapters.errors import AdapterError, Conflict
 from ..guardrails import namespace_refusal
 from ..settings import Settings
 from .forecast import FORECASTERS, Decision, Policy, PolicyError, decide
@@ -89,7 +89,20 @@ def scale_once(kube: Any, prom: Any, redis: Any, settings: Settings, now: float 
                 continue
             if policy is None or namespace_refusal(namespace, settings):
                 continue
-            made.append(_one(kube, prom, redis, settings, forecaster, policy, dep, now))
+            policy = replace(
+                policy,
+                min_replicas=min(policy.min_replicas, settings.max_replicas),
+                max_replicas=min(policy.max_replicas, settings.max_replicas),
+            )
+            try:
+                made.append(_one(kube, prom, redis, settings, forecaster, policy, dep, now))
+            except (AdapterError, ValueError) as exc:  # this one waits; the others go on
+                replicas = int((dep.get("spec") or {}).get("replicas", 1))
+                d = Decision(namespace, name, now, policy.mode, replicas, replicas, forecaster.name,
+                             reason=f"replicas left at {replicas}: {exc}")  # fmt: skip
+                record(redis, d)
+                log.warning("[%s/%s] forecast scaling: %s", namespace, name, exc)
+                made.append(d)
     return made
 
 
@@ -102,7 +115,8 @@ def _one(kube, prom, redis, settings, forecaster, policy: Policy, dep, now: floa
                      reason=f"replicas left at {replicas}: the HPA {hpa} scales this Deployment")  # fmt: skip
     else:
         step = settings.scaling_step_s
-        history = prom.deployment_cpu(namespace, name, now - settings.scaling_history_s, now, step)
+        history = prom.deployment_cpu(namespace, name, now - settings.scaling_history_s, now, step,
+                                      window=settings.scaling_rate_window)  # fmt: skip
         values = trailing_finite(history)
         d = decide(namespace, name, policy, values, step, replicas,
                    recent(redis, namespace, name, now - policy.scale_in_window_s), forecaster, now)  # fmt: skip

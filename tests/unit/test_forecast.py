@@ -41,6 +41,10 @@ def test_annotations_make_the_policy():
         ({A["min"]: "0"}, "whole number"),
         ({A["min"]: "9"}, "above max"),
         ({A["horizon"]: "5 minutes"}, "duration"),
+        ({A["horizon"]: "99999999h"}, "at most 3600"),
+        ({A["window"]: "2000h"}, "at most 86400"),
+        ({A["max"]: "²"}, "whole number"),
+        ({A["max"]: "10000000"}, "whole number"),
     ],
 )
 def test_bad_annotations_say_which_and_why(over, words):
@@ -79,7 +83,7 @@ def test_scale_out_ahead_of_the_peak():
 def test_bounds_and_the_load_of_now():
     d = run([v * 10 for v in DAY])  # 20 cores at the peak: capped at 8
     assert d.replicas_after == 8
-    low = run([0.05] * 47 + [0.06])  # almost nothing: the minimum
+    low = run([0.05] * 47 + [0.06], recent=[(9_990.0, 2)])  # almost nothing: the minimum
     assert low.replicas_after == 2
 
 
@@ -88,8 +92,10 @@ def test_scale_in_waits_for_the_window():
     d = run(values, replicas=6, recent=[(9_900.0, 6), (9_000.0, 8)])
     assert d.recommended == 2 and d.replicas_after == 6
     assert "held" in d.reason
-    later = run(values, replicas=6, recent=[(9_000.0, 6)])  # outside the 5-minute window
+    later = run(values, replicas=6, recent=[(9_000.0, 6), (9_800.0, 2)])  # 6 is outside
     assert later.replicas_after == 2
+    first = run(values, replicas=6)  # no recommendation in the window yet: wait for one
+    assert first.replicas_after == 6 and "held at 6" in first.reason
 
 
 @pytest.mark.parametrize(
@@ -136,7 +142,8 @@ class History:
     def __init__(self, values):
         self.values = values
 
-    def deployment_cpu(self, namespace, name, start, end, step):
+    def deployment_cpu(self, namespace, name, start, end, step, window):
+        assert window == "2m"
         return list(self.values)
 
 
@@ -223,3 +230,23 @@ def test_the_scaling_command_shows_the_decisions(r, redis_url, monkeypatch):
         assert table.exit_code == 0 and "shop/api" in table.output and "2 -> " in table.output
     finally:
         get_settings.cache_clear()
+
+
+def test_one_bad_deployment_does_not_stop_the_pass(r):
+    from aifixer.adapters.errors import TransientError
+    from aifixer.scaling import scaler
+    from aifixer.settings import Settings
+
+    class Flaky(History):
+        def deployment_cpu(self, namespace, name, start, end, step, window):
+            if name == "broken":
+                raise TransientError("prometheus", "503 Service Unavailable")
+            return super().deployment_cpu(namespace, name, start, end, step, window)
+
+    cluster = Cluster([deployment("broken"), deployment("api")])
+    settings = Settings(_env_file=None, max_replicas=5)
+    made = {d.name: d for d in scaler.scale_once(
+        cluster, Flaky([0.2 + 0.1 * i for i in range(30)]), r, settings, now=1e6)}  # fmt: skip
+    assert "503" in made["broken"].reason and not made["broken"].changes
+    assert made["api"].replicas_after == 5  # the farm's own ceiling, under the annotation's 10
+    assert cluster.scaled == [("shop", "api", 5)]

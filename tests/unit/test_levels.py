@@ -24,10 +24,16 @@ class Pods:
     def get_pod(self, namespace: str, name: str):
         return self.pods.get(f"{namespace}/{name}")
 
-    def set_pod_label(self, namespace: str, name: str, key: str, value: str | None):
+    def set_pod_label(self, namespace, name, key, value, resource_version=None):
         pod = self.pods.get(f"{namespace}/{name}")
         if pod is None:
             return None
+        if resource_version is not None and resource_version != pod["metadata"].get(
+            "resourceVersion"
+        ):
+            from aifixer.adapters.errors import Conflict
+
+            raise Conflict("kubernetes", "the object has been modified")
         self.patches.append((f"{namespace}/{name}", key, value))
         labels = pod["metadata"].setdefault("labels", {})
         if value is None:
@@ -72,6 +78,13 @@ def test_late_and_repeated_notices_change_nothing(r, settings):
     for _ in range(3):
         levels.record(r, [notice("PodCpuFailure", "firing", 300)])
     assert r.hgetall("aifixer:cpulevel:shop/api-1") == {b"PodCpuFailure": b"300.0"}
+    # Resolved, then a late (or an HA peer's duplicate) firing of that same alert.
+    levels.record(r, [notice("PodCpuFailure", "resolved", 300)])
+    levels.record(r, [notice("PodCpuFailure", "firing", 300)])
+    assert levels.desired(r, "shop/api-1", settings) is None
+    # A new firing of it (it started again later) counts.
+    levels.record(r, [notice("PodCpuFailure", "firing", 400)])
+    assert levels.desired(r, "shop/api-1", settings) == "high"
     assert 0 < r.ttl("aifixer:cpulevel:shop/api-1") <= levels.KEEP_S
 
 
@@ -151,3 +164,17 @@ def test_label_settings_are_validated():
         Settings(_env_file=None, cpu_levels="PodCpuFailure=en panne")
     with pytest.raises(ValueError, match="AlertName=label-value"):
         Settings(_env_file=None, cpu_levels="PodCpuFailure")
+
+
+def test_a_pod_that_changes_under_the_write_is_read_again(r, settings):
+    class Moving(Pods):
+        def set_pod_label(self, namespace, name, key, value, resource_version=None):
+            pod = self.pods[f"{namespace}/{name}"]
+            if pod["metadata"]["resourceVersion"] == "1":  # another writer got there first
+                pod["metadata"]["resourceVersion"] = "2"
+            return super().set_pod_label(namespace, name, key, value, resource_version)
+
+    pods = Moving({"shop/api-1": {"metadata": {"labels": {}, "resourceVersion": "1"}}})
+    levels.record(r, [notice("PodCpuFailure", "firing", 1)])
+    assert levels.label_pod(pods, r, settings, "shop/api-1") == "set"
+    assert pods.patches == [("shop/api-1", LABEL, "high")]

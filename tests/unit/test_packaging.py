@@ -317,6 +317,7 @@ ALLOWED = {
     ("events.k8s.io", "events"): {"get", "list", "watch"},
     ("apps", "replicasets"): {"get", "list", "watch"},
     ("apps", "deployments"): {"get", "list", "watch", "patch"},
+    ("autoscaling", "horizontalpodautoscalers"): {"get", "list"},
 }
 
 
@@ -361,6 +362,7 @@ def test_rbac_grants_what_aifixer_needs(rbac):
         ("events.k8s.io", "events", "watch"),
         ("apps", "replicasets", "list"),
         ("apps", "deployments", "patch"),
+        ("autoscaling", "horizontalpodautoscalers", "list"),
     ]:
         assert (group, resource, verb) in grants
 
@@ -570,6 +572,12 @@ def test_the_admission_policy_lets_aifixer_change_its_label_only(cpu_levels):
     dropped = yaml.safe_load(yaml.safe_dump(pod))
     del dropped["metadata"]["labels"]["app"]
     assert not _policy_allows(policy, pod, dropped)
+    orphaned = yaml.safe_load(yaml.safe_dump(set_level))
+    orphaned["metadata"]["ownerReferences"] = [{"kind": "ReplicaSet", "name": "gone", "uid": "x"}]
+    assert not _policy_allows(policy, pod, orphaned)  # the garbage collector would delete it
+    pinned = yaml.safe_load(yaml.safe_dump(set_level))
+    pinned["metadata"]["finalizers"] = ["example.com/never"]
+    assert not _policy_allows(policy, pod, pinned)
     hijacked = yaml.safe_load(yaml.safe_dump(set_level))
     hijacked["spec"]["containers"][0]["image"] = "evil/miner:1"
     assert not _policy_allows(policy, pod, hijacked)

@@ -859,7 +859,7 @@ def test_label_cpu_level_rides_out_a_cluster_outage_and_refuses_non_ids(ctx, mon
             raise TransientError("kubernetes", "503 Service Unavailable", retry_after=0.0)
         return pod
 
-    def set_pod_label(namespace, name, key, value):
+    def set_pod_label(namespace, name, key, value, resource_version=None):
         patches.append((namespace, name, key, value))
         pod["metadata"]["labels"][key] = value
         return pod
