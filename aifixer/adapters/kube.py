@@ -475,8 +475,11 @@ class Kube:
         try:
             return self._json(self.apps.patch_namespaced_deployment, name, namespace, body)
         except PermanentError as exc:
-            # The JSON patch `test` failing is a 422 that names the test.
-            if exc.status == 409 or (exc.status == 422 and "test" in exc.message.lower()):
+            # A failed JSON patch `test` is a 422 "Invalid" like any other refusal: it is
+            # a conflict when the replicas are indeed no longer what was read.
+            live = self.get_deployment(namespace, name) if exc.status == 422 else None
+            moved = live is not None and (live.get("spec") or {}).get("replicas") != expected
+            if exc.status == 409 or moved:
                 raise Conflict(
                     SYSTEM, f"{namespace}/{name}: replicas changed since read ({exc.message})"
                 ) from exc

@@ -408,8 +408,10 @@ def test_cpu_level_alerts_are_recorded_for_the_label_task_not_incidents(served: 
     assert resp.status_code == 200, resp.text
     assert resp.json() == {"alerts": 5, "signals": 0, "levels": 1}
     assert served.signals == [] and served.levels == ["shop/api-1"]
+    started = datetime_to_epoch("2026-03-01T10:00:00.123Z")
     assert served.redis.hgetall("aifixer:cpulevel:shop/api-1") == {
-        b"PodCpuFailure": str(datetime_to_epoch("2026-03-01T10:00:00.123Z")).encode()
+        b"PodCpuFailure": str(started).encode(),
+        b"PodCpuNormal": f"-{started}".encode(),  # resolved: a tombstone
     }
     page = requests.get(served.url + "/metrics", timeout=HTTP_TIMEOUT).text
     for reason, n in (
