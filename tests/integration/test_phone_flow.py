@@ -90,7 +90,9 @@ def rig(make_world, redis_url: str, tmp_path: Path) -> Iterator[Rig]:
     )
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
     rig = Rig(world, settings, Phone(settings), client)
-    app = web.make_app(settings, client, lambda fp, rec: rig.finished.put((fp, rec)), print)
+    app = web.make_app(
+        settings, client, lambda fp, rec: rig.finished.put((fp, rec)), print, on_levels=print
+    )
     url, stop = serve_in_thread(app, "web")
     settings.public_base_url = url  # the phone's callback URLs are built per call
     yield rig
