@@ -712,3 +712,32 @@ def chaos_table(rows: list[dict]) -> str:
             f"{r.get('calls', 0)} | {verdict} | {r['seconds']} |"
         )
     return "\n".join(lines)
+
+
+@bench_cli.command("forecasters")
+@click.option("--forecaster", "-f", "names", multiple=True,
+              help="Only these (default: every forecaster aifixer knows).")  # fmt: skip
+@click.option("--origins", default=24, show_default=True, help="Rolling origins per profile.")
+@click.option("--horizon", default=5, show_default=True, help="Samples ahead (1 min each).")
+def forecasters(names: tuple[str, ...], origins: int, horizon: int) -> None:
+    """Forecasters compared on the sandbox's load profiles: MASE, sMAPE, fit time.
+
+    Two days of history at one sample a minute, `horizon` minutes ahead, from
+    `origins` origins an hour apart (see aifixer/sandbox/forecastbench.py).
+    """
+    from .sandbox import forecastbench
+
+    try:
+        scores = forecastbench.compare(list(names) or None, origins=origins, horizon=horizon)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    lines = ["| forecaster | profile | MASE | sMAPE % | fit (ms, median) | no forecast |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for s in scores:
+        def num(v, fmt):
+            return "-" if v is None else format(v, fmt)
+
+        lines.append(f"| {s.forecaster} | {s.profile} | {num(s.mase, '.3f')} | "
+                     f"{num(s.smape, '.2f')} | {num(s.fit_s and s.fit_s * 1000, '.2f')} | "
+                     f"{s.failures}/{origins} |")  # fmt: skip
+    click.echo("\n".join(lines))

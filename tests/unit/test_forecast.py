@@ -250,3 +250,24 @@ def test_one_bad_deployment_does_not_stop_the_pass(r):
     assert "503" in made["broken"].reason and not made["broken"].changes
     assert made["api"].replicas_after == 5  # the farm's own ceiling, under the annotation's 10
     assert cluster.scaled == [("shop", "api", 5)]
+
+
+def test_the_forecaster_bench_scores_what_it_should():
+    from aifixer.sandbox import forecastbench as fb
+    from aifixer.sandbox.scenario import Cycle, LoadProfile
+    from aifixer.scaling.forecast import Holt
+
+    periodic = LoadProfile(base=400, cycles=[Cycle(period_seconds=3600, amplitude=200)])
+    options = {"step_s": 60.0, "history": 120, "horizon": 5, "origins": 6, "every": 7}
+    naive = fb.evaluate(lambda: SeasonalNaive(season_s=3600), "periodic", periodic, **options)
+    assert naive.mase == pytest.approx(0, abs=1e-9) and naive.failures == 0
+    holt = fb.evaluate(Holt, "periodic", periodic, **options)
+    assert 0 < holt.mase < math.inf and holt.smape > 0 and holt.fit_s > 0
+    short = fb.evaluate(SeasonalNaive, "periodic", periodic, **options)  # a day: too little
+    assert short.failures == 6 and short.mase is None
+    rows = fb.compare(origins=2, every=30, history=1500)
+    assert {(r.forecaster, r.profile) for r in rows} == {
+        (f, p) for f in ("holt", "seasonal-naive") for p in fb.PROFILES
+    }
+    with pytest.raises(ValueError, match="unknown forecaster"):
+        fb.compare(["prophet-ish"])
