@@ -6,6 +6,8 @@ back in only after the 300 s stabilization window; its status and events are wha
 from __future__ import annotations
 
 import math
+import re
+import subprocess
 import time
 
 import pytest
@@ -100,6 +102,13 @@ def test_the_hpa_scales_out_and_in_as_documented(make_world):
     assert replicas() == 10
     assert until(lambda: replicas() == 2, 20)
     events = k8s.CoreV1Api(api_client).list_namespaced_event("shop").items
+    listed = subprocess.run(
+        ["kubectl", "--kubeconfig", world.endpoints.kubeconfig, "get", "hpa", "-n", "shop"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    header, row = listed.stdout.splitlines()
+    assert header.split() == ["NAME", "REFERENCE", "TARGETS", "MINPODS", "MAXPODS", "REPLICAS", "AGE"]
+    assert re.fullmatch(r"api +Deployment/api +cpu: \d+%/50% +1 +10 +2 +\S+", row), row
     rescales = [e.message for e in events if e.reason == "SuccessfulRescale"]
     assert "New size: 6; reason: cpu resource utilization (percentage of request) above target" in rescales
     assert any(m.startswith("New size: 2;") and "below target" in m for m in rescales)

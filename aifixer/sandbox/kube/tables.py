@@ -398,6 +398,40 @@ def _serviceaccount_row(obj: Obj, now: datetime) -> list[Any]:
     return [_name(obj), len(obj.get("secrets") or []), _age(obj, now)]
 
 
+def _hpa_targets(spec: dict, status: dict) -> str:
+    """kubectl's TARGETS: `cpu: 42%/60%` per Resource metric, `<unknown>` before a reading."""
+    current = {
+        (m.get("resource") or {}).get("name"): (m.get("resource") or {}).get("current") or {}
+        for m in status.get("currentMetrics") or []
+        if m.get("type") == "Resource"
+    }
+    out = []
+    for metric in spec.get("metrics") or []:
+        resource = metric.get("resource") or {}
+        target = resource.get("target") or {}
+        if metric.get("type") != "Resource" or "averageUtilization" not in target:
+            out.append("<unknown>")
+            continue
+        now = current.get(resource.get("name"), {}).get("averageUtilization")
+        shown = "<unknown>" if now is None else f"{now}%"
+        out.append(f"{resource.get('name')}: {shown}/{target['averageUtilization']}%")
+    return ", ".join(out) or "<none>"
+
+
+def _hpa_row(obj: Obj, now: datetime) -> list[Any]:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    ref = spec.get("scaleTargetRef") or {}
+    return [
+        _name(obj),
+        f"{ref.get('kind', '')}/{ref.get('name', '')}",
+        _hpa_targets(spec, status),
+        spec.get("minReplicas", "<unset>"),
+        spec.get("maxReplicas", 0),
+        status.get("currentReplicas", 0),
+        _age(obj, now),
+    ]
+
+
 def _cols(
     *names: str, wide: tuple[str, ...] = (), types: dict[str, str] | None = None
 ) -> tuple[Column, ...]:
@@ -480,5 +514,10 @@ _PRINTERS: dict[str, tuple[tuple[Column, ...], Callable[[Obj, datetime], list[An
     "ServiceAccount": (
         _cols("Name", "Secrets", "Age", types={"Secrets": _INT}),
         _serviceaccount_row,
+    ),
+    "HorizontalPodAutoscaler": (
+        _cols("Name", "Reference", "Targets", "MinPods", "MaxPods", "Replicas", "Age",
+              types={"MaxPods": _INT, "Replicas": _INT}),  # fmt: skip
+        _hpa_row,
     ),
 }
