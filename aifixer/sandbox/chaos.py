@@ -105,6 +105,13 @@ KILLS = {
     "call_next": ("twilio", _fault(SERVICE_PATHS["twilio"], method="POST", delay=SLOW, duration=90)),
     "finalize": ("kubernetes", _fault(r"/deployments/[^/]+$", method="GET", delay=1.0, duration=120)),
 }  # fmt: skip
+# Stages the fixed scenario passes in milliseconds, held for a moment so the restart
+# lands there: the model answers patch 2 s late (the incident waits at "diagnosed"),
+# the API server answers the dry-run and the apply 2 s late (it waits at "patched").
+DWELL = {
+    "diagnosed": ("model", _fault(SERVICE_PATHS["model"], delay=2.0, count=2)),
+    "patched": ("kubernetes", _fault(r"/deployments/[^/]+$", method="PATCH", delay=2.0, count=2)),
+}
 RUNS_IN = {
     FIXED: {"diagnose", "patch", "apply", "verify", "open_pr", "finalize"},
     # No candidate fix: patch asks nothing of anyone there, nothing to catch it in.
@@ -180,6 +187,7 @@ def cells() -> list[Cell]:
                 scenario=sc,
                 expect=expect,
                 at=stage,
+                early=[DWELL[stage]] if sc == FIXED and stage in DWELL else [],
                 redis_restart=True,
                 ci=stage == "applied",
             )
