@@ -22,8 +22,6 @@ conditions) and the Deployment's `spec.replicas`, with the controller's events
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 from typing import Any
@@ -36,6 +34,7 @@ from .kube.resources import by_kind, core
 from .kube.selectors import match_label_selector
 from .kube.store import Obj, Store
 from .metrics import Metrics
+from .serve import BackgroundLoop
 
 log = logging.getLogger("aifixer.sandbox.hpa")
 
@@ -48,20 +47,13 @@ DOWNSCALE_STABILIZATION_SECONDS = 300.0
 SCALE_UP_PERCENT, SCALE_UP_PODS = 100, 4  # per SYNC_SECONDS, the default behavior
 
 
-class HpaController:
+class HpaController(BackgroundLoop):
     def __init__(self, store: Store, clock: Clock, recorder: EventRecorder, metrics: Metrics):
         self.store, self.clock, self.recorder, self.metrics = store, clock, recorder, metrics
         self.recommendations: dict[str, list[tuple[float, int]]] = {}  # hpa uid -> (sim t, n)
-        self._task: asyncio.Task | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=COMPONENT)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self.start_loop(COMPONENT)
 
     async def _run(self) -> None:
         while True:

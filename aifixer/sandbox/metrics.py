@@ -20,7 +20,6 @@ the cores a pod uses now. What the ready pods cannot serve is counted as unserve
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -35,6 +34,7 @@ from .kube.quantity import parse_quantity
 from .kube.resources import core
 from .kube.store import Obj, Store
 from .scenario import Image, LoadProfile
+from .serve import BackgroundLoop
 
 log = logging.getLogger("aifixer.sandbox.metrics")
 
@@ -118,7 +118,7 @@ class _Deployment:
     pods: list[Obj] = field(default_factory=list)
 
 
-class Metrics:
+class Metrics(BackgroundLoop):
     """Integrates the pods' CPU over time and renders both exporters' pages."""
 
     def __init__(self, store: Store, clock: Clock, images: Callable[[str], Image | None]) -> None:
@@ -133,19 +133,12 @@ class Metrics:
         # Load set by hand (POST /sandbox/load), in units, instead of the profile's.
         self.overrides: dict[tuple[str, str], float] = {}
         self._last: tuple[float, float] | None = None  # (wall, sim) of the last step
-        self._task: asyncio.Task | None = None
 
     # -- the integration loop ------------------------------------------------------
 
     def start(self) -> None:
         self._last = (time.monotonic(), self.clock.sim())
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self.start_loop("metrics")
 
     async def _run(self) -> None:
         while True:

@@ -9,6 +9,7 @@ sockets, exactly as the product does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Awaitable, Callable
@@ -117,3 +118,22 @@ def serve_in_thread(app: web.Application, name: str = "app") -> tuple[str, Calla
         lt.stop()
 
     return site.url, stop
+
+
+class BackgroundLoop:
+    """A coroutine `_run` kept running on the event loop between `start_loop` and `stop`."""
+
+    _task: asyncio.Task | None = None
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    def start_loop(self, name: str) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
