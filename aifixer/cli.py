@@ -219,9 +219,9 @@ def scenario_check(paths: tuple[Path, ...]) -> None:
     """Validate scenario files (default: the bundled ones)."""
     from .sandbox import scenario as scenario_mod
 
-    for path in paths or tuple(scenario_mod.bundled()):
+    for path in paths or (*scenario_mod.bundled(), *scenario_mod.bundled_monitoring()):
         sc = _load_scenario(path)
-        console.print(f"ok  {path}  ({sc.name}: expect {sc.expect.outcome})")
+        console.print(f"ok  {path}  ({sc.name}: expect {sc.expect.describe()})")
 
 
 def farm_run_options(fn):
@@ -266,7 +266,29 @@ def scenario_run(
         click.echo(json.dumps(report, indent=2, ensure_ascii=False))
     else:
         console.print(_report_table([report]))
+        _show_monitoring(report, workdir or Path.cwd())
     sys.exit(0 if report["complete"] else 1)
+
+
+def _show_monitoring(report: dict, plot_dir: Path) -> None:
+    """A monitoring scenario's label changes and scaling decisions, and its scaling plot."""
+    for seen in report.get("levels", []):
+        console.print(
+            f"  {seen['namespace']}/{seen['pod']} aifixer.io/cpu-level: "
+            + " → ".join(seen["values"])
+        )
+    for key, decisions in report.get("scaling", {}).items():
+        changed = [d for d in decisions if d["replicas_after"] != d["replicas_before"]]
+        console.print(scaling_table({key: changed or decisions[-5:]}))
+        if decisions:
+            namespace, _, name = key.partition("/")
+            written = write_scaling_plot(
+                decisions, key, plot_dir / f"scaling-{namespace}-{name}.png"
+            )
+            console.print(f"  {len(decisions)} decisions, {len(changed)} changed the replicas; "
+                          f"plot: {written}")  # fmt: skip
+    for missing in report.get("missing", []):
+        console.print(f"  [red]not reached:[/] {missing}")
 
 
 def _run_one(
@@ -331,7 +353,20 @@ def _report_table(reports: list[dict]) -> Table:
     ):
         table.add_column(col)
     for rep in reports:
-        if not rep["incidents"]:
+        if not rep["incidents"] and (rep.get("levels") or rep.get("scaling")):
+            done = "[green]reached[/]" if rep["complete"] else "[red]not reached[/]"
+            what = ", ".join(
+                [f"levels {' → '.join(x['values'])}" for x in rep.get("levels", [])]
+                + [
+                    f"{k}: {sum(d['replicas_after'] != d['replicas_before'] for d in v)} "
+                    "replica changes"
+                    for k, v in rep.get("scaling", {}).items()
+                ]  # fmt: skip
+            )
+            table.add_row(
+                rep["scenario"], "-", "monitoring", done, what, "", f"{rep['duration_s']:.0f}"
+            )
+        elif not rep["incidents"]:
             table.add_row(
                 rep["scenario"], "-", "-", "[red]no incident[/]", "", "", f"{rep['duration_s']:.0f}"
             )
@@ -361,24 +396,36 @@ def _report_table(reports: list[dict]) -> Table:
 @main.command()
 @farm_run_options
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def demo(speed: float, timeout: float, model: str, paths: tuple[Path, ...]) -> None:
+@click.option(
+    "--plots",
+    "plot_dir",
+    default=Path("aifixer-demo"),
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the forecast-scaling plots (PNG) are written.",
+)
+def demo(speed: float, timeout: float, model: str, plot_dir: Path, paths: tuple[Path, ...]) -> None:
     """Play the bundled scenarios: the real farm against the sandbox, one world each.
 
     For each scenario: a private Redis, the sandbox with the scenario's healthy
     manifests applied and committed and its bad change applied, a model endpoint, and
     the farm (celery worker, beat, aifixer web) as separate processes. Each incident
     moves through diagnose → patch → apply → verify → pull request or phone call.
+    Then the CPU-level and forecast-scaling scenarios, with a real Prometheus and
+    Alertmanager: the pods' level labels as they change, the scaling decisions, and a
+    plot of load, forecast and capacity.
     """
     from .sandbox import scenario as scenario_mod
 
-    files = list(paths) or scenario_mod.bundled()
+    files = list(paths) or [*scenario_mod.bundled(), *scenario_mod.bundled_monitoring()]
     if not files:
         raise click.ClickException("no scenario files found")
     reports = []
     for path in files:
         sc = _load_scenario(path)
-        console.rule(f"{sc.name} (expect: {sc.expect.outcome})")
+        console.rule(f"{sc.name} (expect: {sc.expect.describe()})")
         reports.append(_run_one(sc, speed, timeout, model, None, live=True))
+        _show_monitoring(reports[-1], plot_dir)
     console.print(_report_table(reports))
     models = sorted({r["model"] for r in reports})
     console.print(f"model: {', '.join(models)}")
@@ -450,10 +497,19 @@ def incidents(as_json: bool) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the full decisions as JSON.")
 @click.option("--last", default=20, show_default=True, help="Decisions shown per Deployment.")
-def scaling(as_json: bool, last: int) -> None:
+@click.option(
+    "--plot",
+    "plot_of",
+    metavar="NAMESPACE/NAME",
+    help="Also draw this Deployment's load, forecast and capacity (PNG) from its records.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where --plot writes (default: scaling-NAMESPACE-NAME.png here).",
+)
+def scaling(as_json: bool, last: int, plot_of: str | None, out: Path | None) -> None:
     """Forecast scaling's decisions (from Redis), per Deployment, oldest first."""
-    from datetime import UTC, datetime
-
     from . import pipeline
     from .scaling import scaler
 
@@ -461,7 +517,23 @@ def scaling(as_json: bool, last: int) -> None:
     found = scaler.all_decisions(ctx.redis, last)
     if as_json:
         click.echo(json.dumps(found, indent=2))
-        return
+    else:
+        console.print(scaling_table(found))
+    if plot_of:
+        namespace, _, name = plot_of.partition("/")
+        if not namespace or not name:
+            raise click.BadParameter("expected NAMESPACE/NAME", param_hint="--plot")
+        written = write_scaling_plot(
+            scaler.decisions(ctx.redis, namespace, name),
+            plot_of,
+            out or Path(f"scaling-{namespace}-{name}.png"),
+        )
+        console.print(f"plot: {written}")
+
+
+def scaling_table(found: dict[str, list[dict]]) -> Table:
+    from datetime import UTC, datetime
+
     table = Table(title="forecast scaling")
     for col in ("time", "deployment", "mode", "samples", "now (cores)", "peak (cores)",
                 "replicas", "why"):  # fmt: skip
@@ -478,7 +550,16 @@ def scaling(as_json: bool, last: int) -> None:
                 f"{d['replicas_before']} -> {d['replicas_after']}",
                 d["reason"],
             )
-    console.print(table)
+    return table
+
+
+def write_scaling_plot(decisions: list[dict], title: str, out: Path) -> Path:
+    from .scaling.plot import PlotError, plot
+
+    try:
+        return plot(decisions, out, title)
+    except PlotError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()

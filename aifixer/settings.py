@@ -128,6 +128,11 @@ class Settings(BaseSettings):
     scaling_history_s: float = Field(default=1800, gt=0)  # the seed read 30 minutes
     scaling_step_s: float = Field(default=15, gt=0)
     scaling_forecaster: Literal["holt", "seasonal-naive"] = "holt"
+    # The load's season (a day for most services): seasonal forecasters repeat it.
+    scaling_season_s: float = Field(default=86_400, gt=0)
+    # Gaps in the history up to this long (a missed scrape, a restart) are filled by a
+    # straight line; a longer one cuts the history there.
+    scaling_max_gap_s: float = Field(default=300, ge=0)
     # rate() window over the CPU counters: at least four scrape intervals (kube-prometheus
     # scrapes cAdvisor every 30 s).
     scaling_rate_window: str = Field(default="2m", pattern=r"^[0-9]+[smh]$")

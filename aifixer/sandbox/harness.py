@@ -266,10 +266,80 @@ def start_farm(
         worker("memory0", "memory", 1),
     ]
     procs += [
-        worker(f"worker{i}", "polls,model,cluster,notify,scaling", concurrency) for i in range(workers)
+        worker(f"worker{i}", "polls,model,cluster,notify,scaling", concurrency)
+        for i in range(workers)
     ]
     wait_port(int(env["AIFIXER_WEB_PORT"]), 30, procs[0].popen)
     return procs
+
+
+MONITORING_RULES = (
+    Path(__file__).resolve().parents[2] / "deploy" / "monitoring" / "cpu-levels-rules.yaml"
+)
+
+
+def monitoring_env(sc: Scenario, speed: float, prometheus_url: str) -> dict[str, str]:
+    """The farm's Prometheus and forecast-scaling settings at this world's time scale.
+
+    The farm reads time in wall seconds (Prometheus stores wall time); the sandbox's load
+    runs `speed` times faster. A real deployment's defaults — a pass a minute, 15 s steps,
+    a 2 m rate window, 30 minutes (or three seasons) of history — shrink by `speed`,
+    kept above what one-second scrapes can resolve.
+    """
+    season = sc.season_seconds()
+    history = max(1_800.0, 3 * season) if season < 86_400 else 1_800.0
+    return {
+        "AIFIXER_PROMETHEUS_URL": prometheus_url,
+        "AIFIXER_SCALING_INTERVAL_S": f"{max(1.0, 60 / speed):g}",
+        "AIFIXER_SCALING_STEP_S": f"{max(1.0, 15 / speed):g}",
+        "AIFIXER_SCALING_RATE_WINDOW": f"{max(4, round(120 / speed))}s",
+        "AIFIXER_SCALING_HISTORY_S": f"{history / speed:g}",
+        "AIFIXER_SCALING_SEASON_S": f"{season / speed:g}",
+        "AIFIXER_SCALING_MAX_GAP_S": f"{max(10.0, 300 / speed):g}",
+    }
+
+
+def start_monitoring(
+    sc: Scenario, world: World, env: dict[str, str], workdir: Path, speed: float
+) -> tuple[dict[str, str], list[Process]]:
+    """A real Alertmanager posting to the farm's web, and a real Prometheus scraping the
+    world with deploy/'s CPU-level rules (windows and holds at this time scale) and the
+    scenario's past load backfilled. Returns the farm's extra settings and the processes.
+    """
+    from . import promstack
+
+    port = env["AIFIXER_WEB_PORT"]
+    am_url, am = promstack.start_alertmanager(
+        workdir / "alertmanager",
+        f"http://127.0.0.1:{port}/alertmanager",
+        token=env["AIFIXER_WEB_TOKEN"],
+        group_wait=f"{max(1, round(30 / speed))}s",
+        group_interval=f"{max(1, round(30 / speed))}s",
+    )
+    try:
+        rules = promstack.rule_file_from(
+            MONITORING_RULES,
+            workdir / "prometheus-rules.yml",
+            window=f"{max(4, round(120 / speed))}s",
+            hold=f"{max(2, round(120 / speed))}s",
+        )
+        instance = urlsplit(world.endpoints.metrics).netloc
+        history = world.metrics.history(instance) if _history_seconds(sc) else None
+        prom_url, prom = promstack.start_prometheus(
+            workdir / "prometheus",
+            world.endpoints.metrics,
+            rule_files=[rules],
+            alertmanager_url=am_url,
+            history=history,
+        )
+    except BaseException:
+        am.stop()
+        raise
+    return monitoring_env(sc, speed, prom_url), [am, prom]
+
+
+def _history_seconds(sc: Scenario) -> float:
+    return max((i.load.history_seconds for i in sc.images.values() if i.load), default=0.0)
 
 
 def start_model_stub(world: World) -> tuple[str, str]:
@@ -281,6 +351,9 @@ def start_model_stub(world: World) -> tuple[str, str]:
 
 
 def changed_workloads(sc: Scenario) -> list[tuple[str, str]]:
+    """The Deployments that should each end in an incident (none when no outcome is expected)."""
+    if sc.expect.outcome is None:
+        return []
     out = []
     for mf in sc.change or sc.manifests:
         for doc in mf.documents():
@@ -316,6 +389,12 @@ def incident_report(state: IncidentState) -> dict[str, Any]:
         "rejections": [r.model_dump() for r in state.rejections],
         "error": state.error,
     }
+
+
+def _in_order(wanted: list[str], seen: list[str]) -> bool:
+    """`wanted` is a subsequence of `seen`."""
+    it = iter(seen)
+    return all(any(v == w for v in it) for w in wanted)
 
 
 def _finished(ctx, state: IncidentState) -> bool:
@@ -362,6 +441,10 @@ class FarmRun:
         self.env: dict[str, str] = {}
         self._stack = ExitStack()
         self._started = 0.0
+        # Label values seen on each pod, in order: (namespace, deployment, pod) -> values.
+        self.levels_seen: dict[tuple[str, str, str], list[str]] = {}
+        if sc.speed is not None:
+            self.speed = sc.speed
 
     def __enter__(self) -> FarmRun:
         from ..pipeline import Context
@@ -387,6 +470,13 @@ class FarmRun:
                 self.workdir,
                 self.extra_env,
             )
+            if self.scenario.monitored:
+                extra, monitors = start_monitoring(
+                    self.scenario, self.world, self.env, self.workdir, self.speed
+                )
+                for p in monitors:
+                    self._stack.callback(p.stop)
+                self.env.update(extra)
             self.procs = start_farm(
                 self.env, self.workdir, workers=self.workers, concurrency=self.concurrency
             )
@@ -424,9 +514,52 @@ class FarmRun:
 
     def finished(self, states: list[IncidentState]) -> bool:
         seen = {(s.incident.workload.namespace, s.incident.workload.name) for s in states}
-        return set(changed_workloads(self.scenario)) <= seen and all(
-            _finished(self.ctx, s) for s in states
+        return (
+            set(changed_workloads(self.scenario)) <= seen
+            and all(_finished(self.ctx, s) for s in states)
+            and not self.levels_missing()
+            and not self.scaling_missing()
         )
+
+    def watch_levels(self) -> None:
+        """Note each pod's CPU-level label when it changes."""
+        key = self.ctx.settings.cpu_level_label
+        for want in self.scenario.expect.levels:
+            labels = self.world.pod_labels(want.namespace, want.deployment, key)
+            for pod, value in labels.items():
+                seen = self.levels_seen.setdefault((want.namespace, want.deployment, pod), [])
+                if value is not None and (not seen or seen[-1] != value):
+                    seen.append(value)
+
+    def levels_missing(self) -> list[str]:
+        """The expected label sequences no pod has passed through yet."""
+        missing = []
+        for want in self.scenario.expect.levels:
+            pods = [v for (ns, dep, _), v in self.levels_seen.items()
+                    if (ns, dep) == (want.namespace, want.deployment)]  # fmt: skip
+            if not any(_in_order(want.sequence, seen) for seen in pods):
+                missing.append(f"{want.namespace}/{want.deployment}: {'→'.join(want.sequence)}")
+        return missing
+
+    def decisions(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        from ..scaling import scaler
+
+        return scaler.decisions(self.ctx.redis, namespace, name)
+
+    def scaling_missing(self) -> list[str]:
+        missing = []
+        for want in self.scenario.expect.scaling:
+            made = self.decisions(want.namespace, want.deployment)
+            applied = [d for d in made if d["mode"] == "apply" and "not applied" not in d["reason"]]
+            if want.scale_out and not any(
+                d["replicas_after"] > d["replicas_before"] for d in applied
+            ):
+                missing.append(f"{want.namespace}/{want.deployment}: scale-out")
+            if want.scale_in and not any(
+                d["replicas_after"] < d["replicas_before"] for d in applied
+            ):
+                missing.append(f"{want.namespace}/{want.deployment}: scale-in")
+        return missing
 
     def wait(
         self, timeout: float, progress: Callable[[list[dict[str, Any]]], None] | None = None
@@ -434,6 +567,7 @@ class FarmRun:
         deadline = time.monotonic() + timeout
         while True:
             states = self.incidents()
+            self.watch_levels()
             if progress is not None:
                 progress([incident_report(s) for s in states])
             if self.finished(states):
@@ -450,10 +584,20 @@ class FarmRun:
             time.sleep(0.5)
 
     def report(self, states: list[IncidentState]) -> dict[str, Any]:
+        expect = self.scenario.expect
         return {
             "scenario": self.scenario.name,
             "model": self.model_name,
             "incidents": [incident_report(s) for s in states],
+            "levels": [
+                {"namespace": ns, "deployment": dep, "pod": pod, "values": values}
+                for (ns, dep, pod), values in sorted(self.levels_seen.items())
+            ],
+            "scaling": {
+                f"{w.namespace}/{w.deployment}": self.decisions(w.namespace, w.deployment)
+                for w in expect.scaling
+            },
+            "missing": self.levels_missing() + self.scaling_missing(),
             "duration_s": round(time.monotonic() - self._started, 2),
             "complete": self.finished(states),
             "logs": str(self.workdir / "logs"),

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -164,10 +164,43 @@ class Symptoms(_Strict):
     logs: list[str] = Field(default_factory=list)  # substrings of lines that reach Loki
 
 
+class LevelsExpect(_Strict):
+    """Every pod of a Deployment passes through these CPU-level label values, in order."""
+
+    namespace: str = "default"
+    deployment: str
+    sequence: list[str] = Field(min_length=1)  # e.g. [low, high, low]
+
+
+class ScalingExpect(_Strict):
+    """Forecast scaling changes a Deployment's replicas: out ahead of the load, then in."""
+
+    namespace: str = "default"
+    deployment: str
+    scale_out: bool = True
+    scale_in: bool = False
+
+
 class Expect(_Strict):
-    outcome: Literal["fixed", "called"]
+    """What the farm should reach: an incident's outcome, CPU-level labels, scaling, or several."""
+
+    outcome: Literal["fixed", "called"] | None = None
     changed: list[str] = Field(default_factory=list)  # manifest field paths a fix changes
     symptoms: Symptoms = Field(default_factory=Symptoms)
+    levels: list[LevelsExpect] = Field(default_factory=list)
+    scaling: list[ScalingExpect] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _something(self) -> Expect:
+        if self.outcome is None and not self.levels and not self.scaling:
+            raise ValueError("expect needs an outcome, levels or scaling")
+        return self
+
+    def describe(self) -> str:
+        parts = [self.outcome] if self.outcome else []
+        parts += [f"levels {'→'.join(x.sequence)}" for x in self.levels]
+        parts += ["scaling" for _ in self.scaling[:1]]
+        return ", ".join(parts)
 
 
 class GitOps(_Strict):
@@ -187,6 +220,24 @@ class Scenario(_Strict):
     oncall: OnCall = Field(default_factory=OnCall)
     expect: Expect
     gitops: GitOps = Field(default_factory=GitOps)
+    # The simulated-time speed-up the scenario's wall-time settings were written for (the
+    # forecast annotations' horizon and windows are read by the farm in wall seconds):
+    # when set, the harness plays the scenario at this speed whatever it is asked.
+    speed: float | None = Field(default=None, gt=0)
+
+    @property
+    def monitored(self) -> bool:
+        """Needs Prometheus and Alertmanager: a load profile, or levels or scaling expected."""
+        return bool(
+            self.expect.levels
+            or self.expect.scaling
+            or any(i.load is not None for i in self.images.values())
+        )
+
+    def season_seconds(self) -> float:
+        """The longest cycle of the scenario's load (simulated seconds); a day without one."""
+        periods = [c.period_seconds for i in self.images.values() if i.load for c in i.load.cycles]
+        return max(periods, default=86_400.0)
 
     def image(self, ref: str) -> Image | None:
         """The catalog entry for an image reference, with or without a registry host."""
@@ -222,4 +273,10 @@ def bundled_dir() -> Path:
 
 
 def bundled() -> list[Path]:
+    """The fixer's scenarios: each ends in incidents with an outcome."""
     return sorted(bundled_dir().glob("*.yaml"))
+
+
+def bundled_monitoring() -> list[Path]:
+    """The CPU-level and forecast-scaling scenarios (tests/scenarios/monitoring)."""
+    return sorted((bundled_dir() / "monitoring").glob("*.yaml"))

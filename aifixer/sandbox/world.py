@@ -237,6 +237,20 @@ class World:
             and st.get("availableReplicas", 0) >= st.get("updatedReplicas", 0)
         )
 
+    def pod_labels(self, namespace: str, deployment: str, key: str) -> dict[str, str | None]:
+        """The value of label `key` on each pod of a Deployment (None: not set)."""
+        store = self.cluster.store
+        dep = store.try_get(by_kind("apps/v1", "Deployment"), namespace, deployment)
+        if dep is None:
+            return {}
+        selector = dep["spec"].get("selector") or {}
+        return {
+            p["metadata"]["name"]: (p["metadata"].get("labels") or {}).get(key)
+            for p in store.list(by_kind("v1", "Pod"), namespace)
+            if match_label_selector(selector, p["metadata"].get("labels") or {})
+            and not p["metadata"].get("deletionTimestamp")
+        }
+
     def symptoms(self, namespace: str, deployment: str) -> dict[str, Any]:
         """What is wrong with a Deployment's pods right now: reasons and Warning events."""
         store = self.cluster.store

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -150,6 +150,7 @@ class Holt:
     alpha: float = 0.5
     beta: float = 0.3
     name: str = "holt"
+    season_s: float = 0.0  # no season: accepted so every forecaster is made alike
 
     def predict(self, values: Sequence[float], step_s: float, horizon: int) -> list[float]:
         if len(values) < 2:
@@ -162,7 +163,18 @@ class Holt:
         return [level + (h + 1) * trend for h in range(horizon)]
 
 
-FORECASTERS = {"holt": Holt, "seasonal-naive": SeasonalNaive}
+FORECASTERS: dict[str, Callable[..., Forecaster]] = {"holt": Holt, "seasonal-naive": SeasonalNaive}
+
+
+def make_forecaster(name: str, season_s: float = 86_400.0) -> Forecaster:
+    """The forecaster called `name`, for a load whose season lasts `season_s` seconds.
+
+    Raises:
+        ValueError: no forecaster has that name.
+    """
+    if name not in FORECASTERS:
+        raise ValueError(f"unknown forecaster {name!r}; known: {sorted(FORECASTERS)}")
+    return FORECASTERS[name](season_s=season_s)
 
 
 class ForecastError(ValueError):
@@ -199,6 +211,8 @@ class Decision:
     forecast: list[float] = field(default_factory=list)
     recommended: int | None = None  # before scale-in stabilization
     reason: str = ""
+    target_cores: float | None = None  # the policy's CPU per pod
+    step_s: float | None = None  # between history samples and forecast points
 
     @property
     def changes(self) -> bool:
@@ -223,7 +237,7 @@ def decide(
     stabilization.
     """
     base = Decision(namespace, name, now, policy.mode, replicas, replicas, forecaster.name,
-                    len(values))  # fmt: skip
+                    len(values), target_cores=policy.target_cores, step_s=step_s)  # fmt: skip
     try:
         check_history(values)
         steps = max(1, math.ceil(policy.horizon_s / step_s))

@@ -20,7 +20,7 @@ from typing import Any
 from ..adapters.errors import AdapterError, Conflict
 from ..guardrails import namespace_refusal
 from ..settings import Settings
-from .forecast import FORECASTERS, Decision, Policy, PolicyError, decide
+from .forecast import Decision, Policy, PolicyError, decide, make_forecaster
 
 log = logging.getLogger("aifixer.scaling")
 
@@ -62,20 +62,47 @@ def recent(redis: Any, namespace: str, name: str, since: float) -> list[tuple[fl
     return out
 
 
+def usable_history(values: list[float], max_gap: int) -> list[float]:
+    """A regular series for a forecaster: the samples after the last gap of more than
+    `max_gap` missing (NaN) samples, shorter gaps filled by a straight line between
+    their neighbours (a missed scrape, a Prometheus restart). Missing samples at the
+    end are dropped when there are at most `max_gap` of them; more, and the history is
+    stale: nothing is returned.
+    """
+    end = len(values)
+    while end > 0 and not math.isfinite(values[end - 1]):
+        end -= 1
+    if len(values) - end > max_gap:
+        return []
+    start, missing = end, 0
+    while start > 0:
+        if math.isfinite(values[start - 1]):
+            missing = 0
+        else:
+            missing += 1
+            if missing > max_gap:
+                start += missing - 1
+                break
+        start -= 1
+    while start < end and not math.isfinite(values[start]):
+        start += 1
+    out = list(values[start:end])
+    known = [i for i, v in enumerate(out) if math.isfinite(v)]
+    for a, b in zip(known, known[1:], strict=False):
+        for i in range(a + 1, b):
+            out[i] = out[a] + (out[b] - out[a]) * (i - a) / (b - a)
+    return out
+
+
 def trailing_finite(values: list[float]) -> list[float]:
-    """The samples after the last gap: a forecaster needs a regular series."""
-    out: list[float] = []
-    for v in reversed(values):
-        if not math.isfinite(v):
-            break
-        out.append(v)
-    return out[::-1]
+    """The samples after the last gap, however short."""
+    return usable_history(values, 0)
 
 
 def scale_once(kube: Any, prom: Any, redis: Any, settings: Settings, now: float | None = None):
     """One decision per opted-in Deployment; returns them."""
     now = time.time() if now is None else now
-    forecaster = FORECASTERS[settings.scaling_forecaster]()
+    forecaster = make_forecaster(settings.scaling_forecaster, settings.scaling_season_s)
     namespaces = settings.namespaces or [None]
     made = []
     for ns in namespaces:
@@ -117,7 +144,7 @@ def _one(kube, prom, redis, settings, forecaster, policy: Policy, dep, now: floa
         step = settings.scaling_step_s
         history = prom.deployment_cpu(namespace, name, now - settings.scaling_history_s, now, step,
                                       window=settings.scaling_rate_window)  # fmt: skip
-        values = trailing_finite(history)
+        values = usable_history(history, math.floor(settings.scaling_max_gap_s / step))
         d = decide(namespace, name, policy, values, step, replicas,
                    recent(redis, namespace, name, now - policy.scale_in_window_s), forecaster, now)  # fmt: skip
         if d.changes and policy.mode == "apply":

@@ -101,6 +101,10 @@ def test_the_hpa_scales_out_and_in_as_documented(make_world):
     time.sleep(5)  # 150 s of simulated time: still inside the window
     assert replicas() == 10
     assert until(lambda: replicas() == 2, 20)
+    # The status (and kubectl's REPLICAS column) reports what the HPA saw at its last
+    # sync, as the real controller does: the scale-in shows there one sync later.
+    assert until(lambda: hpas.read_namespaced_horizontal_pod_autoscaler("api", "shop")
+                 .status.current_replicas == 2, 10)  # fmt: skip
     events = k8s.CoreV1Api(api_client).list_namespaced_event("shop").items
     listed = subprocess.run(
         ["kubectl", "--kubeconfig", world.endpoints.kubeconfig, "get", "hpa", "-n", "shop"],
