@@ -17,6 +17,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# PromQL label matchers, comma-separated: name="value", name!="value", name=~"re"...
+_MATCHER = r'[a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*"(?:[^"\\]|\\.)*"'
+_MATCHERS = rf"^\s*{_MATCHER}(\s*,\s*{_MATCHER})*\s*$"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AIFIXER_", env_file=".env", extra="ignore")
@@ -122,12 +126,20 @@ class Settings(BaseSettings):
     # -- Prometheus (forecast scaling reads the CPU history from it)
     prometheus_url: str = ""
     prometheus_org_id: str | None = None  # X-Scope-OrgID for Mimir, Cortex or Thanos
+    # Which scrape jobs are cAdvisor and kube-state-metrics (kube-prometheus-stack's
+    # names by default): only their series count, never an application's of the same name.
+    prometheus_cadvisor_selector: str = Field(
+        default='job="kubelet", metrics_path="/metrics/cadvisor"', pattern=_MATCHERS
+    )
+    prometheus_kube_state_selector: str = Field(
+        default='job="kube-state-metrics"', pattern=_MATCHERS
+    )
 
     # -- forecast scaling: Deployments opt in by annotations (aifixer.io/forecast-*)
     scaling_interval_s: float = Field(default=60, gt=0)
     scaling_history_s: float = Field(default=1800, gt=0)  # the seed read 30 minutes
     scaling_step_s: float = Field(default=15, gt=0)
-    scaling_forecaster: Literal["holt", "seasonal-naive"] = "holt"
+    scaling_forecaster: Literal["holt", "seasonal-naive", "prophet", "autoets", "mstl"] = "holt"
     # The load's season (a day for most services): seasonal forecasters repeat it.
     scaling_season_s: float = Field(default=86_400, gt=0)
     # Gaps in the history up to this long (a missed scrape, a restart) are filled by a
@@ -203,11 +215,13 @@ class Settings(BaseSettings):
 # Kubernetes' label syntax (apimachinery validation: qualified names and label values).
 LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
-DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+DNS_SUBDOMAIN = re.compile(
+    r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+)
 
 
 def _pairs(v, shape: str):
-    """"k=v,k2=v2" as a dict (anything else as given); `shape` names the expected form."""
+    """ "k=v,k2=v2" as a dict (anything else as given); `shape` names the expected form."""
     if not isinstance(v, str):
         return v
     out = {}

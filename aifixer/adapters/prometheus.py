@@ -30,16 +30,33 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def deployment_cpu_query(namespace: str, name: str, window: str = "1m") -> str:
-    """The cores a Deployment's pods use, summed: one series."""
+CADVISOR = 'job="kubelet", metrics_path="/metrics/cadvisor"'
+KUBE_STATE = 'job="kube-state-metrics"'
+
+
+def deployment_cpu_query(
+    namespace: str,
+    name: str,
+    window: str = "1m",
+    cadvisor: str = CADVISOR,
+    kube_state: str = KUBE_STATE,
+) -> str:
+    """The cores a Deployment's pods use, summed: one series.
+
+    Only series from cAdvisor and kube-state-metrics count (`cadvisor` and
+    `kube_state` select them by their scrape job, as kube-prometheus' own rules do): an
+    application that exports a metric of the same name cannot move the replicas.
+    """
     ns = _quote(namespace)
     return (
-        f'sum(rate(container_cpu_usage_seconds_total{{namespace={ns}, container!=""}}[{window}])'
+        f"sum(rate(container_cpu_usage_seconds_total{{{cadvisor}, namespace={ns},"
+        f' container!=""}}[{window}])'
         " * on (namespace, pod) group_left() max by (namespace, pod) ("
-        f'kube_pod_owner{{namespace={ns}, owner_kind="ReplicaSet"}}'
+        f'kube_pod_owner{{{kube_state}, namespace={ns}, owner_kind="ReplicaSet"}}'
         " * on (namespace, owner_name) group_left() max by (namespace, owner_name) ("
-        f'label_replace(kube_replicaset_owner{{namespace={ns}, owner_kind="Deployment",'
-        f' owner_name={_quote(name)}}}, "owner_name", "$1", "replicaset", "(.*)"))))'
+        f"label_replace(kube_replicaset_owner{{{kube_state}, namespace={ns},"
+        f' owner_kind="Deployment", owner_name={_quote(name)}}},'
+        ' "owner_name", "$1", "replicaset", "(.*)"))))'
     )
 
 
@@ -51,6 +68,8 @@ class Prometheus:
             raise PermanentError(SYSTEM, "AIFIXER_PROMETHEUS_URL is not set")
         self.base = settings.prometheus_url.rstrip("/")
         self.timeout = settings.request_timeout_s
+        self.cadvisor = settings.prometheus_cadvisor_selector
+        self.kube_state = settings.prometheus_kube_state_selector
         self.http = requests.Session()
         if settings.prometheus_org_id:
             self.http.headers["X-Scope-OrgID"] = settings.prometheus_org_id
@@ -88,7 +107,8 @@ class Prometheus:
     ) -> list[float]:
         """The Deployment's total CPU (cores) at every step from start to end; NaN where
         Prometheus has no value (no pods, or no scrape)."""
-        series = self.query_range(deployment_cpu_query(namespace, name, window), start, end, step)
+        query = deployment_cpu_query(namespace, name, window, self.cadvisor, self.kube_state)
+        series = self.query_range(query, start, end, step)
         points = {round(t, 3): v for t, v in series[0][1]} if series else {}
         count = int(math.floor((end - start) / step + 1e-9)) + 1
         return [points.get(round(start + i * step, 3), math.nan) for i in range(count)]

@@ -452,6 +452,7 @@ class Metrics(BackgroundLoop):
                         "image": c.get("image", ""),
                         "instance": instance,
                         "job": "kubelet",
+                        "metrics_path": "/metrics/cadvisor",
                         "name": c["name"],
                         "namespace": m["namespace"],
                         "pod": m["name"],

@@ -66,8 +66,11 @@ def prometheus_config(
     alertmanager_url: str | None = None,
     scrape_interval: str = "1s",
     evaluation_interval: str = "1s",
+    apps: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Two jobs as on a real cluster: the kubelet's cAdvisor path and kube-state-metrics."""
+    """Two jobs as on a real cluster: the kubelet's cAdvisor path and kube-state-metrics;
+    and `apps` (job name → metrics URL), applications' own exporters, scraped as a
+    ServiceMonitor does by default (their labels yield to the target's)."""
     target = urlsplit(metrics_url).netloc
     config: dict[str, Any] = {
         "global": {
@@ -81,6 +84,11 @@ def prometheus_config(
                 "metrics_path": "/metrics/cadvisor",
                 "honor_labels": True,
                 "static_configs": [{"targets": [target]}],
+                # As kube-prometheus-stack's kubelet ServiceMonitor: the path a series
+                # came from is a label, so queries select cAdvisor's by it.
+                "relabel_configs": [
+                    {"source_labels": ["__metrics_path__"], "target_label": "metrics_path"}
+                ],
             },
             {
                 "job_name": "kube-state-metrics",
@@ -90,6 +98,15 @@ def prometheus_config(
             },
         ],
     }
+    for job, url in (apps or {}).items():
+        parts = urlsplit(url)
+        config["scrape_configs"].append(
+            {
+                "job_name": job,
+                "metrics_path": parts.path or "/metrics",
+                "static_configs": [{"targets": [parts.netloc]}],
+            }
+        )
     if alertmanager_url:
         config["alerting"] = {
             "alertmanagers": [
@@ -127,6 +144,7 @@ def start_prometheus(
     evaluation_interval: str = "1s",
     port: int | None = None,
     history: str | None = None,
+    apps: dict[str, str] | None = None,
 ) -> tuple[str, Process]:
     """A private Prometheus on a free loopback port scraping `metrics_url`; returns its URL.
 
@@ -146,6 +164,7 @@ def start_prometheus(
                 alertmanager_url=alertmanager_url,
                 scrape_interval=scrape_interval,
                 evaluation_interval=evaluation_interval,
+                apps=apps,
             ),
             sort_keys=False,
         )

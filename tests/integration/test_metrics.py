@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -18,6 +19,8 @@ from aifixer.sandbox import scenario as scenario_mod
 from aifixer.sandbox.promstack import query, start_prometheus
 
 pytestmark = [pytest.mark.integration]
+
+RULES = Path(__file__).resolve().parents[2] / "deploy" / "monitoring" / "cpu-levels-rules.yaml"
 
 DEPLOYMENT = """
 apiVersion: apps/v1
@@ -256,3 +259,73 @@ def test_the_prometheus_adapter_reads_a_deployments_cpu_history(make_world, tmp_
         proc.stop()
     with pytest.raises(TransientError):
         prom.query_range("up", end - 10, end, 5)
+
+
+def test_an_application_exporting_cadvisor_names_moves_nothing(make_world, tmp_path):
+    """An application's own /metrics claims 10 cores for `steady`'s pods under cAdvisor's
+    metric name: the adapter's query (and the level rules) count only the kubelet's
+    cAdvisor series and kube-state-metrics', so they still read 0.3 cores."""
+    import http.server
+    import threading
+
+    from aifixer.adapters.prometheus import Prometheus
+    from aifixer.sandbox.harness import free_port
+    from aifixer.sandbox.promstack import rule_file_from
+    from aifixer.settings import Settings
+
+    if shutil.which("prometheus") is None:
+        pytest.skip("prometheus is not installed (./dev installs it)")
+    world = make_world(world_scenario(100), speed=1.0)
+    world.call(lambda: world.wait_healthy([("shop", "steady")], 30))
+    pods = [p["metadata"]["name"] for p in world.cluster.store.list(world_pods(), "shop")
+            if p["metadata"]["name"].startswith("steady-")]  # fmt: skip
+    started = time.time()
+
+    class Spoof(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the standard library's name
+            total = 5.0 * (time.time() - started)  # 5 cores per pod
+            body = "".join(
+                f'container_cpu_usage_seconds_total{{namespace="shop",pod="{p}",container="web",'
+                f'image="shop/steady:1"}} {total}\n'
+                for p in pods
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Spoof)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    rules = rule_file_from(RULES, tmp_path / "rules.yml", window="5s", hold="1s")
+    url, proc = start_prometheus(
+        tmp_path / "prometheus",
+        world.endpoints.metrics,
+        rule_files=[rules],
+        apps={"shop-app": f"http://127.0.0.1:{server.server_address[1]}/metrics"},
+    )
+    try:
+        # The spoofed series is in Prometheus, under the application's job...
+        spoofed = (
+            'sum(rate(container_cpu_usage_seconds_total{namespace="shop",pod=~"steady-.*"}[5s]))'
+        )
+        wait_value(url, spoofed, 10.3, 0.1)
+        # ...and moves neither the level ratio nor the history forecast scaling reads.
+        ratio = "max(namespace_pod:aifixer_cpu_usage_over_limit:ratio{namespace='shop',pod=~'steady-.*'})"
+        wait_value(url, ratio, 0.3, 0.15)  # 150m of a 500m limit, not 5 cores
+        time.sleep(6)  # a full rate window of both
+        prom = Prometheus(Settings(_env_file=None, prometheus_url=url))
+        end = time.time() - 1
+        values = prom.deployment_cpu("shop", "steady", end - 3, end, 1, window="5s")
+        assert all(abs(v - 0.3) < 0.05 for v in values), values
+    finally:
+        proc.stop()
+        server.shutdown()
+
+
+def world_pods():
+    from aifixer.sandbox.kube.resources import core
+
+    return core("pods")
