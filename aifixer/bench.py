@@ -719,25 +719,37 @@ def chaos_table(rows: list[dict]) -> str:
               help="Only these (default: every forecaster aifixer knows).")  # fmt: skip
 @click.option("--origins", default=24, show_default=True, help="Rolling origins per profile.")
 @click.option("--horizon", default=5, show_default=True, help="Samples ahead (1 min each).")
-def forecasters(names: tuple[str, ...], origins: int, horizon: int) -> None:
+@click.option("--history", default=2880, show_default=True,
+              help="Samples of history at each origin (1 min each; 2880: two days).")  # fmt: skip
+@click.option("--every", default=67, show_default=True,
+              help="Minutes between origins (67: every phase of an hourly rhythm).")  # fmt: skip
+def forecasters(names: tuple[str, ...], origins: int, horizon: int, history: int,
+                every: int) -> None:  # fmt: skip
     """Forecasters compared on the sandbox's load profiles: MASE, sMAPE, fit time.
 
-    Two days of history at one sample a minute, `horizon` minutes ahead, from
-    `origins` origins an hour apart (see aifixer/sandbox/forecastbench.py).
+    `history` samples at one a minute, `horizon` minutes ahead, from `origins` origins
+    `every` minutes apart, each forecaster made for a daily season as the farm makes it
+    (see aifixer/sandbox/forecastbench.py). "first" is the first fit of a forecaster on
+    a profile: on its first profile it includes the libraries it imports lazily.
     """
     from .sandbox import forecastbench
 
+    if min(origins, horizon, every) < 1 or history < 2:
+        raise click.UsageError("--origins, --horizon and --every at least 1, --history at least 2")
     try:
-        scores = forecastbench.compare(list(names) or None, origins=origins, horizon=horizon)
+        scores = forecastbench.compare(list(names) or None, origins=origins, horizon=horizon,
+                                       history=history, every=every)  # fmt: skip
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    lines = ["| forecaster | profile | MASE | sMAPE % | fit (ms, median) | no forecast |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
-    for s in scores:
-        def num(v, fmt):
-            return "-" if v is None else format(v, fmt)
+    lines = ["| forecaster | profile | MASE | sMAPE % | fit (ms, median) | first (ms) "
+             "| no forecast |", "|---|---|---|---|---|---|---|"]  # fmt: skip
 
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    for s in scores:
         lines.append(f"| {s.forecaster} | {s.profile} | {num(s.mase, '.3f')} | "
-                     f"{num(s.smape, '.2f')} | {num(s.fit_s and s.fit_s * 1000, '.2f')} | "
+                     f"{num(s.smape, '.2f')} | {num(s.fit_s and s.fit_s * 1000, '.1f')} | "
+                     f"{num(s.first_s and s.first_s * 1000, '.0f')} | "
                      f"{s.failures}/{origins} |")  # fmt: skip
     click.echo("\n".join(lines))

@@ -139,7 +139,7 @@ class Settings(BaseSettings):
     scaling_interval_s: float = Field(default=60, gt=0)
     scaling_history_s: float = Field(default=1800, gt=0)  # the seed read 30 minutes
     scaling_step_s: float = Field(default=15, gt=0)
-    scaling_forecaster: Literal["holt", "seasonal-naive", "prophet", "autoets", "mstl"] = "holt"
+    scaling_forecaster: Literal["holt", "seasonal-naive", "prophet", "autoets", "mstl"] = "autoets"
     # The load's season (a day for most services): seasonal forecasters repeat it.
     scaling_season_s: float = Field(default=86_400, gt=0)
     # Gaps in the history up to this long (a missed scrape, a restart) are filled by a

@@ -265,9 +265,126 @@ def test_the_forecaster_bench_scores_what_it_should():
     assert 0 < holt.mase < math.inf and holt.smape > 0 and holt.fit_s > 0
     short = fb.evaluate(SeasonalNaive, "periodic", periodic, **options)  # a day: too little
     assert short.failures == 6 and short.mase is None
-    rows = fb.compare(origins=2, every=30, history=1500)
+    assert holt.first_s > 0
+    rows = fb.compare(["holt", "seasonal-naive"], origins=2, every=30, history=1500)
     assert {(r.forecaster, r.profile) for r in rows} == {
         (f, p) for f in ("holt", "seasonal-naive") for p in fb.PROFILES
     }
+    # Made as the farm makes them, for a season of a day unless told otherwise.
+    day = fb.compare(["seasonal-naive"], origins=1, history=1000)  # less than a day
+    hour = fb.compare(["seasonal-naive"], season_s=3600, origins=1, history=1000)
+    assert [r.failures for r in day] == [1, 1, 1] and [r.failures for r in hour] == [0, 0, 0]
     with pytest.raises(ValueError, match="unknown forecaster"):
         fb.compare(["prophet-ish"])
+
+
+# -- the library forecasters: Prophet, statsforecast's AutoETS and MSTL ---------------
+
+LIBRARY_FORECASTERS = ["prophet", "autoets", "mstl"]
+SEASON = 24  # samples of 60 s: a 24-minute "day", short enough to fit in well under a second
+
+
+def periodic(count: int) -> list[float]:
+    """A clean season on a slow rise: what the seasonal forecasters are for."""
+    return [2.0 + math.sin(2 * math.pi * i / SEASON) + 0.002 * i for i in range(count)]
+
+
+@pytest.mark.parametrize("name", LIBRARY_FORECASTERS)
+def test_a_library_forecaster_follows_the_season(name):
+    from aifixer.scaling.forecast import make_forecaster
+
+    f = make_forecaster(name, season_s=SEASON * 60)
+    assert (f.name, f.season_s) == (name, SEASON * 60)
+    horizon = 12
+    values = periodic(4 * SEASON + horizon)
+    past, future = values[: 4 * SEASON], values[4 * SEASON : 4 * SEASON + horizon]
+    predicted = f.predict(past, 60.0, horizon)
+    assert len(predicted) == horizon and all(isinstance(v, float) for v in predicted)
+    error = sum(abs(a - p) for a, p in zip(future, predicted, strict=True)) / horizon
+    naive = sum(abs(a - past[-1]) for a in future) / horizon  # "as now": 0.90 here
+    assert naive > 0.5
+    # The sine's amplitude is 1; repeating the last season misses the rise by 0.048.
+    assert error < 0.01, (name, error, naive)
+
+
+@pytest.mark.parametrize("name", LIBRARY_FORECASTERS)
+def test_a_library_forecaster_refuses_too_short_a_history(name):
+    from aifixer.scaling.forecast import make_forecaster
+
+    f = make_forecaster(name, season_s=SEASON * 60)
+    with pytest.raises(ForecastError, match="at least 10 samples"):
+        f.predict(periodic(6), 60.0, 3)
+
+
+def test_mstl_needs_two_seasons_the_others_forecast_without_one():
+    from aifixer.scaling.forecast import make_forecaster
+
+    short = periodic(SEASON + 6)  # one season and a bit
+    with pytest.raises(ForecastError, match="less than two seasons"):
+        make_forecaster("mstl", season_s=SEASON * 60).predict(short, 60.0, 3)
+    with pytest.raises(ForecastError, match="season of at least two samples"):
+        make_forecaster("mstl", season_s=60).predict(periodic(4 * SEASON), 60.0, 3)
+    for name in ("prophet", "autoets"):  # trend only, as Holt would
+        assert len(make_forecaster(name, season_s=SEASON * 60).predict(short, 60.0, 3)) == 3
+
+
+def test_autoets_fits_a_season_too_long_for_ets_without_it():
+    from aifixer.scaling.forecast import MAX_ETS_SEASON, make_forecaster
+
+    # A daily season at one sample a minute is 1440 states: more than ETS can hold.
+    assert MAX_ETS_SEASON == 24
+    values = periodic(4 * SEASON)
+    assert len(make_forecaster("autoets", season_s=30 * 60).predict(values, 60.0, 3)) == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "target"),
+    [
+        ("prophet", "prophet.Prophet.fit"),
+        ("autoets", "statsforecast.models.AutoETS.forecast"),
+        ("mstl", "statsforecast.models.MSTL.forecast"),
+    ],
+)
+def test_a_failed_fit_is_no_forecast(name, target, monkeypatch):
+    from aifixer.scaling.forecast import make_forecaster
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("optimizer did not converge")
+
+    monkeypatch.setattr(target, fail)
+    with pytest.raises(ForecastError, match="could not fit: optimizer did not converge"):
+        make_forecaster(name, season_s=SEASON * 60).predict(periodic(4 * SEASON), 60.0, 3)
+
+
+@pytest.mark.parametrize(("name", "module"), [("prophet", "prophet"), ("mstl", "statsforecast")])
+def test_a_missing_library_is_no_forecast(name, module, monkeypatch):
+    import sys
+
+    from aifixer.scaling.forecast import make_forecaster
+
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    monkeypatch.setitem(sys.modules, module + ".models", None)
+    with pytest.raises(ForecastError, match="not installed"):
+        make_forecaster(name, season_s=SEASON * 60).predict(periodic(4 * SEASON), 60.0, 3)
+
+
+def test_the_farm_loads_no_forecasting_library_it_was_not_configured_for():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, aifixer.scaling.forecast, aifixer.scaling.scaler, aifixer.settings;"
+        "f = aifixer.scaling.forecast.make_forecaster('mstl');"
+        "print(sorted(m for m in ('prophet', 'statsforecast', 'pandas', 'cmdstanpy')"
+        " if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_setting_accepts_every_forecaster():
+    from aifixer.scaling.forecast import FORECASTERS
+    from aifixer.settings import Settings
+
+    for name in FORECASTERS:
+        assert Settings(_env_file=None, scaling_forecaster=name).scaling_forecaster == name
