@@ -449,12 +449,17 @@ class ApiServer:
     ) -> web.Response:
         obj = self._out(t, obj)
         if tables.wants_table(request.headers.get("Accept", "")) and not t.sub:
-            return _json(
-                self._table(request, t, [obj], {"resourceVersion": self.store.resource_version})
-            )
+            return _json(self._object_table(request, t, obj))
         return _json(obj, status, warnings)
 
-    def _table(self, request: web.Request, t: Target, items: list[Obj], list_meta: dict) -> dict:
+    def _table(
+        self,
+        request: web.Request,
+        t: Target,
+        items: list[Obj],
+        list_meta: dict,
+        headers: bool = True,
+    ) -> dict:
         if t.res.kind == "Event":
             items = [event_to_core(o) for o in items]
         return tables.table(
@@ -463,7 +468,15 @@ class ApiServer:
             list_meta,
             self.store.clock.now(),
             request.query.get("includeObject", "Metadata"),
+            headers,
         )
+
+    def _object_table(
+        self, request: web.Request, t: Target, obj: Obj, headers: bool = True
+    ) -> dict:
+        """One object as a Table: its resourceVersion is the Table's, as the real server's."""
+        rv = (obj.get("metadata") or {}).get("resourceVersion", "")
+        return self._table(request, t, [obj], {"resourceVersion": rv}, headers)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -582,21 +595,33 @@ class ApiServer:
             return resp
         initial_left = w.queue.qsize() if send_initial else -1
         last_bookmark = time.monotonic()
+        # Asked for Tables, every event's object is one (bookmarks too, as the real server's
+        # watch encoder transforms them); only the first carries the column definitions.
+        as_table = tables.wants_table(request.headers.get("Accept", ""))
+        headers = True
+
+        async def send(ev_type: str, obj: Obj) -> None:
+            nonlocal headers
+            if as_table and obj.get("kind") != "Status":
+                obj = self._object_table(request, t, obj, headers)
+                headers = False
+            await _write_event(resp, ev_type, obj)
+
         try:
             while (remaining := deadline - time.monotonic()) > 0:
                 if initial_left == 0:
-                    await _write_event(resp, "BOOKMARK", self._bookmark(t, initial_end=True))
+                    await send("BOOKMARK", self._bookmark(t, initial_end=True))
                     initial_left = -1
                 ev = await w.next(min(remaining, self.options.poll_interval))
                 if ev is not None:
-                    await _write_event(resp, ev.type, self._out(t, ev.object))
+                    await send(ev.type, self._out(t, ev.object))
                     if initial_left > 0:
                         initial_left -= 1
                     continue
                 if w.closed or _client_gone(request):
                     break
                 if bookmarks and time.monotonic() - last_bookmark >= self.options.bookmark_interval:
-                    await _write_event(resp, "BOOKMARK", self._bookmark(t))
+                    await send("BOOKMARK", self._bookmark(t))
                     last_bookmark = time.monotonic()
         except ConnectionError:
             pass  # the client left

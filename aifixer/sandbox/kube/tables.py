@@ -56,8 +56,13 @@ def table(
     list_meta: dict[str, Any],
     now: datetime | None = None,
     include_object: str = "Metadata",
+    headers: bool = True,
 ) -> dict[str, Any]:
-    """A Table for `items` of `kind`; rows carry PartialObjectMetadata (includeObject=Metadata)."""
+    """A Table for `items` of `kind`; rows carry PartialObjectMetadata (includeObject=Metadata).
+
+    Without `headers` the column definitions are null, as the real server sends every watch
+    event's Table after the first (the generator's NoHeaders option).
+    """
     now = now or datetime.now(UTC)
     columns, printer = _PRINTERS.get(kind, ((NAME, AGE), _default_row))
     rows = []
@@ -76,7 +81,7 @@ def table(
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": list_meta,
-        "columnDefinitions": [c.definition() for c in columns],
+        "columnDefinitions": [c.definition() for c in columns] if headers else None,
         "rows": rows,
     }
 
