@@ -753,3 +753,51 @@ def forecasters(names: tuple[str, ...], origins: int, horizon: int, history: int
                      f"{num(s.first_s and s.first_s * 1000, '.0f')} | "
                      f"{s.failures}/{origins} |")  # fmt: skip
     click.echo("\n".join(lines))
+
+
+@bench_cli.command("scaling")
+@click.option("--forecaster", "-f", default=None,
+              help="The forecaster (default: the farm's, AIFIXER_SCALING_FORECASTER's default).")  # fmt: skip
+@click.option("--speed", default=30.0, show_default=True, help="Simulated time speed-up.")
+@click.option("--cycles", default=3, show_default=True, type=click.IntRange(1, 50),
+              help="Load cycles (1 simulated hour each) measured after the warm-up.")  # fmt: skip
+@click.option("--surge", default=1500.0, show_default=True, type=click.FloatRange(0),
+              help="Millicores of the surge each cycle ramps up to (0: the cycle alone).")  # fmt: skip
+@click.option("--seed", default=7, show_default=True, help="Seeds the noise and the jitter.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the figures, settings and timeline here as JSON.")  # fmt: skip
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep the world's, Prometheus' and Redis' files here.")  # fmt: skip
+def scaling(
+    forecaster: str | None,
+    speed: float,
+    cycles: int,
+    surge: float,
+    seed: int,
+    json_path: Path | None,
+    workdir: Path | None,
+) -> None:
+    """Forecast scaling against the HPA on the same load (see aifixer/sandbox/scalingbench.py).
+
+    One sandbox world and a real Prometheus; two Deployments each get the same cyclic
+    load with a surge and noise: one scaled by the HPA (70 % CPU utilization), one by
+    forecast scaling in apply mode (the same target per pod in cores). Unserved,
+    capacity and idle core-minutes of the measured cycles, and their ratios.
+    """
+    from .sandbox import scalingbench
+
+    if forecaster is not None:
+        try:
+            Settings(_env_file=None, scaling_forecaster=forecaster)
+        except ValueError as exc:  # pydantic's ValidationError names the known ones
+            raise click.UsageError(f"unknown forecaster {forecaster!r}: {exc}") from None
+    cfg = scalingbench.BenchConfig(forecaster=forecaster, speed=speed, cycles=cycles,
+                                   surge_m=surge, seed=seed)  # fmt: skip
+    base = workdir or Path(tempfile.mkdtemp(prefix="aifixer-scaling-"))
+    result = scalingbench.run(cfg, base, progress=lambda line: click.echo(line, err=True))
+    click.echo(scalingbench.markdown(result))
+    if result.forecast_errors:
+        click.echo(f"{len(result.forecast_errors)} failed passes, first: "
+                   f"{result.forecast_errors[0]}", err=True)  # fmt: skip
+    if json_path is not None:
+        json_path.write_text(json.dumps(result.as_dict(), indent=1, default=str))
