@@ -182,3 +182,58 @@ def test_watch_tables_carry_columns_once(cluster):
         second["metadata"]["resourceVersion"]
         == second["rows"][0]["object"]["metadata"]["resourceVersion"]
     )
+
+
+def test_not_found_statuses_carry_details(cluster, kubectl):
+    missing = kubectl("get", "pod", "nosuch")
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == 'Error from server (NotFound): pods "nosuch" not found'
+    missing = kubectl("get", "deployment", "nosuch")
+    assert missing.stderr.strip() == (
+        'Error from server (NotFound): deployments.apps "nosuch" not found'
+    )
+
+    def status(path: str) -> dict:
+        resp = requests.get(cluster.url + path, timeout=5)
+        assert resp.status_code == 404
+        return resp.json()
+
+    # A named object: name and resource, and no group for the core group (Go's omitempty).
+    assert status("/api/v1/namespaces/default/pods/nosuch")["details"] == {
+        "name": "nosuch",
+        "kind": "pods",
+    }
+    assert status("/apis/apps/v1/namespaces/default/deployments/nosuch")["details"] == {
+        "name": "nosuch",
+        "group": "apps",
+        "kind": "deployments",
+    }
+    # No such route: the generic Status, whose details name nothing but are there.
+    for path in (
+        "/api/v1/nosuchresource",
+        "/api/v1/namespaces/default/pods/p/nosuchsubresource",
+        "/apis/nosuch.example.com/v1",
+    ):
+        body = status(path)
+        assert body["reason"] == "NotFound"
+        assert body["message"] == "the server could not find the requested resource"
+        assert body["details"] == {}
+
+
+def test_debug_answers_with_an_error_not_a_panic(cluster, kubectl):
+    missing = kubectl("debug", "nosuch", "--image=busybox", "--profile=general")
+    assert missing.returncode == 1
+    assert 'Error from server (NotFound): pods "nosuch" not found' in missing.stderr
+    client.CoreV1Api(cluster.api).create_namespaced_pod(
+        "default",
+        {
+            "metadata": {"name": "debugged"},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "img:1"}]},
+        },
+    )
+    # The stand-in has no ephemeralcontainers subresource: kubectl recognises the generic
+    # 404 (details without a name) as a cluster with ephemeral containers disabled.
+    out = kubectl("debug", "debugged", "--image=busybox", "--profile=general")
+    assert "panic" not in out.stderr
+    assert out.returncode == 1
+    assert "error: ephemeral containers are disabled for this cluster" in out.stderr

@@ -223,7 +223,7 @@ async def apis_root(request: web.Request) -> web.Response:
 async def api_group(request: web.Request) -> web.Response:
     group = request.match_info["group"]
     if not group or group not in groups():
-        raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+        raise errors.generic(404)
     return json_response({"kind": "APIGroup", "apiVersion": "v1", **_group_doc(group)})
 
 
@@ -234,7 +234,7 @@ async def core_resources(request: web.Request) -> web.Response:
 async def group_resources(request: web.Request) -> web.Response:
     group, ver = request.match_info["group"], request.match_info["version"]
     if not group or group not in groups() or ver != "v1":
-        raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+        raise errors.generic(404)
     return json_response(_resource_list(group))
 
 
@@ -254,7 +254,7 @@ async def openapi_v3_gv(request: web.Request) -> web.Response:
     gv = request.match_info["gv"]
     served = {schema.openapi_base_path(_gv(g)) for g in groups()}
     if gv not in served:
-        raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+        raise errors.generic(404)
     # The hash in serverRelativeURL names immutable content: clients may cache it forever.
     return json_response(
         schema.openapi_v3_group_version_bytes(gv), headers={"Cache-Control": "public, immutable"}

@@ -19,6 +19,13 @@ class ApiError(Exception):
         self.details = details
 
     def status(self) -> dict[str, Any]:
+        """The `Status` body, in the real server's field order.
+
+        `details` is there exactly when the real server's constructor sets it (a pointer in
+        Go: `{}` when every field is empty), and its empty fields are left out as Go's
+        `omitempty` leaves them: a core-group NotFound has no `group`. Clients read it
+        unguarded: kubectl debug dereferences `details.name` of a 404.
+        """
         body: dict[str, Any] = {
             "kind": "Status",
             "apiVersion": "v1",
@@ -26,10 +33,10 @@ class ApiError(Exception):
             "status": "Failure",
             "message": self.message,
             "reason": self.reason,
-            "code": self.code,
         }
         if self.details is not None:
-            body["details"] = self.details
+            body["details"] = {k: v for k, v in self.details.items() if v not in ("", None, [], 0)}
+        body["code"] = self.code
         return body
 
 
@@ -51,6 +58,28 @@ FOR_CODE: dict[int, tuple[str, str]] = {
     503: ("ServiceUnavailable", "the server is currently unable to handle the request"),
     504: ("Timeout", "the server was unable to return a response in the time allotted"),
 }
+
+
+# Codes whose Status the real server sends without `details` (NewBadRequest, NewUnauthorized,
+# NewGone, NewResourceExpired, NewRequestEntityTooLargeError, the 415 of content negotiation,
+# NewServiceUnavailable); every other code's constructor sets them.
+_NO_DETAILS = (400, 401, 410, 413, 415, 503)
+
+
+def generic(code: int, retry_after: int | None = None) -> ApiError:
+    """The status a bare code gets (NewGenericServerResponse, as the server's route-not-found
+    and method-not-allowed handlers send it): details `{}` naming no object."""
+    reason, message = FOR_CODE.get(code, ("", f"the server responded with the status code {code}"))
+    details = None if code in _NO_DETAILS and retry_after is None else {}
+    if retry_after is not None:
+        details = {"retryAfterSeconds": retry_after}
+    return ApiError(code, reason, message, details)
+
+
+def internal(exc: BaseException) -> ApiError:
+    return ApiError(
+        500, "InternalError", f"Internal error occurred: {exc}", {"causes": [{"message": str(exc)}]}
+    )
 
 
 def _qualified(group: str, plural: str) -> str:
@@ -108,7 +137,7 @@ def gone(message: str) -> ApiError:
 def method_not_allowed(
     message: str = "the server does not allow this method on the requested resource",
 ) -> ApiError:
-    return ApiError(405, "MethodNotAllowed", message)
+    return ApiError(405, "MethodNotAllowed", message, {})
 
 
 def unsupported_media_type(content_type: str) -> ApiError:

@@ -39,7 +39,6 @@ from .store import Obj, Predicate, Store, copy
 
 log = logging.getLogger(__name__)
 
-NOT_FOUND = "the server could not find the requested resource"
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
@@ -102,14 +101,14 @@ def parse_target(group: str, version: str, tail: str) -> Target:
         if inner is not None and inner.namespaced:
             namespace, parts = parts[1], parts[2:]
     if not parts or len(parts) > 3:
-        raise errors.ApiError(404, "NotFound", NOT_FOUND)
+        raise errors.generic(404)
     res = by_path(group, version, parts[0])
     if res is None or (res.namespaced and namespace is None and len(parts) > 1):
-        raise errors.ApiError(404, "NotFound", NOT_FOUND)
+        raise errors.generic(404)
     name = parts[1] if len(parts) > 1 else None
     sub = parts[2] if len(parts) > 2 else ""
     if sub and sub not in res.subresources:
-        raise errors.ApiError(404, "NotFound", NOT_FOUND)
+        raise errors.generic(404)
     return Target(res, namespace, name, sub, watch_path)
 
 
@@ -326,11 +325,13 @@ async def _ok(request: web.Request) -> web.Response:
 def _fault_status(request: web.Request, fault: faults.Fault) -> web.StreamResponse:
     """An injected status fault as the API server's `Status` (see `faults`)."""
     code = fault.status or 500
-    reason, message = errors.FOR_CODE.get(code, ("", fault.phrase()))
-    details = None
+    retry_after = None
     if fault.retry_after is not None and fault.retry_after.isdigit():
-        details = {"retryAfterSeconds": int(fault.retry_after)}
-    return status_response(errors.ApiError(code, reason, message, details))
+        retry_after = int(fault.retry_after)
+    exc = errors.generic(code, retry_after)
+    if code not in errors.FOR_CODE:
+        exc.reason, exc.message = "", fault.phrase()
+    return status_response(exc)
 
 
 @web.middleware
@@ -341,7 +342,7 @@ async def _status_errors(request: web.Request, handler) -> web.StreamResponse:
     except errors.ApiError as exc:
         return status_response(exc)
     except web.HTTPNotFound:
-        return status_response(errors.ApiError(404, "NotFound", NOT_FOUND))
+        return status_response(errors.generic(404))
     except web.HTTPMethodNotAllowed:
         return status_response(errors.method_not_allowed())
     except web.HTTPRequestEntityTooLarge:
@@ -352,9 +353,7 @@ async def _status_errors(request: web.Request, handler) -> web.StreamResponse:
         raise
     except Exception as exc:  # noqa: BLE001 - a bug must still answer with a Status
         log.exception("internal error serving %s %s", request.method, request.path)
-        return status_response(
-            errors.ApiError(500, "InternalError", f"Internal error occurred: {exc}")
-        )
+        return status_response(errors.internal(exc))
 
 
 def _from_status(status: dict) -> errors.ApiError:
@@ -881,9 +880,9 @@ class ApiServer:
                 "apiVersion": "v1",
                 "metadata": {},
                 "status": "Success",
-                "details": {
+                "details": {  # Go's omitempty: no "group" for the core group
                     "name": t.name,
-                    "group": t.res.group,
+                    **({"group": t.res.group} if t.res.group else {}),
                     "kind": t.res.plural,
                     "uid": gone["metadata"]["uid"],
                 },
@@ -936,11 +935,18 @@ class ApiServer:
             raise errors.method_not_allowed()
         replicas = (scale.get("spec") or {}).get("replicas")
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
-            raise errors.ApiError(
-                422,
-                "Invalid",
-                f'Scale.autoscaling "{t.name}" is invalid: spec.replicas: '
-                f"Invalid value: {json.dumps(replicas)}: must be greater than or equal to 0",
+            raise errors.invalid(
+                "autoscaling",
+                "Scale",
+                t.name or "",
+                [
+                    {
+                        "reason": "FieldValueInvalid",
+                        "message": f"Invalid value: {json.dumps(replicas)}: "
+                        "must be greater than or equal to 0",
+                        "field": "spec.replicas",
+                    }
+                ],
             )
         rv = (scale.get("metadata") or {}).get("resourceVersion")
         new = {
