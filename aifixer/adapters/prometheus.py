@@ -84,15 +84,22 @@ class Prometheus:
             ValueError: more points than Prometheus answers for (raise the step).
             TransientError, PermanentError.
         """
-        if step <= 0 or end < start:
-            raise ValueError(f"need start <= end and step > 0, got {start}, {end}, {step}")
+        if step < 0.001 or end < start:
+            raise ValueError(f"need start <= end and step >= 1 ms, got {start}, {end}, {step}")
         if (end - start) / step + 1 > MAX_POINTS:
             raise ValueError(f"{(end - start) / step:.0f} points per series, at most {MAX_POINTS}")
         body = get_json(
             self.http,
             SYSTEM,
             f"{self.base}/api/v1/query_range",
-            {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"},
+            # The step in whole milliseconds: Prometheus truncates a float step to the
+            # millisecond below (4.286 s steps by 4.285 s), and its points would drift.
+            {
+                "query": promql,
+                "start": f"{start:.3f}",
+                "end": f"{end:.3f}",
+                "step": f"{round(step * 1000)}ms",
+            },
             self.timeout,
         )
         if body.get("status") != "success" or body.get("data", {}).get("resultType") != "matrix":
@@ -107,6 +114,7 @@ class Prometheus:
     ) -> list[float]:
         """The Deployment's total CPU (cores) at every step from start to end; NaN where
         Prometheus has no value (no pods, or no scrape)."""
+        step = round(step * 1000) / 1000  # the step Prometheus steps by (see query_range)
         query = deployment_cpu_query(namespace, name, window, self.cadvisor, self.kube_state)
         series = self.query_range(query, start, end, step)
         points = {round(t, 3): v for t, v in series[0][1]} if series else {}
