@@ -237,3 +237,60 @@ def test_debug_answers_with_an_error_not_a_panic(cluster, kubectl):
     assert "panic" not in out.stderr
     assert out.returncode == 1
     assert "error: ephemeral containers are disabled for this cluster" in out.stderr
+
+
+def test_create_configmap_secret_namespace(cluster, kubectl):
+    # kubectl's typed clients send these as protobuf (and never retry as JSON).
+    out = kubectl("create", "configmap", "made", "--from-literal=a=b", "--from-literal=c=d")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "configmap/made created"
+    out = kubectl("create", "secret", "generic", "hush", "--from-literal=token=s3cret")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "secret/hush created"
+    out = kubectl("create", "namespace", "fresh")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "namespace/fresh created"
+    out = kubectl("create", "serviceaccount", "robot", "-n", "fresh")
+    assert out.returncode == 0, out.stderr
+
+    core = client.CoreV1Api(cluster.api)
+    cm = core.read_namespaced_config_map("made", "default")
+    assert cm.data == {"a": "b", "c": "d"}
+    assert cm.metadata.managed_fields[0].manager == "kubectl-create"
+    secret = core.read_namespaced_secret("hush", "default")
+    assert secret.type == "Opaque" and secret.data == {"token": "czNjcmV0"}
+    assert core.read_namespace("fresh").status.phase == "Active"
+    assert core.read_namespaced_service_account("robot", "fresh").metadata.name == "robot"
+
+    again = kubectl("create", "configmap", "made", "--from-literal=a=b")
+    assert again.returncode == 1
+    assert 'configmaps "made" already exists' in again.stderr
+
+
+def test_media_types_a_kind_is_not_decoded_from_are_not_offered(cluster, kubectl):
+    # The stand-in has no protobuf description of Deployments: its 415 says what it takes.
+    out = kubectl("create", "deployment", "pb", "--image=nginx")
+    assert out.returncode == 1
+    assert out.stderr.strip().endswith(
+        "the body of the request was in an unknown format - accepted media types include: "
+        "application/json, application/yaml"
+    )
+    resp = requests.post(
+        f"{cluster.url}/api/v1/namespaces/default/configmaps",
+        data="x",
+        headers={"Content-Type": "text/plain"},
+        timeout=5,
+    )
+    assert resp.status_code == 415
+    assert resp.json()["message"] == (
+        "the body of the request was in an unknown format - accepted media types include: "
+        "application/json, application/yaml, application/vnd.kubernetes.protobuf"
+    )
+    assert "details" not in resp.json()
+    resp = requests.post(
+        f"{cluster.url}/api/v1/namespaces/default/configmaps",
+        data=b"\x00garbage",
+        headers={"Content-Type": "application/vnd.kubernetes.protobuf"},
+        timeout=5,
+    )
+    assert resp.status_code == 400 and resp.json()["reason"] == "BadRequest"

@@ -140,9 +140,11 @@ def method_not_allowed(
     return ApiError(405, "MethodNotAllowed", message, {})
 
 
-def unsupported_media_type(content_type: str) -> ApiError:
+def unsupported_media_type(accepted: list[str]) -> ApiError:
+    """The 415 of content negotiation (`negotiation.NewUnsupportedMediaTypeError`)."""
     return ApiError(
         415,
         "UnsupportedMediaType",
-        f'the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got "{content_type}")',
+        "the body of the request was in an unknown format - accepted media types include: "
+        + ", ".join(accepted),
     )
