@@ -53,6 +53,7 @@ DOC_UPDATE_PR = f"{DOCS}/pulls/pulls#update-a-pull-request"
 DOC_CREATE_REF = f"{DOCS}/git/refs#create-a-reference"
 DOC_COMMENT = f"{DOCS}/issues/comments#create-an-issue-comment"
 API_VERSION = "2022-11-28"
+_DIFF_MEDIA_TYPE = re.compile(r"application/vnd\.github(?:\.v3)?\.diff")
 RATE_LIMIT = {True: 5000, False: 60}  # authenticated / anonymous, per hour
 PER_PAGE_DEFAULT, PER_PAGE_MAX = 30, 100
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -186,6 +187,7 @@ class Forge:
         self.last_base_url = ""
         self._ids = itertools.count(1001)
         self._user_ids: dict[str, int] = {}
+        self.created_at = _now()  # every account's created_at
 
     # -- identities --------------------------------------------------------
 
@@ -434,24 +436,68 @@ class Views:
         self.viewer = viewer
 
     def user(self, login: str) -> dict[str, Any]:
+        """The "simple user" embedded in other objects (every property GitHub requires)."""
         uid = self.forge.user_id(login)
+        api = f"{self.urls.api}/users/{login}"
         return {
             "login": login,
             "id": uid,
             "node_id": _node_id("User", uid),
             "avatar_url": f"{self.urls.web}/{login}.png",
             "gravatar_id": "",
-            "url": f"{self.urls.api}/users/{login}",
+            "url": api,
             "html_url": f"{self.urls.web}/{login}",
-            "repos_url": f"{self.urls.api}/users/{login}/repos",
+            "followers_url": f"{api}/followers",
+            "following_url": f"{api}/following{{/other_user}}",
+            "gists_url": f"{api}/gists{{/gist_id}}",
+            "starred_url": f"{api}/starred{{/owner}}{{/repo}}",
+            "subscriptions_url": f"{api}/subscriptions",
+            "organizations_url": f"{api}/orgs",
+            "repos_url": f"{api}/repos",
+            "events_url": f"{api}/events{{/privacy}}",
+            "received_events_url": f"{api}/received_events",
             "type": "User" if login == self.forge.user else "Organization",
+            "user_view_type": "public",
             "site_admin": False,
         }
+
+    def full_user(self, login: str, private: bool = False) -> dict[str, Any]:
+        """`GET /users/{login}` (public user) or, for the token's own account, `GET /user`."""
+        stamp = rfc3339(self.forge.created_at)
+        owned = sum(owner == login for owner, _ in self.forge.repos)
+        out = {
+            **self.user(login),
+            "name": None,
+            "company": None,
+            "blog": "",
+            "location": None,
+            "email": None,
+            "hireable": None,
+            "bio": None,
+            "twitter_username": None,
+            "public_repos": owned,
+            "public_gists": 0,
+            "followers": 0,
+            "following": 0,
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
+        if private:
+            out.update(
+                private_gists=0,
+                total_private_repos=0,
+                owned_private_repos=0,
+                disk_usage=0,
+                collaborators=0,
+                two_factor_authentication=False,
+            )
+        return out
 
     def repo(self, repo: Repo) -> dict[str, Any]:
         api, web_url = self.urls.repo_api(repo), self.urls.repo_web(repo)
         host = URL(self.urls.web).host
         can_push = self.viewer is not None
+        open_issues = sum(p.state == "open" for p in repo.pulls.values())
         return {
             "id": repo.id,
             "node_id": _node_id("Repository", repo.id),
@@ -466,19 +512,71 @@ class Views:
             "archived": False,
             "disabled": False,
             "url": api,
-            "clone_url": f"{web_url}.git",
-            "git_url": f"git://{host}/{repo.full_name}.git",
-            "ssh_url": f"git@{host}:{repo.full_name}.git",
+            "archive_url": f"{api}/{{archive_format}}{{/ref}}",
+            "assignees_url": f"{api}/assignees{{/user}}",
+            "blobs_url": f"{api}/git/blobs{{/sha}}",
             "branches_url": f"{api}/branches{{/branch}}",
-            "git_refs_url": f"{api}/git/refs{{/sha}}",
-            "pulls_url": f"{api}/pulls{{/number}}",
-            "issues_url": f"{api}/issues{{/number}}",
-            "issue_comment_url": f"{api}/issues/comments{{/number}}",
+            "collaborators_url": f"{api}/collaborators{{/collaborator}}",
+            "comments_url": f"{api}/comments{{/number}}",
             "commits_url": f"{api}/commits{{/sha}}",
             "compare_url": f"{api}/compare/{{base}}...{{head}}",
+            "contents_url": f"{api}/contents/{{+path}}",
+            "contributors_url": f"{api}/contributors",
+            "deployments_url": f"{api}/deployments",
+            "downloads_url": f"{api}/downloads",
+            "events_url": f"{api}/events",
+            "forks_url": f"{api}/forks",
+            "git_commits_url": f"{api}/git/commits{{/sha}}",
+            "git_refs_url": f"{api}/git/refs{{/sha}}",
+            "git_tags_url": f"{api}/git/tags{{/sha}}",
+            "git_url": f"git://{host}/{repo.full_name}.git",
+            "issue_comment_url": f"{api}/issues/comments{{/number}}",
+            "issue_events_url": f"{api}/issues/events{{/number}}",
+            "issues_url": f"{api}/issues{{/number}}",
+            "keys_url": f"{api}/keys{{/key_id}}",
+            "labels_url": f"{api}/labels{{/name}}",
+            "languages_url": f"{api}/languages",
+            "merges_url": f"{api}/merges",
+            "milestones_url": f"{api}/milestones{{/number}}",
+            "notifications_url": f"{api}/notifications{{?since,all,participating}}",
+            "pulls_url": f"{api}/pulls{{/number}}",
+            "releases_url": f"{api}/releases{{/id}}",
+            "ssh_url": f"git@{host}:{repo.full_name}.git",
+            "stargazers_url": f"{api}/stargazers",
+            "statuses_url": f"{api}/statuses/{{sha}}",
+            "subscribers_url": f"{api}/subscribers",
+            "subscription_url": f"{api}/subscription",
+            "tags_url": f"{api}/tags",
+            "teams_url": f"{api}/teams",
+            "trees_url": f"{api}/git/trees{{/sha}}",
+            "clone_url": f"{web_url}.git",
+            "mirror_url": None,
+            "hooks_url": f"{api}/hooks",
+            "svn_url": web_url,
+            "homepage": None,
+            "language": None,
+            "forks_count": 0,
+            "stargazers_count": 0,
+            "watchers_count": 0,
+            "size": 0,
             "default_branch": repo.default_branch,
+            "open_issues_count": open_issues,
+            "is_template": False,
+            "topics": [],
             "has_issues": True,
-            "open_issues_count": sum(p.state == "open" for p in repo.pulls.values()),
+            "has_projects": True,
+            "has_wiki": True,
+            "has_pages": False,
+            "has_downloads": True,
+            "has_discussions": False,
+            "allow_forking": True,
+            "web_commit_signoff_required": False,
+            "license": None,
+            "forks": 0,
+            "open_issues": open_issues,
+            "watchers": 0,
+            "subscribers_count": 0,
+            "network_count": 0,
             "permissions": {
                 "admin": can_push,
                 "maintain": can_push,
@@ -503,15 +601,20 @@ class Views:
             "object": {"sha": sha, "type": "commit", "url": f"{api}/git/commits/{sha}"},
         }
 
-    def branch(self, repo: Repo, name: str, sha: str) -> dict[str, Any]:
+    def branch(self, repo: Repo, name: str, info: Mapping[str, str]) -> dict[str, Any]:
+        """`GET /branches/{name}`: the branch with its head as a full commit."""
         api = self.urls.repo_api(repo)
         return {
             "name": name,
-            "commit": self.commit_ref(repo, sha),
+            "commit": self.commit(repo, info),
             "protected": False,
             "protection": {
                 "enabled": False,
-                "required_status_checks": {"enforcement_level": "off", "contexts": []},
+                "required_status_checks": {
+                    "enforcement_level": "off",
+                    "contexts": [],
+                    "checks": [],
+                },
             },
             "protection_url": f"{api}/branches/{name}/protection",
             "_links": {
@@ -546,6 +649,47 @@ class Views:
                     "html_url": f"{self.urls.repo_web(repo)}/commit/{p}",
                 }
                 for p in info["parents"].split()
+            ],
+            # The stand-in's commits carry no signatures.
+            "verification": {
+                "verified": False,
+                "reason": "unsigned",
+                "signature": None,
+                "payload": None,
+                "verified_at": None,
+            },
+        }
+
+    def commit(self, repo: Repo, info: Mapping[str, str]) -> dict[str, Any]:
+        """A commit as the repos API shows it (`GET /commits/{ref}`, a branch's head).
+
+        `author` and `committer` are the GitHub accounts of the commit's emails; no
+        account of the stand-in has an email, so both are null, as on GitHub for commits
+        by unknown emails.
+        """
+        api = self.urls.repo_api(repo)
+        sha = info["sha"]
+        git_commit = self.git_commit(repo, info)
+        return {
+            "sha": sha,
+            "node_id": git_commit["node_id"],
+            "commit": {
+                "author": git_commit["author"],
+                "committer": git_commit["committer"],
+                "message": git_commit["message"],
+                "tree": git_commit["tree"],
+                "url": f"{api}/git/commits/{sha}",
+                "comment_count": 0,
+                "verification": git_commit["verification"],
+            },
+            "url": f"{api}/commits/{sha}",
+            "html_url": git_commit["html_url"],
+            "comments_url": f"{api}/commits/{sha}/comments",
+            "author": None,
+            "committer": None,
+            "parents": [
+                {"sha": p["sha"], "url": f"{api}/commits/{p['sha']}", "html_url": p["html_url"]}
+                for p in git_commit["parents"]
             ],
         }
 
@@ -746,7 +890,7 @@ async def api_middleware(
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed):  # GitHub answers 404 to both
         response = _json(not_found().body(), 404)
     response.headers.update(_rate_headers(request, login))
-    response.headers["X-GitHub-Media-Type"] = "github.v3; format=json"
+    response.headers.setdefault("X-GitHub-Media-Type", "github.v3; format=json")
     response.headers["X-GitHub-Api-Version-Selected"] = request.headers.get(
         "X-GitHub-Api-Version", API_VERSION
     )
@@ -820,7 +964,7 @@ def _pull(repo: Repo, request: web.Request) -> PullRequest:
 @routes.get("/user")
 async def get_authenticated_user(request: web.Request) -> web.Response:
     _, views = _ctx(request)
-    return _json(views.user(request[LOGIN]))
+    return _json(views.full_user(request[LOGIN], private=True))
 
 
 @routes.get("/users/{login}")
@@ -829,7 +973,7 @@ async def get_user(request: web.Request) -> web.Response:
     login = request.match_info["login"]
     if login != forge.user and all(owner != login for owner, _ in forge.repos):
         raise not_found()
-    return _json(views.user(login))
+    return _json(views.full_user(login))
 
 
 @routes.get("/repos/{owner}/{repo}")
@@ -860,7 +1004,7 @@ async def get_branch(request: web.Request) -> web.Response:
     sha = (await repo.git.branches()).get(name)
     if sha is None:
         raise ApiError(404, "Branch not found", doc=f"{DOCS}/branches/branches#get-a-branch")
-    return _json(views.branch(repo, name, sha))
+    return _json(views.branch(repo, name, await repo.git.commit_info(sha)))
 
 
 @routes.get("/repos/{owner}/{repo}/git/ref/{ref:.+}")
@@ -923,19 +1067,10 @@ async def get_commit(request: web.Request) -> web.Response:
             if "/git/" in request.path
             else f"No commit found for SHA: {request.match_info['sha']}",
         )
-    commit = views.git_commit(repo, await repo.git.commit_info(sha))
+    info = await repo.git.commit_info(sha)
     if "/git/commits/" in request.path:
-        return _json(commit)
-    return _json(
-        {
-            "sha": sha,
-            "node_id": commit["node_id"],
-            "url": f"{views.urls.repo_api(repo)}/commits/{sha}",
-            "html_url": commit["html_url"],
-            "commit": {**commit, "url": f"{views.urls.repo_api(repo)}/git/commits/{sha}"},
-            "parents": commit["parents"],
-        }
-    )
+        return _json(views.git_commit(repo, info))
+    return _json(views.commit(repo, info))
 
 
 @routes.post("/repos/{owner}/{repo}/pulls")
@@ -995,6 +1130,17 @@ async def get_pull(request: web.Request) -> web.Response:
     repo = _repo(request)
     pr = _pull(repo, request)
     await forge.refresh(repo, pr)
+    diff_type = _DIFF_MEDIA_TYPE.search(request.headers.get("Accept", ""))
+    if diff_type:
+        # The diff media type: the pull request's unified diff instead of its JSON, in
+        # the media type asked for (with or without the v3).
+        return web.Response(
+            text=await repo.git.diff(pr.base_sha, pr.head_sha),
+            headers={
+                "Content-Type": f"{diff_type.group(0)}; charset=utf-8",
+                "X-GitHub-Media-Type": "github.v3; param=diff",
+            },
+        )
     return _json(await views.full_pull(repo, pr))
 
 
