@@ -9,12 +9,14 @@ This module is a small recursive-descent parser that accepts:
   ``|= != |~ !~`` (each optionally ``or``-ed with more strings);
 * metric queries: ``count_over_time``/``rate``/``bytes_over_time``/``bytes_rate`` over
   ``<log query>[<range>]``, optionally wrapped in ``sum|count|min|max|avg`` with
-  ``by (...)``/``without (...)`` before or after the argument.
+  ``by (...)``/``without (...)`` before or after the argument;
+* constant expressions: ``vector(n)``, number literals and the arithmetic operators
+  between them (Grafana's data-source health check is ``vector(1)+vector(1)``).
 
 It reports errors at the same positions and with the same token names as Loki's parser
 for the common mistakes (unterminated selector or string, missing filter operand, stray
 tokens). Constructs Loki supports but this parser does not (``| json``, ``| logfmt``,
-label filters, binary operators, ...) raise `UnsupportedQuery` so the HTTP layer can
+label filters, binary operators on log metrics, ...) raise `UnsupportedQuery` so the HTTP layer can
 answer a clear 400 instead of a misleading syntax error.
 
 Label regexes are fully anchored and line-filter regexes are searched, as in Loki; both
@@ -23,6 +25,7 @@ are compiled with Python's `re`, which agrees with RE2 on the syntax logs querie
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -228,8 +231,69 @@ class VectorAggregation:
     without: tuple[str, ...] | None = None  # set when grouping is `without (...)`
 
 
+@dataclass(frozen=True)
+class Literal:
+    """A number literal (`2`, `-1.5`), or `vector(n)` when `vector` is set."""
+
+    value: float
+    vector: bool = False
+
+
+@dataclass(frozen=True)
+class BinaryOp:
+    """Arithmetic between constant operands, e.g. Grafana's health check
+    `vector(1)+vector(1)`; binary operations on log-derived metrics are not supported."""
+
+    op: str  # + - * / % ^
+    lhs: Literal | BinaryOp
+    rhs: Literal | BinaryOp
+
+
+Constant = Literal | BinaryOp
 MetricQuery = RangeAggregation | VectorAggregation
-Query = LogQuery | RangeAggregation | VectorAggregation
+Query = LogQuery | RangeAggregation | VectorAggregation | Literal | BinaryOp
+
+# Prometheus' (and so LogQL's) arithmetic precedence; `^` is right-associative.
+_ARITHMETIC = {"+": 1, "-": 1, "*": 2, "/": 2, "%": 2, "^": 3}
+
+
+def evaluate_constant(expr: Constant) -> tuple[float, bool]:
+    """The value of a constant expression and whether it is a vector (else a scalar).
+
+    A vector here is `vector(n)`'s single sample with no labels; an operation with a
+    vector on either side is a vector, as in Prometheus.
+    """
+    if isinstance(expr, Literal):
+        return expr.value, expr.vector
+    lhs, lhs_vector = evaluate_constant(expr.lhs)
+    rhs, rhs_vector = evaluate_constant(expr.rhs)
+    return _arithmetic(expr.op, lhs, rhs), lhs_vector or rhs_vector
+
+
+def _arithmetic(op: str, lhs: float, rhs: float) -> float:
+    """Go float64 arithmetic: division by zero gives ±Inf or NaN, `%` is math.Mod."""
+    if op == "+":
+        return lhs + rhs
+    if op == "-":
+        return lhs - rhs
+    if op == "*":
+        return lhs * rhs
+    if op == "/":
+        if rhs == 0:
+            return math.nan if lhs == 0 or math.isnan(lhs) else math.copysign(math.inf, lhs)
+        return lhs / rhs
+    if op == "%":
+        return math.nan if rhs == 0 or math.isinf(lhs) else math.fmod(lhs, rhs)
+    try:
+        return math.pow(lhs, rhs)
+    except OverflowError:
+        return math.inf
+    except ValueError:
+        return math.nan
+
+
+def is_constant(query: Query) -> bool:
+    return isinstance(query, Literal | BinaryOp)
 
 
 def selector_of(query: Query) -> LogQuery:
@@ -426,12 +490,25 @@ class _Parser:
             raise self.syntax_error(kind, *also)
         return self.advance()
 
-    # expr := logExpr | metricExpr
+    # expr := logExpr | metricExpr | constant {arithmeticOp constant}
     def parse(self) -> Query:
-        expr = self.expr()
+        expr = self.arithmetic(0)
         if self.tok.kind != "$end":
             self._refuse_trailing()
         return expr
+
+    def arithmetic(self, min_precedence: int) -> Query:
+        """Precedence climbing over `+ - * / % ^`, for constant operands only."""
+        lhs = self.expr()
+        while (precedence := _ARITHMETIC.get(self.tok.kind, 0)) >= max(min_precedence, 1):
+            if not is_constant(lhs):
+                raise UnsupportedQuery("binary operations are not supported")
+            op = self.advance().kind
+            rhs = self.arithmetic(precedence if op == "^" else precedence + 1)
+            if not is_constant(rhs):
+                raise UnsupportedQuery("binary operations are not supported")
+            lhs = BinaryOp(op, lhs, rhs)
+        return lhs
 
     def expr(self) -> Query:
         kind = self.tok.kind
@@ -439,18 +516,41 @@ class _Parser:
             return self.log_query()
         if kind == "(":
             self.advance()
-            inner = self.expr()
+            inner = self.arithmetic(0)
             self.expect(")")
             return inner
         if kind.lower() in RANGE_OPS:
             return self.range_aggregation()
         if kind.lower() in VECTOR_OPS:
             return self.vector_aggregation()
+        if kind == "VECTOR":
+            self.advance()
+            self.expect("(")
+            value = self.number()
+            self.expect(")")
+            return Literal(value, vector=True)
         if kind.lower() in OTHER_FUNCTIONS:
             raise UnsupportedQuery(f"the function {kind.lower()} is not supported")
         if kind in ("NUMBER", "DURATION"):
-            raise UnsupportedQuery("literal and binary-operation queries are not supported")
+            return Literal(self.number())
+        if kind in ("+", "-") and self.tokens[self.i + 1].kind in ("NUMBER", "DURATION"):
+            sign = -1.0 if self.advance().kind == "-" else 1.0
+            return Literal(sign * self.number())
         raise self.syntax_error()
+
+    def number(self) -> float:
+        tok = self.tok
+        if tok.kind not in ("NUMBER", "DURATION"):
+            raise self.syntax_error("NUMBER")
+        try:
+            value = float(tok.text)
+        except ValueError:
+            try:
+                value = float(int(tok.text, 0))
+            except ValueError:
+                raise self.syntax_error("NUMBER") from None
+        self.advance()
+        return value
 
     def _refuse_trailing(self) -> None:
         kind = self.tok.kind
@@ -557,6 +657,8 @@ class _Parser:
         inner = self.expr()
         if isinstance(inner, LogQuery):
             raise self.syntax_error()
+        if is_constant(inner):
+            raise UnsupportedQuery(f"{op} over vector() and literals is not supported")
         self.expect(")")
         if self.tok.kind in ("by", "without"):
             if grouping is not None:
@@ -594,7 +696,8 @@ def parse(query: str) -> Query:
     if len(query) >= MAX_INPUT_SIZE:
         raise ParseError(f"input size too long ({len(query)} > {MAX_INPUT_SIZE})")
     expr = _Parser(query).parse()
-    validate_matchers(selector_of(expr).matchers)
+    if not is_constant(expr):
+        validate_matchers(selector_of(expr).matchers)
     return expr
 
 

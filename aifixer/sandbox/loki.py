@@ -539,7 +539,7 @@ def _stats(scan: ScanStats, exec_seconds: float) -> dict[str, object]:
 
 
 def _envelope(
-    result_type: str, result: list[dict[str, object]], scan: ScanStats, started: float
+    result_type: str, result: list[object], scan: ScanStats, started: float
 ) -> web.Response:
     stats = _stats(scan, time.perf_counter() - started)
     return _json(
@@ -730,6 +730,11 @@ class _Handlers:
             ]
             return _envelope("streams", result, scan, started)
         steps = list(range(start, end + 1, step))
+        if logql.is_constant(expr):
+            # A constant is the same at every step: one series with no labels.
+            value, _ = logql.evaluate_constant(expr)
+            points = [[_seconds(t), _go_float(value)] for t in steps]
+            return _envelope("matrix", [{"metric": {}, "values": points}], ScanStats(), started)
         series, scan = evaluate_metric(self.store, expr, steps)
         matrix = [
             {
@@ -757,6 +762,13 @@ class _Handlers:
                 "log queries are not supported as an instant query type, "
                 "please change your query to a range query type"
             )
+        if logql.is_constant(expr):
+            # `vector(1)+vector(1)` is a one-sample vector without labels; `1+1` a scalar.
+            value, is_vector = logql.evaluate_constant(expr)
+            sample = [_seconds(at), _go_float(value)]
+            if is_vector:
+                return _envelope("vector", [{"metric": {}, "value": sample}], ScanStats(), started)
+            return _envelope("scalar", sample, ScanStats(), started)
         series, scan = evaluate_metric(self.store, expr, [at])
         vector = [
             {"metric": labels, "value": [_seconds(at), _go_float(values[0])]}
