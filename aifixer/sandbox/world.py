@@ -338,12 +338,18 @@ class World:
 
 
 def kubeconfig_text(server_url: str) -> str:
-    """A kubeconfig for an API server on loopback: no TLS, no credentials."""
+    """A kubeconfig for an API server on loopback: no TLS, no credentials.
+
+    `insecure-skip-tls-verify` is set although there is no TLS to verify: the Node.js
+    client (@kubernetes/client-node) refuses an http:// server without it, and kubectl,
+    the Python client, lightkube and kr8s ignore it for http://.
+    """
+    cluster = {"server": server_url, "insecure-skip-tls-verify": True}
     return yaml.safe_dump(
         {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "sandbox", "cluster": {"server": server_url}}],
+            "clusters": [{"name": "sandbox", "cluster": cluster}],
             "users": [{"name": "sandbox", "user": {}}],
             "contexts": [
                 {
