@@ -26,8 +26,11 @@ Pointing the real client here needs configuration only:
     client.api.base_url = "http://127.0.0.1:<port>"
 
 `Domain.base_url` is what every Calls URL (and every `next_page_uri`) is joined to.
-`TWILIO_REGION`/`TWILIO_EDGE` must stay unset: the client rewrites the host name when
-they are set.
+Twilio's Node.js library is pointed the same way (`client.api.baseUrl = ...`): it has
+no option for another host; its `edge` and `region` options only splice an edge and a
+region into the host name (`api.sydney.au1.twilio.com`).
+`TWILIO_REGION`/`TWILIO_EDGE` must stay unset: both libraries rewrite the host name
+when they are set.
 """
 
 from __future__ import annotations
