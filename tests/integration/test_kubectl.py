@@ -159,7 +159,7 @@ def test_server_side_apply_and_conflict(kubectl, tmp_path):
 
 
 def test_get_tables_across_namespaces(cluster, kubectl):
-    # Through the Python client: `kubectl create configmap` sends protobuf, which is not served.
+    # Made through the Python client; kubectl create is in test_kubectl_fidelity.py.
     core = client.CoreV1Api(cluster.api)
     core.create_namespaced_config_map(
         "default", {"metadata": {"name": "settings"}, "data": {"a": "1", "b": "2"}}
