@@ -21,7 +21,7 @@ from typing import Any
 
 import redis as redis_lib
 
-from . import detect, fixer, guardrails, manifests
+from . import detect, fixer, guardrails, manifests, metrics
 from .adapters.errors import AdapterError, Conflict, PermanentError, TransientError
 from .adapters.kube import pod_state, rollout_status
 from .memory import example_lines
@@ -234,6 +234,7 @@ def _open_one(ctx: Context, namespace: str, name: str, sigs: list[Signal]) -> In
     # One remediation per workload, however many workers and beats poll.
     if not ctx.store.create(state, ctx.store.lock_key(state)):
         return None
+    metrics.incident_opened(ctx.redis, failure)
     log.info(
         "%s opened incident %s (%s) from %d signal(s)",
         tag(incident),
@@ -277,11 +278,15 @@ def _metered(ctx: Context, state: IncidentState, stage: str) -> Iterator[None]:
     finally:
         after = ctx.model.total
         if after.seconds > before.seconds:
-            state.model_usage[stage] = ModelUsage(
+            usage = state.model_usage[stage] = ModelUsage(
                 prompt_tokens=after.prompt_tokens - before.prompt_tokens,
                 completion_tokens=after.completion_tokens - before.completion_tokens,
                 seconds=round(after.seconds - before.seconds, 3),
             )
+            metrics.model_used(
+                ctx.redis, stage, usage.seconds, usage.prompt_tokens, usage.completion_tokens,
+                after.requests - before.requests,
+            )  # fmt: skip
 
 
 def gather_evidence(ctx: Context, incident: Incident, dep: dict[str, Any]) -> Evidence:
@@ -1069,6 +1074,7 @@ def call_finished(
     """
     incident_id = record.incident_id or record.fingerprint
     ctx.store.add_call(incident_id, record)
+    metrics.call_ended(ctx.redis, record.can_intervene, record.answer_text)
     state = load(ctx, incident_id)
     if state is None:
         log.error("call %s for unknown incident %s", record.call_sid, incident_id)
@@ -1115,6 +1121,10 @@ def finalize(ctx: Context, state: IncidentState) -> IncidentState:
     except OSError as exc:  # the record in Redis stays the reference; never block the close
         log.error("%s incidents file not written: %s", tag(state), exc)
     save(ctx, state, "closed")
+    metrics.incident_ended(
+        ctx.redis, state.outcome, state.incident.failure_class,
+        (state.closed_at - state.incident.opened_at).total_seconds(),
+    )  # fmt: skip
     ctx.store.release(state, _done_generation(ctx, state), ctx.settings.incident_cooldown_s)
     log.info("%s outcome: %s", tag(state), state.outcome)
     return state

@@ -30,6 +30,7 @@ import logging
 import math
 import random
 import re
+import time
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -37,7 +38,7 @@ import redis as redis_lib
 from celery import chain, chord
 from celery.exceptions import Retry
 
-from . import pipeline
+from . import metrics, pipeline
 from .adapters.errors import PermanentError, TransientError
 from .app import app
 from .models import IncidentState
@@ -119,6 +120,7 @@ def _retry_unrecorded(task, exc: BaseException) -> None:
     if n > UNRECORDED_LIMIT:
         raise exc
     log.warning("%s: %s (retry %d, unrecorded)", task.name, exc, n)
+    metrics.retried(context().redis, task.name)
     raise task.retry(
         exc=exc, countdown=UNRECORDED_COUNTDOWN_S, max_retries=_decided(task)
     ) from None
@@ -148,8 +150,17 @@ def _attempt(
     `failed`, if given, receives the error when the step failed for good.
     """
     ctx = context()
+    started, before = time.monotonic(), state.timings.get(name)
     try:
-        return step(ctx, state)
+        done = step(ctx, state)
+        # The stage's own timing, the first time it did its work for this incident (a
+        # redelivery or the chord's second branch finds it already in the record);
+        # verify's latency is from the apply to its verdict (see `verify`).
+        if name == "rollback":
+            metrics.stage_done(ctx.redis, name, time.monotonic() - started)
+        elif before is None and (took := done.timings.get(name)) is not None:
+            metrics.stage_done(ctx.redis, name, took)
+        return done
     except (pipeline.NotYet, Retry):
         raise
     except Busy as exc:  # another worker holds the lease: wait for it, free of charge
@@ -163,6 +174,7 @@ def _attempt(
                 fresh.retries[name] = n
                 _save(task, fresh, fresh.stage)  # the count survives a redelivery
                 log.warning("%s %s: %s (retry %d)", pipeline.tag(fresh), name, exc, n)
+                metrics.retried(ctx.redis, name)
                 raise task.retry(
                     countdown=countdown(n, exc.retry_after, ctx.settings.retry_after_max_s),
                     max_retries=_decided(task),
@@ -238,6 +250,9 @@ def verify(self, incident_id: str) -> str:
             state = _attempt(self, "verify", pipeline.verify, state)
         except pipeline.NotYet as wait:
             raise self.retry(countdown=wait.countdown, max_retries=_decided(self)) from None
+        if state.verification is not None and state.apply is not None:
+            seconds = (state.verification.checked_at - state.apply.applied_at).total_seconds()
+            metrics.stage_done(context().redis, "verify", seconds)
     if state.error is not None and state.verification is None:
         # Failed after the apply (or during it, after a write landed): restore first.
         state = _rollback(self, state)
@@ -285,8 +300,11 @@ def open_pr(self, incident_id: str) -> str:
     if done.pull_request is None:
         done.pr_error, done.error = done.error or "no pull request", None
         _update(self, incident_id, pr_error=done.pr_error)
+        metrics.inc(context().redis, metrics.PULL_REQUESTS, result="failed")
         return _call(self, incident_id)
     _update(self, incident_id, pull_request=done.pull_request, timings=done.timings)
+    result = "opened" if done.pull_request.created else "existing"
+    metrics.inc(context().redis, metrics.PULL_REQUESTS, result=result)
     return incident_id
 
 
@@ -358,6 +376,7 @@ def finalize(self, incident_id: str) -> str:
     if state is None:
         return incident_id
     was_open = state.closed_at is None
+    started = time.monotonic()
     try:
         state = pipeline.finalize(ctx, state)
     except (TransientError, redis_lib.RedisError) as exc:
@@ -366,13 +385,16 @@ def finalize(self, incident_id: str) -> str:
         if n > MAX_RETRIES:
             raise  # the watchdog finishes it once Redis answers
         log.warning("%s finalize: %s (retry %d)", pipeline.tag(state), exc, n)
+        metrics.retried(ctx.redis, "finalize")
         raise self.retry(
             countdown=countdown(n, getattr(exc, "retry_after", None),
                                 ctx.settings.retry_after_max_s),
             max_retries=_decided(self),
         ) from None  # fmt: skip
-    if was_open and state.closed_at is not None and ctx.settings.memory_enabled:
-        remember.delay(incident_id)
+    if was_open and state.closed_at is not None:
+        metrics.stage_done(ctx.redis, "finalize", time.monotonic() - started)
+        if ctx.settings.memory_enabled:
+            remember.delay(incident_id)
     return incident_id
 
 
@@ -505,6 +527,12 @@ def label_cpu_level(self, pod_id: str) -> str:
     `MAX_RETRIES` times; a refusal or a permanent error is logged, never raised.
     """
     ctx = context()
+    outcome = _label_cpu_level(self, ctx, pod_id)
+    metrics.inc(ctx.redis, metrics.LEVEL_LABELS, result=outcome)
+    return outcome
+
+
+def _label_cpu_level(task, ctx: pipeline.Context, pod_id: str) -> str:
     try:
         outcome = levels.label_pod(ctx.kube, ctx.redis, ctx.settings, pod_id)
     except ValueError as exc:
@@ -512,12 +540,13 @@ def label_cpu_level(self, pod_id: str) -> str:
         return "refused"
     except (TransientError, redis_lib.RedisError) as raw:
         exc = _transient(raw)
-        n = self.request.retries + 1
+        n = task.request.retries + 1
         if n > MAX_RETRIES:
             log.error("[%s] CPU level: %s (gave up after %d retries)", pod_id, exc, MAX_RETRIES)
             return "failed"
         log.warning("[%s] CPU level: %s (retry %d)", pod_id, exc, n)
-        raise self.retry(
+        metrics.retried(ctx.redis, "label_cpu_level")
+        raise task.retry(
             countdown=countdown(n, exc.retry_after, ctx.settings.retry_after_max_s),
             max_retries=MAX_RETRIES,
         ) from None
@@ -536,7 +565,11 @@ def forecast_scaling(self) -> int:
     fails (Prometheus or the cluster unreachable) is logged and the next one tries again."""
     ctx = context()
     try:
-        return len(scaler.scale_once(ctx.kube, ctx.prometheus, ctx.redis, ctx.settings))
+        made = scaler.scale_once(ctx.kube, ctx.prometheus, ctx.redis, ctx.settings)
     except (TransientError, PermanentError, redis_lib.RedisError) as exc:
         log.warning("forecast scaling: %s (the next pass tries again)", exc)
         return 0
+    for d in made:
+        changed = "true" if d.changes else "false"
+        metrics.inc(ctx.redis, metrics.SCALING, mode=d.mode, changed=changed)
+    return len(made)

@@ -14,7 +14,9 @@
   refuses every post (403) and says so at start-up. At most `MAX_ALERTS` alerts per
   payload (Alertmanager's `max_alerts` on the receiver), only watched namespaces, and
   the signal carries the alert's labels it needs, not the payload.
-* `GET /healthz` (Redis reachable) and `GET /metrics` (Prometheus text format).
+* `GET /healthz` (Redis reachable) and `GET /metrics` (Prometheus text format): this
+  process's own counters (summed over web replicas), then the farm's, read from Redis
+  at each scrape (`aifixer.metrics`: farm-wide, the same on every replica).
 
 Redis, the call file and the callbacks are blocking; they run in the default thread
 pool so a slow disk or Redis never stalls the event loop that answers Twilio.
@@ -35,6 +37,7 @@ import redis
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from aifixer import metrics as farm_metrics
 from aifixer.adapters.errors import bounded
 from aifixer.adapters.phone import (
     ATTEMPT_PARAM,
@@ -379,8 +382,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    state = request.app[WEB]
+    farm = await asyncio.to_thread(farm_metrics.render, state.redis)
     return web.Response(
-        text=request.app[WEB].metrics.render(),
+        text=state.metrics.render() + farm,
         headers={"Content-Type": PROMETHEUS_TEXT},
     )
 

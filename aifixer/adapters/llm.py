@@ -55,6 +55,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    requests: int = 0  # answers received
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -62,6 +63,7 @@ class Usage:
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
             seconds=self.seconds + other.seconds,
+            requests=self.requests + other.requests,
         )
 
 
@@ -209,6 +211,7 @@ def _usage(response: Any, default_model: str, seconds: float) -> Usage:
         prompt_tokens=getattr(counted, "prompt_tokens", 0) or 0,
         completion_tokens=getattr(counted, "completion_tokens", 0) or 0,
         seconds=seconds,
+        requests=1,
     )
 
 
