@@ -10,6 +10,7 @@ exactly the access aifixer needs on the application cluster.
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import shutil
 import subprocess
@@ -612,3 +613,122 @@ def test_the_alertmanager_receiver_reaches_aifixer_web(tmp_path):
     plain.write_text(yaml.safe_dump(promstack.alertmanager_config(receiver["url"], token="t")))
     done = subprocess.run(["amtool", "check-config", str(plain)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- deploy/keda: the workers scaled on the broker's queues ------------------------
+
+
+@pytest.fixture(scope="module")
+def keda() -> list[dict[str, Any]]:
+    return _kustomize(DEPLOY / "keda")
+
+
+def test_keda_scales_each_worker_on_the_queues_it_serves(keda, rendered):
+    deployments = _by_kind(rendered, "Deployment")
+    scaled = _by_kind(keda, "ScaledObject")
+    assert set(scaled) == {"worker", "memory-worker"}
+    for name, obj in scaled.items():
+        assert obj["apiVersion"] == "keda.sh/v1alpha1"
+        assert obj["metadata"]["namespace"] == "aifixer"
+        assert obj["spec"]["scaleTargetRef"]["name"] == name and name in deployments
+        args = deployments[name]["spec"]["template"]["spec"]["containers"][0]["args"]
+        served = args[args.index("-Q") + 1].split(",")
+        triggers = obj["spec"]["triggers"]
+        assert all(t["type"] == "redis" for t in triggers)
+        assert sorted(t["metadata"]["listName"] for t in triggers) == sorted(served), name
+        for t in triggers:
+            assert int(t["metadata"]["listLength"]) > 0
+            assert t["authenticationRef"]["name"] in _by_kind(keda, "TriggerAuthentication")
+    assert scaled["worker"]["spec"]["minReplicaCount"] >= 2  # polls never wait alone
+
+
+def test_keda_reaches_the_farms_redis_as_the_farm_does(keda, rendered):
+    """The address is the Redis Service, the user is the farm's, the password comes from
+    the Secret Redis itself reads; nothing secret is written in deploy/keda."""
+    from urllib.parse import urlsplit
+
+    service = _by_kind(rendered, "Service")["redis"]
+    port = service["spec"]["ports"][0]["port"]
+    redis_env = _by_kind(rendered, "Deployment")["redis"]["spec"]["template"]["spec"]["containers"][
+        0
+    ]["env"]
+    password_ref = next(e for e in redis_env if e["name"] == "REDIS_PASSWORD")["valueFrom"]
+    config = next(iter(_by_kind(rendered, "ConfigMap").values()))["data"]
+    farm_url = urlsplit(config["AIFIXER_REDIS_URL"])
+    auth = _by_kind(keda, "TriggerAuthentication")["aifixer-redis"]["spec"]["secretTargetRef"]
+    assert auth == [
+        {
+            "parameter": "password",
+            "name": password_ref["secretKeyRef"]["name"],
+            "key": password_ref["secretKeyRef"]["key"],
+        }
+    ]
+    for obj in _by_kind(keda, "ScaledObject").values():
+        for t in obj["spec"]["triggers"]:
+            meta = t["metadata"]
+            assert meta["address"] == f"redis.{service['metadata']['namespace']}.svc:{port}"
+            assert meta["username"] == farm_url.username
+            assert meta["databaseIndex"] == farm_url.path.strip("/")
+            assert not {"password", "passwordFromEnv"} & set(meta)
+
+
+def test_keda_network_policy_is_valid_and_opens_redis_only(keda):
+    policies = _by_kind(keda, "NetworkPolicy")
+    assert set(policies) == {"redis-from-keda"}
+    for obj in policies.values():
+        _assert_valid(obj)
+    spec = policies["redis-from-keda"]["spec"]
+    assert spec["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "redis"}
+    assert spec["ingress"][0]["ports"] == [{"port": 6379, "protocol": "TCP"}]
+
+
+# --- deploy/monitoring/grafana-dashboard ------------------------------------------
+
+
+def test_the_dashboard_is_a_configmap_for_grafanas_sidecar():
+    from tests.dashboard_queries import DASHBOARD
+
+    objects = _kustomize(DASHBOARD.parent)
+    assert [o["kind"] for o in objects] == ["ConfigMap"]
+    cm = objects[0]
+    _assert_valid(cm)
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert json.loads(cm["data"]["aifixer.json"]) == json.loads(DASHBOARD.read_text())
+
+
+def test_every_panel_reads_metrics_the_farm_exports(clean_redis):
+    """Each panel's PromQL names only metrics /metrics renders, even before any incident
+    (every known label set starts at 0)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from aifixer import metrics
+    from tests.dashboard_queries import dashboard, metric_names, panel_queries
+
+    exported = {
+        s.name
+        for family in text_string_to_metric_families(metrics.render(clean_redis))
+        for s in family.samples
+    }
+    queries = panel_queries(dashboard())
+    assert len(queries) >= 15
+    for title, expr in queries:
+        names = metric_names(expr)
+        assert names, f"{title}: {expr} reads no aifixer metric"
+        assert names <= exported, f"{title}: {sorted(names - exported)} not exported"
+
+
+def test_every_panel_query_is_valid_promql(tmp_path):
+    """promtool parses every query (Grafana's $__ variables expanded) as a recording rule."""
+    from aifixer.sandbox import promstack
+    from tests.dashboard_queries import dashboard, expanded, panel_queries
+
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool is not installed (./dev installs prometheus)")
+    rules = [
+        {"record": f"aifixer:dashboard:{i}", "expr": expanded(expr)}
+        for i, (_, expr) in enumerate(panel_queries(dashboard()))
+    ]
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    promstack.check_rules(path)
