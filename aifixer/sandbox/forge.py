@@ -238,6 +238,20 @@ class Forge:
         self.repos[(owner, name)] = repo
         return await self.commit(owner, name, files, message)
 
+    async def open_repo(self, owner: str, name: str, files: Mapping[str, str], message: str) -> str:
+        """`create_repo`, or, when `owner/name` is already on disk (a reused state
+        directory), take it over with its history and branches and commit `files` on
+        its default branch where they differ from its tip. Returns the tip's sha."""
+        path = self.root / owner / f"{name}.git"
+        if (owner, name) in self.repos or not path.is_dir():
+            return await self.create_repo(owner, name, files, message)
+        git = BareRepo(path)
+        now = _now()
+        repo = Repo(owner, name, self.next_id(), await git.default_branch(), git,
+                    created_at=now, pushed_at=now)  # fmt: skip
+        self.repos[(owner, name)] = repo
+        return await self.commit(owner, name, files, message, skip_unchanged=True)
+
     async def commit(
         self,
         owner: str,
@@ -245,10 +259,12 @@ class Forge:
         files: Mapping[str, str | None],
         message: str,
         branch: str | None = None,
+        *,
+        skip_unchanged: bool = False,
     ) -> str:
         """Commit `files` (path → content, None deletes) on `branch` (default: the default branch).
 
-        Returns the new commit's sha.
+        Returns the new commit's sha (with `skip_unchanged`, the tip's when nothing changed).
         """
         repo = self.repos.get((owner, name))
         if repo is None:
@@ -258,6 +274,7 @@ class Forge:
             files,
             message,
             author=(owner, f"{owner}@users.noreply.github.com"),
+            skip_unchanged=skip_unchanged,
         )
         repo.pushed_at = _now()
         return sha

@@ -107,6 +107,10 @@ class BareRepo:
         await git(self.path, "init", "--quiet", "--bare", f"--initial-branch={default_branch}")
         await git(self.path, "config", "http.receivepack", "true")
 
+    async def default_branch(self) -> str:
+        """The branch HEAD names (an existing repository's default branch)."""
+        return (await self._git("symbolic-ref", "--short", "HEAD")).decode().strip()
+
     async def _git(
         self, *args: str, stdin: bytes | None = None, env: Mapping[str, str] | None = None
     ) -> bytes:
@@ -137,13 +141,20 @@ class BareRepo:
         await self._git("update-ref", ref, sha, ZERO_SHA)
 
     async def commit_files(
-        self, branch: str, files: Mapping[str, str | None], message: str, author: tuple[str, str]
+        self,
+        branch: str,
+        files: Mapping[str, str | None],
+        message: str,
+        author: tuple[str, str],
+        *,
+        skip_unchanged: bool = False,
     ) -> str:
         """Commit `files` on top of `branch` (creating it if absent) and return the new sha.
 
         A value of None deletes that path. Uses a throwaway index so the bare repository
         needs no work tree, and moves the branch with compare-and-swap so a concurrent
-        push cannot be silently overwritten.
+        push cannot be silently overwritten. With `skip_unchanged`, files that change
+        nothing make no commit: the branch's tip is returned.
         """
         parent = await self.resolve(f"refs/heads/{branch}")
         with tempfile.TemporaryDirectory(prefix="forge-index-") as tmp:
@@ -161,6 +172,8 @@ class BareRepo:
             index_info = "".join(f"{r}\0" for r in records).encode()
             await self._git("update-index", "-z", "--index-info", stdin=index_info, env=index_env)
             tree = (await self._git("write-tree", env=index_env)).decode().strip()
+        if skip_unchanged and parent and tree == await self.resolve(f"{parent}^{{tree}}"):
+            return parent
         name, email = author
         who = {
             "GIT_AUTHOR_NAME": name,

@@ -14,9 +14,12 @@ It runs either in the foreground (`aifixer sandbox up`) or on a background threa
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
+import os
 import secrets
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,88 @@ APPLY_MANAGER = "kubectl"  # the team applied their manifests with kubectl --ser
 
 class WorldError(RuntimeError):
     pass
+
+
+# Marks a state directory as the sandbox's own: only such a directory is ever cleared.
+# A running world holds an exclusive lock on it (released when its process ends, however
+# it ends), and writes its process id in it.
+STATE_MARKER = ".aifixer-sandbox"
+
+
+class StateDir:
+    """A world's state directory, claimed for one running world.
+
+    `claim` creates it (or takes over one the sandbox created before, recognised by
+    its marker file), refuses while another world runs in it, and empties it unless
+    `reuse` is asked for; `release` lets the next world in.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.marker = self.path / STATE_MARKER
+        self._fd: int | None = None
+
+    def claim(self, *, reuse: bool = False) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise WorldError(f"state directory {self.path} is a file: choose another --state-dir")
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not self.marker.exists() and any(self.path.iterdir()):
+            raise WorldError(
+                f"{self.path} holds files the sandbox did not create (no {STATE_MARKER} "
+                "in it): empty it or choose another --state-dir"
+            )
+        fd = os.open(self.marker, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise WorldError(
+                f"a sandbox is already running in {self.path} (pid {pid}): stop it with "
+                "Ctrl-C, or start another one with --state-dir DIR"
+            ) from None
+        try:
+            if not reuse:
+                self._clear()
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def _clear(self) -> None:
+        """Remove everything but the marker (symbolic links are removed, not followed)."""
+        for entry in self.path.iterdir():
+            if entry.name == STATE_MARKER:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the lock
+            self._fd = None
+
+
+def running_pid(state_dir: Path) -> int | None:
+    """The process id of the world running in `state_dir`, or None if none runs there."""
+    try:
+        fd = os.open(Path(state_dir) / STATE_MARKER, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 64).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -76,9 +161,12 @@ class World:
         *,
         speed: float = 1.0,
         ports: dict[str, int] | None = None,
+        reuse: bool = False,
     ) -> None:
         self.scenario = scenario
         self.state_dir = Path(state_dir)
+        self.reuse = reuse
+        self._state = StateDir(self.state_dir)
         self.clock = Clock(speed)
         self.ports = ports or {}
         self.github_token = "ghs_" + secrets.token_hex(18)
@@ -105,7 +193,13 @@ class World:
     # -- lifecycle on the running loop --------------------------------------------
 
     async def astart(self) -> Endpoints:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        """Claim the state directory (emptied unless `reuse`) and start every stand-in.
+
+        Raises:
+            WorldError: the directory holds files the sandbox did not create, or
+                another world is running in it.
+        """
+        self._state.claim(reuse=self.reuse)
         self.cluster.start()
         if self.scenario is not None:
             self.cluster.register_nodes(self.scenario.nodes)
@@ -136,12 +230,15 @@ class World:
         return web.json_response(await self.forge.prs())
 
     async def astop(self) -> None:
-        await self.hpa.stop()
-        await self.metrics.stop()
-        await self.phone.close()
-        for site in self.sites.values():
-            await stop_site(site)
-        await self.cluster.stop()
+        try:
+            await self.hpa.stop()
+            await self.metrics.stop()
+            await self.phone.close()
+            for site in self.sites.values():
+                await stop_site(site)
+            await self.cluster.stop()
+        finally:
+            self._state.release()
 
     async def aload(self, *, apply_change: bool = True, healthy_timeout: float = 60.0) -> None:
         """Set the scenario's world up: healthy start, then (optionally) the bad change."""
@@ -154,7 +251,11 @@ class World:
             if number not in sc.oncall.numbers:
                 self.phone.set_person(number, answer)
         owner, name = sc.gitops.repo.split("/", 1)
-        await self.forge.create_repo(owner, name, _files(sc.manifests), f"Add {sc.name} manifests")
+        manifests, message = _files(sc.manifests), f"Add {sc.name} manifests"
+        if self.reuse:  # the repository of the previous world, if there was one
+            await self.forge.open_repo(owner, name, manifests, message)
+        else:
+            await self.forge.create_repo(owner, name, manifests, message)
         await self.apply(sc.manifests)
         if sc.change:
             # A scenario with a change starts healthy and is broken by it; one without
