@@ -47,6 +47,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import guardrails
+from .cliparams import POSITIVE
 from .models import IncidentState
 from .settings import Settings
 
@@ -544,13 +545,13 @@ def bench_cli() -> None:
     help="Only scenarios whose file name contains this text (repeatable).",
 )
 @click.option(
-    "--speed", default=30.0, show_default=True, type=float, help="Simulated time speed-up."
+    "--speed", default=30.0, show_default=True, type=POSITIVE, help="Simulated time speed-up."
 )
 @click.option(
     "--timeout",
     default=240.0,
     show_default=True,
-    type=float,
+    type=POSITIVE,
     help="Wall seconds one scenario run may take to reach its outcomes.",
 )
 @click.option(
@@ -585,6 +586,13 @@ def quality(
     files = [p for p in scenario_files(paths) if not select or any(s in p.name for s in select)]
     if not files:
         raise click.ClickException("no scenario matches")
+    from .sandbox import scenario as scenario_mod
+
+    for path in files:  # a bad file stops the benchmark now, not after the others ran
+        try:
+            scenario_mod.load(path)
+        except scenario_mod.ScenarioError as exc:
+            raise click.ClickException(" ".join(str(exc).split())) from None
     strategies = list(STRATEGIES) if strategy == "all" else [strategy]
     model, model_env = model_choice(model_name)
     command = shlex.join(
@@ -641,14 +649,15 @@ def quality(
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @click.option("--ci", "ci_only", is_flag=True, help="Only the cells CI runs.")
 @click.option("-k", "match", default=None, help="Only cells whose name contains this.")
-@click.option("--timeout", default=300.0, show_default=True, help="Seconds per cell.")
+@click.option("--timeout", default=300.0, show_default=True, type=POSITIVE,
+              help="Seconds per cell.")  # fmt: skip
 @click.option(
     "--workdir",
     type=click.Path(path_type=Path),
     default=None,
     help="Keep each cell's logs here (default: a temporary directory).",
 )
-@click.option("--storm", type=int, default=0, metavar="N",
+@click.option("--storm", type=click.IntRange(0), default=0, metavar="N",
               help="Also N workloads failing at once (model answering in 2 s), with 1 "
                    "and with 4 worker processes; prints the throughput ratio.")  # fmt: skip
 def chaos(
@@ -758,7 +767,8 @@ def forecasters(names: tuple[str, ...], origins: int, horizon: int, history: int
 @bench_cli.command("scaling")
 @click.option("--forecaster", "-f", default=None,
               help="The forecaster (default: the farm's, AIFIXER_SCALING_FORECASTER's default).")  # fmt: skip
-@click.option("--speed", default=30.0, show_default=True, help="Simulated time speed-up.")
+@click.option("--speed", default=30.0, show_default=True, type=POSITIVE,
+              help="Simulated time speed-up.")  # fmt: skip
 @click.option("--cycles", default=3, show_default=True, type=click.IntRange(1, 50),
               help="Load cycles (1 simulated hour each) measured after the warm-up.")  # fmt: skip
 @click.option("--surge", default=1500.0, show_default=True, type=click.FloatRange(0),

@@ -21,13 +21,71 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__, redact
+from .cliparams import PORT, POSITIVE
 
 DEFAULT_STATE_DIR = Path(".aifixer/sandbox")
+# The stand-ins `aifixer sandbox up --port NAME=PORT` can pin.
+SANDBOX_SITES = ("kubernetes", "loki", "forge", "twilio", "metrics")
 # Piped or logged output gets room for the tables instead of the 80 columns default.
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
-@click.group()
+def _known_error(exc: Exception) -> str | None:
+    """One line saying what went wrong and what to do, for the errors a person can cause
+    (an unreachable service, a bad file or setting); None for anything else (a bug,
+    which keeps its traceback)."""
+    from pydantic import ValidationError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from .adapters.errors import AdapterError
+
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError) or (
+        isinstance(exc, AdapterError) and exc.system == "redis"
+    ):
+        return f"cannot reach Redis: {_oneline(exc)} (start Redis, or set AIFIXER_REDIS_URL)"
+    if isinstance(exc, AdapterError):
+        return f"{_oneline(exc)} (check that {exc.system} is reachable and its AIFIXER_ settings)"
+    if isinstance(exc, ValidationError) and exc.title == "Settings":
+        fields = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        return f"invalid setting: {fields} (check the AIFIXER_ environment variables)"
+    sandbox_errors = tuple(
+        getattr(sys.modules[name], cls)
+        for name, cls in (
+            ("aifixer.sandbox.scenario", "ScenarioError"),
+            ("aifixer.sandbox.world", "WorldError"),
+        )
+        if name in sys.modules  # never loads the sandbox for a product command's error
+    )
+    if isinstance(exc, sandbox_errors):
+        return _oneline(exc)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc} (check the path and its permissions)"
+    return None
+
+
+def _oneline(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+class _Main(click.Group):
+    """The `aifixer` group: the known errors of any command become one line, exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            message = _known_error(exc)
+            if message is None:
+                raise
+            raise click.ClickException(message) from exc
+
+
+@click.group(cls=_Main)
 @click.version_option(__version__, prog_name="aifixer")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 def main(verbose: bool) -> None:
@@ -52,7 +110,7 @@ def _load_scenario(path: Path | None):
     try:
         return scenario_mod.load(path)
     except scenario_mod.ScenarioError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(_oneline(exc)) from exc
 
 
 @sandbox.command("up")
@@ -66,7 +124,7 @@ def _load_scenario(path: Path | None):
     "--speed",
     default=1.0,
     show_default=True,
-    type=float,
+    type=POSITIVE,
     help="Simulated time runs this many times faster than wall time.",
 )
 @click.option(
@@ -74,7 +132,16 @@ def _load_scenario(path: Path | None):
     default=DEFAULT_STATE_DIR,
     show_default=True,
     type=click.Path(path_type=Path),
-    help="Where the kubeconfig, endpoints.json, git repositories and call recordings go.",
+    help="Where the kubeconfig, endpoints.json, git repositories and call recordings go. "
+    "Emptied at every start: only a directory the sandbox created (it holds a "
+    ".aifixer-sandbox marker) or an empty one is accepted.",
+)
+@click.option(
+    "--reuse",
+    is_flag=True,
+    help="Keep the previous world's state directory: its GitOps repository (history and "
+    "branches, the scenario's manifests committed on top where they differ) and call "
+    "recordings. The cluster, pull requests and calls start afresh either way.",
 )
 @click.option(
     "--no-change",
@@ -86,32 +153,54 @@ def _load_scenario(path: Path | None):
     "ports",
     multiple=True,
     metavar="NAME=PORT",
-    help="Fixed port for a stand-in (kubernetes, loki, forge, twilio); default: a free port.",
+    help=f"Fixed port for a stand-in ({', '.join(SANDBOX_SITES)}); default: a free port.",
 )
 def sandbox_up(
     scenario_path: Path | None,
     speed: float,
     state_dir: Path,
+    reuse: bool,
     no_change: bool,
     ports: tuple[str, ...],
 ) -> None:
-    """Start the stand-in world in the foreground; Ctrl-C stops it."""
+    """Start the stand-in world in the foreground; Ctrl-C stops it.
+
+    Every start is a fresh world: the state directory of the previous one is emptied
+    (--reuse keeps it). A second `up` on the same state directory while the first
+    runs is refused.
+    """
     from .sandbox.world import World, WorldError
 
     fixed = {}
     for item in ports:
         name, _, port = item.partition("=")
-        if not port.isdigit():
-            raise click.BadParameter(f"expected NAME=PORT, got {item!r}", param_hint="--port")
+        if name not in SANDBOX_SITES or not port.isdigit() or not 0 < int(port) < 65536:
+            raise click.BadParameter(
+                f"expected NAME=PORT with NAME one of {', '.join(SANDBOX_SITES)} and PORT "
+                f"1-65535, got {item!r}",
+                param_hint="--port",
+            )
         fixed[name] = int(port)
-    world = World(_load_scenario(scenario_path), state_dir, speed=speed, ports=fixed)
+    world = World(_load_scenario(scenario_path), state_dir, speed=speed, ports=fixed, reuse=reuse)
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        ep = await world.astart()
+        try:
+            ep = await world.astart()
+        except OSError as exc:
+            await world.astop()
+            if exc.filename is not None:
+                raise
+            raise WorldError(
+                f"cannot listen on 127.0.0.1: {exc.strerror or exc} (a --port already in "
+                "use? choose another or leave it out)"
+            ) from exc
+        except BaseException:
+            await world.astop()
+            raise
         try:
             _print_endpoints(ep)
             if world.scenario is not None:
@@ -151,12 +240,19 @@ def _print_endpoints(ep) -> None:
 
 
 def _endpoints(state_dir: Path) -> dict:
+    from .sandbox.world import running_pid
+
+    if running_pid(state_dir) is None:
+        raise click.ClickException(
+            f"no sandbox is running in {state_dir} (start one with `aifixer sandbox up`, "
+            "or give its --state-dir)"
+        )
     path = state_dir / "endpoints.json"
     try:
         return json.loads(path.read_text())
-    except FileNotFoundError:
+    except (OSError, ValueError) as exc:
         raise click.ClickException(
-            f"no sandbox found: {path} does not exist (run `aifixer sandbox up`)"
+            f"cannot read {path}: {exc} (restart the sandbox with `aifixer sandbox up`)"
         ) from None
 
 
@@ -166,7 +262,10 @@ def _get_json(url: str):
         resp.raise_for_status()
         return resp.json()
     except requests.RequestException as exc:
-        raise click.ClickException(f"cannot reach the sandbox at {url}: {exc}") from exc
+        raise click.ClickException(
+            f"cannot reach the sandbox at {url}: {type(exc).__name__} (is `aifixer sandbox up` "
+            "still running?)"
+        ) from exc
 
 
 @sandbox.command("calls")
@@ -239,11 +338,11 @@ def farm_run_options(fn):
         "--timeout",
         default=240.0,
         show_default=True,
-        type=float,
+        type=POSITIVE,
         help="Wall seconds to wait for a scenario's incidents to reach an outcome.",
     )(fn)
     return click.option(
-        "--speed", default=30.0, show_default=True, type=float, help="Simulated time speed-up."
+        "--speed", default=30.0, show_default=True, type=POSITIVE, help="Simulated time speed-up."
     )(fn)
 
 
@@ -440,7 +539,7 @@ def demo(speed: float, timeout: float, model: str, plot_dir: Path, paths: tuple[
 
 @main.command()
 @click.option("--host", default=None, help="Interface to bind (default: AIFIXER_WEB_HOST).")
-@click.option("--port", default=None, type=int, help="Port (default: AIFIXER_WEB_PORT).")
+@click.option("--port", default=None, type=PORT, help="Port (default: AIFIXER_WEB_PORT).")
 def web(host: str | None, port: int | None) -> None:
     """Serve Twilio's voice callbacks, Alertmanager webhooks, /healthz and /metrics."""
     from . import pipeline, tasks
@@ -496,7 +595,13 @@ def incidents(as_json: bool) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the full decisions as JSON.")
-@click.option("--last", default=20, show_default=True, help="Decisions shown per Deployment.")
+@click.option(
+    "--last",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Decisions shown per Deployment.",
+)
 @click.option(
     "--plot",
     "plot_of",
@@ -513,6 +618,12 @@ def scaling(as_json: bool, last: int, plot_of: str | None, out: Path | None) -> 
     from . import pipeline
     from .scaling import scaler
 
+    if plot_of:
+        namespace, _, name = plot_of.partition("/")
+        if not namespace or not name:
+            raise click.BadParameter(
+                f"expected NAMESPACE/NAME, got {plot_of!r}", param_hint="--plot"
+            )
     ctx = pipeline.Context()
     found = scaler.all_decisions(ctx.redis, last)
     if as_json:
@@ -520,9 +631,6 @@ def scaling(as_json: bool, last: int, plot_of: str | None, out: Path | None) -> 
     else:
         console.print(scaling_table(found))
     if plot_of:
-        namespace, _, name = plot_of.partition("/")
-        if not namespace or not name:
-            raise click.BadParameter("expected NAMESPACE/NAME", param_hint="--plot")
         written = write_scaling_plot(
             scaler.decisions(ctx.redis, namespace, name),
             plot_of,
@@ -569,10 +677,21 @@ def calls() -> None:
     from .settings import get_settings
 
     path = get_settings().call_file
+    if not path.exists():
+        raise click.ClickException(
+            f"no call file at {path}: no call was placed yet, or AIFIXER_CALL_FILE should "
+            "name the farm's call file"
+        )
+    try:
+        records = CallFile(path).read()
+    except ValueError as exc:
+        raise click.ClickException(
+            f"{_oneline(exc)} (is AIFIXER_CALL_FILE the farm's call file?)"
+        ) from None
     table = Table(title=str(path))
     for col in ("time", "number", "answer", "status", "speech"):
         table.add_column(col)
-    for c in CallFile(path).read():
+    for c in records:
         table.add_row(
             c.time.isoformat(timespec="seconds"),
             c.number,

@@ -459,7 +459,13 @@ def fetch_command() -> None:
 
 
 @model_cli.command("serve")
-@click.option("--port", default=8080, show_default=True, help="Port on 127.0.0.1.")
+@click.option(
+    "--port",
+    default=8080,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="Port on 127.0.0.1.",
+)
 @click.option("--threads", type=int, default=None, help="CPU threads (default: all available).")
 @click.option("--ctx", default=CONTEXT_TOKENS, show_default=True, help="Context length, tokens.")
 def serve_command(port: int, threads: int | None, ctx: int) -> None:

@@ -257,14 +257,25 @@ def load(path: str | Path) -> Scenario:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ScenarioError(f"{path}: cannot read scenario: {exc}") from exc
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read scenario: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or exc
+        raise ScenarioError(f"{path}: not valid YAML{where}: {problem}") from exc
     if not isinstance(data, dict):
-        raise ScenarioError(f"{path}: a scenario is a YAML mapping")
+        raise ScenarioError(f"{path}: a scenario is a YAML mapping (see tests/scenarios/)")
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
-        raise ScenarioError(f"{path}: invalid scenario:\n{exc}") from exc
+        fields = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise ScenarioError(
+            f"{path}: invalid scenario: {fields} (see tests/scenarios/ for examples)"
+        ) from exc
 
 
 def bundled_dir() -> Path:

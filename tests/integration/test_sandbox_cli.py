@@ -77,4 +77,4 @@ def test_calls_and_prs_views(make_world, tmp_path):
 def test_views_say_clearly_when_no_sandbox_runs(tmp_path):
     result = CliRunner().invoke(main, ["sandbox", "calls", "--state-dir", str(tmp_path)])
     assert result.exit_code != 0
-    assert "no sandbox found" in result.output
+    assert "no sandbox is running" in result.output
