@@ -803,6 +803,8 @@ def scaling(
             raise click.UsageError(f"unknown forecaster {forecaster!r}: {exc}") from None
     cfg = scalingbench.BenchConfig(forecaster=forecaster, speed=speed, cycles=cycles,
                                    surge_m=surge, seed=seed)  # fmt: skip
+    if workdir is not None and workdir.exists() and any(workdir.iterdir()):
+        raise click.UsageError(f"--workdir {workdir} is not empty: a run needs one of its own")
     base = workdir or Path(tempfile.mkdtemp(prefix="aifixer-scaling-"))
     result = scalingbench.run(cfg, base, progress=lambda line: click.echo(line, err=True))
     click.echo(scalingbench.markdown(result))
