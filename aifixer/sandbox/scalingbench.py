@@ -47,7 +47,7 @@ from ..scaling import scaler
 from ..scaling.forecast import POLICY_ANNOTATIONS
 from ..settings import Settings
 from . import promstack
-from .harness import start_redis
+from .harness import scaled_scaling, start_redis, world_history
 from .scenario import Cycle, Image, LoadProfile, ManifestFile, Node, Scenario, Spike
 from .world import World
 
@@ -59,11 +59,7 @@ IMAGE = "shop/api:1"
 PORT = 8080
 PROBE_PERIOD_S = 5  # simulated seconds between readiness probes
 SCRAPE_SIM_S = 30.0  # kube-prometheus scrapes cAdvisor every 30 s
-RATE_WINDOW_SIM_S = 120.0  # the farm's default rate window (2m)
-STEP_SIM_S = 15.0  # the farm's default history step
 INTERVAL_SIM_S = 60.0  # the farm's default scaling interval
-HISTORY_SIM_S = 1800.0  # the farm's default history (30 minutes)
-MAX_GAP_SIM_S = 300.0  # the farm's default longest gap bridged in a history
 SCALE_IN_WINDOW_SIM_S = 300.0  # the HPA's scale-down stabilization, for both
 SAMPLE_WALL_S = 0.5  # the bench's own timeline
 SETTINGS_SHOWN = ("scaling_forecaster", "scaling_interval_s", "scaling_history_s",
@@ -226,8 +222,6 @@ def scaler_settings(
     30 minutes of history (three seasons for a season shorter than a day), gaps up to
     5 minutes bridged — divided by the speed, kept above what one-second scrapes resolve.
     """
-    history = max(HISTORY_SIM_S, 3 * cfg.cycle_s) if cfg.cycle_s < 86_400 else HISTORY_SIM_S
-    window = max(4 * math.ceil(cfg.wall(SCRAPE_SIM_S)), round(cfg.wall(RATE_WINDOW_SIM_S)))
     chosen = {"scaling_forecaster": cfg.forecaster} if cfg.forecaster else {}
     return Settings(
         _env_file=None,
@@ -235,12 +229,7 @@ def scaler_settings(
         prometheus_url=prometheus_url,
         redis_url=redis_url,
         namespaces=[NAMESPACE],
-        scaling_interval_s=max(1.0, cfg.wall(INTERVAL_SIM_S)),
-        scaling_step_s=max(1.0, cfg.wall(STEP_SIM_S)),
-        scaling_history_s=cfg.wall(history),
-        scaling_season_s=cfg.wall(cfg.cycle_s),
-        scaling_rate_window=f"{window}s",
-        scaling_max_gap_s=max(10.0, cfg.wall(MAX_GAP_SIM_S)),
+        **scaled_scaling(cfg.cycle_s, cfg.speed, cfg.wall(SCRAPE_SIM_S)),
         **chosen,
     )
 
@@ -346,10 +335,6 @@ class Result:
 # -- the run ---------------------------------------------------------------------------
 
 
-async def _history(world: World, instance: str) -> str:
-    return world.metrics.history(instance)
-
-
 def _snapshot(metrics_url: str) -> dict[str, Any]:
     r = requests.get(f"{metrics_url}/sandbox/load", timeout=10)
     r.raise_for_status()
@@ -374,9 +359,8 @@ def run(cfg: BenchConfig, workdir: Path, progress: Callable[[str], None] | None 
         ep = world.endpoints
         if ep is None:
             raise RuntimeError("the world has no endpoints")
-        instance = ep.metrics.removeprefix("http://")
         say(f"world up; backfilling {cfg.history_cycles:g} cycles of history")
-        history = world.call(lambda: _history(world, instance), timeout=120)
+        history = world_history(world)
         prom_url, prom_proc = promstack.start_prometheus(
             workdir / "prometheus",
             ep.metrics,

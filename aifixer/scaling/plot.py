@@ -35,7 +35,7 @@ def plot(decisions: Sequence[dict[str, Any]], out: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     start = made[0]["at"]
-    # Minutes, or seconds for a short record (a sped-up sandbox, a new opt-in).
+    # Minutes, or seconds for a short record (a new opt-in, a short run).
     unit, per = ("minutes", 60) if made[-1]["at"] - start >= 600 else ("seconds", 1)
 
     def minutes(t: float) -> float:
