@@ -27,8 +27,14 @@ class AdapterError(Exception):
 
 
 class TransientError(AdapterError):
-    def __init__(self, system: str, message: str, *, status: int | None = None,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        system: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(system, message, status=status)
         # What the service asked for, as sent (it may be huge, or inf): the tasks clamp it.
         self.retry_after = retry_after if retry_after is None or retry_after >= 0 else None

@@ -109,7 +109,12 @@ class Forge:
             # sleep whatever Retry-After a 429 or 503 says (a day, say) inside the worker.
             # Backoff, and honouring Retry-After within a bound, are the task's job.
             retry=Retry(
-                total=1, connect=1, read=0, redirect=0, status=0, other=0,
+                total=1,
+                connect=1,
+                read=0,
+                redirect=0,
+                status=0,
+                other=0,
                 respect_retry_after_header=False,
             ),  # fmt: skip
             seconds_between_requests=0.05,

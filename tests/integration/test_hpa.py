@@ -111,10 +111,21 @@ def test_the_hpa_scales_out_and_in_as_documented(make_world):
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     header, row = listed.stdout.splitlines()
-    assert header.split() == ["NAME", "REFERENCE", "TARGETS", "MINPODS", "MAXPODS", "REPLICAS", "AGE"]
+    assert header.split() == [
+        "NAME",
+        "REFERENCE",
+        "TARGETS",
+        "MINPODS",
+        "MAXPODS",
+        "REPLICAS",
+        "AGE",
+    ]
     assert re.fullmatch(r"api +Deployment/api +cpu: \d+%/50% +1 +10 +2 +\S+", row), row
     rescales = [e.message for e in events if e.reason == "SuccessfulRescale"]
-    assert "New size: 6; reason: cpu resource utilization (percentage of request) above target" in rescales
+    assert (
+        "New size: 6; reason: cpu resource utilization (percentage of request) above target"
+        in rescales
+    )
     assert any(m.startswith("New size: 2;") and "below target" in m for m in rescales)
 
 

@@ -23,7 +23,9 @@ from aifixer.sandbox.serve import LoopThread, Site, start_site, stop_site
 
 NS = "shop"
 IMAGES = {
-    "shop/web:1.0": Image(port=8080, logs=["web 1.0 starting", "listening on :8080"], binaries=["web", "sh"]),
+    "shop/web:1.0": Image(
+        port=8080, logs=["web 1.0 starting", "listening on :8080"], binaries=["web", "sh"]
+    ),
     "shop/api:2.0": Image(requires_env={"DATABASE_URL": None}, logs=["api 2.0"]),
     "shop/hog:1.0": Image(memory_mib=300),
 }
@@ -36,8 +38,15 @@ class Env:
         self.logstore = logstore
 
     def create(self, name: str, image: str, pod_spec: dict | None = None, **container) -> None:
-        body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": image, **container}], **(pod_spec or {})}}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": {"app": name}},
+            "spec": {
+                "containers": [{"name": "app", "image": image, **container}],
+                **(pod_spec or {}),
+            },
+        }
         self.api.create_namespaced_pod(NS, body)
 
     def container(self, name: str) -> client.V1ContainerStatus | None:
@@ -64,8 +73,12 @@ def env() -> Iterator[Env]:
 
     def setup() -> None:
         cluster.start()
-        cluster.register_nodes([Node(name="node-1", memory_mib=4096),
-                                Node(name="batch-1", taints=[Taint(key="dedicated", value="batch")])])
+        cluster.register_nodes(
+            [
+                Node(name="node-1", memory_mib=4096),
+                Node(name="batch-1", taints=[Taint(key="dedicated", value="batch")]),
+            ]
+        )
         cluster.ensure_namespace(NS)
 
     loop.call_soon(setup)
@@ -92,7 +105,9 @@ def last_terminated(c: client.V1ContainerStatus | None) -> client.V1ContainerSta
 
 @pytest.mark.timeout(60)
 def test_healthy_pod_ready_with_logs_in_the_log_store(env: Env):
-    env.create("web", "shop/web:1.0", readinessProbe={"httpGet": {"path": "/healthz", "port": 8080}})
+    env.create(
+        "web", "shop/web:1.0", readinessProbe={"httpGet": {"path": "/healthz", "port": 8080}}
+    )
     env.until("Ready", lambda: env.container("web") and env.container("web").ready)
     pod = env.api.read_namespaced_pod("web", NS)
     assert pod.status.phase == "Running" and pod.spec.node_name == "node-1"
@@ -103,13 +118,17 @@ def test_healthy_pod_ready_with_logs_in_the_log_store(env: Env):
     assert len(streams) == 1
     labels, entries = streams[0]
     assert [line for _, line in entries] == ["web 1.0 starting", "listening on :8080"]
-    assert labels["job"] == f"{NS}/app" and labels["app"] == "web" and labels["node_name"] == "node-1"
+    assert (
+        labels["job"] == f"{NS}/app" and labels["app"] == "web" and labels["node_name"] == "node-1"
+    )
 
 
 @pytest.mark.timeout(60)
 def test_image_pull_backoff(env: Env):
     env.create("ghost", "shop/web:9.9")
-    env.until("ImagePullBackOff", lambda: waiting_reason(env.container("ghost")) == "ImagePullBackOff")
+    env.until(
+        "ImagePullBackOff", lambda: waiting_reason(env.container("ghost")) == "ImagePullBackOff"
+    )
     assert env.api.read_namespaced_pod("ghost", NS).status.phase == "Pending"
     messages = [e.message for e in env.events("ghost", "Failed")]
     assert "Error: ErrImagePull" in messages
@@ -119,8 +138,14 @@ def test_image_pull_backoff(env: Env):
 @pytest.mark.timeout(60)
 def test_crash_loop_on_missing_env(env: Env):
     env.create("api", "shop/api:2.0")
-    env.until("restartCount >= 2", lambda: (env.container("api") and env.container("api").restart_count >= 2
-                                             and waiting_reason(env.container("api")) == "CrashLoopBackOff"))
+    env.until(
+        "restartCount >= 2",
+        lambda: (
+            env.container("api")
+            and env.container("api").restart_count >= 2
+            and waiting_reason(env.container("api")) == "CrashLoopBackOff"
+        ),
+    )
     last = last_terminated(env.container("api"))
     assert last.exit_code == 1 and last.reason == "Error"
     previous = env.api.read_namespaced_pod_log("api", NS, container="app", previous=True)
@@ -146,31 +171,61 @@ def test_oom_killed(env: Env):
 
 @pytest.mark.timeout(60)
 def test_readiness_failing(env: Env):
-    env.create("rp", "shop/web:1.0", readinessProbe={"httpGet": {"path": "/ready", "port": 8080},
-                                                     "periodSeconds": 5})
+    env.create(
+        "rp",
+        "shop/web:1.0",
+        readinessProbe={"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 5},
+    )
     env.until("Unhealthy", lambda: env.events("rp", "Unhealthy"))
     c = env.container("rp")
     assert c.ready is False and c.state.running is not None
-    assert env.events("rp", "Unhealthy")[0].message == "Readiness probe failed: HTTP probe failed with statuscode: 404"
-    ready = next(x for x in env.api.read_namespaced_pod_status("rp", NS).status.conditions if x.type == "Ready")
+    assert (
+        env.events("rp", "Unhealthy")[0].message
+        == "Readiness probe failed: HTTP probe failed with statuscode: 404"
+    )
+    ready = next(
+        x
+        for x in env.api.read_namespaced_pod_status("rp", NS).status.conditions
+        if x.type == "Ready"
+    )
     assert (ready.status, ready.reason) == ("False", "ContainersNotReady")
 
 
 @pytest.mark.timeout(60)
 def test_liveness_restarts(env: Env):
-    env.create("lp", "shop/web:1.0", livenessProbe={"tcpSocket": {"port": 8081}, "periodSeconds": 5})
-    env.until("two restarts", lambda: env.container("lp") and env.container("lp").restart_count >= 2)
-    assert env.events("lp", "Killing")[0].message == "Container app failed liveness probe, will be restarted"
+    env.create(
+        "lp", "shop/web:1.0", livenessProbe={"tcpSocket": {"port": 8081}, "periodSeconds": 5}
+    )
+    env.until(
+        "two restarts", lambda: env.container("lp") and env.container("lp").restart_count >= 2
+    )
+    assert (
+        env.events("lp", "Killing")[0].message
+        == "Container app failed liveness probe, will be restarted"
+    )
     assert last_terminated(env.container("lp")).exit_code == 137
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("pod_spec, container, reason", [
-    ({}, {"resources": {"requests": {"memory": "6Gi"}}}, "1 Insufficient memory"),
-    ({"nodeSelector": {"disk": "ssd"}}, {}, "1 node(s) didn't match Pod's node affinity/selector"),
-    ({"tolerations": [{"key": "dedicated", "operator": "Exists"}], "nodeSelector": {"none": "x"}}, {},
-     "2 node(s) didn't match Pod's node affinity/selector"),
-])
+@pytest.mark.parametrize(
+    "pod_spec, container, reason",
+    [
+        ({}, {"resources": {"requests": {"memory": "6Gi"}}}, "1 Insufficient memory"),
+        (
+            {"nodeSelector": {"disk": "ssd"}},
+            {},
+            "1 node(s) didn't match Pod's node affinity/selector",
+        ),
+        (
+            {
+                "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+                "nodeSelector": {"none": "x"},
+            },
+            {},
+            "2 node(s) didn't match Pod's node affinity/selector",
+        ),
+    ],
+)
 def test_failed_scheduling(env: Env, pod_spec: dict, container: dict, reason: str):
     env.create("pending", "shop/web:1.0", pod_spec=pod_spec, **container)
     env.until("FailedScheduling", lambda: env.events("pending", "FailedScheduling"))
@@ -178,15 +233,38 @@ def test_failed_scheduling(env: Env, pod_spec: dict, container: dict, reason: st
     assert message.startswith("0/2 nodes are available: ") and reason in message
     assert message.endswith("..")
     cond = env.api.read_namespaced_pod_status("pending", NS).status.conditions[0]
-    assert (cond.type, cond.status, cond.reason, cond.message) == ("PodScheduled", "False", "Unschedulable", message)
+    assert (cond.type, cond.status, cond.reason, cond.message) == (
+        "PodScheduled",
+        "False",
+        "Unschedulable",
+        message,
+    )
 
 
 @pytest.mark.timeout(60)
 def test_create_container_config_error(env: Env):
-    env.api.create_namespaced_config_map(NS, {"metadata": {"name": "api"}, "data": {"url": "postgres://db"}})
-    env.create("api", "shop/api:2.0", env=[{"name": "DATABASE_URL", "valueFrom": {
-        "configMapKeyRef": {"name": "api", "key": "database_url"}}}])
-    env.until("CreateContainerConfigError",
-              lambda: waiting_reason(env.container("api")) == "CreateContainerConfigError")
-    assert env.container("api").state.waiting.message == f"couldn't find key database_url in ConfigMap {NS}/api"
-    assert env.events("api", "Failed")[0].message == f"Error: couldn't find key database_url in ConfigMap {NS}/api"
+    env.api.create_namespaced_config_map(
+        NS, {"metadata": {"name": "api"}, "data": {"url": "postgres://db"}}
+    )
+    env.create(
+        "api",
+        "shop/api:2.0",
+        env=[
+            {
+                "name": "DATABASE_URL",
+                "valueFrom": {"configMapKeyRef": {"name": "api", "key": "database_url"}},
+            }
+        ],
+    )
+    env.until(
+        "CreateContainerConfigError",
+        lambda: waiting_reason(env.container("api")) == "CreateContainerConfigError",
+    )
+    assert (
+        env.container("api").state.waiting.message
+        == f"couldn't find key database_url in ConfigMap {NS}/api"
+    )
+    assert (
+        env.events("api", "Failed")[0].message
+        == f"Error: couldn't find key database_url in ConfigMap {NS}/api"
+    )

@@ -21,12 +21,22 @@ from aifixer.sandbox.kube.resources import core
 from aifixer.sandbox.kube.scheduler import fit_error
 from aifixer.sandbox.scenario import CrashSpec, Image, Node, Taint
 
-PODS, EVENTS, CONFIGMAPS, SECRETS = core("pods"), core("events"), core("configmaps"), core("secrets")
+PODS, EVENTS, CONFIGMAPS, SECRETS = (
+    core("pods"),
+    core("events"),
+    core("configmaps"),
+    core("secrets"),
+)
 SPEED = 60
 
 IMAGES = {
-    "shop/web:1.0": Image(port=8080, health_path="/healthz", logs=["web 1.0 starting", "listening on :8080"],
-                          memory_mib=64, binaries=["web", "sh"]),
+    "shop/web:1.0": Image(
+        port=8080,
+        health_path="/healthz",
+        logs=["web 1.0 starting", "listening on :8080"],
+        memory_mib=64,
+        binaries=["web", "sh"],
+    ),
     "shop/api:2.0": Image(requires_env={"DATABASE_URL": None}, logs=["api 2.0"]),
     "shop/hog:1.0": Image(memory_mib=300, logs=["loading model"]),
     "shop/cfg:1.0": Image(requires_files=["/etc/app/config.yaml"], logs=["config loaded"]),
@@ -37,11 +47,14 @@ IMAGES = {
 
 def pod(name: str, image: str, **container) -> dict:
     spec = container.pop("pod_spec", {})
-    return apply_defaults({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
-        "spec": {"containers": [{"name": "app", "image": image, **container}], **spec},
-    })
+    return apply_defaults(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+            "spec": {"containers": [{"name": "app", "image": image, **container}], **spec},
+        }
+    )
 
 
 class Harness:
@@ -61,8 +74,11 @@ class Harness:
         return (self.pod(name).get("status") or {}).get("containerStatuses", [{}])[0]
 
     def events(self, name: str, reason: str | None = None) -> list[dict]:
-        return [e for e in self.store.list(EVENTS, "default")
-                if e["involvedObject"]["name"] == name and (reason is None or e["reason"] == reason)]
+        return [
+            e
+            for e in self.store.list(EVENTS, "default")
+            if e["involvedObject"]["name"] == name and (reason is None or e["reason"] == reason)
+        ]
 
     async def until(self, what: str, pred: Callable[[], bool], timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
@@ -75,13 +91,16 @@ class Harness:
 def run(test: Callable, nodes: tuple[Node, ...] = (Node(name="node-1"),)) -> None:
     async def main() -> None:
         sink: list = []
-        cluster = Cluster(Clock(SPEED), IMAGES.get, lambda labels, entries: sink.append((labels, entries)))
+        cluster = Cluster(
+            Clock(SPEED), IMAGES.get, lambda labels, entries: sink.append((labels, entries))
+        )
         cluster.start()
         cluster.register_nodes(nodes)
         try:
             await test(Harness(cluster, sink))
         finally:
             await cluster.stop()
+
     asyncio.run(main())
 
 
@@ -120,11 +139,16 @@ def test_backoff_doubles_to_the_cap_and_resets_after_idle():
 
 
 def test_fit_error_text_has_the_preemption_postfix():
-    msg = fit_error(2, {"a": ["Insufficient memory"], "b": ["node(s) had untolerated taint {gpu: true}"]},
-                    {"a": True, "b": False})
-    assert msg == ("0/2 nodes are available: 1 Insufficient memory, 1 node(s) had untolerated taint {gpu: true}. "
-                   "preemption: 0/2 nodes are available: 1 No preemption victims found for incoming pod, "
-                   "1 Preemption is not helpful for scheduling..")
+    msg = fit_error(
+        2,
+        {"a": ["Insufficient memory"], "b": ["node(s) had untolerated taint {gpu: true}"]},
+        {"a": True, "b": False},
+    )
+    assert msg == (
+        "0/2 nodes are available: 1 Insufficient memory, 1 node(s) had untolerated taint {gpu: true}. "
+        "preemption: 0/2 nodes are available: 1 No preemption victims found for incoming pod, "
+        "1 Preemption is not helpful for scheduling.."
+    )
 
 
 # -- healthy --------------------------------------------------------------------------------
@@ -133,29 +157,55 @@ def test_fit_error_text_has_the_preemption_postfix():
 @pytest.mark.timeout(30)
 def test_healthy_pod_becomes_ready_with_logs():
     async def t(h: Harness) -> None:
-        h.create(pod("web", "shop/web:1.0", ports=[{"name": "http", "containerPort": 8080}],
-                     readinessProbe={"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5}))
+        h.create(
+            pod(
+                "web",
+                "shop/web:1.0",
+                ports=[{"name": "http", "containerPort": 8080}],
+                readinessProbe={
+                    "httpGet": {"path": "/healthz", "port": "http"},
+                    "periodSeconds": 5,
+                },
+            )
+        )
         await h.until("Ready", lambda: h.container("web").get("ready") is True)
         st = h.pod("web")["status"]
         assert st["phase"] == "Running"
         assert st["podIP"].startswith("10.244.0.")
         conds = {c["type"]: c["status"] for c in st["conditions"]}
-        assert conds == {"PodReadyToStartContainers": "True", "Initialized": "True", "Ready": "True",
-                         "ContainersReady": "True", "PodScheduled": "True"}
+        assert conds == {
+            "PodReadyToStartContainers": "True",
+            "Initialized": "True",
+            "Ready": "True",
+            "ContainersReady": "True",
+            "PodScheduled": "True",
+        }
         c = h.container("web")
         assert c["containerID"].startswith("containerd://") and c["restartCount"] == 0
         assert "running" in c["state"] and c["started"] is True
         reasons = [e["reason"] for e in h.events("web")]
         assert {"Scheduled", "Pulling", "Pulled", "Created", "Started"} <= set(reasons)
         assert not h.events("web", "Unhealthy")
-        assert h.cluster.logs.read("default", "web", "app") == "web 1.0 starting\nlistening on :8080\n"
+        assert (
+            h.cluster.logs.read("default", "web", "app") == "web 1.0 starting\nlistening on :8080\n"
+        )
         labels, entries = h.sink[0]
-        assert labels == {"namespace": "default", "pod": "web", "container": "app", "app": "web",
-                          "job": "default/app", "node_name": "node-1", "stream": "stdout"}
+        assert labels == {
+            "namespace": "default",
+            "pod": "web",
+            "container": "app",
+            "app": "web",
+            "job": "default/app",
+            "node_name": "node-1",
+            "stream": "stdout",
+        }
         assert [line for _, line in entries] == ["web 1.0 starting", "listening on :8080"]
         rv = h.pod("web")["metadata"]["resourceVersion"]
         await asyncio.sleep(30 / SPEED)
-        assert h.pod("web")["metadata"]["resourceVersion"] == rv, "no status writes when nothing changes"
+        assert h.pod("web")["metadata"]["resourceVersion"] == rv, (
+            "no status writes when nothing changes"
+        )
+
     run(t)
 
 
@@ -166,16 +216,25 @@ def test_healthy_pod_becomes_ready_with_logs():
 def test_missing_image_goes_to_image_pull_backoff():
     async def t(h: Harness) -> None:
         h.create(pod("ghost", "shop/web:9.9"))
-        await h.until("ImagePullBackOff", lambda: waiting(h.container("ghost")).get("reason") == "ImagePullBackOff")
+        await h.until(
+            "ImagePullBackOff",
+            lambda: waiting(h.container("ghost")).get("reason") == "ImagePullBackOff",
+        )
         st = h.pod("ghost")["status"]
         assert st["phase"] == "Pending"
-        assert waiting(h.container("ghost"))["message"].startswith('Back-off pulling image "shop/web:9.9"')
+        assert waiting(h.container("ghost"))["message"].startswith(
+            'Back-off pulling image "shop/web:9.9"'
+        )
         failed = [e["message"] for e in h.events("ghost", "Failed")]
-        assert any(m.startswith('Failed to pull image "shop/web:9.9": rpc error: code = NotFound') for m in failed)
+        assert any(
+            m.startswith('Failed to pull image "shop/web:9.9": rpc error: code = NotFound')
+            for m in failed
+        )
         assert "Error: ErrImagePull" in failed and "Error: ImagePullBackOff" in failed
         backoff = h.events("ghost", "BackOff")[0]
         assert backoff["type"] == "Normal" and backoff["source"]["component"] == "kubelet"
         assert backoff["involvedObject"]["fieldPath"] == "spec.containers{app}"
+
     run(t)
 
 
@@ -186,34 +245,63 @@ def test_missing_image_goes_to_image_pull_backoff():
 def test_missing_env_crash_loops_with_growing_restart_count():
     async def t(h: Harness) -> None:
         h.create(pod("api", "shop/api:2.0"))
-        await h.until("two restarts", lambda: h.container("api").get("restartCount", 0) >= 2
-                      and waiting(h.container("api")).get("reason") == "CrashLoopBackOff")
+        await h.until(
+            "two restarts",
+            lambda: (
+                h.container("api").get("restartCount", 0) >= 2
+                and waiting(h.container("api")).get("reason") == "CrashLoopBackOff"
+            ),
+        )
         c = h.container("api")
         last = c["lastState"]["terminated"]
         assert last["exitCode"] == 1 and last["reason"] == "Error"
         assert last["containerID"] and last["finishedAt"]
         assert h.pod("api")["status"]["phase"] == "Running"
-        assert waiting(c)["message"].startswith("back-off ") and "restarting failed container=app pod=api_default(" in \
-            waiting(c)["message"]
+        assert (
+            waiting(c)["message"].startswith("back-off ")
+            and "restarting failed container=app pod=api_default(" in waiting(c)["message"]
+        )
         uid = h.pod("api")["metadata"]["uid"]
-        assert h.events("api", "BackOff")[0]["message"] == \
-            f"Back-off restarting failed container app in pod api_default({uid})"
-        assert h.cluster.logs.read("default", "api", "app", previous=True) == \
-            "FATAL: environment variable DATABASE_URL is not set\n"
+        assert (
+            h.events("api", "BackOff")[0]["message"]
+            == f"Back-off restarting failed container app in pod api_default({uid})"
+        )
+        assert (
+            h.cluster.logs.read("default", "api", "app", previous=True)
+            == "FATAL: environment variable DATABASE_URL is not set\n"
+        )
         ready = next(x for x in h.pod("api")["status"]["conditions"] if x["type"] == "Ready")
         assert ready["message"] == "containers with unready status: [app]"
+
     run(t)
 
 
 @pytest.mark.timeout(30)
 def test_env_from_secret_satisfies_the_image():
     async def t(h: Harness) -> None:
-        h.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db", "namespace": "default"},
-                  "data": {"url": base64.b64encode(b"postgres://db").decode()}})
-        h.create(pod("api", "shop/api:2.0", env=[{"name": "DATABASE_URL", "valueFrom": {
-            "secretKeyRef": {"name": "db", "key": "url"}}}]))
+        h.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "db", "namespace": "default"},
+                "data": {"url": base64.b64encode(b"postgres://db").decode()},
+            }
+        )
+        h.create(
+            pod(
+                "api",
+                "shop/api:2.0",
+                env=[
+                    {
+                        "name": "DATABASE_URL",
+                        "valueFrom": {"secretKeyRef": {"name": "db", "key": "url"}},
+                    }
+                ],
+            )
+        )
         await h.until("Ready", lambda: h.container("api").get("ready") is True)
         assert h.cluster.logs.read("default", "api", "app") == "api 2.0\n"
+
     run(t)
 
 
@@ -221,10 +309,18 @@ def test_env_from_secret_satisfies_the_image():
 def test_command_not_found_through_a_shell_exits_127():
     async def t(h: Harness) -> None:
         h.create(pod("typo", "shop/web:1.0", command=["sh", "-c", "wbe --port 8080"]))
-        await h.until("restart", lambda: h.container("typo").get("restartCount", 0) >= 1
-                      and "terminated" in h.container("typo").get("lastState", {}))
+        await h.until(
+            "restart",
+            lambda: (
+                h.container("typo").get("restartCount", 0) >= 1
+                and "terminated" in h.container("typo").get("lastState", {})
+            ),
+        )
         assert h.container("typo")["lastState"]["terminated"]["exitCode"] == 127
-        assert "sh: 1: wbe: not found" in h.cluster.logs.read("default", "typo", "app", previous=True)
+        assert "sh: 1: wbe: not found" in h.cluster.logs.read(
+            "default", "typo", "app", previous=True
+        )
+
     run(t)
 
 
@@ -232,13 +328,19 @@ def test_command_not_found_through_a_shell_exits_127():
 def test_missing_executable_is_a_start_error():
     async def t(h: Harness) -> None:
         h.create(pod("exec", "shop/web:1.0", command=["wbe"]))
-        await h.until("CrashLoopBackOff", lambda: waiting(h.container("exec")).get("reason") == "CrashLoopBackOff")
+        await h.until(
+            "CrashLoopBackOff",
+            lambda: waiting(h.container("exec")).get("reason") == "CrashLoopBackOff",
+        )
         last = h.container("exec")["lastState"]["terminated"]
         assert last["exitCode"] == 128 and last["reason"] == "StartError"
         assert 'exec: "wbe": executable file not found in $PATH' in last["message"]
-        assert any(e["message"].startswith("Error: failed to create containerd task")
-                   for e in h.events("exec", "Failed"))
+        assert any(
+            e["message"].startswith("Error: failed to create containerd task")
+            for e in h.events("exec", "Failed")
+        )
         assert not h.events("exec", "Started")
+
     run(t)
 
 
@@ -246,9 +348,15 @@ def test_missing_executable_is_a_start_error():
 def test_memory_limit_below_working_set_is_oom_killed():
     async def t(h: Harness) -> None:
         h.create(pod("hog", "shop/hog:1.0", resources={"limits": {"memory": "128Mi"}}))
-        await h.until("OOMKilled", lambda: h.container("hog").get("lastState", {}).get("terminated", {})
-                      .get("reason") == "OOMKilled")
+        await h.until(
+            "OOMKilled",
+            lambda: (
+                h.container("hog").get("lastState", {}).get("terminated", {}).get("reason")
+                == "OOMKilled"
+            ),
+        )
         assert h.container("hog")["lastState"]["terminated"]["exitCode"] == 137
+
     run(t)
 
 
@@ -259,6 +367,7 @@ def test_crashing_release_exits_with_its_code_and_logs():
         await h.until("crash", lambda: h.container("bad").get("lastState", {}).get("terminated"))
         assert h.container("bad")["lastState"]["terminated"]["exitCode"] == 2
         assert h.cluster.logs.read("default", "bad", "app", previous=True) == "panic: nil map\n"
+
     run(t)
 
 
@@ -268,38 +377,72 @@ def test_crashing_release_exits_with_its_code_and_logs():
 @pytest.mark.timeout(30)
 def test_readiness_on_the_wrong_port_is_never_ready():
     async def t(h: Harness) -> None:
-        h.create(pod("rp", "shop/web:1.0", readinessProbe={"httpGet": {"path": "/healthz", "port": 8081},
-                                                           "periodSeconds": 5}))
-        await h.until("Unhealthy x3", lambda: sum(e["count"] for e in h.events("rp", "Unhealthy")) >= 3)
+        h.create(
+            pod(
+                "rp",
+                "shop/web:1.0",
+                readinessProbe={"httpGet": {"path": "/healthz", "port": 8081}, "periodSeconds": 5},
+            )
+        )
+        await h.until(
+            "Unhealthy x3", lambda: sum(e["count"] for e in h.events("rp", "Unhealthy")) >= 3
+        )
         c = h.container("rp")
         assert "running" in c["state"] and c["ready"] is False and c["restartCount"] == 0
         ip = h.pod("rp")["status"]["podIP"]
         assert h.events("rp", "Unhealthy")[0]["message"] == (
-            f'Readiness probe failed: Get "http://{ip}:8081/healthz": dial tcp {ip}:8081: connect: connection refused')
+            f'Readiness probe failed: Get "http://{ip}:8081/healthz": dial tcp {ip}:8081: connect: connection refused'
+        )
+
     run(t)
 
 
 @pytest.mark.timeout(30)
 def test_liveness_on_the_wrong_path_restarts_the_container():
     async def t(h: Harness) -> None:
-        h.create(pod("lp", "shop/web:1.0", livenessProbe={"httpGet": {"path": "/health", "port": 8080},
-                                                          "periodSeconds": 5, "failureThreshold": 3}))
+        h.create(
+            pod(
+                "lp",
+                "shop/web:1.0",
+                livenessProbe={
+                    "httpGet": {"path": "/health", "port": 8080},
+                    "periodSeconds": 5,
+                    "failureThreshold": 3,
+                },
+            )
+        )
         await h.until("restart", lambda: h.container("lp").get("restartCount", 0) >= 1)
-        assert h.events("lp", "Unhealthy")[0]["message"] == \
-            "Liveness probe failed: HTTP probe failed with statuscode: 404"
-        assert h.events("lp", "Killing")[0]["message"] == "Container app failed liveness probe, will be restarted"
+        assert (
+            h.events("lp", "Unhealthy")[0]["message"]
+            == "Liveness probe failed: HTTP probe failed with statuscode: 404"
+        )
+        assert (
+            h.events("lp", "Killing")[0]["message"]
+            == "Container app failed liveness probe, will be restarted"
+        )
         last = h.container("lp")["lastState"]["terminated"]
         assert last["exitCode"] == 137 and last["reason"] == "Error"
+
     run(t)
 
 
 @pytest.mark.timeout(30)
 def test_initial_delay_postpones_probes():
     async def t(h: Harness) -> None:
-        h.create(pod("slow", "shop/slow:1.0", readinessProbe={"tcpSocket": {"port": 9000},
-                                                              "initialDelaySeconds": 61, "periodSeconds": 5}))
+        h.create(
+            pod(
+                "slow",
+                "shop/slow:1.0",
+                readinessProbe={
+                    "tcpSocket": {"port": 9000},
+                    "initialDelaySeconds": 61,
+                    "periodSeconds": 5,
+                },
+            )
+        )
         await h.until("Ready", lambda: h.container("slow").get("ready") is True)
         assert not h.events("slow", "Unhealthy")
+
     run(t)
 
 
@@ -309,11 +452,30 @@ def test_initial_delay_postpones_probes():
 @pytest.mark.timeout(30)
 def test_missing_configmap_key_is_a_config_error_until_it_appears():
     async def t(h: Harness) -> None:
-        h.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "api", "namespace": "default"},
-                  "data": {"other": "x"}})
-        h.create(pod("api", "shop/api:2.0", env=[{"name": "DATABASE_URL", "valueFrom": {
-            "configMapKeyRef": {"name": "api", "key": "database_url"}}}]))
-        await h.until("config error", lambda: waiting(h.container("api")).get("reason") == "CreateContainerConfigError")
+        h.create(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "api", "namespace": "default"},
+                "data": {"other": "x"},
+            }
+        )
+        h.create(
+            pod(
+                "api",
+                "shop/api:2.0",
+                env=[
+                    {
+                        "name": "DATABASE_URL",
+                        "valueFrom": {"configMapKeyRef": {"name": "api", "key": "database_url"}},
+                    }
+                ],
+            )
+        )
+        await h.until(
+            "config error",
+            lambda: waiting(h.container("api")).get("reason") == "CreateContainerConfigError",
+        )
         msg = "couldn't find key database_url in ConfigMap default/api"
         assert waiting(h.container("api"))["message"] == msg
         assert h.events("api", "Failed")[0]["message"] == f"Error: {msg}"
@@ -322,21 +484,37 @@ def test_missing_configmap_key_is_a_config_error_until_it_appears():
         cm["data"]["database_url"] = "postgres://db"
         h.store.update(CONFIGMAPS, cm)
         await h.until("Ready", lambda: h.container("api").get("ready") is True, timeout=5)
+
     run(t)
 
 
 @pytest.mark.timeout(30)
 def test_missing_configmap_volume_blocks_mounting():
     async def t(h: Harness) -> None:
-        h.create(pod("cfg", "shop/cfg:1.0", volumeMounts=[{"name": "conf", "mountPath": "/etc/app"}],
-                     pod_spec={"volumes": [{"name": "conf", "configMap": {"name": "cfg"}}]}))
+        h.create(
+            pod(
+                "cfg",
+                "shop/cfg:1.0",
+                volumeMounts=[{"name": "conf", "mountPath": "/etc/app"}],
+                pod_spec={"volumes": [{"name": "conf", "configMap": {"name": "cfg"}}]},
+            )
+        )
         await h.until("FailedMount", lambda: h.events("cfg", "FailedMount"))
-        assert h.events("cfg", "FailedMount")[0]["message"] == \
-            'MountVolume.SetUp failed for volume "conf" : configmap "cfg" not found'
+        assert (
+            h.events("cfg", "FailedMount")[0]["message"]
+            == 'MountVolume.SetUp failed for volume "conf" : configmap "cfg" not found'
+        )
         assert waiting(h.container("cfg"))["reason"] == "ContainerCreating"
-        h.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": "default"},
-                  "data": {"config.yaml": "a: 1"}})
+        h.create(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "cfg", "namespace": "default"},
+                "data": {"config.yaml": "a: 1"},
+            }
+        )
         await h.until("Ready", lambda: h.container("cfg").get("ready") is True)
+
     run(t)
 
 
@@ -346,8 +524,10 @@ def test_required_file_not_mounted_exits_1():
         h.create(pod("nofile", "shop/cfg:1.0"))
         await h.until("crash", lambda: h.container("nofile").get("lastState", {}).get("terminated"))
         assert h.container("nofile")["lastState"]["terminated"]["exitCode"] == 1
-        assert "open /etc/app/config.yaml: no such file or directory" in \
-            h.cluster.logs.read("default", "nofile", "app", previous=True)
+        assert "open /etc/app/config.yaml: no such file or directory" in h.cluster.logs.read(
+            "default", "nofile", "app", previous=True
+        )
+
     run(t)
 
 
@@ -359,20 +539,31 @@ def test_unschedulable_pods_explain_why_and_retry_on_new_nodes():
     async def t(h: Harness) -> None:
         h.create(pod("big", "shop/web:1.0", resources={"requests": {"memory": "64Gi"}}))
         h.create(pod("gpu", "shop/web:1.0", pod_spec={"nodeSelector": {"gpu": "true"}}))
-        await h.until("FailedScheduling", lambda: h.events("big", "FailedScheduling")
-                      and h.events("gpu", "FailedScheduling"))
+        await h.until(
+            "FailedScheduling",
+            lambda: h.events("big", "FailedScheduling") and h.events("gpu", "FailedScheduling"),
+        )
         assert h.events("big", "FailedScheduling")[0]["message"] == (
             "0/2 nodes are available: 1 Insufficient memory, 1 node(s) had untolerated taint {dedicated: batch}. "
             "preemption: 0/2 nodes are available: 1 No preemption victims found for incoming pod, "
-            "1 Preemption is not helpful for scheduling..")
+            "1 Preemption is not helpful for scheduling.."
+        )
         assert h.events("gpu", "FailedScheduling")[0]["message"] == (
             "0/2 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, "
             "1 node(s) had untolerated taint {dedicated: batch}. "
-            "preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling..")
+            "preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling.."
+        )
         cond = next(c for c in h.pod("gpu")["status"]["conditions"] if c["type"] == "PodScheduled")
         assert cond["status"] == "False" and cond["reason"] == "Unschedulable"
         h.cluster.register_nodes([Node(name="gpu-1", labels={"gpu": "true"})])
         await h.until("bound", lambda: h.pod("gpu")["spec"].get("nodeName") == "gpu-1")
-        assert h.events("gpu", "Scheduled")[0]["message"] == "Successfully assigned default/gpu to gpu-1"
+        assert (
+            h.events("gpu", "Scheduled")[0]["message"]
+            == "Successfully assigned default/gpu to gpu-1"
+        )
         assert h.pod("big")["spec"].get("nodeName") is None
-    run(t, (Node(name="node-1"), Node(name="batch-1", taints=[Taint(key="dedicated", value="batch")])))
+
+    run(
+        t,
+        (Node(name="node-1"), Node(name="batch-1", taints=[Taint(key="dedicated", value="batch")])),
+    )

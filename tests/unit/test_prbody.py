@@ -219,5 +219,3 @@ def test_body_never_carries_a_secret():
     text = prbody.body(make_state(logs=logs), DIFF + f"+  # token={token}\n", "f.yaml")
     assert token not in text
     assert prbody.REDACTED in text
-
-

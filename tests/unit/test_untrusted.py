@@ -12,7 +12,9 @@ def test_the_corpus_is_broad():
     assert len(INJECTIONS) >= 20
 
 
-@pytest.mark.parametrize("line", [line for _, line, _ in INJECTIONS], ids=[n for n, _, _ in INJECTIONS])
+@pytest.mark.parametrize(
+    "line", [line for _, line, _ in INJECTIONS], ids=[n for n, _, _ in INJECTIONS]
+)
 def test_every_injection_is_found(line):
     assert untrusted.findings(f"The pods crash. The log says: {line}.")
 

@@ -521,8 +521,16 @@ _PRINTERS: dict[str, tuple[tuple[Column, ...], Callable[[Obj, datetime], list[An
         _serviceaccount_row,
     ),
     "HorizontalPodAutoscaler": (
-        _cols("Name", "Reference", "Targets", "MinPods", "MaxPods", "Replicas", "Age",
-              types={"MaxPods": _INT, "Replicas": _INT}),  # fmt: skip
+        _cols(
+            "Name",
+            "Reference",
+            "Targets",
+            "MinPods",
+            "MaxPods",
+            "Replicas",
+            "Age",
+            types={"MaxPods": _INT, "Replicas": _INT},
+        ),  # fmt: skip
         _hpa_row,
     ),
 }
