@@ -64,11 +64,15 @@ task_queues = (
     Queue("polls"), Queue("model"), Queue("cluster"), Queue("notify"), Queue("memory"),
     Queue("scaling"),
 )  # fmt: skip
+NEW_INCIDENT_PRIORITY = 6  # a step of kombu's Redis priority_steps (0, 3, 6, 9)
 task_routes = {
     "aifixer.tasks.poll_*": {"queue": "polls"},
     "aifixer.tasks.ingest_signals": {"queue": "polls"},
     "aifixer.tasks.call_next": {"queue": "notify"},
-    "aifixer.tasks.diagnose": {"queue": "model"},
+    # A new incident's first step waits behind the later steps of incidents already
+    # under way (kombu's Redis priority lists: 0 is served first, the default): in a
+    # burst, incidents finish one after another instead of all together at the end.
+    "aifixer.tasks.diagnose": {"queue": "model", "priority": NEW_INCIDENT_PRIORITY},
     "aifixer.tasks.patch": {"queue": "model"},
     "aifixer.tasks.apply": {"queue": "cluster"},
     "aifixer.tasks.verify": {"queue": "cluster"},

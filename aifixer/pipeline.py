@@ -191,7 +191,12 @@ def open_incidents(ctx: Context, signals: Iterable[Signal]) -> list[Incident]:
             sig.model_copy(update={"workload": name})
         )
     opened = []
+    # A workload with an incident under way opens nothing more: skipped before any API
+    # call, so a poll during a storm costs what the new failures cost, not all of them.
+    busy = ctx.store.held(ctx.settings.cluster_name, list(by_workload))
     for (namespace, name), sigs in by_workload.items():
+        if (namespace, name) in busy:
+            continue
         inc = _open_one(ctx, namespace, name, sigs)
         if inc is not None:
             opened.append(inc)
@@ -1174,11 +1179,17 @@ def append_incident_line(ctx: Context, state: IncidentState) -> None:
 # -- the watchdog ------------------------------------------------------------------------
 
 
-def watchdog(ctx: Context) -> list[tuple[str, str]]:
+def watchdog(
+    ctx: Context, waiting: Callable[[list[str]], set[str]] | None = None
+) -> list[tuple[str, str]]:
     """Finish the incidents that stopped progressing: (id, "resume" | "conclude") pairs.
 
     A lost message (a Redis restart drops what workers held), a worker killed twice on
-    the same task, a whole machine gone: the incident's record stops moving. After
+    the same task, a whole machine gone: the incident's record stops moving. An incident
+    whose next stage is still waiting in the broker (`waiting` names them: a burst of
+    incidents queues behind the model) is not lost: its lock and clock are renewed and
+    it is left to its message, up to `watchdog_queued_max_s` (a queue no worker serves
+    must not hold an incident forever). After
     `watchdog_stall_s` without progress, the watchdog first resumes the chain from the
     stage the record reached (every stage skips what is done, and every side effect is
     idempotent, so a resumed chain beside a merely slow one does no harm). If it stalls
@@ -1189,13 +1200,20 @@ def watchdog(ctx: Context) -> list[tuple[str, str]]:
     """
     s = ctx.settings
     out = []
-    for iid in ctx.store.stalled(s.watchdog_stall_s):
+    stalled = ctx.store.stalled(s.watchdog_stall_s)
+    queued = waiting(stalled) if waiting and stalled else set()
+    for iid in stalled:
         try:
             state = load(ctx, iid)
             if state is None or state.closed_at is not None:
                 ctx.store.forget_open(iid)
                 continue
             idle = time.time() - state.updated_at
+            if iid in queued and idle < s.watchdog_queued_max_s:
+                ctx.store.touch(state)
+                log.info("%s watchdog: at %s for %.0fs, next stage queued",
+                         tag(state), state.stage, idle)  # fmt: skip
+                continue
             takeovers = state.retries.get("watchdog", 0)
             state.retries["watchdog"] = takeovers + 1
             if takeovers == 0 and state.error is None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -42,6 +43,8 @@ from .adapters.errors import TransientError
 from .models import CallRecord, IncidentState, Manifest, Snapshot
 
 PREFIX = "aifixer:"
+_INCIDENT_ID = re.compile(r"[0-9a-f]{16}-[0-9]{13}")  # fingerprint-openedms, see models
+_PAGE = 500
 SYSTEM = "redis"
 KEEP_S = 7 * 86400  # how long per-incident keys outlive the incident
 
@@ -190,6 +193,29 @@ class Store:
         return list(self.redis.zrangebyscore(self.key("open"), "-inf", time.time() - older_than_s))
 
     @_translated
+    def waiting(self, incident_ids: list[str], queue_keys: list[str]) -> set[str]:
+        """Those of `incident_ids` with a message still waiting in one of `queue_keys`.
+
+        The broker's queues are Redis lists of JSON messages whose headers name the
+        task's arguments (`argsrepr`), so an incident whose next stage is merely queued
+        behind a burst of others is told apart from one whose message was lost. Read in
+        pages, only when some incident looks stalled.
+        """
+        wanted, found = set(incident_ids), set()
+        other = {i for i in wanted if not _INCIDENT_ID.fullmatch(i)}  # ids given by hand
+        for key in queue_keys:
+            start = 0
+            while wanted - found:
+                page = self.redis.lrange(key, start, start + _PAGE - 1)
+                for message in page:
+                    found.update(i for i in _INCIDENT_ID.findall(message) if i in wanted)
+                    found.update(i for i in other if i in message)
+                if len(page) < _PAGE:
+                    break
+                start += _PAGE
+        return found
+
+    @_translated
     def add_call(self, incident_id: str, record: CallRecord) -> None:
         pipe = self.redis.pipeline()
         pipe.rpush(self.key("calls", incident_id), record.model_dump_json())
@@ -225,7 +251,6 @@ class Store:
         return None if raw is None else Snapshot.model_validate_json(raw)
 
     @_translated
-    @_translated
     def take_call_slot(self, incident_id: str, number: str, per_hour: int) -> bool:
         """True if a call may be placed now: fewer than `per_hour` in the last hour.
 
@@ -234,7 +259,9 @@ class Store:
         """
         script = self.redis.register_script(_CALL_SLOT)
         member = f"{incident_id}:{number}"
-        return bool(script(keys=[self.key("calls-placed")], args=[time.time(), 3600, per_hour, member]))
+        return bool(
+            script(keys=[self.key("calls-placed")], args=[time.time(), 3600, per_hour, member])
+        )
 
     def claim_dial(self, incident_id: str, number: str) -> bool:
         """True once per (incident, number): the right to dial it."""
@@ -325,6 +352,14 @@ class Store:
     @_translated
     def lock_holder(self, cluster: str, namespace: str, name: str) -> str | None:
         return self.redis.get(self.key("lock", cluster, namespace, name))
+
+    @_translated
+    def held(self, cluster: str, workloads: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Those (namespace, name) whose workload lock an open incident holds: one MGET."""
+        if not workloads:
+            return set()
+        holders = self.redis.mget([self.key("lock", cluster, ns, n) for ns, n in workloads])
+        return {w for w, holder in zip(workloads, holders, strict=True) if holder is not None}
 
     @_translated
     def locks(self) -> dict[str, str]:

@@ -37,6 +37,8 @@ from functools import lru_cache
 import redis as redis_lib
 from celery import chain, chord
 from celery.exceptions import Retry
+from kombu.transport.redis import PRIORITY_STEPS as REDIS_PRIORITY_STEPS
+from kombu.transport.redis import Channel as RedisChannel
 
 from . import metrics, pipeline
 from .adapters.errors import PermanentError, TransientError
@@ -430,8 +432,9 @@ def remember(self, incident_id: str) -> None:
 @app.task(bind=True, name="aifixer.tasks.watchdog", acks_late=False, ignore_result=True)
 def watchdog(self) -> int:
     """Periodic: stalled incidents resumed or concluded; stalled phone escalations moved on."""
+    ctx = context()
     try:
-        stalled = pipeline.watchdog(context())
+        stalled = pipeline.watchdog(ctx, lambda ids: ctx.store.waiting(ids, queue_keys()))
     except (TransientError, PermanentError, redis_lib.RedisError) as exc:
         log.warning("watchdog: %s", exc)
         return 0
@@ -448,6 +451,23 @@ def watchdog(self) -> int:
     for incident_id, attempt in calls:
         call_next.delay(incident_id, attempt)
     return len(stalled)
+
+
+def queue_keys() -> list[str]:
+    """The Redis lists the broker keeps the farm's queues in: one per priority step.
+
+    kombu's Redis transport names the list of priority `p` "<queue><sep><p>" (just
+    "<queue>" for 0), under the transport's optional global key prefix.
+    """
+    opts = app.conf.broker_transport_options or {}
+    sep = opts.get("sep", RedisChannel.sep)
+    steps = opts.get("priority_steps", REDIS_PRIORITY_STEPS)
+    prefix = opts.get("global_keyprefix", "")
+    return [
+        f"{prefix}{q.name}{sep}{p}" if p else f"{prefix}{q.name}"
+        for q in app.conf.task_queues or ()
+        for p in steps
+    ]
 
 
 def tail(incident_id: str):

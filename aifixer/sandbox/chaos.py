@@ -105,13 +105,20 @@ KILLS = {
     "call_next": ("twilio", _fault(SERVICE_PATHS["twilio"], method="POST", delay=SLOW, duration=90)),
     "finalize": ("kubernetes", _fault(r"/deployments/[^/]+$", method="GET", delay=1.0, duration=120)),
 }  # fmt: skip
-# Stages the fixed scenario passes in milliseconds, held for a moment so the restart
-# lands there: the model answers patch 2 s late (the incident waits at "diagnosed"),
-# the API server answers the dry-run and the apply 2 s late (it waits at "patched").
+# Stages a scenario passes in milliseconds, held for a moment so the restart lands
+# there. The fixed one: the model answers patch 2 s late (the incident waits at
+# "diagnosed"), the API server answers the dry-run and the apply 2 s late (it waits at
+# "patched"). The called one has nothing to apply and asks nobody anything between
+# "diagnosed" and "applied": it is held at "applied" while the first call is placed.
 DWELL = {
-    "diagnosed": ("model", _fault(SERVICE_PATHS["model"], delay=2.0, count=2)),
-    "patched": ("kubernetes", _fault(r"/deployments/[^/]+$", method="PATCH", delay=2.0, count=2)),
-}
+    (FIXED, "diagnosed"): ("model", _fault(SERVICE_PATHS["model"], delay=2.0, count=2)),
+    (FIXED, "patched"): (
+        "kubernetes", _fault(r"/deployments/[^/]+$", method="PATCH", delay=2.0, count=2)
+    ),
+    (CALLED, "applied"): (
+        "twilio", _fault(SERVICE_PATHS["twilio"], method="POST", delay=2.0, count=1)
+    ),
+}  # fmt: skip
 RUNS_IN = {
     FIXED: {"diagnose", "patch", "apply", "verify", "open_pr", "finalize"},
     # No candidate fix: patch asks nothing of anyone there, nothing to catch it in.
@@ -187,13 +194,13 @@ def cells() -> list[Cell]:
                 scenario=sc,
                 expect=expect,
                 at=stage,
-                early=[DWELL[stage]] if sc == FIXED and stage in DWELL else [],
+                early=[DWELL[sc, stage]] if (sc, stage) in DWELL else [],
                 redis_restart=True,
                 ci=stage == "applied",
             )
             for sc, expect, stages in (
                 (FIXED, "fixed", ("opened", "diagnosed", "patched", "applied", "verified")),
-                (CALLED, "called", ("opened", "diagnosed")),
+                (CALLED, "called", ("opened", "applied")),
             )
             for stage in stages
         ],
@@ -520,6 +527,8 @@ def storm(n: int, processes: int, workdir: Path, *, model_s: float = 2.0,
         outcomes: dict[str, int] = {}
         for s in states:
             outcomes[str(s.outcome)] = outcomes.get(str(s.outcome), 0) + 1
+        opened = min((s.incident.opened_at for s in states), default=None)
+        ends = sorted((s.closed_at - opened).total_seconds() for s in ended) if opened else []
         return {
             "workloads": n,
             "processes": processes,
@@ -529,5 +538,9 @@ def storm(n: int, processes: int, workdir: Path, *, model_s: float = 2.0,
             "prs": len(prs),
             "seconds": round(spent, 1),
             "per_minute": round(len(ended) / spent * 60, 1) if spent else 0.0,
+            # When incidents ended, in seconds after the first opened: the first, the
+            # median, the last, and the takeovers (a queued incident must not be one).
+            "ends_s": [round(ends[i], 1) for i in (0, len(ends) // 2, -1)] if ends else [],
+            "taken_over": sum(1 for s in states if s.retries.get("watchdog")),
             "ok": len(ended) == n == len(states) and len(prs) == outcomes.get("fixed", 0),
         }

@@ -458,6 +458,52 @@ def test_the_watchdog_rolls_back_and_concludes_when_the_resumed_chain_stalls_too
     assert tasks.watchdog.apply().get() == 0  # closed: nothing more
 
 
+@pytest.fixture
+def broker(redis_url):
+    """A publisher to the test Redis as the farm's broker, with the farm's queues."""
+    from celery import Celery
+
+    import celeryconfig
+
+    sender = Celery("aifixer-watchdog-test")
+    sender.config_from_object(celeryconfig)
+    sender.conf.broker_url = redis_url
+    client = redis_lib.Redis.from_url(redis_url)
+    client.delete(*tasks.queue_keys())
+    yield sender
+    client.delete(*tasks.queue_keys())
+
+
+def test_the_queue_keys_are_the_lists_kombu_publishes_to(ctx, broker):
+    broker.send_task("aifixer.tasks.diagnose", args=["a"], priority=6)  # model, step 6
+    broker.send_task("aifixer.tasks.verify", args=["b"])  # cluster, step 0
+    lengths = {k: ctx.store.redis.llen(k) for k in tasks.queue_keys()}
+    assert {k for k, n in lengths.items() if n} == {"model\x06\x166", "cluster"}
+
+
+def test_the_watchdog_leaves_an_incident_whose_next_stage_is_queued(ctx, broker):
+    iid = open_incident(ctx)
+    tasks.apply.apply(args=[iid])  # applied; verify waits behind a burst of others
+    for n in range(700):  # more than one page of the queue read
+        broker.send_task("aifixer.tasks.verify", args=[f"{n:016x}-1790000000000"])
+    broker.send_task("aifixer.tasks.verify", args=[iid])
+    before = ctx.store.load(iid)
+    lock = ctx.store.lock_key(before)
+    ctx.store.redis.expire(lock, 5)
+    ctx.settings.watchdog_stall_s = 0.0
+    assert ctx.store.waiting([iid, "0123456789abcdef-1790000000001"], tasks.queue_keys()) == {iid}
+    assert tasks.watchdog.apply().get() == 0  # queued, not lost
+    state = ctx.store.load(iid)
+    assert state.closed_at is None and state.stage == "applied"
+    assert state.retries.get("watchdog", 0) == 0
+    assert ctx.store.redis.ttl(lock) > 5  # the lock renewed: no twin meanwhile
+    assert len(ctx.phone.dialled) == 0 and ctx.kube.image == GOOD
+    # Queued for longer than a queue may hold an incident: resumed like a lost one.
+    ctx.settings.watchdog_queued_max_s = 0.0
+    assert tasks.watchdog.apply().get() == 1
+    assert ctx.store.load(iid).outcome == "fixed"
+
+
 def test_the_watchdog_releases_a_lock_whose_incident_is_closed(ctx):
     iid = open_incident(ctx)
     state = ctx.store.load(iid)
@@ -841,6 +887,22 @@ def test_signals_from_namespaces_aifixer_does_not_change_open_nothing(ctx):
     assert ctx.kube.calls["get_deployment"] == 0
     opened = pipeline.open_incidents(ctx, [signals[0].model_copy(update={"namespace": "shop"})])
     assert [i.workload.key for i in opened] == ["shop/web"]
+
+
+def test_a_workload_with_an_incident_under_way_costs_a_poll_no_api_call(ctx):
+    from aifixer.models import Signal
+
+    sig = Signal(source="pods", namespace="shop", workload="web", reason="BackOff",
+                 message="x", observed_at=datetime.now(UTC))  # fmt: skip
+    ctx.kube.healthy = False
+    [first] = pipeline.open_incidents(ctx, [sig])
+    calls = ctx.kube.calls["get_deployment"]
+    assert pipeline.open_incidents(ctx, [sig] * 3) == []  # the storm's next polls
+    assert ctx.kube.calls["get_deployment"] == calls
+    state = ctx.store.load(first.id)
+    ctx.store.release(state, None, 0)  # the incident ended: the workload is free again
+    assert len(pipeline.open_incidents(ctx, [sig])) == 1
+    assert ctx.kube.calls["get_deployment"] == calls + 1
 
 
 # -- CPU levels -------------------------------------------------------------------------
