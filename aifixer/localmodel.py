@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -82,8 +83,18 @@ QWEN_CODER = Artifact(
 )
 
 
+# The embedded model is an extra: `pip install aifixer` is the farm, which asks KubeAI.
+INSTALL_HINT = "pip install 'aifixer[model]'"
+# What `python -m llama_cpp.server` imports: llama-cpp-python and its [server] extra.
+SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context")
+
+
 class ModelFileError(RuntimeError):
     """The model file cannot be made, or is not the file it must be."""
+
+
+class ModelServerMissing(ModelFileError):
+    """llama-cpp-python's server is not installed: the `model` extra is missing."""
 
 
 def cache_dir() -> Path:
@@ -108,8 +119,8 @@ def part_files(artifact: Artifact = QWEN_CODER) -> list[Path]:
         except metadata.PackageNotFoundError:
             raise ModelFileError(
                 f"{name} is not installed; install the model's parts "
-                f"({artifact.package.format(n=1)} … {artifact.package.format(n=artifact.parts)}, "
-                "see requirements.txt)"
+                f"({artifact.package.format(n=1)} … {artifact.package.format(n=artifact.parts)}) "
+                f"with the embedded model's extra: {INSTALL_HINT}"
             ) from None
         data = [f for f in dist.files or () if re.fullmatch(r".*/data/part\d+\.bin", str(f))]
         if len(data) != 1:
@@ -271,6 +282,20 @@ def server_command(model: Path, port: int, threads: int, ctx: int = CONTEXT_TOKE
     ]
 
 
+def require_server() -> None:
+    """Checks, without importing them, that the modules the server runs on are installed.
+
+    Raises:
+        ModelServerMissing: one is not (its name, and the extra to install, in the message).
+    """
+    for name in SERVER_MODULES:
+        if importlib.util.find_spec(name) is None:
+            raise ModelServerMissing(
+                f"llama-cpp-python's server is not installed (no module {name}); install "
+                f"the embedded model's extra: {INSTALL_HINT}"
+            )
+
+
 def serve(
     model: Path, port: int, threads: int, ctx: int = CONTEXT_TOKENS, log_file: Any = None
 ) -> subprocess.Popen:
@@ -278,7 +303,11 @@ def serve(
 
     `log_file` is an open binary file for its output; None leaves it on this
     process's own stdout and stderr.
+
+    Raises:
+        ModelServerMissing: llama-cpp-python's server is not installed.
     """
+    require_server()
     return subprocess.Popen(  # noqa: S603 - a fixed argument list, no shell
         server_command(model, port, threads, ctx),
         stdout=log_file,
@@ -364,6 +393,7 @@ class LocalModelServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> LocalModelServer:
+        require_server()  # before assembling 1.1 GB for a server that cannot start
         self.model_path = assemble(self.cache)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
@@ -471,6 +501,7 @@ def fetch_command() -> None:
 def serve_command(port: int, threads: int | None, ctx: int) -> None:
     """Serve the model on 127.0.0.1 in the foreground, until interrupted."""
     try:
+        require_server()
         path = assemble()
     except ModelFileError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -512,7 +543,7 @@ def info_command() -> None:
     try:
         server = f"llama-cpp-python {metadata.version('llama-cpp-python')}"
     except metadata.PackageNotFoundError:
-        server = "llama-cpp-python is not installed"
+        server = f"llama-cpp-python is not installed ({INSTALL_HINT})"
     click.echo(f"model:    {MODEL_NAME} ({QWEN_CODER.file_name})")
     click.echo(f"file:     {target} ({state})")
     click.echo(f"sha256:   {QWEN_CODER.sha256}")

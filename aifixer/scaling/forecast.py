@@ -177,8 +177,14 @@ def _enough(values: Sequence[float], what: str) -> None:
         raise ForecastError(f"{what} needs at least {MIN_SAMPLES} samples, got {len(values)}")
 
 
-def _library(what: str, exc: ImportError) -> ForecastError:
-    return ForecastError(f"{what} is not installed ({exc.name}): see requirements.txt")
+def _library(what: str, exc: ImportError, install: str) -> ForecastError:
+    return ForecastError(f"{what} is not installed ({exc.name}): {install}")
+
+
+# Prophet is an extra; statsforecast is one of aifixer's own dependencies (the default
+# forecaster), so only a damaged install lacks it.
+PROPHET_HINT = "install the extra: pip install 'aifixer[prophet]'"
+STATSFORECAST_HINT = "it comes with aifixer: reinstall it (pip install aifixer)"
 
 
 def _prophet() -> type:
@@ -218,7 +224,7 @@ class ProphetForecaster:
 
             prophet_model = _prophet()
         except ImportError as exc:
-            raise _library("prophet", exc) from exc
+            raise _library("prophet", exc, PROPHET_HINT) from exc
         n = len(values)
         model = prophet_model(
             daily_seasonality=False,
@@ -262,7 +268,7 @@ class AutoETSForecaster:
             import numpy as np
             from statsforecast.models import AutoETS
         except ImportError as exc:
-            raise _library("statsforecast", exc) from exc
+            raise _library("statsforecast", exc, STATSFORECAST_HINT) from exc
         season = _season_samples(self.season_s, step_s)
         if season > MAX_ETS_SEASON or len(values) < 2 * season:
             season = 1
@@ -303,7 +309,7 @@ class MSTLForecaster:
             import numpy as np
             from statsforecast.models import MSTL, AutoETS
         except ImportError as exc:
-            raise _library("statsforecast", exc) from exc
+            raise _library("statsforecast", exc, STATSFORECAST_HINT) from exc
         seasonal_window = 11  # statsforecast's mstl default for one season
         trend_window = math.ceil(1.5 * season / (1 - 1.5 / seasonal_window))
         jumps = {

@@ -356,16 +356,24 @@ def test_a_failed_fit_is_no_forecast(name, target, monkeypatch):
         make_forecaster(name, season_s=SEASON * 60).predict(periodic(4 * SEASON), 60.0, 3)
 
 
-@pytest.mark.parametrize(("name", "module"), [("prophet", "prophet"), ("mstl", "statsforecast")])
-def test_a_missing_library_is_no_forecast(name, module, monkeypatch):
+@pytest.mark.parametrize(
+    ("name", "module", "install"),
+    [
+        ("prophet", "prophet", "pip install 'aifixer[prophet]'"),  # an extra
+        ("mstl", "statsforecast", "pip install aifixer"),  # one of aifixer's own
+        ("autoets", "statsforecast", "pip install aifixer"),
+    ],
+)
+def test_a_missing_library_is_no_forecast(name, module, install, monkeypatch):
     import sys
 
     from aifixer.scaling.forecast import make_forecaster
 
     monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
     monkeypatch.setitem(sys.modules, module + ".models", None)
-    with pytest.raises(ForecastError, match="not installed"):
+    with pytest.raises(ForecastError, match="not installed") as caught:
         make_forecaster(name, season_s=SEASON * 60).predict(periodic(4 * SEASON), 60.0, 3)
+    assert install in str(caught.value)
 
 
 def test_the_farm_loads_no_forecasting_library_it_was_not_configured_for():
