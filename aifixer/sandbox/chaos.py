@@ -539,8 +539,9 @@ def storm(n: int, processes: int, workdir: Path, *, model_s: float = 2.0,
             "seconds": round(spent, 1),
             "per_minute": round(len(ended) / spent * 60, 1) if spent else 0.0,
             # When incidents ended, in seconds after the first opened: the first, the
-            # median, the last, and the takeovers (a queued incident must not be one).
+            # median, the last; and how many the watchdog resumed or took over (a queued
+            # incident must be neither: only one whose stage was lost or running).
             "ends_s": [round(ends[i], 1) for i in (0, len(ends) // 2, -1)] if ends else [],
-            "taken_over": sum(1 for s in states if s.retries.get("watchdog")),
+            "watchdog": sum(1 for s in states if s.retries.get("watchdog")),
             "ok": len(ended) == n == len(states) and len(prs) == outcomes.get("fixed", 0),
         }
