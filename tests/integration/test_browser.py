@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -46,16 +45,6 @@ setTimeout(function () {
 }, 1500);
 </script></body></html>
 """
-
-
-def needs_chromium() -> None:
-    """Skip without Chromium on a developer's machine; in CI its absence is a failure."""
-    try:
-        browser.chromium()
-    except browser.BrowserError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{exc} (CI must have it)")
-        pytest.skip(str(exc))
 
 
 @pytest.fixture
@@ -99,24 +88,21 @@ def site() -> Iterator[tuple[str, list[str]]]:
         server.server_close()
 
 
-def test_dom_after_scripts_and_authenticated_xhr(site):
-    needs_chromium()
+def test_dom_after_scripts_and_authenticated_xhr(needs_chromium, site):
     url, served = site
     dom = browser.dump_dom(url, wait_ms=5000, auth=(USER, PASSWORD))
     assert all(f"<li>{name}</li>" in dom for name in ROWS), dom[-2000:]
     assert served[0] == "/" and "/rows" in served  # the page and its XHR, both logged in
 
 
-def test_without_credentials_nothing_is_shown(site):
-    needs_chromium()
+def test_without_credentials_nothing_is_shown(needs_chromium, site):
     url, served = site
     dom = browser.dump_dom(url, wait_ms=2000)
     assert "<li>" not in dom  # (headless Chromium renders a 401 as an empty page)
     assert served == []
 
 
-def test_screenshot_is_the_rendered_page(site, tmp_path):
-    needs_chromium()
+def test_screenshot_is_the_rendered_page(needs_chromium, site, tmp_path):
     url, _ = site
     out = browser.screenshot(
         url, tmp_path / "shots" / "page.png", width=640, height=360, wait_ms=5000,
@@ -129,8 +115,7 @@ def test_screenshot_is_the_rendered_page(site, tmp_path):
     assert (r, g, b) == (0, 192, 0)  # green: the XHR answered before the capture
 
 
-def test_a_local_file(tmp_path):
-    needs_chromium()
+def test_a_local_file(needs_chromium, tmp_path):
     page = tmp_path / "report.html"
     page.write_text("<html><body><p id=x></p><script>x.textContent = 6 * 7</script></body></html>")
     assert '<p id="x">42</p>' in browser.dump_dom(page.as_uri(), wait_ms=500)
