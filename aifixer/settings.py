@@ -108,6 +108,13 @@ class Settings(BaseSettings):
     # Where a workload's manifest lives when the Deployment has no aifixer.io/source
     # annotation: "namespace/name=path/in/repo.yaml", comma-separated.
     gitops_paths: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # The tools that render kustomize and Helm layouts, as the team's pipeline would:
+    # `kubectl kustomize` (or a standalone `kustomize build` when AIFIXER_KUSTOMIZE_BIN is
+    # set) and `helm template`. Names are looked up on PATH.
+    kubectl_bin: str = "kubectl"
+    kustomize_bin: str | None = None
+    helm_bin: str = "helm"
+    render_timeout_s: float = Field(default=60.0, gt=0)  # wall-clock limit of one render
 
     # -- the phone
     twilio_account_sid: str = ""

