@@ -124,19 +124,22 @@ def _bytes(value: object) -> float | None:
 # -- body ----------------------------------------------------------------------------
 
 
-def body(state: IncidentState, file_diff: str, path: str) -> str:
+def body(state: IncidentState, file_diff: str, path: str, proof: str | None = None) -> str:
     """The pull request's Markdown body.
 
     Args:
         state: the incident after a verified apply.
         file_diff: the unified diff of the GitOps file this pull request makes.
         path: that file's path in the repository.
+        proof: for a kustomize or Helm layout, how rendering the branch proves the
+            change (Markdown, aifixer.sources.Proof.markdown).
     """
     sections = [
         _intro(state, path),
         _diagnosis(state),
         _evidence(state),
         _change(state, file_diff),
+        f"## Rendered\n\n{proof}" if proof else "",
         _verification(state),
         _incident(state),
     ]

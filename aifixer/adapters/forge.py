@@ -2,9 +2,29 @@
 
 A fix that runs in the cluster but not in the GitOps repository is reverted by the
 next sync, so once a fix is verified the same change is proposed as a pull request:
-clone the repository (shallow), find the file that defines the workload, change only
-the fixed fields in it (`aifixer.yamledit`, comments and formatting kept), commit on a
-branch named from the incident id, push, and open the pull request.
+clone the repository (shallow), find what defines the workload, change only the fixed
+fields there (`aifixer.yamledit`, comments and formatting kept), commit on a branch
+named from the incident id, push, and open the pull request.
+
+What defines the workload, in this order:
+
+- the Deployment's `aifixer.io/source` annotation, then AIFIXER_GITOPS_PATHS: a plain
+  manifest file; or a directory holding a kustomization (or the kustomization file):
+  the overlay the pipeline builds; or a directory holding Chart.yaml (or Chart.yaml, or
+  a values file beside it, given to `helm template` after values.yaml): a Helm chart,
+  rendered as release `meta.helm.sh/release-name` / `app.kubernetes.io/instance` of
+  the Deployment (else its name) in its namespace;
+- else a scan. A repository with no kustomization and no chart is scanned as ever: the
+  one YAML file defining the Deployment. Otherwise every top kustomization (one no
+  other includes) and every chart is rendered, and the ones rendering the Deployment
+  count, with the plain files that are no part of a kustomization or chart; exactly
+  one must be found.
+
+A plain file is edited as it always was. For kustomize and Helm, `aifixer.sources`
+finds where each changed field comes from (an overlay's images, replicas or patches,
+the base; the chart's values), edits it, and proves the edit by rendering the branch
+with the real tools (aifixer.adapters.render): the pull request then says so. A change
+that cannot be proven raises `Unproven` (a PermanentError) with what to edit by hand.
 
 Every step is idempotent, because a task may run again after any of them: an open pull
 request for the branch is returned as it is (`created=False`), a branch that already
@@ -20,7 +40,6 @@ it anyway before it leaves this module.
 from __future__ import annotations
 
 import base64
-import difflib
 import logging
 import math
 import os
@@ -29,7 +48,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import git
@@ -38,17 +56,29 @@ from github.PullRequest import PullRequest
 from github.Repository import Repository
 from urllib3.util.retry import Retry
 
-from aifixer import prbody
+from aifixer import prbody, sources
 from aifixer.models import FieldChange, IncidentState, PullRequestRef, Workload
 from aifixer.settings import Settings
+from aifixer.sources import FileEdit, Layout, SourceChange
 from aifixer.yamledit import DocumentNotFound, EditError, defines, edit_manifest_file
 
-from .errors import AdapterError, PermanentError, TransientError, bounded, is_transient_status
+from .errors import (
+    AdapterError,
+    PermanentError,
+    TransientError,
+    Unproven,
+    bounded,
+    is_transient_status,
+)
+from .render import Renderer
 
 log = logging.getLogger(__name__)
 
 SYSTEM = "github"
 SOURCE_ANNOTATION = "aifixer.io/source"  # "<path>" or "<owner>/<repo>:<path>"
+# Who names a Helm release: Helm itself, then the label Argo CD and charts set.
+RELEASE_ANNOTATION = "meta.helm.sh/release-name"
+RELEASE_LABEL = "app.kubernetes.io/instance"
 BRANCH_PREFIX = "aifixer/"
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
@@ -62,24 +92,7 @@ _GIT_TRANSIENT = re.compile(
 _URL_CREDENTIALS = re.compile(r"(://)[^/\s@]+@")
 
 
-@dataclass(frozen=True)
-class FileEdit:
-    """One GitOps file before and after the fix."""
-
-    path: str  # in the repository
-    before: str
-    after: str
-
-    @property
-    def diff(self) -> str:
-        return "".join(
-            difflib.unified_diff(
-                self.before.splitlines(keepends=True),
-                self.after.splitlines(keepends=True),
-                f"a/{self.path}",
-                f"b/{self.path}",
-            )
-        )
+__all__ = ["FileEdit", "Forge", "SourceChange", "Unproven"]
 
 
 class Forge:
@@ -130,18 +143,25 @@ class Forge:
             TransientError: the forge is unreachable, overloaded or rate-limited.
             PermanentError: no file defines the workload, the file already holds the
                 fix, the token is refused, or the forge rejects the request.
+            Unproven: (a PermanentError) a kustomize or Helm change that rendering
+                could not prove; its `explanation` and `hand_edits` say what to edit.
         """
         if state.apply is None:
             raise PermanentError(SYSTEM, "no applied change to propose")
         deployment = state.evidence.deployment if state.evidence else state.apply.original
-        annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+        meta = deployment.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        labels = meta.get("labels") or {}
         return self.propose(
             state.incident.workload,
             state.apply.changes,
             incident_id=state.incident.id,
             title=prbody.title(state),
-            body=lambda edit: prbody.body(state, edit.diff, edit.path),
+            body=lambda edit: prbody.body(
+                state, edit.diff, edit.path, edit.proof.markdown() if edit.proof else None
+            ),
             source=annotations.get(SOURCE_ANNOTATION),
+            release=annotations.get(RELEASE_ANNOTATION) or labels.get(RELEASE_LABEL),
         )
 
     def propose(
@@ -151,10 +171,11 @@ class Forge:
         *,
         incident_id: str,
         title: str,
-        body: Callable[[FileEdit], str],
+        body: Callable[[SourceChange], str],
         source: str | None = None,
+        release: str | None = None,
     ) -> PullRequestRef:
-        """Open (or find) the pull request making `changes` to the file defining `workload`.
+        """Open (or find) the pull request making `changes` where `workload` is defined.
 
         Args:
             workload: the Deployment the changes are for.
@@ -162,8 +183,11 @@ class Forge:
             incident_id: the incident's; names the branch `aifixer/<incident_id>`, so a
                 redelivery finds its own pull request and a later incident opens its own.
             title: the pull request's title (also the commit subject).
-            body: renders the pull request's body from the file edit.
+            body: renders the pull request's body from the edit (`.path`, `.diff`, and
+                for kustomize and Helm `.proof`).
             source: the Deployment's `aifixer.io/source` annotation, if any.
+            release: the Helm release that made the Deployment, if one did (default:
+                the workload's name).
 
         Returns:
             The pull request; `created=False` when it was already open.
@@ -183,10 +207,11 @@ class Forge:
 
         with tempfile.TemporaryDirectory(prefix="aifixer-gitops-") as tmp:
             checkout = self._clone(self._clone_url(repo_name), Path(tmp) / "repo", base)
-            path = path or self._find_file(Path(checkout.working_dir), workload)
-            edit = self._edit(Path(checkout.working_dir), path, workload, changes)
+            root = Path(checkout.working_dir)
+            layout = self._layout(root, path, workload, release or workload.name)
+            edit = self._change(root, layout, workload, changes)
             message = f"{title}\n\nAifixer-Incident: {incident_id}\n"
-            self._push(checkout, branch, edit, message)
+            self._push(checkout, branch, list(edit.edits), message)
         ref = self._create_pull(repo, branch, base, title, body(edit))
         log.info(
             "[%s] pull request #%d for %s (created: %s)",
@@ -226,6 +251,38 @@ class Forge:
             )
         return url[: -len(own)] + f"/{repo_name}.git"
 
+    def _layout(self, root: Path, path: str | None, workload: Workload, release: str) -> Layout:
+        """What defines the workload: the configured path's layout, else the scan's."""
+        if path:
+            target = (root / path).resolve()
+            if not target.is_relative_to(root.resolve()) or not target.exists():
+                return Layout("plain", path)  # _edit says it is not a file in the repository
+            try:
+                return sources.layout_of(root, path, release=release, namespace=workload.namespace)
+            except sources.SourceError as exc:
+                raise PermanentError(SYSTEM, bounded(str(exc), 300)) from None
+        layouts = sources.rendered_layouts(root, release=release, namespace=workload.namespace)
+        if not layouts:
+            return Layout("plain", self._find_file(root, workload))
+        parts = sources.parts_of_layouts(root, layouts)
+        found = [
+            Layout("plain", str(p.relative_to(root)))
+            for p in _manifest_files(root)
+            if p.resolve() not in parts and _defines_workload(p, workload)
+        ]
+        renderer = Renderer(self.settings)
+        for layout in layouts:
+            try:
+                text = renderer.render(root, layout)
+            except PermanentError as exc:
+                log.info("[%s] %s does not render: %s", workload.key, layout.path, exc.message)
+                continue
+            if sources.renders_workload(text, workload, layout):
+                found.append(layout)
+        if len(found) == 1:
+            return found[0]
+        return Layout("plain", self._one(workload, [f.path for f in found]))  # raises
+
     def _find_file(self, root: Path, workload: Workload) -> str:
         """The one manifest file in the repository that defines the workload."""
         found = [
@@ -233,6 +290,9 @@ class Forge:
             for p in _manifest_files(root)
             if _defines_workload(p, workload)
         ]
+        return self._one(workload, found)
+
+    def _one(self, workload: Workload, found: list[str]) -> str:
         if len(found) == 1:
             return found[0]
         where = f"{SOURCE_ANNOTATION} on the Deployment or AIFIXER_GITOPS_PATHS"
@@ -247,6 +307,27 @@ class Forge:
             f"several files define Deployment {workload.key} ({', '.join(sorted(found)[:5])}); "
             f"set {where}",
         )
+
+    def _change(
+        self, root: Path, layout: Layout, workload: Workload, changes: list[FieldChange]
+    ) -> SourceChange:
+        """Edit the checkout where the layout defines each changed field (and prove it)."""
+        if layout.kind == "plain":
+            return SourceChange(layout, (self._edit(root, layout.path, workload, changes),))
+        renderer = Renderer(self.settings)
+
+        def render(what: Layout) -> str:
+            try:
+                return renderer.render(root, what)
+            except PermanentError as exc:  # an edit the tool refuses: not this one
+                raise sources.SourceError(exc.message) from None
+
+        try:
+            return sources.change_source(root, layout, workload, changes, render)
+        except sources.Unproven as exc:
+            raise Unproven(SYSTEM, exc.explanation, exc.hand_edits) from None
+        except (sources.SourceError, EditError) as exc:
+            raise PermanentError(SYSTEM, f"{layout.describe()}: {bounded(str(exc), 500)}") from None
 
     def _edit(
         self, root: Path, path: str, workload: Workload, changes: list[FieldChange]
@@ -327,22 +408,26 @@ class Forge:
         )
         return git.Repo(dest)
 
-    def _push(self, checkout: git.Repo, branch: str, edit: FileEdit, message: str) -> None:
-        """Commit the edit on `branch` and push it, unless the branch already holds it."""
+    def _push(self, checkout: git.Repo, branch: str, edits: list[FileEdit], message: str) -> None:
+        """Commit the edits on `branch` and push them, unless the branch already holds them."""
         runner = checkout.git
         ref = f"refs/heads/{branch}"
         if self._git(runner, "ls-remote", "--heads", "origin", ref).strip():
             self._git(runner, "fetch", "--quiet", "--depth=1", "--no-tags", "origin", ref)
-            try:
-                remote_text = runner.execute(
-                    ["git", "show", f"FETCH_HEAD:{edit.path}"], strip_newline_in_stdout=False
-                )
-            except git.GitCommandError:
-                remote_text = None  # the branch lacks the file: not our change
-            if remote_text == edit.after:
+            held = True
+            for edit in edits:
+                try:
+                    remote_text = runner.execute(
+                        ["git", "show", f"FETCH_HEAD:{edit.path}"],
+                        strip_newline_in_stdout=False,
+                    )
+                except git.GitCommandError:
+                    remote_text = None  # the branch lacks the file: not our change
+                held = held and remote_text == edit.after
+            if held:
                 log.info("branch %s already holds the change", branch)
                 return
-        self._git(runner, "add", "--", edit.path)
+        self._git(runner, "add", "--", *[e.path for e in edits])
         self._git(runner, "commit", "--quiet", "--no-verify", "-m", message)
         # Forced: the branch is named from the incident id and only aifixer writes it;
         # an older attempt's content there is replaced by this verified one.
