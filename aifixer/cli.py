@@ -318,7 +318,7 @@ def scenario_check(paths: tuple[Path, ...]) -> None:
     """Validate scenario files (default: the bundled ones)."""
     from .sandbox import scenario as scenario_mod
 
-    for path in paths or (*scenario_mod.bundled(), *scenario_mod.bundled_monitoring()):
+    for path in paths or scenario_mod.every_bundled():
         sc = _load_scenario(path)
         console.print(f"ok  {path}  ({sc.name}: expect {sc.expect.describe()})")
 
@@ -369,8 +369,10 @@ def scenario_run(
     sys.exit(0 if report["complete"] else 1)
 
 
-def _show_monitoring(report: dict, plot_dir: Path) -> None:
-    """A monitoring scenario's label changes and scaling decisions, and its scaling plot."""
+def _show_monitoring(report: dict, plot_dir: Path) -> list[Path]:
+    """A monitoring scenario's label changes and scaling decisions, and its scaling plot;
+    returns the plots written."""
+    plots = []
     for seen in report.get("levels", []):
         console.print(
             f"  {seen['namespace']}/{seen['pod']} aifixer.io/cpu-level: "
@@ -384,14 +386,16 @@ def _show_monitoring(report: dict, plot_dir: Path) -> None:
             written = write_scaling_plot(
                 decisions, key, plot_dir / f"scaling-{namespace}-{name}.png"
             )
+            plots.append(written)
             console.print(f"  {len(decisions)} decisions, {len(changed)} changed the replicas; "
                           f"plot: {written}")  # fmt: skip
     for missing in report.get("missing", []):
         console.print(f"  [red]not reached:[/] {missing}")
+    return plots
 
 
 def _run_one(
-    sc, speed: float, timeout: float, model: str, workdir: Path | None, *, live: bool
+    sc, speed: float, timeout: float, model: str, workdir: Path | None, *, live: bool, keep=None
 ) -> dict:
     from .sandbox.harness import model_choice, run_scenario
 
@@ -406,6 +410,7 @@ def _run_one(
             progress=progress,
             model=starter,
             extra_env=env,
+            keep=keep,
         )
     with tempfile.TemporaryDirectory(prefix=f"aifixer-{sc.name}-") as tmp:
         return run_scenario(
@@ -416,6 +421,7 @@ def _run_one(
             progress=progress,
             model=starter,
             extra_env=env,
+            keep=keep,
         )
 
 
@@ -424,16 +430,41 @@ def _stage_of(incident: dict) -> str:
     return incident["outcome"] or incident.get("stage") or "opened"
 
 
+def _step_line(step: dict) -> str:
+    """One stage an incident passed, with what it took and when, as far as known."""
+    stage, took, at = step["stage"], step.get("seconds"), step.get("at")
+    if stage.startswith("closed") and took is not None:
+        return f"{stage}, {took:.1f} s after opening"
+    words = [stage]
+    if took is not None:
+        words.append(f"in {took:.1f} s" if took >= 0.1 else "in <0.1 s")
+    if at is not None and stage != "opened":
+        words.append(f"(+{at:.1f} s)")
+    if step.get("detail") and stage.startswith("call "):
+        words.append(f"[{step['detail']}]")
+    return " ".join(words)
+
+
 def _progress_printer(name: str):
-    last: dict[str, str] = {}
+    """Prints each stage an incident passes, once. The harness reads the records every
+    half second, and a fast stage can start and end between two reads: the stages are
+    derived from each whole record (`stages`: its fields and timings), not from the
+    last stage name alone."""
+    from rich.markup import escape
+
+    shown: dict[str, set[str]] = {}
 
     def show(incidents: list[dict]) -> None:
         for inc in incidents:
-            stage = _stage_of(inc)
-            if last.get(inc["id"]) != stage:
-                last[inc["id"]] = stage
+            done = shown.setdefault(inc["id"], set())
+            for step in inc.get("stages") or [{"stage": _stage_of(inc)}]:
+                if step["stage"] in done:
+                    continue
+                done.add(step["stage"])
                 console.print(
-                    f"  {inc['namespace']}/{inc['workload']} [{inc['failure_class']}] → {stage}"
+                    escape(f"  {inc['namespace']}/{inc['workload']} [{inc['failure_class']}]")
+                    + " → "
+                    + escape(_step_line(step))
                 )
 
     return show
@@ -496,35 +527,57 @@ def _report_table(reports: list[dict]) -> Table:
 @farm_run_options
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
+    "--all",
+    "play_all",
+    is_flag=True,
+    help="Play every bundled scenario (the fixer's, the injection ones, then monitoring) "
+    "instead of the short set.",
+)
+@click.option(
+    "--out",
     "--plots",
-    "plot_dir",
+    "out_dir",
     default=Path("aifixer-demo"),
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where the forecast-scaling plots (PNG) are written.",
+    help="Where the report (report.html, with the calls' audio beside it) and the "
+    "forecast-scaling plots (PNG) are written.",
 )
-def demo(speed: float, timeout: float, model: str, plot_dir: Path, paths: tuple[Path, ...]) -> None:
-    """Play the bundled scenarios: the real farm against the sandbox, one world each.
+def demo(
+    speed: float, timeout: float, model: str, out_dir: Path, play_all: bool,
+    paths: tuple[Path, ...],
+) -> None:  # fmt: skip
+    """Play bundled scenarios: the real farm against the sandbox, one world each.
+
+    Without arguments, a short set: a fix, a call that escalates to the next number,
+    a prompt injection in the logs, and the CPU-level scenario. --all plays every
+    bundled scenario; PATHS play those files.
 
     For each scenario: a private Redis, the sandbox with the scenario's healthy
     manifests applied and committed and its bad change applied, a model endpoint, and
     the farm (celery worker, beat, aifixer web) as separate processes. Each incident
     moves through diagnose → patch → apply → verify → pull request or phone call.
-    Then the CPU-level and forecast-scaling scenarios, with a real Prometheus and
-    Alertmanager: the pods' level labels as they change, the scaling decisions, and a
-    plot of load, forecast and capacity.
+    The monitoring scenarios run a real Prometheus and Alertmanager: the pods' level
+    labels as they change, the scaling decisions, and a plot of load, forecast and
+    capacity. Then OUT/report.html shows each incident: its stages and timings, the
+    evidence, the diagnosis, the pull request and its diff, the calls with their audio.
     """
     from .sandbox import scenario as scenario_mod
+    from .sandbox.report import DemoReport
 
-    files = list(paths) or [*scenario_mod.bundled(), *scenario_mod.bundled_monitoring()]
+    if play_all and paths:
+        raise click.UsageError("give scenario files or --all, not both")
+    files = list(paths) or (scenario_mod.every_bundled() if play_all else scenario_mod.short_set())
     if not files:
         raise click.ClickException("no scenario files found")
+    scenarios = [_load_scenario(path) for path in files]
+    report = DemoReport(out_dir)
     reports = []
-    for path in files:
-        sc = _load_scenario(path)
+    for sc in scenarios:
         console.rule(f"{sc.name} (expect: {sc.expect.describe()})")
-        reports.append(_run_one(sc, speed, timeout, model, None, live=True))
-        _show_monitoring(reports[-1], plot_dir)
+        reports.append(_run_one(sc, speed, timeout, model, None, live=True, keep=report.keep))
+        report.add_plots(sc.name, _show_monitoring(reports[-1], out_dir))
+        report.write()
     console.print(_report_table(reports))
     models = sorted({r["model"] for r in reports})
     console.print(f"model: {', '.join(models)}")
@@ -533,6 +586,7 @@ def demo(speed: float, timeout: float, model: str, plot_dir: Path, paths: tuple[
             "[yellow]'stub' is the stand-in model endpoint (a test double that answers "
             "from the playbook candidates), not a language model.[/]"
         )
+    console.print(f"report: {report.write()}")
     if not all(r["complete"] for r in reports):
         sys.exit(1)
 

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..models import IncidentState
+from . import timeline
 from .scenario import Scenario
 from .serve import Site, start_site
 from .world import World
@@ -417,6 +418,7 @@ def incident_report(state: IncidentState) -> dict[str, Any]:
         "verification": state.verification.reason if state.verification else None,
         "rejections": [r.model_dump() for r in state.rejections],
         "error": state.error,
+        "stages": timeline.passed(state),
     }
 
 
@@ -644,12 +646,21 @@ def run_scenario(
     progress: Callable[[list[dict[str, Any]]], None] | None = None,
     workers: int = 1,
     extra_env: dict[str, str] | None = None,
+    keep: Callable[[FarmRun, list[IncidentState], dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Play one scenario end to end with the real farm; returns the JSON report."""
+    """Play one scenario end to end with the real farm; returns the JSON report.
+
+    `keep(run, states, report)`, if given, is called while the world is still up: what
+    it wants of the forge, the phone or the cluster it must read then.
+    """
     with FarmRun(
         sc, workdir, speed=speed, model=model, workers=workers, extra_env=extra_env
     ) as run:
-        return run.report(run.wait(timeout, progress))
+        states = run.wait(timeout, progress)
+        report = run.report(states)
+        if keep is not None:
+            keep(run, states, report)
+        return report
 
 
 def model_choice(name: str) -> tuple[Callable[[World], tuple[str, str]], dict[str, str]]:

@@ -291,3 +291,28 @@ def bundled() -> list[Path]:
 def bundled_monitoring() -> list[Path]:
     """The CPU-level and forecast-scaling scenarios (tests/scenarios/monitoring)."""
     return sorted((bundled_dir() / "monitoring").glob("*.yaml"))
+
+
+def bundled_injection() -> list[Path]:
+    """Scenarios whose logs try prompt injection and HTML (tests/scenarios/injection)."""
+    return sorted((bundled_dir() / "injection").glob("*.yaml"))
+
+
+# `aifixer demo` without arguments: a fix, a call that escalates to the second number,
+# an injection attempt, and the quicker of the monitoring scenarios.
+SHORT_SET = (
+    "image-typo-storefront.yaml",
+    "unfixable-ghost-image.yaml",
+    "injection/injection-review-api.yaml",
+    "monitoring/cpu-levels-checkout.yaml",
+)
+
+
+def short_set() -> list[Path]:
+    """A few scenarios that show every kind of ending, in minutes."""
+    return [bundled_dir() / name for name in SHORT_SET]
+
+
+def every_bundled() -> list[Path]:
+    """Every bundled scenario: the fixer's, the injection ones, then monitoring."""
+    return [*bundled(), *bundled_injection(), *bundled_monitoring()]

@@ -17,7 +17,7 @@ from kubernetes import client, config
 from aifixer.sandbox import scenario as scenario_mod
 from aifixer.sandbox.world import pod_symptoms
 
-SCENARIOS = scenario_mod.bundled()
+SCENARIOS = [*scenario_mod.bundled(), *scenario_mod.bundled_injection()]
 pytestmark = [pytest.mark.integration, pytest.mark.scenario]
 
 

@@ -193,6 +193,7 @@ CASES = [
     (["scenario", "run", "{invalid}", "--timeout", "-1"], {}, 2, ["finite number above 0"]),
     (["scenario", "run", "{bad_yaml}", "--model", "stub"], {}, 1, ["not valid YAML"]),
     (["demo", "{invalid}", "--model", "stub"], {}, 1, ["invalid scenario"]),
+    (["demo", "--all", "{invalid}"], {}, 2, ["scenario files or --all, not both"]),
     (["bench", "quality", "{bad_yaml}", "--model", "stub"], {}, 1, ["not valid YAML"]),
     (["bench", "chaos", "--timeout", "0"], {}, 2, ["finite number above 0"]),
     (["incidents"], REDIS_DOWN, 1, ["cannot reach Redis", "AIFIXER_REDIS_URL"]),
