@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from string import Template
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from . import guardrails, manifests, playbooks, untrusted
 from .adapters.errors import AdapterError
@@ -224,7 +224,7 @@ def _pod_line(pod) -> str:
 def _pod_logs(pod_logs: dict[str, str]) -> list[str]:
     # The previous container's output is the crash's own account: it goes first.
     keys = sorted(pod_logs, key=lambda k: (not k.endswith("/previous"), k))[:MAX_POD_LOGS]
-    lines = []
+    lines: list[str] = []
     for key in keys:
         tail = [ln for ln in pod_logs[key].splitlines() if ln.strip()][-5:]
         lines.extend(f"- [{key}] {_clip(ln, 200)}" for ln in tail)
@@ -623,7 +623,7 @@ class _Attempts:
         candidate: FixProposal,
         manifest: Manifest | None = None,
         *,
-        source: str = "playbook",
+        source: Literal["model", "playbook"] = "playbook",
         strategy: str | None = None,
         rationale: str | None = None,
     ) -> FixProposal:

@@ -328,7 +328,7 @@ def pod_spec(template_or_deployment: Manifest | None) -> dict[str, Any]:
 
 
 def containers_by_name(spec: dict[str, Any], kind: str = "containers") -> dict[str, dict[str, Any]]:
-    return {_name(c): c for c in _list(spec.get(kind)) if _name(c) is not None}
+    return {name: c for c in _list(spec.get(kind)) if (name := _name(c)) is not None}
 
 
 class _History:
@@ -492,8 +492,8 @@ def _code(live: Manifest, proposed: Manifest, history: _History) -> list[str]:
     for index, container in enumerate(_list(pod_spec(proposed).get("containers"))):
         where = f"{_CONTAINERS_PATH}[{index}]"
         name = _name(container)
-        before = _dict(live_containers.get(name))
-        healthy = _dict(history.healthy.get(name))
+        before = _container(live_containers, name)
+        healthy = _container(history.healthy, name)
         for field in ("command", "args"):
             after = container.get(field)
             if after is None or after == before.get(field) or after == healthy.get(field):
@@ -553,7 +553,7 @@ def _secrets(live: Manifest, proposed: Manifest, history: _History) -> list[str]
     live_containers = containers_by_name(pod_spec(live))
     for index, container in enumerate(_list(pod_spec(proposed).get("containers"))):
         where = f"{_CONTAINERS_PATH}[{index}]"
-        before = _env_by_name(_dict(live_containers.get(_name(container))))
+        before = _env_by_name(_container(live_containers, _name(container)))
         for var in _list(container.get("env")):
             var = _dict(var)
             reasons.extend(_env_var(where, var, before.get(_name(var)), history))
@@ -622,7 +622,7 @@ def _images(live: Manifest, proposed: Manifest, history: _History) -> list[str]:
         before = containers_by_name(spec_before, kind)
         for index, container in enumerate(_list(spec_after.get(kind))):
             image = _dict(container).get("image")
-            if image == _dict(before.get(_name(container))).get("image"):
+            if image == _container(before, _name(container)).get("image"):
                 continue
             repository = image_repository(image)
             where = f"{POD_SPEC}.{kind}[{index}].image"
@@ -645,7 +645,7 @@ def _resources(live: Manifest, proposed: Manifest, settings: Settings) -> list[s
     before = containers_by_name(pod_spec(live))
     for index, container in enumerate(_list(pod_spec(proposed).get("containers"))):
         resources = _dict(container.get("resources"))
-        if resources == _dict(before.get(_name(container))).get("resources", {}):
+        if resources == _container(before, _name(container)).get("resources", {}):
             continue  # an unchanged container is not the fix's doing
         where = f"{_CONTAINERS_PATH}[{index}].resources"
         values: dict[tuple[str, str], Decimal] = {}
@@ -681,7 +681,7 @@ def _probe_timings(live: Manifest, proposed: Manifest) -> list[str]:
     for index, container in enumerate(_list(pod_spec(proposed).get("containers"))):
         for probe in PROBES:
             spec = _dict(container.get(probe))
-            was = _dict(_dict(before.get(_name(container))).get(probe))
+            was = _dict(_container(before, _name(container)).get(probe))
             for field, (low, high) in PROBE_BOUNDS.items():
                 value = spec.get(field)
                 if value is None or (value == was.get(field) and not isinstance(value, bool)):
@@ -810,6 +810,11 @@ def _name(item: Any) -> str | None:
     """The `name` of a named list item, None for anything malformed."""
     name = _dict(item).get("name")
     return name if isinstance(name, str) else None
+
+
+def _container(containers: dict[str, dict[str, Any]], name: str | None) -> dict[str, Any]:
+    """The container of that name; {} when there is none, or the name is missing."""
+    return _dict(containers.get(name)) if name is not None else {}
 
 
 def _dict(value: Any) -> dict[str, Any]:

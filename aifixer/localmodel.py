@@ -125,7 +125,7 @@ def part_files(artifact: Artifact = QWEN_CODER) -> list[Path]:
         data = [f for f in dist.files or () if re.fullmatch(r".*/data/part\d+\.bin", str(f))]
         if len(data) != 1:
             raise ModelFileError(f"{name} holds {len(data)} data files, expected one")
-        paths.append(Path(dist.locate_file(data[0])))
+        paths.append(Path(str(dist.locate_file(data[0]))))
     return paths
 
 

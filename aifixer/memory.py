@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import importlib
 import json
 import logging
 import math
@@ -39,6 +40,7 @@ from array import array
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import ModuleType
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -57,8 +59,11 @@ from .models import (
 )
 from .settings import Settings
 
-try:  # numpy comes with the embedding model; a few hundred vectors need no more than Python
-    import numpy
+# numpy comes with the embedding model; a few hundred vectors need no more than Python.
+# Imported by name, so that its absence can be typed (and tests can set it to None).
+numpy: ModuleType | None
+try:
+    numpy = importlib.import_module("numpy")
 except ImportError:  # pragma: no cover - exercised where the embedding extras are not installed
     numpy = None
 
@@ -83,7 +88,8 @@ _ERROR_LINE = re.compile(r"(?i)error|fatal|panic|exception|not found|killed|refu
 class Embeds(Protocol):
     """What memory needs from an embedder (`adapters.embed.Embedder` is one)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
 
@@ -160,7 +166,7 @@ class Memory:
             return None
         vector = self._vector(record.symptoms)
         fields = {"record": record.model_dump_json()}
-        if vector is not None:
+        if vector is not None and self._embedder is not None:  # a vector: an embedder made it
             fields |= {"vector": _pack(vector), "embedder": self._embedder.name}
         key = RECORD_PREFIX + record.id
         pipe = self.redis.pipeline()
@@ -386,7 +392,7 @@ def _intent(
             after=change.after,
         )
     factor = _factor(path, change.before, change.after)
-    action = "scale" if factor is not None else "set"
+    action: Literal["scale", "set"] = "scale" if factor is not None else "set"
     return RememberedChange(
         path=path,
         container=container,
@@ -520,18 +526,18 @@ def _scores(query: list[float] | None, vectors: list[list[float] | None]) -> lis
     """Cosine of `query` with each vector; None where either is missing or they differ in size."""
     if query is None:
         return [None] * len(vectors)
-    usable = [i for i, v in enumerate(vectors) if v is not None and len(v) == len(query)]
+    usable = {i: v for i, v in enumerate(vectors) if v is not None and len(v) == len(query)}
     out: list[float | None] = [None] * len(vectors)
     if not usable:
         return out
     if numpy is not None:
-        matrix = numpy.asarray([vectors[i] for i in usable], dtype=numpy.float32)
+        matrix = numpy.asarray(list(usable.values()), dtype=numpy.float32)
         q = numpy.asarray(query, dtype=numpy.float32)
         norms = numpy.linalg.norm(matrix, axis=1) * numpy.linalg.norm(q)
         cosines = (matrix @ q) / numpy.where(norms == 0, 1, norms)
         values = [float(c) for c in cosines]
     else:
-        values = [_cosine(query, vectors[i]) for i in usable]
+        values = [_cosine(query, v) for v in usable.values()]
     for i, value in zip(usable, values, strict=True):
         out[i] = max(0.0, min(1.0, value))
     return out

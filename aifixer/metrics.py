@@ -268,22 +268,23 @@ def _family(spec: Spec, raw: dict[Any, Any]) -> Metric:
         for values, value in _hash(raw):
             if len(values) == len(names):
                 counts[tuple(values)] = value
-        family = CounterMetricFamily(spec.name, spec.help, labels=names)
-        for values, value in sorted(counts.items()):
-            family.add_metric(list(values), value)
-        return family
+        counter = CounterMetricFamily(spec.name, spec.help, labels=names)
+        for labels, count in sorted(counts.items()):
+            counter.add_metric(list(labels), count)
+        return counter
     series: dict[tuple[str, ...], dict[str, float]] = {v: {} for v in _known(spec)}
     for parts, value in _hash(raw):
         if len(parts) == len(names) + 1:
             series.setdefault(tuple(parts[:-1]), {})[parts[-1]] = value
-    family = HistogramMetricFamily(spec.name, spec.help, labels=names)
-    for values, parts in sorted(series.items()):
-        running, buckets = 0.0, []
+    histogram = HistogramMetricFamily(spec.name, spec.help, labels=names)
+    for labels, per_bucket in sorted(series.items()):
+        running = 0.0
+        buckets: list[tuple[str, float]] = []
         for le in [*(floatToGoString(b) for b in spec.buckets), "+Inf"]:
-            running += parts.get(le, 0.0)
+            running += per_bucket.get(le, 0.0)
             buckets.append((le, running))
-        family.add_metric(list(values), buckets, parts.get("sum", 0.0))
-    return family
+        histogram.add_metric(list(labels), buckets, per_bucket.get("sum", 0.0))
+    return histogram
 
 
 def queue_depths(redis: Any, queues: Iterable[str] = QUEUES) -> dict[str, int]:

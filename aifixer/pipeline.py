@@ -995,10 +995,14 @@ def check_escalations(ctx: Context) -> list[tuple[str, int]]:
                 ctx.store.mark_escalation_done(iid)
                 continue
             ctx.store.watch_escalation(iid, _call_window(ctx))  # look again later
-            attempt = max(
-                (k for k in range(1, len(numbers) + 1) if load_call_context(ctx.redis, iid, k)),
-                default=0,
-            )
+            # Each call's context is read once: one that expires during the check cannot
+            # be there for one read and gone for the next.
+            contexts = {
+                k: stored
+                for k in range(1, len(numbers) + 1)
+                if (stored := load_call_context(ctx.redis, iid, k))
+            }
+            attempt = max(contexts, default=0)
             ended = {c.attempt: c for c in state.calls}
             if attempt == 0:
                 due.append((iid, 1))
@@ -1009,7 +1013,7 @@ def check_escalations(ctx: Context) -> list[tuple[str, int]]:
                 else:
                     due.append((iid, attempt + 1))
                 continue
-            known = load_call_context(ctx.redis, iid, attempt)
+            known = contexts[attempt]
             if not known.call_sid:
                 due.append((iid, attempt))  # a dial left unfinished: resume it
                 continue

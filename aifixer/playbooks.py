@@ -72,6 +72,11 @@ class _Case:
     def containers(self) -> list[tuple[int, dict[str, Any]]]:
         return list(enumerate(manifests.get_path(self.live, CONTAINERS) or []))
 
+    def healthy_of(self, container: dict[str, Any]) -> dict[str, Any] | None:
+        """The container's spec in the last healthy template; None when it had none."""
+        name = container.get("name")
+        return self.healthy.get(name) if isinstance(name, str) else None
+
 
 Playbook = Callable[[_Case], FixProposal | None]
 
@@ -113,7 +118,7 @@ def revert_to_last_healthy(case: _Case) -> FixProposal | None:
     manifest = copy.deepcopy(case.live)
     reverted = []
     for index, container in case.containers():
-        healthy = case.healthy.get(container.get("name"))
+        healthy = case.healthy_of(container)
         if healthy is None:
             continue
         path = f"{CONTAINERS}[{index}]"
@@ -145,7 +150,7 @@ def _reverted_env(live: list[dict], healthy: list[dict]) -> list[dict]:
     return [v for v in restored if v.get("name") in healthy_names or "valueFrom" not in v]
 
 
-def _restore_env(live: list[dict], healthy: list[dict], names: set[str]) -> list[dict]:
+def _restore_env(live: list[dict], healthy: list[dict], names: set[str | None]) -> list[dict]:
     """`live` with the healthy version of each variable in `names`, in the healthy order.
 
     A restored variable replaces the live one of that name in place, or is inserted
@@ -183,7 +188,7 @@ def restore_env(case: _Case) -> FixProposal | None:
     restored = []
     for index, container in case.containers():
         live_env = container.get("env") or []
-        healthy_env = (case.healthy.get(container.get("name")) or {}).get("env") or []
+        healthy_env = (case.healthy_of(container) or {}).get("env") or []
         names = {v.get("name") for v in healthy_env if v.get("name") in named and v not in live_env}
         if names:
             manifests.set_path(
@@ -226,7 +231,7 @@ def restore_known_good_image(case: _Case) -> FixProposal | None:
 
 def _known_good_image(case: _Case, container: dict[str, Any]) -> str | None:
     repository = image_repository(container.get("image"))
-    healthy = case.healthy.get(container.get("name"))
+    healthy = case.healthy_of(container)
     if healthy is not None:
         image = healthy.get("image")
         return image if image_repository(image) == repository else None
@@ -292,8 +297,7 @@ def _oom_candidates(case: _Case) -> list[tuple[int, dict[str, Any]]]:
     lowered = [
         (i, c)
         for i, c in containers
-        if (_memory(c, "limits") or 0)
-        < (_memory(case.healthy.get(c.get("name")) or {}, "limits") or 0)
+        if (_memory(c, "limits") or 0) < (_memory(case.healthy_of(c) or {}, "limits") or 0)
     ]
     if lowered:
         return lowered
@@ -305,7 +309,7 @@ def _memory_target(
 ) -> tuple[Decimal, str]:
     """The new limit and its text: the healthy revision's when it was higher, else double
     the current one rounded up to a step; never above the cap."""
-    healthy = case.healthy.get(container.get("name")) or {}
+    healthy = case.healthy_of(container) or {}
     previous = _memory(healthy, "limits")
     if previous is not None and previous > current:
         target, text = previous, healthy["resources"]["limits"]["memory"]
@@ -336,7 +340,7 @@ def fit_requests_to_nodes(case: _Case) -> FixProposal | None:
     manifest = copy.deepcopy(case.live)
     restored = []
     for index, container in case.containers():
-        healthy = case.healthy.get(container.get("name"))
+        healthy = case.healthy_of(container)
         if healthy is None:
             continue
         for resource in sorted(short):
@@ -407,7 +411,7 @@ def _declared_probe_port(
     case: _Case, container: dict[str, Any], probe: str, handler: str, declared: set[Any]
 ) -> Any:
     """The healthy revision's port for this probe if still declared, else the only port."""
-    healthy = case.healthy.get(container.get("name")) or {}
+    healthy = case.healthy_of(container) or {}
     before = ((healthy.get(probe) or {}).get(handler) or {}).get("port")
     if before is not None and before in declared:
         return before
@@ -422,7 +426,7 @@ def fix_probe_path(case: _Case) -> FixProposal | None:
     manifest = copy.deepcopy(case.live)
     fixed = []
     for index, container in case.containers():
-        healthy = case.healthy.get(container.get("name")) or {}
+        healthy = case.healthy_of(container) or {}
         for probe in PROBES:
             path = ((container.get(probe) or {}).get("httpGet") or {}).get("path")
             before = ((healthy.get(probe) or {}).get("httpGet") or {}).get("path")

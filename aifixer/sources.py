@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -587,7 +588,7 @@ def _image_candidates(
             steps.append(FieldChange(path=f"images[{i}].newTag", after=new_tag))
             steps.append(FieldChange(path=f"images[{i}].digest", after=None))
         where = ", ".join(f"{s.path}" for s in steps if s.after is not None) or f"images[{i}]"
-        yield _Candidate(kfile, where, lambda text, s=steps: edit_document(text, s))
+        yield _Candidate(kfile, where, functools.partial(edit_document, changes=steps))
 
 
 def _patch_texts(

@@ -28,6 +28,7 @@ a Redis restart like any other outage.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import functools
 import json
@@ -35,7 +36,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 import redis as redis_lib
 
@@ -82,6 +83,9 @@ class Store:
         redis: a `redis.Redis` with `decode_responses=True`.
         lock_ttl_s: how long a workload's lock lives without progress; every save
             renews it, so a slow incident never loses its lock to a twin.
+
+    The client decodes, so its replies are strings: redis-py types them `bytes | str`
+    (one type for both kinds of client), hence the casts.
     """
 
     def __init__(self, redis: redis_lib.Redis, lock_ttl_s: float) -> None:
@@ -185,12 +189,13 @@ class Store:
 
     @_translated
     def all_ids(self) -> list[str]:
-        return list(self.redis.zrange(self.key("incidents"), 0, -1))
+        return list(cast("list[str]", self.redis.zrange(self.key("incidents"), 0, -1)))
 
     @_translated
     def stalled(self, older_than_s: float) -> list[str]:
         """Open incidents that made no progress for `older_than_s` seconds."""
-        return list(self.redis.zrangebyscore(self.key("open"), "-inf", time.time() - older_than_s))
+        due = self.redis.zrangebyscore(self.key("open"), "-inf", time.time() - older_than_s)
+        return list(cast("list[str]", due))
 
     @_translated
     def waiting(self, incident_ids: list[str], queue_keys: list[str]) -> set[str]:
@@ -201,12 +206,12 @@ class Store:
         behind a burst of others is told apart from one whose message was lost. Read in
         pages, only when some incident looks stalled.
         """
-        wanted, found = set(incident_ids), set()
+        wanted, found = set(incident_ids), set[str]()
         other = {i for i in wanted if not _INCIDENT_ID.fullmatch(i)}  # ids given by hand
         for key in queue_keys:
             start = 0
             while wanted - found:
-                page = self.redis.lrange(key, start, start + _PAGE - 1)
+                page = cast("list[str]", self.redis.lrange(key, start, start + _PAGE - 1))
                 for message in page:
                     found.update(i for i in _INCIDENT_ID.findall(message) if i in wanted)
                     found.update(i for i in other if i in message)
@@ -243,7 +248,8 @@ class Store:
         key = self.key("snapshot", incident_id)
         if self.redis.set(key, snapshot.model_dump_json(), nx=True, ex=KEEP_S):
             return snapshot
-        return Snapshot.model_validate_json(self.redis.get(key))
+        # The SET NX was refused: the first snapshot is there.
+        return Snapshot.model_validate_json(cast("str", self.redis.get(key)))
 
     @_translated
     def snapshot(self, incident_id: str) -> Snapshot | None:
@@ -302,7 +308,7 @@ class Store:
     @_translated
     def call_owner(self, call_sid: str) -> str | None:
         """The incident a call was placed for, if aifixer recorded it."""
-        return self.redis.get(self.key("callsid", call_sid))
+        return cast("str | None", self.redis.get(self.key("callsid", call_sid)))
 
     @_translated
     def mark_escalation_done(self, incident_id: str) -> None:
@@ -318,7 +324,8 @@ class Store:
 
     @_translated
     def escalations_due(self) -> list[str]:
-        return list(self.redis.zrangebyscore(self.key("escalating"), "-inf", time.time()))
+        due = self.redis.zrangebyscore(self.key("escalating"), "-inf", time.time())
+        return list(cast("list[str]", due))
 
     @_translated
     def escalation_done(self, incident_id: str) -> bool:
@@ -328,7 +335,7 @@ class Store:
 
     @_translated
     def get(self, *parts: str) -> str | None:
-        return self.redis.get(self.key(*parts))
+        return cast("str | None", self.redis.get(self.key(*parts)))
 
     @_translated
     def set(self, value: str, *parts: str, ttl_s: float | None = None) -> None:
@@ -340,21 +347,25 @@ class Store:
 
     @_translated
     def hgetall(self, *parts: str) -> dict[str, Any]:
-        return self.redis.hgetall(self.key(*parts))
+        return cast("dict[str, Any]", self.redis.hgetall(self.key(*parts)))
 
     @_translated
     def hset(self, mapping: dict[str, Any], *parts: str, ttl_s: float) -> None:
         pipe = self.redis.pipeline()
-        pipe.hset(self.key(*parts), mapping=mapping)
+        # redis-py's Mapping[FieldT, EncodableT] is invariant in its key union: it refuses
+        # every dict[str, ...], though it accepts one at run time.
+        pipe.hset(self.key(*parts), mapping=mapping)  # type: ignore[arg-type]
         pipe.expire(self.key(*parts), int(ttl_s))
         pipe.execute()
 
     @_translated
     def lock_holder(self, cluster: str, namespace: str, name: str) -> str | None:
-        return self.redis.get(self.key("lock", cluster, namespace, name))
+        return cast("str | None", self.redis.get(self.key("lock", cluster, namespace, name)))
 
     @_translated
-    def held(self, cluster: str, workloads: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    def held(
+        self, cluster: str, workloads: list[tuple[str, str]]
+    ) -> builtins.set[tuple[str, str]]:  # `set` here is the method above
         """Those (namespace, name) whose workload lock an open incident holds: one MGET."""
         if not workloads:
             return set()
@@ -364,9 +375,9 @@ class Store:
     @_translated
     def locks(self) -> dict[str, str]:
         """Every workload lock and the incident id it holds."""
-        out = {}
+        out: dict[str, str] = {}
         for key in self.redis.scan_iter(match=self.key("lock", "*"), count=500):
-            value = self.redis.get(key)
+            value = cast("str | None", self.redis.get(key))
             if value is not None:
                 out[key] = value
         return out

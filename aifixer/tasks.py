@@ -33,6 +33,7 @@ import re
 import time
 from collections.abc import Callable
 from functools import lru_cache
+from typing import overload
 
 import redis as redis_lib
 from celery import chain, chord
@@ -83,6 +84,11 @@ def _decided(task) -> int:
     return task.request.retries + 1
 
 
+# A Redis failure as a TransientError, retried like any outage; anything else unchanged.
+@overload
+def _transient(exc: TransientError | redis_lib.RedisError) -> TransientError: ...
+@overload
+def _transient(exc: BaseException) -> BaseException: ...
 def _transient(exc: BaseException) -> BaseException:
     if isinstance(exc, redis_lib.RedisError):
         return TransientError("redis", str(exc))
@@ -165,8 +171,8 @@ def _attempt(
         return done
     except (pipeline.NotYet, Retry):
         raise
-    except Busy as exc:  # another worker holds the lease: wait for it, free of charge
-        raise task.retry(countdown=exc.retry_after or 5.0, max_retries=_decided(task)) from None
+    except Busy as busy:  # another worker holds the lease: wait for it, free of charge
+        raise task.retry(countdown=busy.retry_after or 5.0, max_retries=_decided(task)) from None
     except Exception as raw:  # noqa: BLE001 - a bug must not lose the incident: record it
         exc = _transient(raw)
         fresh = _load(task, state.incident.id) or state
@@ -555,8 +561,8 @@ def label_cpu_level(self, pod_id: str) -> str:
 def _label_cpu_level(task, ctx: pipeline.Context, pod_id: str) -> str:
     try:
         outcome = levels.label_pod(ctx.kube, ctx.redis, ctx.settings, pod_id)
-    except ValueError as exc:
-        log.warning("label_cpu_level: refused: %s", exc)
+    except ValueError as refusal:
+        log.warning("label_cpu_level: refused: %s", refusal)
         return "refused"
     except (TransientError, redis_lib.RedisError) as raw:
         exc = _transient(raw)

@@ -327,7 +327,7 @@ class Kube:
         Raises:
             TransientError, PermanentError.
         """
-        signals = []
+        signals: list[Signal] = []
         now = datetime.now(tz=UTC)
         for ns in self.settings.namespaces or [""]:
             for pod in self._list(
@@ -637,8 +637,8 @@ class Kube:
             if not r[0].current
         ]
         serving = [r for r in history if r[0].ready_replicas > 0]
-        chosen = (serving or history or [None])[0]
-        return chosen[1] if chosen else None
+        chosen = serving or history
+        return chosen[0][1] if chosen else None
 
     def rollout(self, deployment_name: str, namespace: str) -> RolloutStatus:
         """`kubectl rollout status` for one Deployment, read once (no waiting).
@@ -850,7 +850,7 @@ class Kube:
             workload=self.owner_of_event(event),
             reason=event.get("reason") or "",
             message=bounded(event.get("message") or ""),
-            observed_at=_event_time(event) or datetime.now(tz=UTC),
+            observed_at=_event_datetime(event) or datetime.now(tz=UTC),
             raw=event,
         )
 
@@ -996,6 +996,12 @@ def _event_time(event: Manifest) -> str:
     )
 
 
+def _event_datetime(event: Manifest) -> datetime | None:
+    """When the event happened; None when it does not say."""
+    timestamp = _event_time(event)
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")) if timestamp else None
+
+
 def _epoch(timestamp: str) -> float:
     if not timestamp:
         return 0.0
@@ -1007,7 +1013,7 @@ def _ref(manifest: Manifest) -> str:
     return f"[{meta.get('namespace')}/{meta.get('name')}]"
 
 
-def _parse_cursor(cursor: str | None) -> dict[str, str | None]:
+def _parse_cursor(cursor: str | None) -> dict[str, str]:
     """The event cursor: a resourceVersion, or `ns=rv,...` when watching namespaces apart."""
     if not cursor:
         return {}
@@ -1016,7 +1022,7 @@ def _parse_cursor(cursor: str | None) -> dict[str, str | None]:
     return dict(item.split("=", 1) for item in cursor.split(",") if item)
 
 
-def _format_cursor(cursors: dict[str, str | None]) -> str:
+def _format_cursor(cursors: dict[str, str]) -> str:
     if set(cursors) == {""}:
         return cursors[""] or ""
     return ",".join(f"{ns}={rv}" for ns, rv in cursors.items() if rv)

@@ -103,7 +103,7 @@ def scale_once(kube: Any, prom: Any, redis: Any, settings: Settings, now: float 
     """One decision per opted-in Deployment; returns them."""
     now = time.time() if now is None else now
     forecaster = make_forecaster(settings.scaling_forecaster, settings.scaling_season_s)
-    namespaces = settings.namespaces or [None]
+    namespaces: list[str | None] = [*settings.namespaces] or [None]  # None: every namespace
     made = []
     for ns in namespaces:
         for dep in kube.deployments(ns):

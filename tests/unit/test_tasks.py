@@ -699,6 +699,25 @@ def test_a_yes_heard_without_its_callback_ends_the_escalation(ctx):
     assert ctx.store.escalation_done(iid)
 
 
+def test_a_call_context_expiring_during_the_check_stops_nothing(ctx, monkeypatch):
+    """Each call's context is read once per check: one that expires meanwhile (its TTL
+    ran out between two reads) cannot raise out of the check, which would hold up every
+    other escalation."""
+    from aifixer import callfile
+
+    iid = _called_and_silent(ctx)
+    read = callfile.load_call_context
+
+    def read_then_expire(redis, incident_id, attempt):
+        found = read(redis, incident_id, attempt)
+        redis.delete(callfile._context_key(incident_id, attempt))
+        return found
+
+    monkeypatch.setattr(callfile, "load_call_context", read_then_expire)
+    assert pipeline.check_escalations(ctx) == []
+    assert not ctx.store.escalation_done(iid)  # looked at again later
+
+
 def test_a_call_another_incident_placed_to_the_same_person_is_not_adopted(ctx):
     """Two incidents call the same person; one's dial got no answer: the other's call,
     in Twilio's list, is not taken for its own."""
