@@ -11,19 +11,24 @@ documents. Two discovery dialects are served, as by a 1.32 API server:
 - legacy discovery (`APIVersions`, `APIGroupList`, `APIGroup`, `APIResourceList`)
   for every other client.
 
-Everything is derived from the resource table in `resources.py`, built once.
+Everything is derived from the resource table in `resources.py`, built once, plus the
+custom resources the store's CustomResourceDefinitions add (`crds.py`), built per request.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from . import errors, schema
+from . import crds, errors, schema
 from .resources import Resource, groups
+
+if TYPE_CHECKING:
+    from .store import Store
 
 VERSION = {
     "major": "1",
@@ -205,37 +210,8 @@ async def api_root(request: web.Request) -> web.Response:
     )
 
 
-async def apis_root(request: web.Request) -> web.Response:
-    agg = _aggregated_version(request.headers.get("Accept", ""))
-    if agg:
-        return json_response(
-            _aggregated(False, f"apidiscovery.k8s.io/{agg}"), content_type=_AGGREGATED.format(v=agg)
-        )
-    return json_response(
-        {
-            "kind": "APIGroupList",
-            "apiVersion": "v1",
-            "groups": [_group_doc(g) for g in groups() if g],
-        }
-    )
-
-
-async def api_group(request: web.Request) -> web.Response:
-    group = request.match_info["group"]
-    if not group or group not in groups():
-        raise errors.generic(404)
-    return json_response({"kind": "APIGroup", "apiVersion": "v1", **_group_doc(group)})
-
-
 async def core_resources(request: web.Request) -> web.Response:
     return json_response(_resource_list(""))
-
-
-async def group_resources(request: web.Request) -> web.Response:
-    group, ver = request.match_info["group"], request.match_info["version"]
-    if not group or group not in groups() or ver != "v1":
-        raise errors.generic(404)
-    return json_response(_resource_list(group))
 
 
 # -- OpenAPI -------------------------------------------------------------------------------
@@ -246,23 +222,109 @@ def _openapi_root() -> bytes:
     return json.dumps(schema.openapi_v3_root(_gv(g) for g in groups())).encode()
 
 
-async def openapi_v3(request: web.Request) -> web.Response:
-    return json_response(_openapi_root())
+def _custom_aggregated(store: Store) -> list[dict[str, Any]]:
+    return [
+        {
+            "metadata": {"name": group, "creationTimestamp": None},
+            "versions": [
+                {
+                    "version": version,
+                    "freshness": "Current",
+                    "resources": [_aggregated_resource(r) for r in resources],
+                }
+                for version, resources in versions.items()
+            ],
+        }
+        for group, versions in store.custom.groups().items()
+    ]
 
 
-async def openapi_v3_gv(request: web.Request) -> web.Response:
-    gv = request.match_info["gv"]
-    served = {schema.openapi_base_path(_gv(g)) for g in groups()}
-    if gv not in served:
-        raise errors.generic(404)
-    # The hash in serverRelativeURL names immutable content: clients may cache it forever.
-    return json_response(
-        schema.openapi_v3_group_version_bytes(gv), headers={"Cache-Control": "public, immutable"}
-    )
+def _custom_group_doc(group: str, versions: list[str]) -> dict[str, Any]:
+    gvs = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+    return {"name": group, "versions": gvs, "preferredVersion": gvs[0]}
 
 
-def routes() -> list[web.RouteDef]:
-    """Discovery routes; `/openapi/v2` is deliberately absent (404: kubectl tolerates it)."""
+def _custom_openapi(store: Store) -> dict[str, tuple[bytes, str]]:
+    """Each custom group version's OpenAPI v3 document and its hash, by base path."""
+    defs = store.list(crds.CRDS)
+    out = {}
+    for group, versions in store.custom.groups().items():
+        for version in versions:
+            body = json.dumps(
+                crds.openapi_document(defs, group, version), separators=(",", ":")
+            ).encode()
+            out[f"apis/{group}/{version}"] = (body, hashlib.sha512(body).hexdigest().upper())
+    return out
+
+
+def routes(store: Store | None = None) -> list[web.RouteDef]:
+    """Discovery routes; `/openapi/v2` is deliberately absent (404: kubectl tolerates it).
+
+    With a `store`, the resources of its CustomResourceDefinitions are discoverable too.
+    """
+
+    def custom() -> dict[str, dict[str, list[Resource]]]:
+        return store.custom.groups() if store is not None else {}
+
+    async def apis_root(request: web.Request) -> web.Response:
+        agg = _aggregated_version(request.headers.get("Accept", ""))
+        if agg:
+            body: bytes = _aggregated(False, f"apidiscovery.k8s.io/{agg}")
+            if store is not None and store.custom:
+                doc = json.loads(body)
+                doc["items"] += _custom_aggregated(store)
+                body = json.dumps(doc).encode()
+            return json_response(body, content_type=_AGGREGATED.format(v=agg))
+        return json_response(
+            {
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": [_group_doc(g) for g in groups() if g]
+                + [_custom_group_doc(g, list(v)) for g, v in custom().items()],
+            }
+        )
+
+    async def api_group(request: web.Request) -> web.Response:
+        group = request.match_info["group"]
+        if group in custom():
+            doc = _custom_group_doc(group, list(custom()[group]))
+            return json_response({"kind": "APIGroup", "apiVersion": "v1", **doc})
+        if not group or group not in groups():
+            raise errors.generic(404)
+        return json_response({"kind": "APIGroup", "apiVersion": "v1", **_group_doc(group)})
+
+    async def group_resources(request: web.Request) -> web.Response:
+        group, ver = request.match_info["group"], request.match_info["version"]
+        resources = custom().get(group, {}).get(ver)
+        if resources:
+            return json_response(
+                {
+                    "kind": "APIResourceList",
+                    "apiVersion": "v1",
+                    "groupVersion": f"{group}/{ver}",
+                    "resources": [doc for r in resources for doc in _legacy_resources(r)],
+                }
+            )
+        if not group or group not in groups() or ver != "v1":
+            raise errors.generic(404)
+        return json_response(_resource_list(group))
+
+    async def openapi_v3(request: web.Request) -> web.Response:
+        if store is None or not store.custom:
+            return json_response(_openapi_root())
+        doc = json.loads(_openapi_root())
+        for base, (_body, digest) in _custom_openapi(store).items():
+            doc["paths"][base] = {"serverRelativeURL": f"/openapi/v3/{base}?hash={digest}"}
+        return json_response(doc)
+
+    async def openapi_v3_gv(request: web.Request) -> web.Response:
+        gv = request.match_info["gv"]
+        if store is not None and store.custom:
+            found = _custom_openapi(store).get(gv)
+            if found is not None:
+                return json_response(found[0], headers={"Cache-Control": "public, immutable"})
+        return await openapi_v3_builtin(request)
+
     paths = [
         ("/version", version),
         ("/api", api_root),
@@ -276,3 +338,14 @@ def routes() -> list[web.RouteDef]:
     return [web.get(p + slash, fn) for p, fn in paths for slash in ("", "/")] + [
         web.get("/openapi/v3/{gv:.+}", openapi_v3_gv)
     ]
+
+
+async def openapi_v3_builtin(request: web.Request) -> web.Response:
+    gv = request.match_info["gv"]
+    served = {schema.openapi_base_path(_gv(g)) for g in groups()}
+    if gv not in served:
+        raise errors.generic(404)
+    # The hash in serverRelativeURL names immutable content: clients may cache it forever.
+    return json_response(
+        schema.openapi_v3_group_version_bytes(gv), headers={"Cache-Control": "public, immutable"}
+    )

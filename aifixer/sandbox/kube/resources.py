@@ -8,6 +8,7 @@ discoverable but unstored.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 READ = ("get", "list", "watch")
 RW = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
@@ -28,6 +29,10 @@ class Resource:
     # Resources that are two views of one stored object (core/v1 and events.k8s.io/v1
     # Events) share a storage key; the HTTP layer converts the representation.
     storage: str = ""
+    # Custom resources (served for a CustomResourceDefinition, see crds.py) and their
+    # printer columns as the CRD declares them (each column's items, sorted).
+    custom: bool = False
+    printer_columns: tuple[tuple[tuple[str, Any], ...], ...] = ()
 
     @property
     def api_version(self) -> str:
@@ -41,7 +46,12 @@ class Resource:
     @property
     def has_generation(self) -> bool:
         """Objects with a spec whose changes bump metadata.generation."""
-        return self.kind in ("Deployment", "ReplicaSet", "Pod")
+        return self.custom or self.kind in (
+            "Deployment",
+            "ReplicaSet",
+            "Pod",
+            "CustomResourceDefinition",
+        )
 
     @property
     def has_status(self) -> bool:
@@ -112,6 +122,17 @@ RESOURCES: tuple[Resource, ...] = (
         ("hpa",),
         subresources=("status",),
         categories=("all",),
+    ),
+    Resource(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        "customresourcedefinition",
+        False,
+        ("crd", "crds"),
+        subresources=("status",),
+        categories=("api-extensions",),
     ),
 )
 

@@ -1070,12 +1070,33 @@ def _to_openapi(schema: dict, top: bool = False) -> dict:
     return out
 
 
-def _paths_for(group_version: str, kind: str, definition: str, list_definition: str | None) -> dict:
+def resource_paths(
+    group_version: str,
+    kind: str,
+    definition: str,
+    list_definition: str,
+    plural_name: str,
+    namespaced: bool,
+) -> dict:
+    """The OpenAPI v3 paths of a resource the built-in tables do not know (a custom one)."""
+    return _paths_for(group_version, kind, definition, list_definition, plural_name, namespaced)
+
+
+def _paths_for(
+    group_version: str,
+    kind: str,
+    definition: str,
+    list_definition: str | None,
+    plural_name: str | None = None,
+    namespaced: bool | None = None,
+) -> dict:
     group, version = split_api_version(group_version)
     gvk = {"group": group, "version": version, "kind": kind}
     base = "/" + openapi_base_path(group_version)
-    scope = "" if kind in CLUSTER_SCOPED else "/namespaces/{namespace}"
-    collection = f"{base}{scope}/{plural(kind)}"
+    if namespaced is None:
+        namespaced = kind not in CLUSTER_SCOPED
+    scope = "/namespaces/{namespace}" if namespaced else ""
+    collection = f"{base}{scope}/{plural_name or plural(kind)}"
     ref = {"$ref": _OPENAPI_REF_PREFIX + definition}
     list_ref = {"$ref": _OPENAPI_REF_PREFIX + list_definition} if list_definition else ref
     common = [_param("pretty", "query")]

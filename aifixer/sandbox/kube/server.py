@@ -20,6 +20,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,7 +31,7 @@ from multidict import MultiMapping
 
 from .. import faults
 from ..clock import rfc3339
-from . import apply, discovery, errors, patch, protobuf, schema, tables
+from . import apply, crds, discovery, errors, patch, protobuf, schema, tables
 from .defaults import apply_defaults
 from .podlogs import PodLogs
 from .resources import Resource, by_path
@@ -92,19 +93,25 @@ class Target:
         return EVENTS_CORE if self.res.key == EVENTS_CORE.key else self.res
 
 
-def parse_target(group: str, version: str, tail: str) -> Target:
+def parse_target(
+    group: str,
+    version: str,
+    tail: str,
+    lookup: Callable[[str, str, str], Resource | None] = by_path,
+) -> Target:
+    """The target a resource URL names; `lookup` resolves resources (custom ones too)."""
     parts = [p for p in tail.split("/") if p]
     watch_path = bool(parts) and parts[0] == "watch"
     if watch_path:
         parts = parts[1:]
     namespace = None
     if len(parts) >= 3 and parts[0] == "namespaces":
-        inner = by_path(group, version, parts[2])
+        inner = lookup(group, version, parts[2])
         if inner is not None and inner.namespaced:
             namespace, parts = parts[1], parts[2:]
     if not parts or len(parts) > 3:
         raise errors.generic(404)
-    res = by_path(group, version, parts[0])
+    res = lookup(group, version, parts[0])
     if res is None or (res.namespaced and namespace is None and len(parts) > 1):
         raise errors.generic(404)
     name = parts[1] if len(parts) > 1 else None
@@ -315,7 +322,7 @@ def make_app(store: Store, logs: PodLogs, options: Options | None = None) -> web
     api = ApiServer(store, logs, options or Options())
     app = web.Application(middlewares=[_status_errors], client_max_size=8 * 1024 * 1024)
     faults.install(app, "kubernetes", _fault_status)
-    app.add_routes(discovery.routes())
+    app.add_routes(discovery.routes(store))
     app.add_routes(
         [
             web.route("*", "/api/v1/{tail:.+}", api.handle_core),
@@ -391,11 +398,15 @@ class ApiServer:
         self.options = options
 
     async def handle_core(self, request: web.Request) -> web.StreamResponse:
-        return await self._dispatch(request, parse_target("", "v1", request.match_info["tail"]))
+        return await self._dispatch(
+            request, parse_target("", "v1", request.match_info["tail"], self.store.custom.by_path)
+        )
 
     async def handle_group(self, request: web.Request) -> web.StreamResponse:
         m = request.match_info
-        return await self._dispatch(request, parse_target(m["group"], m["version"], m["tail"]))
+        return await self._dispatch(
+            request, parse_target(m["group"], m["version"], m["tail"], self.store.custom.by_path)
+        )
 
     async def _dispatch(self, request: web.Request, t: Target) -> web.StreamResponse:
         method = request.method
@@ -433,6 +444,8 @@ class ApiServer:
         """The stored object as the client's API version shows it."""
         if t.res.kind == "Event":
             return event_to_v1(obj, t.res.api_version)
+        if t.res.custom and obj.get("apiVersion") != t.res.api_version:
+            return {**obj, "apiVersion": t.res.api_version}  # versions differ in name only
         return obj
 
     def _in(self, t: Target, body: Obj) -> Obj:
@@ -471,6 +484,15 @@ class ApiServer:
     ) -> dict:
         if t.res.kind == "Event":
             items = [event_to_core(o) for o in items]
+        if t.res.custom:
+            return crds.table(
+                t.res,
+                items,
+                list_meta,
+                self.store.clock.now(),
+                request.query.get("includeObject", "Metadata"),
+                headers,
+            )
         return tables.table(
             t.res.kind,
             items,
@@ -725,6 +747,9 @@ class ApiServer:
             return self._apply(request, t, raw, dry)
         if ctype not in (JSON_PATCH, MERGE_PATCH, STRATEGIC_PATCH):
             raise errors.unsupported_media_type(PATCH_TYPES)
+        if ctype == STRATEGIC_PATCH and t.res.custom:
+            # Custom resources have no patch strategy (the real server's 415 for them).
+            raise errors.unsupported_media_type([JSON_PATCH, MERGE_PATCH, APPLY_PATCH])
         doc = _decode(raw, yaml_ok=False)
         live = self._live(t)
         patched = self._patched(t, self._out(t, live), ctype, doc)

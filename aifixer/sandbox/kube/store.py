@@ -25,6 +25,7 @@ from typing import Any
 
 from ..clock import Clock, rfc3339
 from . import errors
+from .crds import CustomResources
 from .resources import Resource, by_kind
 
 Obj = dict[str, Any]
@@ -121,6 +122,8 @@ class Store:
         self._history: deque[tuple[int, str, str, Obj, Obj | None]] = deque(maxlen=history)
         self._watches: set[Watch] = set()
         self._listeners: list[ChangeListener] = []
+        # The resources CustomResourceDefinitions add (lookups cover the built-in ones too).
+        self.custom = CustomResources(self)
 
     copy = staticmethod(copy)
 
@@ -319,7 +322,7 @@ class Store:
             for obj in list(bucket.values()):
                 refs = obj["metadata"].get("ownerReferences") or []
                 if any(r.get("uid") == uid for r in refs):
-                    res = by_kind(obj["apiVersion"], obj["kind"])
+                    res = self.custom.by_kind(obj["apiVersion"], obj["kind"])
                     if res is not None and self.try_get(
                         res, obj["metadata"].get("namespace"), obj["metadata"]["name"]
                     ):
@@ -328,7 +331,7 @@ class Store:
     def _delete_namespace_contents(self, namespace: str) -> None:
         for bucket in list(self._data.values()):
             for obj in [o for (ns, _), o in bucket.items() if ns == namespace]:
-                res = by_kind(obj["apiVersion"], obj["kind"])
+                res = self.custom.by_kind(obj["apiVersion"], obj["kind"])
                 if res is not None and self.try_get(res, namespace, obj["metadata"]["name"]):
                     self.delete(res, namespace, obj["metadata"]["name"])
 
