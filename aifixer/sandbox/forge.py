@@ -52,6 +52,8 @@ DOC_CREATE_PR = f"{DOCS}/pulls/pulls#create-a-pull-request"
 DOC_UPDATE_PR = f"{DOCS}/pulls/pulls#update-a-pull-request"
 DOC_CREATE_REF = f"{DOCS}/git/refs#create-a-reference"
 DOC_COMMENT = f"{DOCS}/issues/comments#create-an-issue-comment"
+DOC_MERGE_PR = f"{DOCS}/pulls/pulls#merge-a-pull-request"
+MERGE_METHODS = ("merge", "squash", "rebase")
 API_VERSION = "2022-11-28"
 _DIFF_MEDIA_TYPE = re.compile(r"application/vnd\.github(?:\.v3)?\.diff")
 RATE_LIMIT = {True: 5000, False: 60}  # authenticated / anonymous, per hour
@@ -133,6 +135,9 @@ class PullRequest:
     updated_at: datetime
     state: str = "open"
     closed_at: datetime | None = None
+    merged_at: datetime | None = None
+    merged_by: str | None = None
+    merge_commit_sha: str | None = None
 
 
 @dataclass
@@ -375,6 +380,49 @@ class Forge:
             pr.state = state
         pr.updated_at = _now()
         await self.refresh(repo, pr)
+
+    async def merge_pull(
+        self, repo: Repo, pr: PullRequest, user: str, params: Mapping[str, Any]
+    ) -> str:
+        """Merge an open pull request into its base branch, as GitHub's merge endpoint does:
+        405 when it cannot be merged, 409 when `sha` is not the head's, 422 for an unknown
+        `merge_method`. Returns the sha the base branch now points at."""
+        method = params.get("merge_method") or "merge"
+        if method not in MERGE_METHODS:
+            raise validation_failed(
+                DOC_MERGE_PR, resource="PullRequest", field="merge_method", code="invalid"
+            )
+        await self.refresh(repo, pr)
+        if pr.state != "open" or not await repo.git.merges_cleanly(pr.base_sha, pr.head_sha):
+            raise ApiError(405, "Pull Request is not mergeable", doc=DOC_MERGE_PR)
+        expected = params.get("sha")
+        if expected and expected != pr.head_sha:
+            raise ApiError(
+                409, "Head branch was modified. Review and try the merge again.", doc=DOC_MERGE_PR
+            )
+        title, body = params.get("commit_title"), params.get("commit_message")
+        if method == "squash":
+            title = title or f"{pr.title} (#{pr.number})"
+            body = body if body is not None else pr.body or ""
+        else:
+            title = title or f"Merge pull request #{pr.number} from {repo.owner}/{pr.head_ref}"
+            body = body if body is not None else pr.title
+        message = f"{title}\n\n{body}\n" if body else f"{title}\n"
+        try:
+            sha = await repo.git.merge(
+                pr.base_ref,
+                pr.head_sha,
+                method,
+                message,
+                (user, f"{user}@users.noreply.github.com"),
+            )
+        except GitError:
+            raise ApiError(405, "Pull Request is not mergeable", doc=DOC_MERGE_PR) from None
+        now = _now()
+        pr.state, pr.closed_at, pr.merged_at, pr.updated_at = "closed", now, now, now
+        pr.merged_by, pr.merge_commit_sha = user, sha
+        repo.pushed_at = now
+        return sha
 
     def add_comment(self, repo: Repo, number: int, user: str, body: Any) -> Comment:
         if number not in repo.pulls:
@@ -750,8 +798,8 @@ class Views:
             "created_at": rfc3339(pr.created_at),
             "updated_at": rfc3339(pr.updated_at),
             "closed_at": rfc3339(pr.closed_at) if pr.closed_at else None,
-            "merged_at": None,
-            "merge_commit_sha": None,
+            "merged_at": rfc3339(pr.merged_at) if pr.merged_at else None,
+            "merge_commit_sha": pr.merge_commit_sha,
             "assignee": None,
             "assignees": [],
             "requested_reviewers": [],
@@ -776,14 +824,15 @@ class Views:
     async def full_pull(self, repo: Repo, pr: PullRequest) -> dict[str, Any]:
         """The full pull request of single-object responses: the simple one plus computed fields."""
         files = await repo.git.changed_files(pr.base_sha, pr.head_sha)
-        clean = await repo.git.merges_cleanly(pr.base_sha, pr.head_sha)
+        merged = pr.merged_at is not None
+        clean = None if merged else await repo.git.merges_cleanly(pr.base_sha, pr.head_sha)
         return {
             **self.pull(repo, pr),
-            "merged": False,
+            "merged": merged,
             "mergeable": clean,
             "rebaseable": clean,
-            "mergeable_state": "clean" if clean else "dirty",
-            "merged_by": None,
+            "mergeable_state": "unknown" if merged else "clean" if clean else "dirty",
+            "merged_by": self.user(pr.merged_by) if pr.merged_by else None,
             "comments": sum(c.number == pr.number for c in repo.comments.values()),
             "review_comments": 0,
             "maintainer_can_modify": pr.maintainer_can_modify,
@@ -1168,6 +1217,25 @@ async def update_pull(request: web.Request) -> web.Response:
     pr = _pull(repo, request)
     await forge.update_pull(repo, pr, await _json_body(request))
     return _json(await views.full_pull(repo, pr))
+
+
+@routes.put("/repos/{owner}/{repo}/pulls/{number}/merge")
+async def merge_pull(request: web.Request) -> web.Response:
+    forge, _ = _ctx(request)
+    repo = _repo(request)
+    pr = _pull(repo, request)
+    body = await _json_body(request) if request.can_read_body else {}
+    sha = await forge.merge_pull(repo, pr, request[LOGIN], body)
+    return _json({"sha": sha, "merged": True, "message": "Pull Request successfully merged"})
+
+
+@routes.get("/repos/{owner}/{repo}/pulls/{number}/merge")
+async def check_merged(request: web.Request) -> web.Response:
+    repo = _repo(request)
+    pr = _pull(repo, request)
+    if pr.merged_at is None:
+        raise not_found()
+    return web.Response(status=204)
 
 
 @routes.get("/repos/{owner}/{repo}/pulls/{number}/files")

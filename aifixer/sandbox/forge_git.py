@@ -205,6 +205,55 @@ class BareRepo:
             raise
         return True
 
+    async def merge(
+        self,
+        base_ref: str,
+        head_sha: str,
+        method: str,
+        message: str,
+        committer: tuple[str, str],
+    ) -> str:
+        """Merge `head_sha` into branch `base_ref` as a forge's merge button does; return the
+        branch's new tip. `method`: "merge" (a merge commit with both parents), "squash" (one
+        commit with the merged tree) or "rebase" (head's commits replayed on the base, each
+        keeping its author). The branch moves by compare-and-swap; GitError on conflicts."""
+        base_sha = await self.resolve(f"refs/heads/{base_ref}")
+        if base_sha is None:
+            raise GitError(("merge", base_ref), 1, b"no such branch")
+        name, email = committer
+        who = {"GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
+        if method == "rebase":
+            sha = await self._replay(base_sha, head_sha, who)
+        else:
+            out = await self._git("merge-tree", "--write-tree", "--no-messages", base_sha, head_sha)
+            tree = out.decode().split("\n", 1)[0].strip()
+            parents = ("-p", base_sha) + (("-p", head_sha) if method == "merge" else ())
+            author = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email, **who}
+            sha = (
+                (await self._git("commit-tree", tree, *parents, stdin=message.encode(), env=author))
+                .decode()
+                .strip()
+            )
+        await self._git("update-ref", f"refs/heads/{base_ref}", sha, base_sha)
+        return sha
+
+    async def _replay(self, base_sha: str, head_sha: str, who: Mapping[str, str]) -> str:
+        """Cherry-pick `base..head` (no merges) onto `base` in a throwaway work tree."""
+        with tempfile.TemporaryDirectory(prefix="forge-rebase-") as tmp:
+            work = Path(tmp) / "w"
+            await self._git("worktree", "add", "--quiet", "--detach", str(work), base_sha)
+            try:
+                commits = (
+                    await self._git(
+                        "rev-list", "--reverse", "--no-merges", f"{base_sha}..{head_sha}"
+                    )
+                ).split()
+                for commit in commits:
+                    await git(work, "cherry-pick", "--allow-empty", commit.decode(), env=who)
+                return (await git(work, "rev-parse", "HEAD")).decode().strip()
+            finally:
+                await self._git("worktree", "remove", "--force", str(work))
+
     async def commit_info(self, sha: str) -> dict[str, str]:
         """Author, committer, dates, message, tree and parents of one commit."""
         fields = ["%H", "%T", "%P", "%an", "%ae", "%aI", "%cn", "%ce", "%cI", "%B"]
