@@ -1,7 +1,8 @@
 """The periodic polls that feed the farm, read by celeryconfig as `beat_schedule`.
 
 Both polls run every `AIFIXER_POLL_INTERVAL_S` seconds (default 15), the watchdog
-every `AIFIXER_WATCHDOG_INTERVAL_S` (default 30). Each expires
+every `AIFIXER_WATCHDOG_INTERVAL_S` (default 30), the pull request check every
+`AIFIXER_PR_CHECK_INTERVAL_S` (default 600). Each expires
 after one interval: a poll that could not start in time is dropped rather than run
 late behind the next one, since the next one covers the same ground from the cursor.
 """
@@ -11,6 +12,7 @@ from aifixer.settings import get_settings
 _interval = get_settings().poll_interval_s
 _watchdog = get_settings().watchdog_interval_s
 _scaling = get_settings().scaling_interval_s
+_pulls = get_settings().pr_check_interval_s
 
 beat_schedule = {
     "poll-loki": {
@@ -41,5 +43,11 @@ beat_schedule = {
         "task": "aifixer.tasks.watchdog",
         "schedule": _watchdog,
         "options": {"queue": "polls", "expires": _watchdog},
+    },
+    # What became of recent incidents' pull requests: merged (when) or closed unmerged.
+    "check-pull-requests": {
+        "task": "aifixer.tasks.check_pull_requests",
+        "schedule": _pulls,
+        "options": {"queue": "notify", "expires": _pulls},
     },
 }

@@ -82,6 +82,7 @@ task_routes = {
     "aifixer.tasks.call_oncall": {"queue": "notify"},
     "aifixer.tasks.finalize": {"queue": "notify"},
     "aifixer.tasks.conclude": {"queue": "notify"},
+    "aifixer.tasks.check_pull_requests": {"queue": "notify"},
     "aifixer.tasks.watchdog": {"queue": "polls"},
     # Incident memory embeds text with a PyTorch model: only workers started with
     # `-Q memory` load it, so the others stay small.

@@ -14,6 +14,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import requests
@@ -22,6 +23,9 @@ from rich.table import Table
 
 from . import __version__, redact
 from .cliparams import PORT, POSITIVE
+
+if TYPE_CHECKING:
+    from .models import PullRequestRef
 
 DEFAULT_STATE_DIR = Path(".aifixer/sandbox")
 # The stand-ins `aifixer sandbox up --port NAME=PORT` can pin.
@@ -641,10 +645,21 @@ def incidents(as_json: bool) -> None:
             s.stage,
             s.outcome or "in progress",
             s.proposal.strategy if s.proposal else "-",
-            s.pull_request.url if s.pull_request else "-",
+            _pull_request_cell(s.pull_request),
             ", ".join(f"{c.number}={'yes' if c.can_intervene else 'no'}" for c in s.calls) or "-",
         )
     console.print(table)
+
+
+def _pull_request_cell(pr: PullRequestRef | None) -> str:
+    """The pull request's link and what became of it: a draft, merged (when), closed."""
+    if pr is None:
+        return "-"
+    if pr.state == "merged" and pr.merged_at is not None:
+        return f"{pr.url} (merged {pr.merged_at:%Y-%m-%d %H:%M})"
+    if pr.state == "closed":
+        return f"{pr.url} (closed unmerged)"
+    return f"{pr.url} (draft: needs a hand edit)" if pr.draft else pr.url
 
 
 @main.command()

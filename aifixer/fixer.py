@@ -1002,6 +1002,13 @@ def _what_was_tried(state: IncidentState) -> str:
     def _brief(text: str) -> str:
         return brief(text, known=known)
 
+    verified = state.verification is not None and state.verification.ok
+    if state.pr_error and verified and state.pull_request and state.pull_request.draft:
+        return (
+            "A fix was applied and works, but the change to Git could not be checked, so "
+            "its pull request is a draft that needs a hand edit: the fix is live but not in "
+            "Git yet, and the next sync may undo it."
+        )
     if state.pr_error and state.verification is not None and state.verification.ok:
         return (
             "A fix was applied and works, but its pull request could not be opened, so the "

@@ -65,7 +65,7 @@ TASKS = (
 OUTCOMES = get_args(Outcome)
 FAILURE_CLASSES = get_args(FailureClass)
 ANSWERS = ("yes", "no", "none")
-PR_RESULTS = ("opened", "existing", "failed")
+PR_RESULTS = ("opened", "existing", "draft", "failed")
 LEVEL_RESULTS = ("set", "removed", "unchanged", "gone", "refused", "failed")
 SCALING_MODES = ("preview", "apply")
 BOOL = ("true", "false")
@@ -135,7 +135,8 @@ CALLS = _spec(
 )  # fmt: skip
 PULL_REQUESTS = _spec(
     "aifixer_pull_requests", "counter",
-    "Pull requests of verified fixes: opened, found already open, or failed for good.",
+    "Pull requests of verified fixes: opened, found already open, opened as a draft "
+    "(the change needs a hand edit), or failed for good.",
     result=PR_RESULTS,
 )  # fmt: skip
 LEVEL_LABELS = _spec(

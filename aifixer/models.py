@@ -187,6 +187,16 @@ class PullRequestRef(Record):
     url: str
     branch: str
     created: bool  # False when a retry found the PR already open
+    # A draft: the change could not be proven by rendering the repository, so the pull
+    # request adds only a note saying what must be edited by hand (the incident is not
+    # `fixed`, and a person is called).
+    draft: bool = False
+    repo: str | None = None  # owner/name (None in records written before: the configured one)
+    # What became of it, filled by the periodic check (`pipeline.check_pull_requests`):
+    # merged (at `merged_at`), or closed unmerged (at `closed_at`).
+    state: Literal["open", "merged", "closed"] = "open"
+    merged_at: datetime | None = None
+    closed_at: datetime | None = None
 
 
 class CallRecord(Record):

@@ -15,14 +15,21 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
 import redis as redis_lib
 
 from . import detect, fixer, guardrails, manifests, metrics
-from .adapters.errors import AdapterError, Conflict, PermanentError, TransientError
+from .adapters.errors import (
+    AdapterError,
+    Conflict,
+    PermanentError,
+    TransientError,
+    Unproven,
+    bounded,
+)
 from .adapters.kube import pod_state, rollout_status
 from .memory import example_lines
 from .models import (
@@ -811,13 +818,30 @@ def _unhealthy_reason(pods, errors: int, rollout_message: str) -> str:
 
 
 def open_pr(ctx: Context, state: IncidentState) -> IncidentState:
+    """The verified fix as a pull request; a change rendering cannot prove, as a draft.
+
+    A draft (the forge raised `Unproven`, or a redelivery found the incident's draft)
+    also records `pr_error`: the fix is live but not in Git until a person makes the
+    edits the draft names, so the incident is not `fixed` and a person is called.
+    """
     if not (state.verification and state.verification.ok) or state.pull_request is not None:
         return state
     started = time.monotonic()
-    state.pull_request = ctx.forge.open_fix_pr(state)
-    log.info(
-        "%s pull request #%d %s", tag(state), state.pull_request.number, state.pull_request.url
-    )
+    why = None
+    try:
+        ref = ctx.forge.open_fix_pr(state)
+    except Unproven as exc:
+        why = exc.explanation
+        ref = ctx.forge.open_draft_pr(state, exc.explanation, exc.hand_edits)
+    state.pull_request = ref
+    if ref.draft:
+        state.pr_error = (
+            f"open_pr: the change could not be proven by rendering the repository; draft pull "
+            f"request #{ref.number} says what to edit by hand"
+            + (f": {bounded(why, 500)}" if why else "")
+        )
+    log.info("%s %spull request #%d %s", tag(state), "draft " if ref.draft else "",
+             ref.number, ref.url)  # fmt: skip
     return _timed(state, "open_pr", started)
 
 
@@ -1157,7 +1181,8 @@ def _done_generation(ctx: Context, state: IncidentState) -> int | None:
 
 
 def append_incident_line(ctx: Context, state: IncidentState) -> None:
-    """The incidents file: one JSON line each time an incident ends or a call on it ends."""
+    """The incidents file: one JSON line each time an incident ends, a call on it ends, or
+    its pull request is found merged or closed."""
     from .callfile import append_line
 
     line = state.model_dump_json(
@@ -1178,6 +1203,63 @@ def append_incident_line(ctx: Context, state: IncidentState) -> None:
         }
     )
     append_line(ctx.settings.incidents_file, line.encode() + b"\n")
+
+
+# -- what became of the pull requests ----------------------------------------------------
+
+
+def check_pull_requests(ctx: Context) -> int:
+    """Periodic: record which recent pull requests were merged (and when) or closed.
+
+    Only incidents closed within `pr_check_days` whose pull request is still open as
+    far as the record knows, at most `pr_check_max` a round (one API call each), least
+    recently checked first. A merged or closed pull request is written on the record
+    (`pull_request.state`, `merged_at`, `closed_at`) and in the incidents file, and is
+    not looked at again; an incident still open is left for a later round. One
+    incident failing here never holds up the others; a forge that is unreachable or
+    rate-limited ends the round. Returns how many records changed.
+    """
+    s = ctx.settings
+    horizon = now() - timedelta(days=s.pr_check_days)
+    changed = 0
+    for iid in ctx.store.pulls_to_check(s.pr_check_max):
+        try:
+            state = load(ctx, iid)
+            ref = state.pull_request if state is not None else None
+            if state is None or ref is None or ref.state != "open":
+                ctx.store.forget_pull(iid)
+                continue
+            if state.closed_at is None:  # finalize has not run yet
+                ctx.store.checked_pull(iid)
+                continue
+            if state.closed_at < horizon:
+                ctx.store.forget_pull(iid)
+                continue
+            fresh = ctx.forge.pull_state(ref)
+            if fresh.state == "open":
+                ctx.store.checked_pull(iid)
+                continue
+            state.pull_request = fresh
+            save(ctx, state)
+            ctx.store.forget_pull(iid)
+            changed += 1
+            log.info("%s pull request #%d %s", tag(state), fresh.number,
+                     f"merged at {fresh.merged_at}" if fresh.merged_at else "closed unmerged")  # fmt: skip
+            try:
+                append_incident_line(ctx, state)
+            except OSError as exc:
+                log.error("%s incidents file not written: %s", tag(state), exc)
+        except TransientError as exc:
+            log.warning("pull request check: incident %s: %s (next round)", iid, exc)
+            if exc.system != "redis":  # the forge: end the round (a stale record just waits)
+                break
+        except PermanentError as exc:
+            log.warning("pull request check: incident %s: %s", iid, exc)
+            if exc.status == 404:  # the pull request or its repository is gone
+                ctx.store.forget_pull(iid)
+            else:
+                ctx.store.checked_pull(iid)
+    return changed
 
 
 # -- the watchdog ------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from .manifests import split_path
 from .models import FieldChange, IncidentState
 from .redact import REDACTED, redact
 
-__all__ = ["REDACTED", "body", "redact", "title"]
+__all__ = ["REDACTED", "body", "draft_body", "hand_edit_note", "redact", "title", "workload_marker"]
 
 MAX_PODS = 5
 MAX_EVENTS = 5
@@ -135,6 +135,7 @@ def body(state: IncidentState, file_diff: str, path: str, proof: str | None = No
             change (Markdown, aifixer.sources.Proof.markdown).
     """
     sections = [
+        workload_marker(state),
         _intro(state, path),
         _diagnosis(state),
         _evidence(state),
@@ -143,10 +144,79 @@ def body(state: IncidentState, file_diff: str, path: str, proof: str | None = No
         _verification(state),
         _incident(state),
     ]
+    return _bounded(sections)
+
+
+def draft_body(
+    state: IncidentState, explanation: str, hand_edits: list[str], note_path: str
+) -> str:
+    """The body of the draft pull request opened when rendering could not prove a change.
+
+    Args:
+        state: the incident after a verified apply.
+        explanation: why no edit of the repository could be proven (aifixer.sources).
+        hand_edits: what a person must edit, one item each.
+        note_path: the note file the draft adds (it changes no manifest).
+    """
+    w = state.incident.workload
+    intro = (
+        f"aifixer found Deployment `{w.key}` on cluster `{w.cluster}` failing, "
+        f"**applied a fix to the cluster and verified it**, but could not prove an edit of "
+        f"this repository that renders exactly that fix. This draft changes **no manifest**: "
+        f"it only adds `{note_path}`, so nothing unproven can be merged or synced.\n\n"
+        f"> The change is already live, and the next sync may undo it. Make the edits below "
+        f"on this branch, check the render, delete `{note_path}`, then mark the pull request "
+        f"ready for review. If you reject the fix, revert the Deployment in the cluster too."
+    )
+    sections = [
+        workload_marker(state),
+        intro,
+        _hand_edits(explanation, hand_edits),
+        _diagnosis(state),
+        _evidence(state),
+        _change(state, None),
+        _verification(state),
+        _incident(state),
+    ]
+    return _bounded(sections)
+
+
+def hand_edit_note(state: IncidentState, explanation: str, hand_edits: list[str]) -> str:
+    """The note file a draft pull request adds: what to edit, for whoever opens the branch."""
+    i = state.incident
+    lines = [
+        f"# Hand edit needed: {i.workload.key} (incident {i.id})",
+        "",
+        "aifixer applied and verified this change in the cluster, but could not prove an",
+        "edit of this repository that renders it. Make the edits below on this branch,",
+        "check the render, and delete this file in the same commit.",
+        "",
+        _hand_edits(explanation, hand_edits),
+        "",
+        _change(state, None),
+    ]
+    return redact("\n".join(lines)) + "\n"
+
+
+def workload_marker(state: IncidentState) -> str:
+    """An HTML comment (not shown on GitHub) naming the workload a pull request is for:
+    how a newer incident's pull request finds the older ones it supersedes."""
+    w = state.incident.workload
+    return f"<!-- aifixer-workload: {w.cluster}/{w.namespace}/{w.kind}/{w.name} -->"
+
+
+def _bounded(sections: list[str]) -> str:
     text = redact("\n\n".join(s for s in sections if s))
     if len(text) > MAX_BODY:
         text = text[:MAX_BODY] + "\n\n… (cut: the body exceeded GitHub's limit)"
     return text + "\n"
+
+
+def _hand_edits(explanation: str, hand_edits: list[str]) -> str:
+    out = ["## What must be edited by hand", "", _clip(explanation, 2000)]
+    if hand_edits:
+        out += ["", *[f"- {_clip(h, 1000)}" for h in hand_edits[:20]]]
+    return "\n".join(out)
 
 
 def _intro(state: IncidentState, path: str) -> str:
@@ -215,8 +285,9 @@ def _evidence(state: IncidentState) -> str:
     return "\n".join(out) if len(out) > 3 else ""
 
 
-def _change(state: IncidentState, file_diff: str) -> str:
-    out = ["## Change"]
+def _change(state: IncidentState, file_diff: str | None) -> str:
+    """The live change, the strategy, and (unless None) the diff of the GitOps file."""
+    out = ["## Change" if file_diff is not None else "## Verified live change"]
     changes = _changes(state)
     if changes:
         out.append("")
@@ -227,8 +298,9 @@ def _change(state: IncidentState, file_diff: str) -> str:
             f"Strategy: {state.proposal.source} / {state.proposal.strategy}. "
             f"{_clip(state.proposal.rationale, 1000)}",
         ]
-    lines = file_diff.splitlines()
-    out += ["", _fence(lines[:MAX_DIFF_LINES], lang="diff", more=len(lines) - MAX_DIFF_LINES)]
+    if file_diff is not None:
+        lines = file_diff.splitlines()
+        out += ["", _fence(lines[:MAX_DIFF_LINES], lang="diff", more=len(lines) - MAX_DIFF_LINES)]
     return "\n".join(out)
 
 

@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     kustomize_bin: str | None = None
     helm_bin: str = "helm"
     render_timeout_s: float = Field(default=60.0, gt=0)  # wall-clock limit of one render
+    # What became of the pull requests (merged, closed unmerged) is read every
+    # AIFIXER_PR_CHECK_INTERVAL_S for incidents closed within AIFIXER_PR_CHECK_DAYS, at
+    # most AIFIXER_PR_CHECK_MAX pull requests a round (one API call each).
+    pr_check_interval_s: float = Field(default=600.0, gt=0)
+    pr_check_days: float = Field(default=7.0, gt=0)
+    pr_check_max: int = Field(default=50, ge=1)
 
     # -- the phone
     twilio_account_sid: str = ""

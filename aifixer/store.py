@@ -333,6 +333,27 @@ class Store:
 
     # -- small shared values ----------------------------------------------------------
 
+    # -- pull requests whose fate (merged, closed unmerged) is still to be read
+
+    @_translated
+    def watch_pull(self, incident_id: str) -> None:
+        """The incident has a pull request for the periodic check to follow."""
+        self.redis.zadd(self.key("pulls"), {incident_id: 0}, nx=True)
+
+    @_translated
+    def pulls_to_check(self, limit: int) -> list[str]:
+        """At most `limit` incidents with a pull request to check, least recently checked first."""
+        return list(cast("list[str]", self.redis.zrange(self.key("pulls"), 0, max(0, limit - 1))))
+
+    @_translated
+    def checked_pull(self, incident_id: str) -> None:
+        """Checked now (still open): the others go first next round."""
+        self.redis.zadd(self.key("pulls"), {incident_id: time.time()}, xx=True)
+
+    @_translated
+    def forget_pull(self, incident_id: str) -> None:
+        self.redis.zrem(self.key("pulls"), incident_id)
+
     @_translated
     def get(self, *parts: str) -> str | None:
         return cast("str | None", self.redis.get(self.key(*parts)))

@@ -296,6 +296,10 @@ def open_pr(self, incident_id: str) -> str:
 
     A verified fix that is not in Git is undone by the next GitOps sync: the incident
     is not `fixed`, and the on-call engineer hears that the fix is live but not in Git.
+    So too when the change could not be proven by rendering: a draft pull request says
+    what to edit by hand, and the engineer hears that it needs a hand edit. A
+    redelivery finds the recorded failure (or the draft) and goes to the call, which
+    dials nobody twice.
     """
     state = _load(self, incident_id)
     if state is None or state.closed_at is not None:
@@ -309,6 +313,13 @@ def open_pr(self, incident_id: str) -> str:
         done.pr_error, done.error = done.error or "no pull request", None
         _update(self, incident_id, pr_error=done.pr_error)
         metrics.inc(context().redis, metrics.PULL_REQUESTS, result="failed")
+        return _call(self, incident_id)
+    context().store.watch_pull(incident_id)  # for check_pull_requests: merged, or closed
+    if done.pull_request.draft:
+        # Live but not in Git until a person edits the draft: recorded, then the call.
+        _update(self, incident_id, pull_request=done.pull_request, pr_error=done.pr_error,
+                timings=done.timings)  # fmt: skip
+        metrics.inc(context().redis, metrics.PULL_REQUESTS, result="draft")
         return _call(self, incident_id)
     _update(self, incident_id, pull_request=done.pull_request, timings=done.timings)
     result = "opened" if done.pull_request.created else "existing"
@@ -457,6 +468,17 @@ def watchdog(self) -> int:
     for incident_id, attempt in calls:
         call_next.delay(incident_id, attempt)
     return len(stalled)
+
+
+@app.task(bind=True, name="aifixer.tasks.check_pull_requests", acks_late=False,
+          ignore_result=True)  # fmt: skip
+def check_pull_requests(self) -> int:
+    """Periodic: which recent pull requests were merged (when) or closed unmerged."""
+    try:
+        return pipeline.check_pull_requests(context())
+    except (TransientError, PermanentError, redis_lib.RedisError) as exc:
+        log.warning("pull request check: %s (the next round tries again)", exc)
+        return 0
 
 
 def queue_keys() -> list[str]:

@@ -24,7 +24,18 @@ A plain file is edited as it always was. For kustomize and Helm, `aifixer.source
 finds where each changed field comes from (an overlay's images, replicas or patches,
 the base; the chart's values), edits it, and proves the edit by rendering the branch
 with the real tools (aifixer.adapters.render): the pull request then says so. A change
-that cannot be proven raises `Unproven` (a PermanentError) with what to edit by hand.
+that cannot be proven raises `Unproven` (a PermanentError) with what to edit by hand;
+the pipeline then calls `open_draft_pr`, which opens a draft pull request adding only
+a note of those hand edits (no manifest is touched, see its docstring).
+
+One branch and one pull request per incident: the branch is `aifixer/<incident id>`,
+and a pull request is only ever found again by that branch, never by the workload or
+the fingerprint. When a newer incident of a workload opens its pull request, the older
+aifixer pull requests still open for that workload (named by a hidden marker in their
+body, `prbody.workload_marker`, on an `aifixer/` branch of this repository, for an
+incident opened earlier) are commented with the new one's link and closed.
+`pull_state` reads what became of a pull request (merged, closed) for the periodic
+check.
 
 Every step is idempotent, because a task may run again after any of them: an open pull
 request for the branch is returned as it is (`created=False`), a branch that already
@@ -48,6 +59,8 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 
 import git
@@ -58,6 +71,7 @@ from urllib3.util.retry import Retry
 
 from aifixer import prbody, sources
 from aifixer.models import FieldChange, IncidentState, PullRequestRef, Workload
+from aifixer.redact import redact
 from aifixer.settings import Settings
 from aifixer.sources import FileEdit, Layout, SourceChange
 from aifixer.yamledit import DocumentNotFound, EditError, defines, edit_manifest_file
@@ -81,6 +95,10 @@ RELEASE_ANNOTATION = "meta.helm.sh/release-name"
 RELEASE_LABEL = "app.kubernetes.io/instance"
 BRANCH_PREFIX = "aifixer/"
 MANIFEST_SUFFIXES = (".yaml", ".yml")
+# Where a draft pull request's note of hand edits goes: a hidden directory, which no
+# kustomization, chart or manifest scan reads.
+NOTE_DIR = ".aifixer/hand-edits"
+SUPERSEDE_SCAN = 100  # open pull requests looked at, newest first, for older ones to close
 
 # git's messages for failures worth retrying: the network, the server, a timeout.
 _GIT_TRANSIENT = re.compile(
@@ -148,11 +166,8 @@ class Forge:
         """
         if state.apply is None:
             raise PermanentError(SYSTEM, "no applied change to propose")
-        deployment = state.evidence.deployment if state.evidence else state.apply.original
-        meta = deployment.get("metadata") or {}
-        annotations = meta.get("annotations") or {}
-        labels = meta.get("labels") or {}
-        return self.propose(
+        source, release = _origin(state)
+        ref = self.propose(
             state.incident.workload,
             state.apply.changes,
             incident_id=state.incident.id,
@@ -160,9 +175,140 @@ class Forge:
             body=lambda edit: prbody.body(
                 state, edit.diff, edit.path, edit.proof.markdown() if edit.proof else None
             ),
-            source=annotations.get(SOURCE_ANNOTATION),
-            release=annotations.get(RELEASE_ANNOTATION) or labels.get(RELEASE_LABEL),
+            source=source,
+            release=release,
         )
+        self.supersede(state, ref)
+        return ref
+
+    def open_draft_pr(
+        self, state: IncidentState, explanation: str, hand_edits: list[str]
+    ) -> PullRequestRef:
+        """A draft pull request saying what must be edited by hand, for a change that
+        rendering could not prove (after `open_fix_pr` raised `Unproven`).
+
+        The draft commits one file, a note under `.aifixer/hand-edits/`, and changes no
+        manifest. GitHub holds no pull request for a branch without a commit, and
+        pushing the best-effort edit instead would put an unproven change one click from
+        the next sync: a reviewer marking it ready, a bot merging drafts, a team syncing
+        branches. A reviewer expects a draft to be safe as it is; they make the edits
+        the body lists on this branch (deleting the note) and mark it ready.
+
+        Idempotent like `open_fix_pr`: the incident's branch and its open pull request
+        are found again (`created=False`), the note is not pushed twice.
+
+        Raises:
+            TransientError, PermanentError: as for `open_fix_pr`.
+        """
+        if state.apply is None:
+            raise PermanentError(SYSTEM, "no applied change to propose")
+        workload, incident_id = state.incident.workload, state.incident.id
+        repo_name, _ = self._target(workload, _origin(state)[0])
+        branch = BRANCH_PREFIX + incident_id
+        with self._translated(f"repository {repo_name}"):
+            repo = self._github.get_repo(repo_name)
+            base = self.settings.git_base_branch or repo.default_branch
+        existing = self._open_pull(repo, branch)
+        if existing is not None:
+            ref = _ref(existing, branch, created=False, repo=repo_name)
+        else:
+            note = f"{NOTE_DIR}/{incident_id.replace(':', '_')}.md"
+            text = prbody.hand_edit_note(state, explanation, hand_edits)
+            title = bounded(f"{prbody.title(state)} (needs a hand edit)", 250)
+            with tempfile.TemporaryDirectory(prefix="aifixer-gitops-") as tmp:
+                checkout = self._clone(self._clone_url(repo_name), Path(tmp) / "repo", base)
+                file = Path(checkout.working_dir) / note
+                file.parent.mkdir(parents=True, exist_ok=True)
+                file.write_text(text, encoding="utf-8")
+                message = f"{title}\n\nAifixer-Incident: {incident_id}\n"
+                self._push(checkout, branch, [FileEdit(note, "", text)], message)
+            ref = self._create_pull(
+                repo,
+                branch,
+                base,
+                title,
+                prbody.draft_body(state, explanation, hand_edits, note),
+                draft=True,
+            )
+            log.info("[%s] draft pull request #%d: a hand edit is needed", workload.key, ref.number)
+        self.supersede(state, ref)
+        return ref
+
+    def supersede(self, state: IncidentState, new: PullRequestRef) -> list[int]:
+        """Comment and close the older aifixer pull requests still open for the workload.
+
+        Older: on an `aifixer/` branch of the same repository, for an incident opened
+        before this one (the opened time in the id), whose body carries this workload's
+        marker. A pull request of a later incident is never closed by an earlier one.
+        Best effort: a failure is logged and leaves the older ones open (the next
+        incident of the workload closes them); it never costs the new pull request.
+
+        Returns:
+            The numbers of the pull requests closed.
+        """
+        marker = prbody.workload_marker(state)
+        ours = _opened_ms(state.incident.id)
+        repo_name = new.repo or self.settings.github_repo
+        closed: list[int] = []
+        try:
+            with self._translated("superseding older pull requests"):
+                repo = self._github.get_repo(repo_name)
+                pulls = repo.get_pulls(state="open", sort="created", direction="desc")
+                for pull in islice(pulls, SUPERSEDE_SCAN):
+                    head = pull.head.ref or ""
+                    theirs = _opened_ms(head[len(BRANCH_PREFIX) :])
+                    if (
+                        pull.number == new.number
+                        or not head.startswith(BRANCH_PREFIX)
+                        or pull.head.repo is None
+                        or pull.head.repo.full_name != repo.full_name
+                        or marker not in (pull.body or "")
+                        or ours is None
+                        or theirs is None
+                        or theirs >= ours
+                    ):
+                        continue
+                    self._close_superseded(pull, new, state)
+                    closed.append(pull.number)
+        except AdapterError as exc:
+            log.warning("[%s] older pull requests left open: %s", state.incident.workload.key, exc)
+        return closed
+
+    def _close_superseded(
+        self, pull: PullRequest, new: PullRequestRef, state: IncidentState
+    ) -> None:
+        mention = f"Superseded by #{new.number}"
+        text = redact(
+            f"{mention} ({new.url}): a newer incident (`{state.incident.id}`) on "
+            f"`{state.incident.workload.key}` proposes its own fix for this workload, and "
+            f"aifixer keeps one pull request per workload open. This pull request's change "
+            f"is not part of #{new.number}: if it is still wanted, reopen this one."
+        )
+        if not any(mention in (c.body or "") for c in pull.get_issue_comments()):
+            pull.create_issue_comment(text)
+        pull.edit(state="closed")
+        log.info("[%s] pull request #%d closed: superseded by #%d",
+                 state.incident.workload.key, pull.number, new.number)  # fmt: skip
+
+    def pull_state(self, ref: PullRequestRef) -> PullRequestRef:
+        """`ref` as the forge has it now: still open, merged (and when), or closed unmerged.
+
+        Raises:
+            TransientError: the forge is unreachable, overloaded or rate-limited.
+            PermanentError: the pull request or its repository is gone, the token refused.
+        """
+        repo_name = ref.repo or self.settings.github_repo
+        with self._translated(f"pull request #{ref.number}"):
+            pull = self._github.get_repo(repo_name).get_pull(ref.number)
+            merged, state = pull.merged, pull.state
+            merged_at, closed_at = pull.merged_at, pull.closed_at
+        if merged:
+            when = merged_at or closed_at or datetime.now(UTC)
+            return ref.model_copy(update={"state": "merged", "merged_at": when, "closed_at": when})
+        if state == "closed":
+            when = closed_at or datetime.now(UTC)
+            return ref.model_copy(update={"state": "closed", "closed_at": when})
+        return ref
 
     def propose(
         self,
@@ -203,7 +349,7 @@ class Forge:
         existing = self._open_pull(repo, branch)
         if existing is not None:
             log.info("[%s] pull request #%d already open", workload.key, existing.number)
-            return _ref(existing, branch, created=False)
+            return _ref(existing, branch, created=False, repo=repo_name)
 
         with tempfile.TemporaryDirectory(prefix="aifixer-gitops-") as tmp:
             checkout = self._clone(self._clone_url(repo_name), Path(tmp) / "repo", base)
@@ -441,18 +587,25 @@ class Forge:
             return next(iter(pulls), None)
 
     def _create_pull(
-        self, repo: Repository, branch: str, base: str, title: str, body: str
+        self,
+        repo: Repository,
+        branch: str,
+        base: str,
+        title: str,
+        body: str,
+        *,
+        draft: bool = False,
     ) -> PullRequestRef:
         try:
             with self._translated("opening the pull request"):
-                pull = repo.create_pull(base=base, head=branch, title=title, body=body)
+                pull = repo.create_pull(base=base, head=branch, title=title, body=body, draft=draft)
         except PermanentError as exc:
             # A concurrent run opened it between our look and our create.
             existing = self._open_pull(repo, branch) if exc.status == 422 else None
             if existing is None:
                 raise
-            return _ref(existing, branch, created=False)
-        return _ref(pull, branch, created=True)
+            return _ref(existing, branch, created=False, repo=repo.full_name)
+        return _ref(pull, branch, created=True, repo=repo.full_name)
 
     # -- errors --------------------------------------------------------------------------
 
@@ -497,8 +650,35 @@ class Forge:
         return self._scrub(bounded(f"{action}: HTTP {exc.status}: {text}", 500))
 
 
-def _ref(pull: PullRequest, branch: str, *, created: bool) -> PullRequestRef:
-    return PullRequestRef(number=pull.number, url=pull.html_url, branch=branch, created=created)
+def _ref(pull: PullRequest, branch: str, *, created: bool, repo: str) -> PullRequestRef:
+    return PullRequestRef(
+        number=pull.number,
+        url=pull.html_url,
+        branch=branch,
+        created=created,
+        draft=bool(pull.draft),
+        repo=repo,
+    )
+
+
+def _origin(state: IncidentState) -> tuple[str | None, str | None]:
+    """The Deployment's `aifixer.io/source` annotation and Helm release, if any."""
+    if state.evidence is not None:
+        deployment = state.evidence.deployment
+    else:
+        deployment = state.apply.original if state.apply is not None else {}
+    meta = deployment.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    labels = meta.get("labels") or {}
+    return annotations.get(SOURCE_ANNOTATION), annotations.get(RELEASE_ANNOTATION) or labels.get(
+        RELEASE_LABEL
+    )
+
+
+def _opened_ms(incident_id: str) -> int | None:
+    """When the incident opened, from its id "<fingerprint>-<opened ms>" (None if not one)."""
+    tail = incident_id.rsplit("-", 1)[-1]
+    return int(tail) if "-" in incident_id and tail.isdigit() else None
 
 
 def _retry_after(headers: dict[str, str] | None) -> float | None:

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from aifixer import manifests, pipeline
-from aifixer.adapters.errors import AdapterError, Conflict, PermanentError
+from aifixer.adapters.errors import AdapterError, Conflict, PermanentError, Unproven
 from aifixer.models import (
     Diagnosis,
     Evidence,
@@ -170,19 +170,56 @@ class FakeLoki(Faults):
 
 
 class FakeForge(Faults):
+    """Pull requests by branch, like the real adapter: a second call finds the first.
+
+    `unproven = (explanation, hand_edits)` makes `open_fix_pr` raise Unproven (when the
+    branch holds no pull request yet), as the real one does for a change rendering
+    cannot prove; `merge(number, at)` and `close(number, at)` play a reviewer.
+    """
+
     def __init__(self) -> None:
         super().__init__()
         self.prs: dict[str, PullRequestRef] = {}
+        self.unproven: tuple[str, list[str]] | None = None
+        self.drafts: dict[str, tuple[str, list[str]]] = {}  # branch -> what the body says
+        self.fate: dict[int, dict[str, Any]] = {}  # number -> what a reviewer did
 
     def open_fix_pr(self, state: IncidentState) -> PullRequestRef:
         self.hit("open_fix_pr")
         branch = f"aifixer/{state.incident.id}"
-        if branch not in self.prs:
-            n = len(self.prs) + 1
-            self.prs[branch] = PullRequestRef(
-                number=n, url=f"https://forge.example/pr/{n}", branch=branch, created=True
-            )
+        if branch in self.prs:
+            return self.prs[branch].model_copy(update={"created": False})
+        if self.unproven is not None:
+            raise Unproven("github", *self.unproven)
+        return self._open(branch, draft=False)
+
+    def open_draft_pr(
+        self, state: IncidentState, explanation: str, hand_edits: list[str]
+    ) -> PullRequestRef:
+        self.hit("open_draft_pr")
+        branch = f"aifixer/{state.incident.id}"
+        if branch in self.prs:
+            return self.prs[branch].model_copy(update={"created": False})
+        self.drafts[branch] = (explanation, hand_edits)
+        return self._open(branch, draft=True)
+
+    def _open(self, branch: str, *, draft: bool) -> PullRequestRef:
+        n = len(self.prs) + 1
+        self.prs[branch] = PullRequestRef(
+            number=n, url=f"https://forge.example/pr/{n}", branch=branch, created=True,
+            draft=draft, repo="acme/gitops",
+        )  # fmt: skip
         return self.prs[branch]
+
+    def merge(self, number: int, at: datetime) -> None:
+        self.fate[number] = {"state": "merged", "merged_at": at, "closed_at": at}
+
+    def close(self, number: int, at: datetime) -> None:
+        self.fate[number] = {"state": "closed", "closed_at": at}
+
+    def pull_state(self, ref: PullRequestRef) -> PullRequestRef:
+        self.hit("pull_state")
+        return ref.model_copy(update=self.fate.get(ref.number, {}))
 
 
 class FakePhone(Faults):

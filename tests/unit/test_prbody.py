@@ -219,3 +219,31 @@ def test_body_never_carries_a_secret():
     text = prbody.body(make_state(logs=logs), DIFF + f"+  # token={token}\n", "f.yaml")
     assert token not in text
     assert prbody.REDACTED in text
+
+
+def test_a_draft_body_says_what_to_edit_by_hand_and_carries_no_diff():
+    token = "ghp_" + "A1b2" * 9
+    state = make_state()
+    edits = ["charts/report-api/templates/deployment.yaml: set the memory limit to 144Mi",
+             f"values.yaml: remove the stale comment token={token}"]  # fmt: skip
+    text = prbody.draft_body(state, "the limit is computed by the template", edits,
+                             ".aifixer/hand-edits/x.md")  # fmt: skip
+    assert text.startswith(prbody.workload_marker(state))
+    assert "## What must be edited by hand" in text
+    assert "- charts/report-api/templates/deployment.yaml: set the memory limit to 144Mi" in text
+    assert "the limit is computed by the template" in text
+    assert "changes **no manifest**" in text and "`.aifixer/hand-edits/x.md`" in text
+    assert f"`{MEMORY}`: `64Mi` → `144Mi`" in text  # the verified live change
+    for heading in ("## Diagnosis", "## Evidence", "## Verification", "## Incident"):
+        assert heading in text
+    assert "```diff" not in text and "## Change\n" not in text
+    assert token not in text and prbody.REDACTED in text
+    note = prbody.hand_edit_note(state, "the limit is computed by the template", edits)
+    assert "delete this file" in note and edits[0] in note and token not in note
+
+
+def test_every_body_names_its_workload_for_a_later_incident_to_supersede():
+    state = make_state()
+    w = state.incident.workload
+    marker = f"<!-- aifixer-workload: {w.cluster}/{w.namespace}/Deployment/{w.name} -->"
+    assert prbody.body(state, DIFF, "f.yaml").startswith(marker + "\n")

@@ -956,3 +956,150 @@ def test_label_cpu_level_rides_out_a_cluster_outage_and_refuses_non_ids(ctx, mon
     outage["left"] = tasks.MAX_RETRIES + 1
     assert tasks.label_cpu_level.apply(args=["shop/web-1"]).get() == "failed"
     assert len(patches) == 1
+
+
+# -- a change rendering cannot prove: a draft pull request and a call -------------------
+
+UNPROVEN = (
+    "no edit of charts/web renders the fix: the limit is computed by the template",
+    ["charts/web/templates/deployment.yaml: set resources.limits.memory of container app"],
+)
+
+
+def test_an_unproven_change_opens_a_draft_and_calls_once(ctx):
+    iid = open_incident(ctx)
+    ctx.forge.unproven = UNPROVEN
+    state = run(ctx, iid)
+    assert state.verification.ok and ctx.kube.image == GOOD  # the verified fix stays live
+    assert state.pull_request.draft and state.pull_request.created
+    assert ctx.forge.drafts == {state.pull_request.branch: UNPROVEN}
+    assert state.outcome == "called"  # not `fixed`: it is not in Git
+    assert f"draft pull request #{state.pull_request.number}" in state.pr_error
+    assert "computed by the template" in state.pr_error
+    assert len(ctx.phone.dialled) == 1
+    assert "draft that needs a hand edit" in state.speech and "live" in state.speech
+    assert state.closed_at is not None
+    assert ctx.store.lock_holder("app", "shop", "web") is None  # not left open
+
+    for name in ("open_pr", "call_oncall", "finalize"):  # redeliveries
+        getattr(tasks, name).apply(args=[iid])
+    again = ctx.store.load(iid)
+    assert len(ctx.phone.dialled) == 1 and len(ctx.forge.prs) == 1
+    assert ctx.forge.calls["open_draft_pr"] == 1
+    assert again.pull_request == state.pull_request and again.outcome == "called"
+
+
+def test_a_draft_opened_before_a_crash_is_found_recorded_and_called_once(ctx):
+    iid = open_incident(ctx)
+    ctx.forge.unproven = UNPROVEN
+    for name in ("apply", "verify"):
+        getattr(tasks, name).apply(args=[iid])
+    # A worker opened the draft and died before recording it.
+    pipeline.open_pr(ctx, ctx.store.load(iid))
+    assert ctx.store.load(iid).pull_request is None
+
+    tasks.open_pr.apply(args=[iid])  # the redelivery
+    tasks.open_pr.apply(args=[iid])
+    tasks.call_oncall.apply(args=[iid])
+    tasks.finalize.apply(args=[iid])
+
+    state = ctx.store.load(iid)
+    assert state.pull_request.draft and not state.pull_request.created
+    assert "draft pull request #1" in state.pr_error
+    assert len(ctx.forge.prs) == 1 and ctx.forge.calls["open_draft_pr"] == 1
+    assert len(ctx.phone.dialled) == 1
+    assert state.outcome == "called"
+
+
+def test_a_draft_the_forge_refuses_is_a_failed_pull_request_and_still_calls(ctx):
+    iid = open_incident(ctx)
+    ctx.forge.unproven = UNPROVEN
+    ctx.forge.fail("open_draft_pr", PermanentError("github", "403 token refused"), times=99)
+    state = run(ctx, iid)
+    assert state.pull_request is None and "403" in state.pr_error
+    assert state.outcome == "called" and len(ctx.phone.dialled) == 1
+    assert "not in Git" in state.speech
+
+
+# -- what became of the pull request ----------------------------------------------------
+
+
+def test_a_merged_pull_request_is_recorded_with_its_merge_time(ctx):
+    merged_iid, open_iid = open_incident(ctx), None
+    merged = run(ctx, merged_iid)
+    assert merged.outcome == "fixed" and merged.pull_request.state == "open"
+    ctx.kube.person_sets_image(BAD)
+    ctx.store.redis.delete(ctx.store.key("done", merged.incident.fingerprint))
+    open_iid = open_incident(ctx)
+    assert run(ctx, open_iid).outcome == "fixed"
+    when = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    ctx.forge.merge(merged.pull_request.number, when)
+
+    assert tasks.check_pull_requests.apply().get() == 1
+
+    state = ctx.store.load(merged_iid)
+    assert state.pull_request.state == "merged" and state.pull_request.merged_at == when
+    assert state.outcome == "fixed" and state.closed_at == merged.closed_at
+    assert ctx.store.load(open_iid).pull_request.state == "open"
+    lines = (ctx.settings.incidents_file).read_text().splitlines()
+    assert '"merged_at":"2030-01-02T03:04:05Z"' in lines[-1]
+    # Recorded once: the next round asks the forge about the open one only.
+    asked = ctx.forge.calls["pull_state"]
+    assert tasks.check_pull_requests.apply().get() == 0
+    assert ctx.forge.calls["pull_state"] == asked + 1
+
+
+def test_a_pull_request_closed_unmerged_is_recorded_and_old_incidents_are_not_asked(ctx):
+    iid = open_incident(ctx)
+    state = run(ctx, iid)
+    when = datetime(2030, 1, 2, tzinfo=UTC)
+    ctx.forge.close(state.pull_request.number, when)
+    assert tasks.check_pull_requests.apply().get() == 1
+    ref = ctx.store.load(iid).pull_request
+    assert (ref.state, ref.closed_at, ref.merged_at) == ("closed", when, None)
+
+    ctx.kube.person_sets_image(BAD)
+    ctx.store.redis.delete(ctx.store.key("done", state.incident.fingerprint))
+    old = open_incident(ctx)
+    run(ctx, old)
+    ctx.settings.pr_check_days = 1e-9  # closed longer ago than the check looks back
+    asked = ctx.forge.calls["pull_state"]
+    assert tasks.check_pull_requests.apply().get() == 0
+    assert ctx.forge.calls["pull_state"] == asked
+    assert ctx.store.pulls_to_check(10) == []
+
+
+def test_the_pull_request_check_is_bounded_and_takes_turns(ctx):
+    ids = []
+    for _ in range(3):
+        iid = open_incident(ctx)
+        state = run(ctx, iid)
+        ids.append(iid)
+        ctx.kube.person_sets_image(BAD)
+        ctx.store.redis.delete(ctx.store.key("done", state.incident.fingerprint))
+    ctx.settings.pr_check_max = 2
+    tasks.check_pull_requests.apply()
+    tasks.check_pull_requests.apply()
+    assert ctx.forge.calls["pull_state"] == 4
+    assert set(ctx.store.pulls_to_check(10)) == set(ids)  # all still open, each asked
+
+
+def test_aifixer_incidents_shows_what_became_of_each_pull_request(ctx, monkeypatch):
+    from click.testing import CliRunner
+
+    from aifixer import cli
+
+    iid = open_incident(ctx)
+    state = run(ctx, iid)
+    ctx.forge.merge(state.pull_request.number, datetime(2030, 1, 2, 3, 4, tzinfo=UTC))
+    tasks.check_pull_requests.apply()
+    ctx.kube.person_sets_image(BAD)
+    ctx.store.redis.delete(ctx.store.key("done", state.incident.fingerprint))
+    ctx.forge.unproven = UNPROVEN
+    run(ctx, open_incident(ctx))
+    monkeypatch.setattr(pipeline, "Context", lambda: ctx)
+
+    out = CliRunner().invoke(cli.main, ["incidents"], terminal_width=250).output
+
+    assert "https://forge.example/pr/1 (merged 2030-01-02 03:04)" in out
+    assert "https://forge.example/pr/2 (draft: needs a hand edit)" in out
