@@ -62,6 +62,7 @@ CSP = (
 
 # Raw HTML off (it is shown as text), images off (no fetch when the page opens).
 _MARKDOWN = MarkdownIt("commonmark", {"html": False}).disable("image")
+_COMMENT_LINE = re.compile(r"^[ \t]*<!--(?:(?!-->)[^\n])*-->[ \t]*(?:\n|$)", re.M)
 
 
 class CollectError(RuntimeError):
@@ -222,8 +223,12 @@ def t(value: Any, limit: int | None = None) -> str:
 
 
 def markdown(text: str) -> str:
-    """A pull request body as HTML: raw HTML in it stays text, images are not loaded."""
-    text = redact(text)
+    """A pull request body as HTML: raw HTML in it stays text, images are not loaded.
+
+    A line that is one HTML comment (a marker for machines, which GitHub hides) is left
+    out; any other HTML is shown as the text it is.
+    """
+    text = _COMMENT_LINE.sub("", redact(text))
     if len(text) > MAX_BODY:
         text = text[:MAX_BODY] + "\n\n… (cut)"
     return _MARKDOWN.render(text)

@@ -395,3 +395,58 @@ def test_an_unfinished_incident_shows_where_it_stands():
     state.stage = "taken over"
     stages = [s["stage"] for s in timeline.passed(state)]
     assert stages[-2:] == ["verified", "taken over"]
+
+
+def test_a_comment_line_is_left_out_of_the_body_and_any_other_html_shown():
+    html_out = report.markdown("<!-- aifixer-workload: app/shop/review-api -->\nFixed <!-- x -->\n")
+    assert "aifixer-workload" not in html_out
+    assert [e.text for e in parse(html_out) if e.tag == "p"] == ["Fixed <!-- x -->"]
+
+
+def test_a_monitoring_scenario_shows_its_levels_decisions_and_plot(tmp_path):
+    from PIL import Image
+
+    plot = tmp_path / "scaling-shop-search.png"
+    Image.new("RGB", (8, 4), (9, 105, 218)).save(plot)
+    decisions = [
+        {"at": 1_796_000_000 + i * 10, "mode": "apply", "history_samples": 100,
+         "current_cores": 0.5, "peak_cores": 1.2, "replicas_before": before,
+         "replicas_after": after, "reason": HOSTILE[0]}
+        for i, (before, after) in enumerate([(2, 2), (2, 4), (4, 4), (4, 2)])
+    ]  # fmt: skip
+    entry = {
+        "name": "forecast-scaling-search",
+        "description": "hourly rhythm",
+        "expect": "scaling",
+        "report": {
+            "model": "stub",
+            "complete": True,
+            "duration_s": 90.0,
+            "levels": [
+                {
+                    "namespace": "shop",
+                    "deployment": "checkout",
+                    "pod": "checkout-1",
+                    "values": ["low", "high", "low"],
+                }
+            ],
+            "scaling": {"shop/search": decisions},
+            "missing": [],
+        },  # fmt: skip
+        "states": [],
+        "plots": [plot],
+        "problems": [],
+        "pulls": [],
+        "calls": [],
+        "call_file": [],
+    }
+    elements = parse(report.render([entry], T0))
+    assert [e.text for e in select(elements, "span", "level")] == ["low", "high", "low"]
+    [table] = select(elements, "table", "decisions")
+    rows = [e for e in elements if e.tag == "tr" and table in e.ancestors][1:]
+    assert [r.text.count("→") for r in rows] == [1, 1]  # the two that changed the replicas
+    assert "2 → 4" in rows[0].text and "4 → 2" in rows[1].text
+    assert HOSTILE[0] in rows[0].text
+    [img] = select(elements, "img", "plot")
+    assert img.attrs["src"].startswith("data:image/png;base64,iVBORw0KGgo")
+    assert "reached" in "".join(e.text for e in select(elements, "table", "summary"))
