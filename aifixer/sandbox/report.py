@@ -96,6 +96,7 @@ def pull_requests(api: str, repo: str, token: str) -> list[dict[str, Any]]:
                 "title": pr.get("title") or "",
                 "body": pr.get("body") or "",
                 "state": pr.get("state"),
+                "draft": bool(pr.get("draft")),
                 "url": pr.get("html_url"),
                 "head": (pr.get("head") or {}).get("ref"),
                 "base": (pr.get("base") or {}).get("ref"),
@@ -181,11 +182,18 @@ class DemoReport:
             "plots": [],
             "problems": [],
         }
-        try:
-            entry["pulls"] = pull_requests(ep.github_api, ep.gitops_repo, ep.github_token)
-        except CollectError as exc:
-            entry["pulls"] = []
-            entry["problems"].append(f"pull requests not read: {exc}")
+        repos = {ep.gitops_repo} | {
+            s.pull_request.repo for s in states if s.pull_request and s.pull_request.repo
+        }
+        entry["gitops_repo"] = ep.gitops_repo
+        entry["pulls"] = []
+        for repo in sorted(repos):
+            try:
+                found = pull_requests(ep.github_api, repo, ep.github_token)
+            except CollectError as exc:
+                entry["problems"].append(f"pull requests of {repo} not read: {exc}")
+                continue
+            entry["pulls"] += [{**pr, "repo": repo} for pr in found]
         try:
             entry["calls"] = phone_calls(
                 ep.twilio_base, self.out_dir / AUDIO_DIR / slug, f"{AUDIO_DIR}/{slug}"
@@ -447,7 +455,8 @@ def _pull_request(pr: dict[str, Any]) -> str:
         for f in pr["files"]
     )
     return (
-        f'<section class="pr" data-pr="{t(pr["number"])}"><h4>Pull request #{t(pr["number"])}: '
+        f'<section class="pr" data-pr="{t(pr["number"])}"><h4>'
+        f"{'Draft pull request' if pr.get('draft') else 'Pull request'} #{t(pr['number'])}: "
         f'{t(pr["title"], 300)}</h4><p class="note">{t(pr["head"])} → {t(pr["base"])} · '
         f"{t(pr['state'])} · {t(pr['url'])}</p>"
         f'<div class="columns"><div class="pr-body">{markdown(pr["body"])}</div>'
@@ -543,8 +552,12 @@ def _line_incident(line: str) -> str | None:
 
 def _incident(entry: dict[str, Any], state: IncidentState, anchor: str) -> str:
     inc = state.incident
-    pr_number = state.pull_request.number if state.pull_request else None
-    pulls = [p for p in entry["pulls"] if p["number"] == pr_number]
+    ref = state.pull_request
+    pulls = []
+    if ref is not None:
+        repo = ref.repo or entry.get("gitops_repo")
+        pulls = [p for p in entry["pulls"]
+                 if p["number"] == ref.number and p.get("repo", repo) == repo]  # fmt: skip
     return (
         f'<article class="incident" id="{anchor}" data-incident="{t(inc.id)}">'
         f"<h3>{t(inc.workload.key)} {_badge(state.outcome)} "
@@ -629,7 +642,8 @@ def _summary(scenarios: list[dict[str, Any]]) -> str:
                 else ""
             )
             if s.pull_request:
-                where = f"PR #{s.pull_request.number}"
+                draft = "draft " if s.pull_request.draft else ""
+                where = f"{draft}PR #{s.pull_request.number}"
             else:
                 where = ", ".join("yes" if c.can_intervene else "no" for c in s.calls)
                 where = f"calls: {where}" if where else "-"

@@ -71,7 +71,8 @@ def passed(state: IncidentState) -> list[dict[str, Any]]:
         add(stage, took, _since(state, v.checked_at), v.reason)
     if state.pull_request is not None:
         pr = state.pull_request
-        add(f"pull request #{pr.number} opened", t.get("open_pr"), detail=pr.branch)
+        kind = "draft pull request" if pr.draft else "pull request"
+        add(f"{kind} #{pr.number} opened", t.get("open_pr"), detail=pr.branch)
     if state.pr_error is not None:
         add("pull request failed", detail=state.pr_error)
     if state.error is not None:

@@ -450,3 +450,19 @@ def test_a_monitoring_scenario_shows_its_levels_decisions_and_plot(tmp_path):
     [img] = select(elements, "img", "plot")
     assert img.attrs["src"].startswith("data:image/png;base64,iVBORw0KGgo")
     assert "reached" in "".join(e.text for e in select(elements, "table", "summary"))
+
+
+def test_a_draft_pull_request_is_named_so():
+    state = _state()
+    state.pull_request = state.pull_request.model_copy(update={"draft": True, "repo": "acme/apps"})
+    assert "draft pull request #7 opened" in [s["stage"] for s in timeline.passed(state)]
+    entry = _entry(state)
+    entry["gitops_repo"] = "acme/gitops"
+    pulls = entry["pulls"]
+    entry["pulls"] = [{**pulls[0], "repo": "acme/gitops", "title": "another repository's #7"},
+                      {**pulls[0], "repo": "acme/apps", "draft": True}]  # fmt: skip
+    elements = parse(report.render([entry], T0))
+    [pr] = select(elements, "section", "pr")
+    heading = next(e.text for e in elements if e.tag == "h4" and pr in e.ancestors)
+    assert heading.startswith("Draft pull request #7: ") and "another" not in heading
+    assert "draft PR #7" in "".join(e.text for e in select(elements, "table", "summary"))
