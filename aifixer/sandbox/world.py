@@ -29,6 +29,7 @@ import yaml
 from aiohttp import web
 
 from . import forge as forge_mod
+from . import gitops as gitops_mod
 from . import hpa as hpa_mod
 from . import loki as loki_mod
 from . import metrics as metrics_mod
@@ -185,6 +186,7 @@ class World:
         )
         self.sites: dict[str, Site] = {}
         self.endpoints: Endpoints | None = None
+        self.gitops: list[gitops_mod.ArgoController | gitops_mod.FluxController] = []
         self._thread: LoopThread | None = None
 
     def _image(self, ref: str):
@@ -229,8 +231,36 @@ class World:
         """Every pull request with its diff, for `aifixer sandbox prs`."""
         return web.json_response(await self.forge.prs())
 
+    async def start_gitops(
+        self, controller: str, **options: Any
+    ) -> gitops_mod.ArgoController | gitops_mod.FluxController:
+        """Install the GitOps controllers' CRDs and start one: "argocd" (an Argo CD-like
+        controller of Applications) or "flux" (Flux-like GitRepositories and
+        Kustomizations). `options` go to the controller (self_heal_seconds, …)."""
+        if controller not in ("argocd", "flux"):
+            raise WorldError(f"unknown GitOps controller {controller!r}: argocd or flux")
+        gitops_mod.install_crds(self.cluster.store)
+        workdir = self.state_dir / "gitops" / controller
+        kube_url = lambda: self.sites["kubernetes"].url  # noqa: E731
+        c: gitops_mod.ArgoController | gitops_mod.FluxController
+        if controller == "argocd":
+            self.cluster.ensure_namespace(gitops_mod.ARGO_NAMESPACE)
+            c = gitops_mod.ArgoController(
+                self.cluster.store, self.clock, kube_url, workdir, **options
+            )
+        else:
+            self.cluster.ensure_namespace(gitops_mod.FLUX_NAMESPACE)
+            c = gitops_mod.FluxController(
+                self.cluster.store, self.clock, kube_url, workdir, **options
+            )
+        c.start()
+        self.gitops.append(c)
+        return c
+
     async def astop(self) -> None:
         try:
+            for controller in self.gitops:
+                await controller.stop()
             await self.hpa.stop()
             await self.metrics.stop()
             await self.phone.close()
