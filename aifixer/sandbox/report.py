@@ -771,8 +771,8 @@ border-radius:6px;overflow:auto}
 .log-line{font-size:12px;white-space:pre-wrap;overflow-wrap:anywhere}
 .log-line .ts{color:#8b949e}.log-line .pod{color:#79c0ff}
 .log-line code{color:#e6edf3}
-.pr-body{border:1px solid var(--line);border-radius:6px;padding:4px 14px;overflow:auto;
-max-height:640px}
+.pr-body{border:1px solid var(--line);border-radius:6px;padding:4px 14px;overflow:auto}
+.pr-files{position:sticky;top:8px;align-self:start}
 .pr-body h2{font-size:16px;margin:14px 0 6px;border-bottom:1px solid var(--line)}
 .pr-body blockquote{margin:6px 0;padding:0 10px;border-left:3px solid var(--line);
 color:var(--muted)}
