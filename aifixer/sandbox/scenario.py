@@ -3,8 +3,9 @@
 This format is a contract that other tools write files for, so the keys and their
 meanings are fixed (new optional keys may be added). A scenario names the images the
 sandbox registry holds and how each behaves, the healthy starting manifests (applied to
-the cluster and committed to the GitOps repository), an optional bad `change`, the
-on-call people and how each answers, and the outcome the farm should reach.
+the cluster and committed to the GitOps repository, or synced from it by a GitOps
+controller: see `GitOps`), an optional bad `change`, the on-call people and how each
+answers, and the outcome the farm should reach.
 
 Loading validates strictly: an unknown key is an error naming the key and the file,
 never silently ignored, because a typo in a scenario would otherwise test nothing.
@@ -204,7 +205,32 @@ class Expect(_Strict):
 
 
 class GitOps(_Strict):
+    """The team's GitOps repository and, optionally, the controller that keeps the cluster
+    equal to it (aifixer.sandbox.gitops).
+
+    Without `controller`, the manifests (and later the `change`) are applied directly and
+    committed: the repository only records them. With `controller: argocd`, an Argo
+    CD-like Application (namespace argocd, named after the scenario) syncs `path` of the
+    default branch automatically, reverting drift of live objects after
+    `self_heal_seconds` (simulated) when `self_heal`, deleting objects gone from Git when
+    `prune`; with `controller: flux`, a GitRepository and a Kustomization (namespace
+    flux-system, named after the scenario) apply it every `interval_seconds`. Either
+    way the `change` is then only committed, and the controller rolls it out.
+    """
+
     repo: str = "acme/gitops"  # owner/name in the forge
+    controller: Literal["argocd", "flux"] | None = None
+    # The directory the controller syncs; default: that of the first manifest.
+    path: str = ""
+    self_heal: bool = True
+    prune: bool = False
+    self_heal_seconds: float = Field(default=3.0, ge=0)
+    interval_seconds: float = Field(default=60.0, gt=0)
+
+    def sync_path(self, manifests: list[ManifestFile]) -> str:
+        if self.path or not manifests:
+            return self.path.strip("/") or "."
+        return str(Path(manifests[0].path).parent)
 
 
 DEFAULT_NODES = (Node(name="node-1"),)
@@ -291,6 +317,12 @@ def bundled() -> list[Path]:
 def bundled_monitoring() -> list[Path]:
     """The CPU-level and forecast-scaling scenarios (tests/scenarios/monitoring)."""
     return sorted((bundled_dir() / "monitoring").glob("*.yaml"))
+
+
+def bundled_gitops() -> list[Path]:
+    """Scenarios whose workloads a GitOps controller manages (tests/scenarios/gitops); not
+    yet among those the farm must bring to their outcome."""
+    return sorted((bundled_dir() / "gitops").glob("*.yaml"))
 
 
 def bundled_injection() -> list[Path]:

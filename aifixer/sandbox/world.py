@@ -286,7 +286,10 @@ class World:
             await self.forge.open_repo(owner, name, manifests, message)
         else:
             await self.forge.create_repo(owner, name, manifests, message)
-        await self.apply(sc.manifests)
+        if sc.gitops.controller:
+            await self._sync_from_git(sc)
+        else:
+            await self.apply(sc.manifests)
         if sc.change:
             # A scenario with a change starts healthy and is broken by it; one without
             # a change is broken from its first deployment (there is no good revision).
@@ -302,7 +305,66 @@ class World:
         await self.forge.commit(
             owner, name, _files(sc.change), f"Update {', '.join(m.path for m in sc.change)}"
         )
-        await self.apply(sc.change)
+        if not sc.gitops.controller:  # else the controller rolls the commit out
+            await self.apply(sc.change)
+
+    async def _sync_from_git(self, sc: Scenario) -> None:
+        """Start the scenario's GitOps controller and hand it the repository's path: an
+        Application (argocd) or a GitRepository and a Kustomization (flux)."""
+        g = sc.gitops
+        store = self.cluster.store
+        url = f"{self.sites['forge'].url}/{g.repo}.git"
+        path = g.sync_path(sc.manifests)
+        namespaces = [
+            (d.get("metadata") or {}).get("namespace") or "default"
+            for mf in sc.manifests
+            for d in mf.documents()
+        ]
+        for ns in namespaces:
+            self.cluster.ensure_namespace(ns)
+        if g.controller == "argocd":
+            await self.start_gitops("argocd", self_heal_seconds=g.self_heal_seconds)
+            res = store.custom.by_kind("argoproj.io/v1alpha1", "Application")
+            store.create(
+                res,
+                {
+                    "metadata": {"name": sc.name, "namespace": gitops_mod.ARGO_NAMESPACE},
+                    "spec": {
+                        "project": "default",
+                        "source": {"repoURL": url, "path": path, "targetRevision": "main"},
+                        "destination": {
+                            "server": "https://kubernetes.default.svc",
+                            "namespace": namespaces[0] if namespaces else "default",
+                        },
+                        "syncPolicy": {
+                            "automated": {"selfHeal": g.self_heal, "prune": g.prune},
+                            "syncOptions": ["CreateNamespace=true"],
+                        },
+                    },
+                },
+            )
+        else:
+            await self.start_gitops("flux")
+            ns, interval = gitops_mod.FLUX_NAMESPACE, f"{g.interval_seconds:g}s"
+            store.create(
+                store.custom.by_kind("source.toolkit.fluxcd.io/v1", "GitRepository"),
+                {
+                    "metadata": {"name": sc.name, "namespace": ns},
+                    "spec": {"url": url, "ref": {"branch": "main"}, "interval": interval},
+                },
+            )
+            store.create(
+                store.custom.by_kind("kustomize.toolkit.fluxcd.io/v1", "Kustomization"),
+                {
+                    "metadata": {"name": sc.name, "namespace": ns},
+                    "spec": {
+                        "interval": interval,
+                        "path": f"./{path}",
+                        "prune": g.prune,
+                        "sourceRef": {"kind": "GitRepository", "name": sc.name},
+                    },
+                },
+            )
 
     async def apply(self, files: list[ManifestFile]) -> None:
         """Server-side apply every document over HTTP, as `kubectl apply --server-side` would."""

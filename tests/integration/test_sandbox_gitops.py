@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from aifixer.sandbox import gitops
+from aifixer.sandbox import gitops, scenario
 from aifixer.sandbox.scenario import Node
 from aifixer.sandbox.world import World
 from tests.integration.test_forge import github_client
@@ -470,3 +470,58 @@ def test_flux_applies_corrects_drift_and_honours_suspend(env_factory):
     wait_for("the resume", lambda: image_of(env, "web", "default") == "shop/web:2.0", timeout=20)
     new = env.branch_sha()
     wait_for("the revision", lambda: ks_status(env)["lastAppliedRevision"] == f"main@sha1:{new}")
+
+
+# -- scenarios ----------------------------------------------------------------------------------
+
+
+def test_bundled_argocd_scenario_is_synced_from_git_and_self_heals(tmp_path):
+    (path,) = [
+        p for p in scenario.bundled_gitops() if p.name == "argocd-image-typo-storefront.yaml"
+    ]
+    sc = scenario.load(path)
+    assert sc.gitops.controller == "argocd"
+    assert path not in scenario.bundled()  # not yet among the outcomes the farm must reach
+    with World(sc, tmp_path / "state", speed=SPEED) as world:
+        ep = world.start()
+        api = config.new_client_from_config(config_file=ep.kubeconfig)
+        env = Env(world, api, Path(ep.kubeconfig), tmp_path)
+        try:
+            app = env.objects.get_namespaced_custom_object(
+                "argoproj.io", "v1alpha1", "argocd", "applications", sc.name
+            )
+            assert app["spec"]["source"]["path"] == "clusters/prod/storefront"
+            assert app["spec"]["syncPolicy"]["automated"]["selfHeal"] is True
+            # The bad change was only committed: the controller rolled it out.
+            wait_for(
+                "the change synced",
+                lambda: image_of(env, "storefront", "web") == "web/storefront:3.1.O",
+            )
+            sha = env.branch_sha()
+            wait_for("the revision", lambda: app_status(env, sc.name)["sync"]["revision"] == sha)
+            # A fix made only live is reverted after the self-heal delay.
+            env.apps.patch_namespaced_deployment(
+                "storefront", "web",
+                {"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "web/storefront:3.1.0"}]}}}},
+            )  # fmt: skip
+            changed = time.monotonic()
+            wait_for(
+                "the revert",
+                lambda: image_of(env, "storefront", "web") == "web/storefront:3.1.O",
+                timeout=20,
+            )
+            assert (time.monotonic() - changed) * SPEED >= sc.gitops.self_heal_seconds * 0.9
+        finally:
+            api.close()
+
+
+def test_scenario_gitops_controller_is_validated(tmp_path):
+    text = (
+        (scenario.bundled_gitops()[0])
+        .read_text()
+        .replace("controller: argocd", "controller: spinnaker")
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(scenario.ScenarioError, match="gitops.controller"):
+        scenario.load(bad)
