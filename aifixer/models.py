@@ -1,7 +1,8 @@
 """The records aifixer passes between its stages and keeps about each incident.
 
 Every record is strict (`extra="forbid"`): a field a stage does not know is a bug to
-surface, not data to carry silently. They travel through Celery as JSON
+surface, not data to carry silently — except in a record read back from Redis, whose
+fields a newer version of the farm may have added (`STORED`). They travel through Celery as JSON
 (`model_dump(mode="json")`) and are validated again on arrival. Kubernetes objects
 stay plain dicts (`Manifest`): they are the API server's data, kept whole.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 Manifest = dict[str, Any]
 
@@ -33,8 +34,22 @@ FailureClass = Literal[
 Outcome = Literal["fixed", "called", "rejected", "error", "recovered"]
 
 
+# Validation context for a record read back from Redis (`Store.load`): fields a newer
+# farm version added are dropped instead of refused, so during a rolling upgrade a
+# worker of the previous version still loads, and finishes, an incident a newer one
+# saved. Everything else stays strict.
+STORED = {"stored": True}
+
+
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _newer_fields_of_a_stored_record(cls, data: Any, info: ValidationInfo) -> Any:
+        if info.context == STORED and isinstance(data, dict):
+            return {k: v for k, v in data.items() if k in cls.model_fields}
+        return data
 
 
 class Workload(Record):

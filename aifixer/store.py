@@ -41,7 +41,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 import redis as redis_lib
 
 from .adapters.errors import TransientError
-from .models import CallRecord, IncidentState, Manifest, Snapshot
+from .models import STORED, CallRecord, IncidentState, Manifest, Snapshot
 
 PREFIX = "aifixer:"
 _INCIDENT_ID = re.compile(r"[0-9a-f]{16}-[0-9]{13}")  # fingerprint-openedms, see models
@@ -179,10 +179,10 @@ class Store:
         raw = self.redis.get(self.key("incident", incident_id))
         if not raw:
             return None
-        state = IncidentState.model_validate_json(raw)
+        state = IncidentState.model_validate_json(raw, context=STORED)
         calls: dict[str, CallRecord] = {}
         for item in self.redis.lrange(self.key("calls", incident_id), 0, -1):
-            call = CallRecord.model_validate_json(item)
+            call = CallRecord.model_validate_json(item, context=STORED)
             calls[call.call_sid or f"attempt-{call.attempt}"] = call
         state.calls = sorted(calls.values(), key=lambda c: c.attempt)
         return state
@@ -249,12 +249,12 @@ class Store:
         if self.redis.set(key, snapshot.model_dump_json(), nx=True, ex=KEEP_S):
             return snapshot
         # The SET NX was refused: the first snapshot is there.
-        return Snapshot.model_validate_json(cast("str", self.redis.get(key)))
+        return Snapshot.model_validate_json(cast("str", self.redis.get(key)), context=STORED)
 
     @_translated
     def snapshot(self, incident_id: str) -> Snapshot | None:
         raw = self.redis.get(self.key("snapshot", incident_id))
-        return None if raw is None else Snapshot.model_validate_json(raw)
+        return None if raw is None else Snapshot.model_validate_json(raw, context=STORED)
 
     @_translated
     def take_call_slot(self, incident_id: str, number: str, per_hour: int) -> bool:

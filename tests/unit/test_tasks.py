@@ -528,6 +528,25 @@ def test_a_save_over_a_newer_record_is_refused(ctx):
     assert ctx.store.load(iid).error == "watchdog: stalled"
 
 
+def test_a_record_a_newer_farm_saved_is_loaded_and_finished_by_this_one(ctx):
+    """A rolling upgrade: fields this version does not know are dropped on load only."""
+    import json
+
+    from aifixer.models import IncidentState
+
+    iid = open_incident(ctx)
+    tasks.apply.apply(args=[iid])
+    key = ctx.store.key("incident", iid)
+    raw = json.loads(ctx.store.redis.get(key))
+    raw["added_later"] = {"x": 1}
+    raw["incident"]["workload"]["added_later"] = "y"
+    ctx.store.redis.set(key, json.dumps(raw))
+    with pytest.raises(ValueError, match="added_later"):
+        IncidentState.model_validate_json(json.dumps(raw))  # anything else stays strict
+    assert ctx.store.load(iid).stage == "applied"
+    assert run(ctx, iid).outcome == "fixed"
+
+
 def test_the_snapshot_is_taken_once(ctx):
     first = snapshot_of(ctx.kube.get_deployment("shop", "web"))
     ctx.kube.person_sets_image(HOTFIX)
