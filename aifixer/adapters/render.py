@@ -61,7 +61,10 @@ class Renderer:
         return self._run(system, setting, argv, root)
 
     def _run(self, system: str, setting: str, argv: list[str], cwd: Path) -> str:
-        exe = shutil.which(argv[0])
+        found = shutil.which(argv[0])
+        # Absolute: the tool runs from the checkout, where a relative PATH entry (or a
+        # relative setting) would name nothing.
+        exe = os.path.abspath(found) if found else None
         if exe is None:
             raise PermanentError(
                 system,

@@ -219,3 +219,16 @@ def test_a_kustomize_field_set_twice_at_once_is_unproven(renderer, kustomize_rep
         )
         == 8080
     )
+
+
+def test_the_tools_are_found_through_a_relative_path_entry(kustomize_repo, monkeypatch, tmp_path):
+    """`PATH=.venv/tools/bin:...`: the render runs in the checkout, the tool still found."""
+    from aifixer.settings import Settings
+    from tests.gitops_fixtures import KUBECTL
+
+    tools = Path(KUBECTL).resolve().parent
+    monkeypatch.chdir(tools.parent)
+    monkeypatch.setenv("PATH", f"{tools.name}:/usr/bin:/bin")
+    renderer = Renderer(Settings(_env_file=None, kubectl_bin="kubectl", helm_bin="helm"))
+    dep = deployment(renderer, kustomize_repo, layout_of(kustomize_repo, "overlays/prod"))
+    assert dep["metadata"]["name"] == "web"
