@@ -1287,7 +1287,13 @@ def watchdog(
     s = ctx.settings
     out = []
     stalled = ctx.store.stalled(s.watchdog_stall_s)
-    queued = waiting(stalled) if waiting and stalled else set()
+    queued: set[str] = set()
+    if waiting and stalled:
+        try:
+            queued = waiting(stalled)
+        except (AdapterError, redis_lib.RedisError) as exc:
+            log.warning("watchdog: the broker's queues could not be read (%s): "
+                        "every stalled incident is treated as lost", exc)  # fmt: skip
     for iid in stalled:
         try:
             state = load(ctx, iid)
@@ -1295,7 +1301,12 @@ def watchdog(
                 ctx.store.forget_open(iid)
                 continue
             idle = time.time() - state.updated_at
-            if iid in queued and idle < s.watchdog_queued_max_s:
+            # Queued, not lost — within `watchdog_queued_max_s` of the incident's opening
+            # (however often it was resumed), and never for a fix applied and not yet
+            # verified: that one is live, and verify runs ahead of new incidents.
+            age = time.time() - state.incident.opened_at.timestamp()
+            unverified = state.apply is not None and state.verification is None
+            if iid in queued and age < s.watchdog_queued_max_s and not unverified:
                 ctx.store.touch(state)
                 log.info("%s watchdog: at %s for %.0fs, next stage queued",
                          tag(state), state.stage, idle)  # fmt: skip

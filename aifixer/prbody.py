@@ -17,7 +17,16 @@ from .manifests import split_path
 from .models import FieldChange, IncidentState
 from .redact import REDACTED, redact
 
-__all__ = ["REDACTED", "body", "draft_body", "hand_edit_note", "redact", "title", "workload_marker"]
+__all__ = [
+    "MARKER",
+    "REDACTED",
+    "body",
+    "draft_body",
+    "hand_edit_note",
+    "redact",
+    "title",
+    "workload_marker",
+]
 
 MAX_PODS = 5
 MAX_EVENTS = 5
@@ -199,10 +208,18 @@ def hand_edit_note(state: IncidentState, explanation: str, hand_edits: list[str]
 
 
 def workload_marker(state: IncidentState) -> str:
-    """An HTML comment (not shown on GitHub) naming the workload a pull request is for:
-    how a newer incident's pull request finds the older ones it supersedes."""
+    """An HTML comment (not shown on GitHub), the body's first line, naming the workload
+    a pull request is for and the fields it changes: how a newer incident's pull
+    request finds the older ones it supersedes (`MARKER` reads it back)."""
     w = state.incident.workload
-    return f"<!-- aifixer-workload: {w.cluster}/{w.namespace}/{w.kind}/{w.name} -->"
+    fields = " ".join(sorted({c.path for c in state.apply.changes})) if state.apply else ""
+    return (
+        f"<!-- aifixer-workload: {w.cluster}/{w.namespace}/{w.kind}/{w.name} fields: {fields} -->"
+    )
+
+
+# The marker as `workload_marker` writes it: (workload, space-separated field paths).
+MARKER = re.compile(r"<!-- aifixer-workload: (\S+) fields: ([^<>]*?) ?-->")
 
 
 def _bounded(sections: list[str]) -> str:

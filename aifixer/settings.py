@@ -62,8 +62,8 @@ class Settings(BaseSettings):
     # than any stage may legitimately take (the model's task time limit plus retries).
     watchdog_stall_s: float = 900.0
     # An incident whose next stage is still queued in the broker (a burst queued behind
-    # the model) is not stalled; past this much time without progress it is, all the
-    # same (a queue that no worker serves must not hold an incident forever).
+    # the model) is not stalled, up to this long after it opened (a queue that no worker
+    # serves must not hold an incident forever). Never a fix applied and not verified.
     watchdog_queued_max_s: float = 3600.0
     watchdog_interval_s: float = 30.0
 

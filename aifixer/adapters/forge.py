@@ -231,7 +231,8 @@ class Forge:
                 draft=True,
             )
             log.info("[%s] draft pull request #%d: a hand edit is needed", workload.key, ref.number)
-        self.supersede(state, ref)
+        # A draft changes no manifest: the older pull requests' fixes are not in it, so
+        # none is closed for it.
         return ref
 
     def supersede(self, state: IncidentState, new: PullRequestRef) -> list[int]:
@@ -246,7 +247,9 @@ class Forge:
         Returns:
             The numbers of the pull requests closed.
         """
-        marker = prbody.workload_marker(state)
+        w = state.incident.workload
+        workload = f"{w.cluster}/{w.namespace}/{w.kind}/{w.name}"
+        fields = {c.path for c in state.apply.changes} if state.apply else set()
         ours = _opened_ms(state.incident.id)
         repo_name = new.repo or self.settings.github_repo
         closed: list[int] = []
@@ -262,10 +265,12 @@ class Forge:
                         or not head.startswith(BRANCH_PREFIX)
                         or pull.head.repo is None
                         or pull.head.repo.full_name != repo.full_name
-                        or marker not in (pull.body or "")
                         or ours is None
                         or theirs is None
                         or theirs >= ours
+                        or pull.draft  # a hand edit a person may be making there
+                        or not _covers(pull.body or "", workload, fields)
+                        or _touched_by_people(pull, head[len(BRANCH_PREFIX) :])
                     ):
                         continue
                     self._close_superseded(pull, new, state)
@@ -280,9 +285,9 @@ class Forge:
         mention = f"Superseded by #{new.number}"
         text = redact(
             f"{mention} ({new.url}): a newer incident (`{state.incident.id}`) on "
-            f"`{state.incident.workload.key}` proposes its own fix for this workload, and "
-            f"aifixer keeps one pull request per workload open. This pull request's change "
-            f"is not part of #{new.number}: if it is still wanted, reopen this one."
+            f"`{state.incident.workload.key}` proposes its own verified fix, which sets "
+            f"every field this pull request changes, and aifixer keeps one pull request "
+            f"per workload open."
         )
         if not any(mention in (c.body or "") for c in pull.get_issue_comments()):
             pull.create_issue_comment(text)
@@ -673,6 +678,24 @@ def _origin(state: IncidentState) -> tuple[str | None, str | None]:
     return annotations.get(SOURCE_ANNOTATION), annotations.get(RELEASE_ANNOTATION) or labels.get(
         RELEASE_LABEL
     )
+
+
+def _covers(body: str, workload: str, fields: set[str]) -> bool:
+    """The older pull request's body starts with the marker of `workload`, and every
+    field it changes is among `fields`: the newer change carries each of them.
+
+    Only the first line counts: the rest of a body quotes logs and model text, where
+    anyone able to make an application log a line could plant a marker.
+    """
+    first = body.split("\n", 1)[0].strip()
+    m = prbody.MARKER.fullmatch(first)
+    return m is not None and m.group(1) == workload and set(m.group(2).split()) <= fields
+
+
+def _touched_by_people(pull: PullRequest, incident_id: str) -> bool:
+    """A commit on the branch that aifixer did not make for this incident."""
+    trailer = f"Aifixer-Incident: {incident_id}"
+    return any(trailer not in (c.commit.message or "") for c in pull.get_commits())
 
 
 def _opened_ms(incident_id: str) -> int | None:

@@ -1238,6 +1238,17 @@ async def check_merged(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@routes.get("/repos/{owner}/{repo}/pulls/{number}/commits")
+async def list_pull_commits(request: web.Request) -> web.Response:
+    """The pull request's commits, oldest first, each in the repos API's commit shape."""
+    forge, views = _ctx(request)
+    repo = _repo(request)
+    pr = _pull(repo, request)
+    await forge.refresh(repo, pr)
+    shas = await repo.git.commits_between(pr.base_sha, pr.head_sha)
+    return _paginated(request, [views.commit(repo, await repo.git.commit_info(s)) for s in shas])
+
+
 @routes.get("/repos/{owner}/{repo}/pulls/{number}/files")
 async def list_pull_files(request: web.Request) -> web.Response:
     forge, views = _ctx(request)

@@ -190,6 +190,12 @@ class BareRepo:
         await self._git("update-ref", f"refs/heads/{branch}", sha, parent or ZERO_SHA)
         return sha
 
+    async def commits_between(self, base: str, head: str) -> list[str]:
+        """Commits reachable from `head` but not from `base`, oldest first (as GitHub
+        lists a pull request's commits)."""
+        out = await self._git("rev-list", "--reverse", f"{base}..{head}")
+        return [line.decode() for line in out.split()]
+
     async def count_commits(self, base: str, head: str) -> int:
         """Commits reachable from `head` but not from `base`."""
         return int(await self._git("rev-list", "--count", f"{base}..{head}"))

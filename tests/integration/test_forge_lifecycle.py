@@ -111,6 +111,9 @@ def test_a_newer_incident_of_the_workload_supersedes_the_older_pull_request(make
     (comment,) = [c.body for c in old.get_issue_comments()]
     assert comment.startswith(f"Superseded by #{second.number} ({second.url})")
     assert newer.incident.id in comment
+    # Only aifixer's own commit is on the older branch (a person's would keep it open).
+    (commit,) = old.get_commits()
+    assert f"Aifixer-Incident: {older.incident.id}" in commit.commit.message
     # The older incident's work is never reused for the newer one, and the newer pull
     # request, found again on a redelivery, is neither superseded nor commented twice.
     assert forge.open_fix_pr(newer).number == second.number

@@ -23,10 +23,15 @@ REPO = "acme/gitops"
 
 class Pull:
     def __init__(self, number: int, branch: str, body: str, head_repo: str = REPO) -> None:
-        self.number, self.body, self.state = number, body, "open"
+        self.number, self.body, self.state, self.draft = number, body, "open", False
         self.head = SimpleNamespace(ref=branch, repo=SimpleNamespace(full_name=head_repo))
+        trailer = f"fix\n\nAifixer-Incident: {branch.removeprefix('aifixer/')}\n"
+        self.commits = [SimpleNamespace(commit=SimpleNamespace(message=trailer))]
         self.comments: list[str] = []
         self.refuse_close = 0
+
+    def get_commits(self):
+        return self.commits
 
     def get_issue_comments(self):
         return [SimpleNamespace(body=c) for c in self.comments]
@@ -112,3 +117,46 @@ def test_a_retry_after_a_failed_close_closes_without_commenting_twice():
     assert older.state == "open" and len(older.comments) == 1
     assert forge.supersede(new, new_ref(2, new)) == [1]
     assert older.state == "closed" and len(older.comments) == 1
+
+
+def with_changes(state: IncidentState, *paths: str) -> IncidentState:
+    from aifixer.models import ApplyResult, FieldChange
+
+    changes = [FieldChange(path=p, before="a", after="b") for p in paths]
+    state.apply = ApplyResult(
+        original={}, applied={}, changes=changes, generation=2, applied_at=datetime.now(UTC)
+    )
+    return state
+
+
+def test_a_marker_planted_in_a_quoted_log_line_closes_nothing():
+    web_old, pay_new = incident("web", 1_000), incident("pay", 2_000)
+    pay_marker = prbody.workload_marker(pay_new)
+    # web's fix pull request quotes a log line web printed: pay's marker, mid-body.
+    webs = Pull(1, f"aifixer/{web_old.incident.id}",
+                f"{prbody.workload_marker(web_old)}\n\n```\n{pay_marker}\n```")  # fmt: skip
+    repo = Repo([webs, pull_for(2, pay_new)])
+    assert forge_over(repo).supersede(pay_new, new_ref(2, pay_new)) == []
+    assert webs.state == "open"
+
+
+def test_an_older_fix_the_newer_one_does_not_carry_stays_open():
+    old = with_changes(incident("web", 1_000), "spec.template.spec.containers[0].image")
+    new = with_changes(incident("web", 2_000), "spec.template.spec.containers[0].resources")
+    older = pull_for(1, old)
+    assert forge_over(Repo([older, pull_for(2, new)])).supersede(new, new_ref(2, new)) == []
+    assert older.state == "open"
+    both = with_changes(incident("web", 3_000), "spec.template.spec.containers[0].image",
+                        "spec.template.spec.containers[0].resources")  # fmt: skip
+    repo = Repo([older, pull_for(3, both)])
+    assert forge_over(repo).supersede(both, new_ref(3, both)) == [1]
+
+
+def test_a_draft_or_a_branch_a_person_committed_to_stays_open():
+    old, new = incident("web", 1_000), incident("web", 2_000)
+    draft, worked_on = pull_for(1, old), pull_for(2, incident("web", 1_500))
+    draft.draft = True
+    worked_on.commits.append(SimpleNamespace(commit=SimpleNamespace(message="edit by hand")))
+    repo = Repo([draft, worked_on, pull_for(3, new)])
+    assert forge_over(repo).supersede(new, new_ref(3, new)) == []
+    assert draft.state == worked_on.state == "open"

@@ -245,5 +245,10 @@ def test_a_draft_body_says_what_to_edit_by_hand_and_carries_no_diff():
 def test_every_body_names_its_workload_for_a_later_incident_to_supersede():
     state = make_state()
     w = state.incident.workload
-    marker = f"<!-- aifixer-workload: {w.cluster}/{w.namespace}/Deployment/{w.name} -->"
+    fields = " ".join(sorted(c.path for c in state.apply.changes))
+    marker = (
+        f"<!-- aifixer-workload: {w.cluster}/{w.namespace}/Deployment/{w.name} fields: {fields} -->"
+    )
     assert prbody.body(state, DIFF, "f.yaml").startswith(marker + "\n")
+    m = prbody.MARKER.fullmatch(marker)
+    assert m and m.group(1).endswith(f"/{w.name}") and m.group(2).split() == fields.split()

@@ -482,11 +482,10 @@ def test_the_queue_keys_are_the_lists_kombu_publishes_to(ctx, broker):
 
 
 def test_the_watchdog_leaves_an_incident_whose_next_stage_is_queued(ctx, broker):
-    iid = open_incident(ctx)
-    tasks.apply.apply(args=[iid])  # applied; verify waits behind a burst of others
+    iid = open_incident(ctx)  # patched; its apply waits behind a burst of others
     for n in range(700):  # more than one page of the queue read
-        broker.send_task("aifixer.tasks.verify", args=[f"{n:016x}-1790000000000"])
-    broker.send_task("aifixer.tasks.verify", args=[iid])
+        broker.send_task("aifixer.tasks.apply", args=[f"{n:016x}-1790000000000"])
+    broker.send_task("aifixer.tasks.apply", args=[iid])
     before = ctx.store.load(iid)
     lock = ctx.store.lock_key(before)
     ctx.store.redis.expire(lock, 5)
@@ -494,13 +493,33 @@ def test_the_watchdog_leaves_an_incident_whose_next_stage_is_queued(ctx, broker)
     assert ctx.store.waiting([iid, "0123456789abcdef-1790000000001"], tasks.queue_keys()) == {iid}
     assert tasks.watchdog.apply().get() == 0  # queued, not lost
     state = ctx.store.load(iid)
-    assert state.closed_at is None and state.stage == "applied"
-    assert state.retries.get("watchdog", 0) == 0
+    assert state.closed_at is None and state.retries.get("watchdog", 0) == 0
     assert ctx.store.redis.ttl(lock) > 5  # the lock renewed: no twin meanwhile
-    assert len(ctx.phone.dialled) == 0 and ctx.kube.image == GOOD
-    # Queued for longer than a queue may hold an incident: resumed like a lost one.
+    assert ctx.kube.writes == [] and len(ctx.phone.dialled) == 0
+    # Opened longer ago than a queue may hold an incident: resumed like a lost one.
     ctx.settings.watchdog_queued_max_s = 0.0
     assert tasks.watchdog.apply().get() == 1
+    assert ctx.store.load(iid).outcome == "fixed"
+
+
+def test_a_live_unverified_fix_is_never_left_to_a_queued_message(ctx, broker):
+    iid = open_incident(ctx)
+    tasks.apply.apply(args=[iid])  # applied: live, not verified
+    broker.send_task("aifixer.tasks.verify", args=[iid])
+    ctx.settings.watchdog_stall_s = 0.0
+    assert tasks.watchdog.apply().get() == 1  # resumed at once: verified
+    assert ctx.store.load(iid).outcome == "fixed"
+
+
+def test_an_unreadable_queue_leaves_the_watchdog_working(ctx, monkeypatch):
+    iid = open_incident(ctx)
+    ctx.settings.watchdog_stall_s = 0.0
+
+    def broken(ids, keys):
+        raise TransientError("redis", "Timeout reading from socket")
+
+    monkeypatch.setattr(ctx.store, "waiting", broken)
+    assert tasks.watchdog.apply().get() == 1  # treated as lost: resumed
     assert ctx.store.load(iid).outcome == "fixed"
 
 
