@@ -57,6 +57,41 @@ MAX_TRIALS = 40
 
 LayoutKind = Literal["plain", "kustomize", "helm"]
 
+# Helm's rule for a release name: lowercase RFC 1123 labels joined by dots, at most 53
+# characters. The release reaches `helm template` from the live Deployment's annotation.
+_RELEASE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def valid_release(name: str) -> bool:
+    """Whether `name` is a Helm release name (nothing a tool could read as an option)."""
+    return len(name) <= 53 and bool(_RELEASE.match(name))
+
+
+def valid_namespace(name: str) -> bool:
+    """Whether `name` is a Kubernetes namespace name (an RFC 1123 label)."""
+    return len(name) <= 63 and bool(_NAMESPACE.match(name))
+
+
+def inside(root: Path, path: str) -> Path:
+    """`path` of the repository, resolved, and refused unless it stays inside `root`.
+
+    A path from the repository or a workload's annotation is refused when it is
+    absolute, when one of its parts starts with "-" (a tool would read it as an
+    option), or when it resolves (through "..", or a symbolic link) outside the checkout.
+
+    Raises:
+        SourceError: the path is refused.
+    """
+    root = root.resolve()
+    parts = Path(path).parts
+    if not path or Path(path).is_absolute() or any(p.startswith("-") for p in parts):
+        raise SourceError(f"{path!r} is not a path inside the repository: refused")
+    target = (root / path).resolve()
+    if not target.is_relative_to(root):
+        raise SourceError(f"{path} resolves outside the repository: refused")
+    return target
+
 
 class SourceError(ValueError):
     """The repository's layout cannot be read as asked (a broken kustomization...)."""
@@ -182,7 +217,7 @@ def layout_of(root: Path, path: str, *, release: str = "", namespace: str = "") 
     (that values file is given to `helm template` after values.yaml). Anything else: a
     plain manifest file.
     """
-    target = (root / path).resolve()
+    target = inside(root, path)
     rel = path.rstrip("/")
     if target.is_dir():
         if _kustomization(target) is not None:
@@ -941,8 +976,11 @@ def _find_workload(objs: list[Any], workload: Workload, layout: Layout) -> int |
 
 
 def _dirs(root: Path) -> Iterator[Path]:
+    """The directories of the repository a scan looks at: hidden ones and ones whose
+    name starts with "-" (a tool would read it as an option) left out."""
     for p in sorted(root.rglob("*")):
-        if p.is_dir() and not any(part.startswith(".") for part in p.relative_to(root).parts):
+        parts = p.relative_to(root).parts
+        if p.is_dir() and not any(part.startswith((".", "-")) for part in parts):
             yield p
     yield root
 

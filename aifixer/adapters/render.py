@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from aifixer.settings import Settings
-from aifixer.sources import Layout
+from aifixer.sources import Layout, SourceError, inside, valid_namespace, valid_release
 
 from .errors import PermanentError, TransientError, bounded
 
@@ -42,22 +42,35 @@ class Renderer:
             PermanentError: the tool is missing, or refuses the layout (its own words).
             TransientError: the render outlived AIFIXER_RENDER_TIMEOUT_S.
         """
+        if layout.kind not in ("kustomize", "helm"):
+            raise PermanentError("render", f"{layout.path} is a plain manifest: nothing to render")
+        system = layout.kind
+        root = root.resolve()
+        # Absolute paths checked to stay in the checkout, after "--": a name from the
+        # repository or an annotation is never read as an option of the tool.
+        path = str(_inside(system, root, layout.path))
         if layout.kind == "kustomize":
             if self.settings.kustomize_bin:
-                system, argv = "kustomize", [self.settings.kustomize_bin, "build", layout.path]
+                argv = [self.settings.kustomize_bin, "build", "--", path]
             else:
-                system, argv = "kustomize", [self.settings.kubectl_bin, "kustomize", layout.path]
+                argv = [self.settings.kubectl_bin, "kustomize", "--", path]
             setting = (
                 "AIFIXER_KUSTOMIZE_BIN" if self.settings.kustomize_bin else "AIFIXER_KUBECTL_BIN"
             )
-        elif layout.kind == "helm":
-            system, setting = "helm", "AIFIXER_HELM_BIN"
-            argv = [self.settings.helm_bin, "template", layout.release, layout.path]
-            argv += ["--namespace", layout.namespace]
-            for values in layout.values:
-                argv += ["--values", values]
         else:
-            raise PermanentError("render", f"{layout.path} is a plain manifest: nothing to render")
+            setting = "AIFIXER_HELM_BIN"
+            if not valid_release(layout.release):
+                raise PermanentError(
+                    system, f"{bounded(layout.release, 80)!r} is not a Helm release name"
+                )
+            if not valid_namespace(layout.namespace):
+                raise PermanentError(
+                    system, f"{bounded(layout.namespace, 80)!r} is not a namespace name"
+                )
+            argv = [self.settings.helm_bin, "template", f"--namespace={layout.namespace}"]
+            for values in layout.values:
+                argv.append(f"--values={_inside(system, root, values)}")
+            argv += ["--", layout.release, path]
         return self._run(system, setting, argv, root)
 
     def _run(self, system: str, setting: str, argv: list[str], cwd: Path) -> str:
@@ -113,6 +126,13 @@ class Renderer:
                     raise PermanentError(system, f"{_shown(argv)} rendered over {MAX_OUTPUT} bytes")
                 out.seek(0)
                 return out.read().decode("utf-8", "replace")
+
+
+def _inside(system: str, root: Path, path: str) -> Path:
+    try:
+        return inside(root, path)
+    except SourceError as exc:
+        raise PermanentError(system, bounded(str(exc), 300)) from None
 
 
 def _shown(argv: list[str]) -> str:
