@@ -359,7 +359,7 @@ class Forge:
         with tempfile.TemporaryDirectory(prefix="aifixer-gitops-") as tmp:
             checkout = self._clone(self._clone_url(repo_name), Path(tmp) / "repo", base)
             root = Path(checkout.working_dir)
-            layout = self._layout(root, path, workload, release or workload.name)
+            layout = self._layout(root, path, workload, _release(workload, release))
             edit = self._change(root, layout, workload, changes)
             message = f"{title}\n\nAifixer-Incident: {incident_id}\n"
             self._push(checkout, branch, list(edit.edits), message)
@@ -405,17 +405,23 @@ class Forge:
     def _layout(self, root: Path, path: str | None, workload: Workload, release: str) -> Layout:
         """What defines the workload: the configured path's layout, else the scan's."""
         if path:
-            target = (root / path).resolve()
-            if not target.is_relative_to(root.resolve()) or not target.exists():
-                return Layout("plain", path)  # _edit says it is not a file in the repository
             try:
+                # Refused: a path that escapes the checkout or that a tool reads as an option.
+                target = sources.inside(root, path)
+                if not target.exists():
+                    return Layout("plain", path)  # _edit says it is not a file in the repository
                 return sources.layout_of(root, path, release=release, namespace=workload.namespace)
             except sources.SourceError as exc:
-                raise PermanentError(SYSTEM, bounded(str(exc), 300)) from None
-        layouts = sources.rendered_layouts(root, release=release, namespace=workload.namespace)
+                raise PermanentError(
+                    SYSTEM, f"{workload.key}: {SOURCE_ANNOTATION}: {bounded(str(exc), 300)}"
+                ) from None
+        try:
+            layouts = sources.rendered_layouts(root, release=release, namespace=workload.namespace)
+            parts = sources.parts_of_layouts(root, layouts)
+        except sources.SourceError as exc:
+            raise PermanentError(SYSTEM, bounded(str(exc), 300)) from None
         if not layouts:
             return Layout("plain", self._find_file(root, workload))
-        parts = sources.parts_of_layouts(root, layouts)
         found = [
             Layout("plain", str(p.relative_to(root)))
             for p in _manifest_files(root)
@@ -696,6 +702,21 @@ def _touched_by_people(pull: PullRequest, incident_id: str) -> bool:
     """A commit on the branch that aifixer did not make for this incident."""
     trailer = f"Aifixer-Incident: {incident_id}"
     return any(trailer not in (c.commit.message or "") for c in pull.get_commits())
+
+
+def _release(workload: Workload, release: str | None) -> str:
+    """The Helm release to render: the Deployment's, if it is a release name Helm
+    accepts (the annotation is the workload's, not to be trusted), else its name."""
+    if release and sources.valid_release(release):
+        return release
+    if release:
+        log.warning(
+            "[%s] %r is not a Helm release name: rendering as release %s instead",
+            workload.key,
+            bounded(release, 80),
+            workload.name,
+        )
+    return workload.name
 
 
 def _opened_ms(incident_id: str) -> int | None:
