@@ -188,6 +188,25 @@ class ApplyResult(Record):
     applied_at: datetime
 
 
+class GitOpsPause(Record):
+    """Self-heal of the GitOps controller managing the workload, paused around the fix.
+
+    Paused before the first write (Argo CD `spec.syncPolicy.automated.selfHeal: false`,
+    Flux `spec.suspend: true`) so the controller does not revert the fix while it is
+    verified; restored once the fix is in Git (its pull request merged or closed) or
+    undone. Kept once per incident in the store (`gitops:<id>`), copied here.
+    """
+
+    controller: Literal["argocd", "flux"]
+    namespace: str
+    name: str
+    field: str  # the JSON pointer of the switch
+    previous: Any = None  # its value before (None: not set)
+    paused_at: float  # epoch seconds
+    restored_at: float | None = None
+    restore: str | None = None  # "restored", "changed" (someone else's value, left), "gone"
+
+
 class Verification(Record):
     ok: bool
     reason: str  # why it passed or failed, in words
@@ -264,4 +283,5 @@ class IncidentState(Record):
     model_used: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)  # stage -> seconds
     model_usage: dict[str, ModelUsage] = Field(default_factory=dict)  # stage -> model cost
+    gitops_pause: GitOpsPause | None = None  # the controller's self-heal aifixer paused
     closed_at: datetime | None = None  # when finalize decided the outcome

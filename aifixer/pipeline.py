@@ -30,13 +30,14 @@ from .adapters.errors import (
     Unproven,
     bounded,
 )
-from .adapters.kube import pod_state, rollout_status
+from .adapters.kube import GitOpsOwner, pod_state, rollout_status
 from .memory import example_lines
 from .models import (
     ApplyResult,
     CallRecord,
     Evidence,
     FixProposal,
+    GitOpsPause,
     Incident,
     IncidentState,
     ModelUsage,
@@ -512,6 +513,7 @@ def apply(ctx: Context, state: IncidentState) -> IncidentState:
                 "guardrails",
                 f"the fix was refused immediately before writing: {'; '.join(refused[:5])}",
             )
+        pause_gitops(ctx, state, live)
         rv = (live.get("metadata") or {}).get("resourceVersion")
         try:
             applied = ctx.kube.apply(proposal.manifest, resource_version=rv)
@@ -532,6 +534,153 @@ def apply(ctx: Context, state: IncidentState) -> IncidentState:
 
 
 APPLY_ATTEMPTS = 5
+
+
+# -- GitOps controllers: self-heal paused around the live fix ------------------------------
+
+
+def pause_gitops(ctx: Context, state: IncidentState, live: dict[str, Any]) -> None:
+    """Pause self-heal of the controller that keeps the workload equal to Git, once.
+
+    Argo CD (automated sync with self-heal) or Flux would put the live Deployment back
+    to what Git says within seconds, reverting the fix while it is verified. So, before
+    the first write: the Application's `selfHeal` is set to false (or the Kustomization
+    suspended), for that object only, and the pause is recorded first (the store's
+    `gitops:<id>`, SET NX, with the value before): a redelivered apply does not pause
+    twice nor take aifixer's own value for the one to restore. `resume_gitops` puts it
+    back once the fix is in Git or undone.
+
+    With `gitops_pause_self_heal` off, a managed workload is not changed at all: the
+    incident stops here (PermanentError, nothing written) and the on-call engineer is
+    called with the reason. Verifying the fix on a temporary copy of the workload
+    instead, leaving the controller alone, is not implemented.
+
+    Raises:
+        PermanentError: pausing is not allowed, or the controller refused it.
+        TransientError: as every call.
+    """
+    inc = state.incident
+    owner = ctx.kube.gitops_owner(live)
+    if owner is None:
+        return
+    recorded = ctx.store.gitops_pause(inc.id)
+    if recorded is None:
+        current = ctx.kube.self_heal_switch(owner)
+        if not owner.heals(current):
+            return  # the controller does not revert live changes: nothing to pause
+        if not ctx.settings.gitops_pause_self_heal:
+            raise PermanentError(
+                "gitops",
+                f"{inc.workload.key} is managed by the GitOps controller's {owner}, which "
+                "reverts live changes, and aifixer may not pause it "
+                "(AIFIXER_GITOPS_PAUSE_SELF_HEAL=false); aifixer changed nothing, the fix "
+                "must go through Git",
+            )
+        recorded = ctx.store.pause_once(
+            inc.id,
+            GitOpsPause(
+                controller=owner.controller,
+                namespace=owner.namespace,
+                name=owner.name,
+                field=owner.field,
+                previous=current,
+                paused_at=time.time(),
+            ),
+        )
+    if recorded.restored_at is not None:
+        return  # paused and restored before (a redelivery after a rollback)
+    ctx.kube.pause_self_heal(_owner_of(recorded))
+    state.gitops_pause = recorded
+    log.info("%s self-heal of the %s paused for the fix", tag(state), _owner_of(recorded))
+
+
+def _owner_of(pause: GitOpsPause) -> GitOpsOwner:
+    return GitOpsOwner(pause.controller, pause.namespace, pause.name)
+
+
+def resume_gitops(ctx: Context, state: IncidentState, why: str) -> IncidentState:
+    """Restore the controller's self-heal this incident paused; idempotent.
+
+    Only while the switch is still what aifixer set: a person's change to it meanwhile
+    is left as it is (recorded as "changed"). A record whose pause was already
+    restored, or that never paused anything, is left alone.
+
+    Raises:
+        TransientError, PermanentError: the controller's object could not be written;
+            the pause stays pending, and the watchdog tries again.
+    """
+    pause = _resume(ctx, state.incident.id, tag(state), why)
+    if pause is not None:
+        state.gitops_pause = pause
+    return state
+
+
+def _resume(ctx: Context, incident_id: str, label: str, why: str) -> GitOpsPause | None:
+    pause = ctx.store.gitops_pause(incident_id)
+    if pause is None or pause.restored_at is not None:
+        return pause
+    result = ctx.kube.resume_self_heal(_owner_of(pause), pause.previous)
+    pause = pause.model_copy(update={"restored_at": time.time(), "restore": result})
+    ctx.store.resumed(incident_id, pause)
+    log.info("%s self-heal of the %s %s (%s)", label, _owner_of(pause),
+             "restored" if result == "restored" else f"not restored: {result}", why)  # fmt: skip
+    return pause
+
+
+def _resume_quietly(ctx: Context, state: IncidentState, why: str) -> IncidentState:
+    """`resume_gitops`, a failure logged and left pending for the watchdog."""
+    try:
+        return resume_gitops(ctx, state, why)
+    except (AdapterError, redis_lib.RedisError) as exc:
+        log.warning("%s self-heal not restored yet (%s): the watchdog tries again",
+                    tag(state), exc)  # fmt: skip
+        return state
+
+
+def awaits_merge(ctx: Context, state: IncidentState) -> bool:
+    """Self-heal stays paused: the verified fix is live and its pull request still open.
+
+    Restoring it now would have the controller put Git's broken version back before
+    the fix is merged. Bounded: once the pull request is merged or closed
+    (`check_pull_requests`), or no longer watched (`pr_check_days` after the close),
+    it is restored.
+    """
+    verified = state.verification is not None and state.verification.ok
+    pr = state.pull_request
+    if not verified or pr is None or pr.state != "open":
+        return False
+    if state.closed_at is None:
+        return True
+    return state.closed_at >= now() - timedelta(days=ctx.settings.pr_check_days)
+
+
+def resume_due(ctx: Context) -> int:
+    """The watchdog's sweep: restore every paused self-heal whose incident no longer needs it.
+
+    Covers a worker lost between pausing and recording, a finalize that died before
+    restoring, a restore the controller refused for a while. Open incidents are left to
+    their stages (and to the watchdog's takeover, which rolls back and restores).
+    Returns how many were restored.
+    """
+    done = 0
+    for iid in ctx.store.paused():
+        try:
+            state = load(ctx, iid)
+            if state is not None and (state.closed_at is None or awaits_merge(ctx, state)):
+                continue
+            label = tag(state) if state is not None else f"[incident {iid}]"
+            pause = _resume(ctx, iid, label, "the watchdog: the incident no longer needs it")
+            if pause is None:
+                ctx.store.resumed_nothing(iid)
+                continue
+            if state is not None and state.gitops_pause != pause:
+                state.gitops_pause = pause
+                save(ctx, state)
+            done += 1
+        except (AdapterError, redis_lib.RedisError) as exc:
+            log.warning("watchdog: self-heal of incident %s: %s (tried again next round)",
+                        iid, exc)  # fmt: skip
+    return done
 
 
 def recheck(ctx: Context, state: IncidentState, live: dict[str, Any]) -> list[str]:
@@ -714,6 +863,20 @@ def rollback(
     ctx: Context, state: IncidentState, why: str, details: dict[str, Any] | None = None
 ) -> IncidentState:
     """Restore the snapshot taken before the fix, unless someone changed the Deployment since.
+
+    Then the GitOps controller's self-heal, if this incident paused it, is restored
+    too (`resume_gitops`; a failure there is left to finalize and the watchdog).
+    """
+    done = _rollback(ctx, state, why, details)
+    if done.verification is None or not done.verification.ok:
+        done = _resume_quietly(ctx, done, why)
+    return done
+
+
+def _rollback(
+    ctx: Context, state: IncidentState, why: str, details: dict[str, Any] | None
+) -> IncidentState:
+    """The Deployment's part of `rollback`.
 
     Restores only if the live Deployment is still what aifixer wrote: its spec is the
     snapshot plus this fix's values (the replica count aside, which autoscalers own).
@@ -1135,6 +1298,8 @@ def finalize(ctx: Context, state: IncidentState) -> IncidentState:
     if state.closed_at is not None:
         ctx.store.release(state, _done_generation(ctx, state), ctx.settings.incident_cooldown_s)
         return state
+    if not awaits_merge(ctx, state):
+        state = _resume_quietly(ctx, state, "the incident ends")
     if state.apply is not None and state.verification is None:
         log.error("%s the unverified fix is still live: restore pending", tag(state))
         save(ctx, state, "restore pending")
@@ -1240,6 +1405,9 @@ def check_pull_requests(ctx: Context) -> int:
                 ctx.store.checked_pull(iid)
                 continue
             state.pull_request = fresh
+            # The fix is in Git's hands now (merged), or a person decided against it
+            # (closed): the controller may keep the workload equal to Git again.
+            state = _resume_quietly(ctx, state, f"pull request #{fresh.number} {fresh.state}")
             save(ctx, state)
             ctx.store.forget_pull(iid)
             changed += 1

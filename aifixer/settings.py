@@ -115,6 +115,17 @@ class Settings(BaseSettings):
     kustomize_bin: str | None = None
     helm_bin: str = "helm"
     render_timeout_s: float = Field(default=60.0, gt=0)  # wall-clock limit of one render
+    # A workload kept equal to Git by Argo CD (automated sync with self-heal) or Flux (a
+    # Kustomization) would have its live fix reverted mid-verification: aifixer pauses
+    # self-heal of that one Application (selfHeal: false) or Kustomization (suspend:
+    # true) before its first write, and restores it once the fix is in Git (the pull
+    # request merged or closed) or undone. Off: such a workload is not changed, and the
+    # on-call engineer is called instead. Only objects in these namespaces are touched.
+    gitops_pause_self_heal: bool = True
+    gitops_argocd_namespace: str = "argocd"
+    gitops_flux_namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["flux-system"]
+    )
     # What became of the pull requests (merged, closed unmerged) is read every
     # AIFIXER_PR_CHECK_INTERVAL_S for incidents closed within AIFIXER_PR_CHECK_DAYS, at
     # most AIFIXER_PR_CHECK_MAX pull requests a round (one API call each).
@@ -185,7 +196,7 @@ class Settings(BaseSettings):
     # /alertmanager requires "Authorization: Bearer <token>"; unset, it refuses every post.
     web_token: SecretStr | None = None
 
-    @field_validator("namespaces", "oncall_numbers", mode="before")
+    @field_validator("namespaces", "oncall_numbers", "gitops_flux_namespaces", mode="before")
     @classmethod
     def _comma_list(cls, v):
         if isinstance(v, str):

@@ -15,6 +15,8 @@ Keys, under `aifixer:`:
 - `open` — the ids not yet closed, scored by their last progress (the watchdog's view);
 - `calls:<id>` — the calls that ended, appended by whoever saw them end;
 - `snapshot:<id>` — the Deployment before aifixer's first write (SET NX: taken once);
+- `gitops:<id>` — the GitOps controller's self-heal paused for the fix (SET NX: once);
+  `gitops-paused` — the ids whose pause is not restored yet (the watchdog's view);
 - `dialed:<id>:<number>` — a number dialled for this incident (SET NX: dialled once);
 - `lock:<cluster>:<ns>:<name>` — the one open incident of a workload (its id);
 - `done:<fingerprint>` — the generation an incident of this failure ended on (cooldown);
@@ -41,7 +43,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 import redis as redis_lib
 
 from .adapters.errors import TransientError
-from .models import STORED, CallRecord, IncidentState, Manifest, Snapshot
+from .models import STORED, CallRecord, GitOpsPause, IncidentState, Manifest, Snapshot
 
 PREFIX = "aifixer:"
 _INCIDENT_ID = re.compile(r"[0-9a-f]{16}-[0-9]{13}")  # fingerprint-openedms, see models
@@ -255,6 +257,45 @@ class Store:
     def snapshot(self, incident_id: str) -> Snapshot | None:
         raw = self.redis.get(self.key("snapshot", incident_id))
         return None if raw is None else Snapshot.model_validate_json(raw, context=STORED)
+
+    @_translated
+    def pause_once(self, incident_id: str, pause: GitOpsPause) -> GitOpsPause:
+        """The incident's self-heal pause: `pause` if none was recorded yet, else the first.
+
+        Recorded before the controller is touched, and listed as pending until
+        `resumed`: a worker lost right after pausing leaves it for the watchdog.
+        """
+        key = self.key("gitops", incident_id)
+        with self.redis.pipeline() as pipe:
+            pipe.set(key, pause.model_dump_json(), nx=True, ex=KEEP_S)
+            pipe.zadd(self.key("gitops-paused"), {incident_id: time.time()}, nx=True)
+            first, _ = pipe.execute()
+        if first:
+            return pause
+        return GitOpsPause.model_validate_json(cast("str", self.redis.get(key)), context=STORED)
+
+    @_translated
+    def gitops_pause(self, incident_id: str) -> GitOpsPause | None:
+        raw = self.redis.get(self.key("gitops", incident_id))
+        return None if raw is None else GitOpsPause.model_validate_json(raw, context=STORED)
+
+    @_translated
+    def resumed(self, incident_id: str, pause: GitOpsPause) -> None:
+        """The pause is over (`pause.restored_at` set): recorded, no longer pending."""
+        with self.redis.pipeline() as pipe:
+            pipe.set(self.key("gitops", incident_id), pause.model_dump_json(), xx=True, ex=KEEP_S)
+            pipe.zrem(self.key("gitops-paused"), incident_id)
+            pipe.execute()
+
+    @_translated
+    def resumed_nothing(self, incident_id: str) -> None:
+        """A pending id without a pause record (expired): no longer pending."""
+        self.redis.zrem(self.key("gitops-paused"), incident_id)
+
+    @_translated
+    def paused(self) -> list[str]:
+        """The incidents whose paused self-heal is not restored yet, oldest first."""
+        return cast("list[str]", self.redis.zrange(self.key("gitops-paused"), 0, _PAGE - 1))
 
     @_translated
     def take_call_slot(self, incident_id: str, number: str, per_hour: int) -> bool:

@@ -467,6 +467,10 @@ def watchdog(self) -> int:
         calls = []
     for incident_id, attempt in calls:
         call_next.delay(incident_id, attempt)
+    try:
+        pipeline.resume_due(ctx)  # self-heal paused by an incident that no longer needs it
+    except (TransientError, PermanentError, redis_lib.RedisError) as exc:
+        log.warning("watchdog: paused self-heal: %s", exc)
     return len(stalled)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -46,6 +47,49 @@ MAX_EVENTS = 50  # events kept as evidence, newest
 RESTORE_ATTEMPTS = 5
 # Waiting reasons that are a normal start, not a failure.
 _STARTING = ("ContainerCreating", "PodInitializing")
+
+
+# GitOps controllers: the marks they leave on the objects they manage.
+ARGO_TRACKING_ANNOTATION = "argocd.argoproj.io/tracking-id"
+ARGO_INSTANCE_LABEL = "app.kubernetes.io/instance"
+FLUX_NAME_LABEL = "kustomize.toolkit.fluxcd.io/name"
+FLUX_NAMESPACE_LABEL = "kustomize.toolkit.fluxcd.io/namespace"
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")  # an object's name (DNS subdomain)
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a namespace (DNS label)
+
+
+class GitOpsOwner(NamedTuple):
+    """The controller object that keeps a workload equal to Git (see `gitops_owner`)."""
+
+    controller: str  # "argocd" (an Application) or "flux" (a Kustomization)
+    namespace: str
+    name: str
+
+    @property
+    def field(self) -> str:
+        """The JSON pointer of the switch aifixer turns: self-heal, or suspend."""
+        return _GITOPS[self.controller][3]
+
+    @property
+    def paused(self) -> bool:
+        """The switch's value while self-heal is paused."""
+        return _GITOPS[self.controller][4]
+
+    def heals(self, value: Any) -> bool:
+        """Whether the controller reverts live changes with its switch at `value`."""
+        return value is True if self.controller == "argocd" else value is not True
+
+    def __str__(self) -> str:
+        return f"{_GITOPS[self.controller][5]} {self.namespace}/{self.name}"
+
+
+# controller -> (group, version, plural, field, value while paused, what people call it)
+_GITOPS = {
+    "argocd": ("argoproj.io", "v1alpha1", "applications",
+               "/spec/syncPolicy/automated/selfHeal", False, "Argo CD Application"),
+    "flux": ("kustomize.toolkit.fluxcd.io", "v1", "kustomizations",
+             "/spec/suspend", True, "Flux Kustomization"),
+}  # fmt: skip
 
 
 class RolloutStatus(NamedTuple):
@@ -273,6 +317,92 @@ def _controller(obj: Manifest, kind: str) -> str | None:
         if ref.get("kind") == kind and ref.get("controller"):
             return ref.get("name")
     return None
+
+
+# ---------------------------------------------------------------- GitOps marks, pure
+
+
+def gitops_owner(
+    deployment: Manifest, argocd_namespace: str, flux_namespaces: Iterable[str]
+) -> GitOpsOwner | None:
+    """The controller object a Deployment's marks name, if aifixer may act on it.
+
+    Argo CD: the tracking annotation `<app>:apps/Deployment:<namespace>/<name>` (it
+    must name this very Deployment; `<app>` may be `<namespace>_<name>` for
+    applications in any namespace), else the `app.kubernetes.io/instance` label; the
+    Application lives in `argocd_namespace`. Flux: the `kustomize.toolkit.fluxcd.io/name`
+    and `/namespace` labels, the namespace one of `flux_namespaces`.
+
+    The marks are set by whoever can deploy: a name that is not a valid object name,
+    or a namespace other than the configured ones, is not followed (None). Whether the
+    object named really manages the workload is checked against the object itself
+    (`Kube.gitops_owner`).
+    """
+    meta = deployment.get("metadata") or {}
+    ns, name = meta.get("namespace") or "", meta.get("name") or ""
+    annotations, labels = meta.get("annotations") or {}, meta.get("labels") or {}
+    tracking = annotations.get(ARGO_TRACKING_ANNOTATION)
+    if isinstance(tracking, str) and tracking:
+        app, _, target = tracking.partition(":")
+        if target != f"apps/Deployment:{ns}/{name}":
+            return None
+        app_ns, sep, app_name = app.partition("_")
+        if not sep:
+            app_ns, app_name = argocd_namespace, app
+        return _owner("argocd", app_ns, app_name, [argocd_namespace])
+    flux_name = labels.get(FLUX_NAME_LABEL)
+    if flux_name:
+        return _owner("flux", labels.get(FLUX_NAMESPACE_LABEL) or "", flux_name, flux_namespaces)
+    instance = labels.get(ARGO_INSTANCE_LABEL)
+    if instance:
+        return _owner("argocd", argocd_namespace, instance, [argocd_namespace])
+    return None
+
+
+def _owner(
+    controller: str, namespace: Any, name: Any, allowed: Iterable[str]
+) -> GitOpsOwner | None:
+    if not (isinstance(namespace, str) and isinstance(name, str)):
+        return None
+    if not (_NAMESPACE.fullmatch(namespace) and _NAME.fullmatch(name)):
+        return None
+    if namespace not in set(allowed):
+        log.warning(
+            "kubernetes: a workload names the %s %s/%s outside the configured namespaces: "
+            "not followed", controller, namespace, name,
+        )  # fmt: skip
+        return None
+    return GitOpsOwner(controller, namespace, name)
+
+
+def claims(owner: GitOpsOwner, obj: Manifest, deployment: Manifest) -> bool:
+    """Whether the controller object itself lists the Deployment among what it manages.
+
+    Argo CD: `status.resources` (group apps, kind Deployment, namespace, name); Flux:
+    `status.inventory.entries` (`<namespace>_<name>_apps_Deployment`).
+    """
+    meta = deployment.get("metadata") or {}
+    ns, name = meta.get("namespace"), meta.get("name")
+    status = obj.get("status") or {}
+    if owner.controller == "argocd":
+        return any(
+            isinstance(r, dict)
+            and (r.get("group"), r.get("kind"), r.get("namespace"), r.get("name"))
+            == ("apps", "Deployment", ns, name)
+            for r in status.get("resources") or []
+        )
+    entries = (status.get("inventory") or {}).get("entries") or []
+    return any(
+        isinstance(e, dict) and e.get("id") == f"{ns}_{name}_apps_Deployment" for e in entries
+    )
+
+
+def _pointer_get(obj: Any, pointer: str) -> Any:
+    for part in pointer.strip("/").split("/"):
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(part)
+    return obj
 
 
 # ---------------------------------------------------------------- the adapter
@@ -758,6 +888,132 @@ class Kube:
         raise TransientError(
             SYSTEM, f"{_ref(original)} kept changing; restore not done", status=409
         )
+
+    # -- GitOps controllers ----------------------------------------------------------------
+
+    def gitops_owner(self, deployment: Manifest) -> GitOpsOwner | None:
+        """The Argo CD Application or Flux Kustomization that manages this Deployment.
+
+        Named by the Deployment's marks (`gitops_owner` above: validated, and only in
+        the configured controller namespaces) and confirmed by the object itself, which
+        must exist and list the Deployment in its status; otherwise None.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        s = self.settings
+        owner = gitops_owner(deployment, s.gitops_argocd_namespace, s.gitops_flux_namespaces)
+        if owner is None:
+            return None
+        obj = self._gitops_object(owner)
+        if obj is None or not claims(owner, obj, deployment):
+            log.info("kubernetes: %s does not manage %s: not a GitOps workload",
+                     owner, _ref(deployment))  # fmt: skip
+            return None
+        return owner
+
+    def self_heal_switch(self, owner: GitOpsOwner) -> Any:
+        """The switch's value now (see `GitOpsOwner.field`; None: not set).
+
+        Raises:
+            PermanentError: the object is gone (404), or as every call.
+            TransientError.
+        """
+        obj = self._gitops_object(owner)
+        if obj is None:
+            raise PermanentError(SYSTEM, f"{owner} not found", status=404)
+        return _pointer_get(obj, owner.field)
+
+    def pause_self_heal(self, owner: GitOpsOwner) -> tuple[bool, Any]:
+        """Stop the controller from reverting live changes, for this one object only.
+
+        Argo CD: `spec.syncPolicy.automated.selfHeal: false` (automated sync of new
+        commits stays on); Flux: `spec.suspend: true`. A JSON patch whose first
+        operation tests the resourceVersion just read: a change someone makes to the
+        object in between is never overwritten (the object is read again and judged
+        again).
+
+        Returns:
+            (paused, previous): whether aifixer changed the switch now, and its value
+            before (None: not set). Self-heal already off changes nothing.
+
+        Raises:
+            PermanentError: the object is gone (404), or the patch is refused.
+            TransientError: as every call, or the object kept changing.
+        """
+        for _ in range(RESTORE_ATTEMPTS):
+            obj = self._gitops_object(owner)
+            if obj is None:
+                raise PermanentError(SYSTEM, f"{owner} not found", status=404)
+            current = _pointer_get(obj, owner.field)
+            if not owner.heals(current):
+                return False, current  # no self-heal, or suspended already: nothing to do
+            if self._gitops_patch(owner, obj, {"op": "add", "path": owner.field,
+                                               "value": owner.paused}):  # fmt: skip
+                log.info("kubernetes: self-heal of %s paused (%s was %s)",
+                         owner, owner.field, current)  # fmt: skip
+                return True, current
+        raise TransientError(SYSTEM, f"{owner} kept changing; self-heal not paused", status=409)
+
+    def resume_self_heal(self, owner: GitOpsOwner, previous: Any) -> str:
+        """Put the switch back to `previous`, only while it is still what aifixer set.
+
+        Returns:
+            "restored"; "changed" when someone changed the switch meanwhile (left as
+            it is); "gone" when the object no longer exists. Safe to repeat: once
+            restored, the switch is no longer aifixer's value and nothing is written.
+
+        Raises:
+            PermanentError, TransientError (also when the object kept changing).
+        """
+        for _ in range(RESTORE_ATTEMPTS):
+            obj = self._gitops_object(owner)
+            if obj is None:
+                return "gone"
+            if _pointer_get(obj, owner.field) != owner.paused:
+                return "changed"
+            op = (
+                {"op": "remove", "path": owner.field}
+                if previous is None
+                else {"op": "replace", "path": owner.field, "value": previous}
+            )
+            if self._gitops_patch(owner, obj, op):
+                log.info("kubernetes: self-heal of %s restored (%s: %s)",
+                         owner, owner.field, previous)  # fmt: skip
+                return "restored"
+        raise TransientError(SYSTEM, f"{owner} kept changing; self-heal not restored", status=409)
+
+    def _gitops_object(self, owner: GitOpsOwner) -> Manifest | None:
+        group, version, plural = _GITOPS[owner.controller][:3]
+        api = client.CustomObjectsApi(self.api_client)
+        try:
+            return self._json(
+                api.get_namespaced_custom_object, group, version, owner.namespace, plural,
+                owner.name,
+            )  # fmt: skip
+        except PermanentError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _gitops_patch(self, owner: GitOpsOwner, obj: Manifest, op: dict[str, Any]) -> bool:
+        """One JSON patch on exactly the version read; False when the object moved."""
+        group, version, plural = _GITOPS[owner.controller][:3]
+        api = client.CustomObjectsApi(self.api_client)
+        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        ops = [{"op": "test", "path": "/metadata/resourceVersion", "value": rv}, op]
+        try:
+            self._json(
+                api.patch_namespaced_custom_object, group, version, owner.namespace, plural,
+                owner.name, ops, field_manager=FIELD_MANAGER, _content_type=JSON_PATCH,
+            )  # fmt: skip
+        except Conflict:
+            return False
+        except PermanentError as exc:
+            if exc.status == 422 and "test" in exc.message:
+                return False  # the `test` failed: the object moved, read it again
+            raise
+        return True
 
     # -- internals -------------------------------------------------------------------------
 

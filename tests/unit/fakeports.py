@@ -16,6 +16,7 @@ from typing import Any
 
 from aifixer import manifests, pipeline
 from aifixer.adapters.errors import AdapterError, Conflict, PermanentError, Unproven
+from aifixer.adapters.kube import GitOpsOwner
 from aifixer.models import (
     Diagnosis,
     Evidence,
@@ -74,6 +75,8 @@ class FakeKube(Faults):
         self.live = deployment()
         self.healthy = True
         self.writes: list[dict[str, Any]] = []
+        # The Argo CD Application argocd/web managing shop/web (`managed_by_argo`), or None.
+        self.application: dict[str, Any] | None = None
 
     def _bump(self, spec_changed: bool) -> None:
         meta = self.live["metadata"]
@@ -161,6 +164,61 @@ class FakeKube(Faults):
     @property
     def image(self) -> str:
         return self.live["spec"]["template"]["spec"]["containers"][0]["image"]
+
+    # -- a GitOps controller: the Argo CD Application argocd/web, as the adapter sees it
+
+    OWNER = GitOpsOwner("argocd", "argocd", "web")
+
+    def managed_by_argo(self, self_heal: bool | None = True) -> None:
+        automated = {} if self_heal is None else {"selfHeal": self_heal}
+        self.application = {"spec": {"syncPolicy": {"automated": automated}}}
+
+    @property
+    def self_heal(self) -> Any:
+        return (
+            ((self.application or {}).get("spec", {}).get("syncPolicy") or {})
+            .get("automated", {})
+            .get("selfHeal")
+        )
+
+    def _set_self_heal(self, value: Any) -> None:
+        automated = self.application["spec"]["syncPolicy"]["automated"]
+        if value is None:
+            automated.pop("selfHeal", None)
+        else:
+            automated["selfHeal"] = value
+
+    def person_sets_self_heal(self, value: Any) -> None:
+        self._set_self_heal(value)
+
+    def gitops_owner(self, dep):
+        self.hit("gitops_owner")
+        return self.OWNER if self.application is not None else None
+
+    def self_heal_switch(self, owner):
+        self.hit("self_heal_switch")
+        return self.self_heal
+
+    def pause_self_heal(self, owner):
+        """As the adapter: a switch already off is left alone."""
+        self.hit("pause_self_heal")
+        before = self.self_heal
+        if not owner.heals(before):
+            return False, before
+        self._set_self_heal(owner.paused)
+        self.writes.append({"op": "pause", "selfHeal": owner.paused})
+        return True, before
+
+    def resume_self_heal(self, owner, previous):
+        """As the adapter: only while the switch is still aifixer's value."""
+        self.hit("resume_self_heal")
+        if self.application is None:
+            return "gone"
+        if self.self_heal != owner.paused:
+            return "changed"
+        self._set_self_heal(previous)
+        self.writes.append({"op": "resume", "selfHeal": previous})
+        return "restored"
 
 
 class FakeLoki(Faults):

@@ -541,6 +541,45 @@ def test_rbac_binds_the_role_to_its_service_account(rbac, kind):
             assert (subject["namespace"], subject["name"]) in accounts
 
 
+def test_gitops_rbac_is_get_and_patch_on_the_controllers_objects_in_their_namespaces(rbac):
+    """Argo CD Applications in argocd, Flux Kustomizations in flux-system: Roles only."""
+    gitops = _load_all((DEPLOY / "app-cluster-rbac-gitops.yaml").read_text())
+    for obj in gitops:
+        _assert_valid(obj)
+    assert not [o for o in gitops if o["kind"].startswith("Cluster")], "namespaced only"
+    roles = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in gitops
+             if o["kind"] == "Role"}  # fmt: skip
+    grants = {
+        (ns, group, resource, verb)
+        for (ns, _), role in roles.items()
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert grants == {
+        ("argocd", "argoproj.io", "applications", "get"),
+        ("argocd", "argoproj.io", "applications", "patch"),
+        ("flux-system", "kustomize.toolkit.fluxcd.io", "kustomizations", "get"),
+        ("flux-system", "kustomize.toolkit.fluxcd.io", "kustomizations", "patch"),
+    }
+    accounts = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in rbac
+                if o["kind"] == "ServiceAccount"}  # fmt: skip
+    bindings = [o for o in gitops if o["kind"] == "RoleBinding"]
+    assert {b["metadata"]["namespace"] for b in bindings} == {"argocd", "flux-system"}
+    for b in bindings:
+        ns = b["metadata"]["namespace"]
+        assert b["roleRef"]["kind"] == "Role" and (ns, b["roleRef"]["name"]) in roles
+        assert {(s["namespace"], s["name"]) for s in b["subjects"]} <= accounts
+    # The namespaces are the settings' defaults.
+    from aifixer.settings import Settings
+
+    defaults = Settings(_env_file=None)
+    assert {defaults.gitops_argocd_namespace, *defaults.gitops_flux_namespaces} == {
+        "argocd", "flux-system",
+    }  # fmt: skip
+
+
 def test_rbac_ships_no_secret_values(rbac):
     for secret in (o for o in rbac if o["kind"] == "Secret"):
         assert secret["type"] == "kubernetes.io/service-account-token"

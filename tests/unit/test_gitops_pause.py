@@ -1,0 +1,254 @@
+"""A workload kept equal to Git by a GitOps controller: self-heal paused around the fix.
+
+Over fake ports (tests/unit/fakeports.py), records in a real Redis, the canvas run
+eagerly: self-heal is paused once, before the first write, and restored on every
+path — the pull request merged or closed, a rollback, a failed stage, the watchdog —
+never over a person's change to the controller's object.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+import redis as redis_lib
+
+from aifixer import pipeline, tasks
+from aifixer.adapters.errors import PermanentError
+from aifixer.adapters.kube import GitOpsOwner, claims, gitops_owner
+from aifixer.app import app
+from tests.unit.fakeports import context, deployment, open_incident
+
+GOOD, BAD = "registry.local/web:1", "registry.local/web:2"
+
+
+@pytest.fixture
+def ctx(redis_url, tmp_path, monkeypatch):
+    client = redis_lib.Redis.from_url(redis_url)
+    stale = list(client.scan_iter(match="aifixer:*", count=1000))
+    if stale:
+        client.delete(*stale)
+    c = context(redis_url, tmp_path)
+    c.kube.managed_by_argo(self_heal=True)
+    monkeypatch.setattr(tasks, "context", lambda: c)
+    monkeypatch.setattr(pipeline, "PHONE_BACKOFF_S", 0.0)
+    monkeypatch.setattr(pipeline, "diagnose", lambda c, s: s)
+    monkeypatch.setattr(pipeline, "patch", lambda c, s: s)
+    app.conf.task_always_eager = True
+    yield c
+    app.conf.task_always_eager = False
+
+
+def run(ctx, incident_id: str):
+    tasks.remediation(incident_id).apply()
+    return ctx.store.load(incident_id)
+
+
+def ops(ctx) -> list[str]:
+    return [w["op"] for w in ctx.kube.writes]
+
+
+def test_paused_once_before_the_apply_and_restored_when_the_pr_is_merged(ctx):
+    iid = open_incident(ctx)
+    state = run(ctx, iid)
+    assert state.outcome == "fixed"
+    assert ops(ctx) == ["pause", "apply"]  # paused before the first write
+    assert state.gitops_pause.controller == "argocd"
+    assert (state.gitops_pause.namespace, state.gitops_pause.name) == ("argocd", "web")
+    assert state.gitops_pause.previous is True
+    # The pull request is open: Git still holds the broken version, so self-heal stays
+    # paused (restoring it would revert the verified fix).
+    assert ctx.kube.self_heal is False
+    assert state.gitops_pause.restored_at is None
+    tasks.watchdog.apply()
+    assert ctx.kube.self_heal is False
+
+    # A redelivered pause changes nothing more.
+    pipeline.pause_gitops(ctx, state, ctx.kube.get_deployment("shop", "web"))
+    assert ops(ctx) == ["pause", "apply"]
+
+    ctx.forge.merge(state.pull_request.number, datetime.now(UTC))
+    assert pipeline.check_pull_requests(ctx) == 1
+    state = ctx.store.load(iid)
+    assert ctx.kube.self_heal is True
+    assert ops(ctx) == ["pause", "apply", "resume"]
+    assert state.gitops_pause.restore == "restored"
+    assert state.pull_request.state == "merged"
+    # Restoring again is a no-op.
+    pipeline.resume_gitops(ctx, state, "again")
+    tasks.watchdog.apply()
+    assert ops(ctx) == ["pause", "apply", "resume"]
+
+
+def test_restored_when_the_pr_is_closed_unmerged(ctx):
+    iid = open_incident(ctx)
+    state = run(ctx, iid)
+    ctx.forge.close(state.pull_request.number, datetime.now(UTC))
+    pipeline.check_pull_requests(ctx)
+    assert ctx.kube.self_heal is True
+    assert ctx.store.load(iid).gitops_pause.restore == "restored"
+
+
+def test_restored_on_rollback_after_a_failed_verification(ctx):
+    iid = open_incident(ctx)
+    ctx.settings.verify_deadline_s = 0.0
+    ctx.kube.healthy = False
+    state = run(ctx, iid)
+    assert ctx.kube.image == BAD
+    assert ops(ctx) == ["pause", "apply", "restore", "resume"]  # the original first
+    assert state.verification.rolled_back
+    assert ctx.kube.self_heal is True
+    assert state.gitops_pause.restore == "restored"
+    assert len(ctx.phone.dialled) == 1
+    assert ctx.forge.prs == {}
+
+
+def test_restored_when_the_apply_fails_after_the_pause(ctx):
+    iid = open_incident(ctx)
+    ctx.kube.fail("apply", PermanentError("kubernetes", "admission denied", status=403))
+    state = run(ctx, iid)
+    assert ops(ctx) == ["pause", "resume"]
+    assert ctx.kube.self_heal is True
+    assert state.outcome == "error"
+    assert state.closed_at is not None
+
+
+def test_restored_when_the_pull_request_fails_for_good(ctx):
+    iid = open_incident(ctx)
+    ctx.forge.fail("open_fix_pr", PermanentError("github", "422 branch protection"), times=99)
+    state = run(ctx, iid)
+    assert state.pr_error and state.outcome != "fixed"
+    assert ctx.kube.self_heal is True  # finalize: nothing will bring the fix into Git
+    assert len(ctx.phone.dialled) == 1
+
+
+def test_restored_by_the_watchdog_after_a_takeover(ctx, monkeypatch):
+    iid = open_incident(ctx)
+    tasks.apply.apply(args=[iid])
+    assert ctx.kube.self_heal is False
+    lost = type("Lost", (), {"apply_async": lambda self: None})()
+    monkeypatch.setattr(tasks, "remediation", lambda i: lost)
+    ctx.settings.watchdog_stall_s = 0.0
+    tasks.watchdog.apply()  # resumed, and lost again
+    assert ctx.kube.self_heal is False
+    tasks.watchdog.apply()  # taken over: rolled back, self-heal back on
+    state = ctx.store.load(iid)
+    assert ctx.kube.image == BAD
+    assert ctx.kube.self_heal is True
+    assert state.gitops_pause.restore == "restored"
+    assert state.closed_at is not None
+
+
+def test_a_pause_a_crash_left_pending_is_restored_by_the_watchdog(ctx):
+    """A worker lost after pausing, the incident closed without restoring: the sweep."""
+    iid = open_incident(ctx)
+    state = ctx.store.load(iid)
+    pipeline.pause_gitops(ctx, state, ctx.kube.get_deployment("shop", "web"))
+    assert ctx.kube.self_heal is False
+    state.closed_at, state.outcome, state.error = datetime.now(UTC), "error", "lost"
+    pipeline.save(ctx, state, "closed")
+    tasks.watchdog.apply()
+    assert ctx.kube.self_heal is True
+    assert ctx.store.load(iid).gitops_pause.restore == "restored"
+    assert ctx.store.paused() == []
+
+
+def test_a_persons_change_to_the_application_meanwhile_is_not_overwritten(ctx, monkeypatch):
+    iid = open_incident(ctx)
+    ctx.settings.verify_deadline_s = 0.0
+    ctx.kube.healthy = False
+    real = pipeline.verify
+
+    def verify_after_a_person(c, s):
+        ctx.kube.person_sets_self_heal(None)  # the person drops selfHeal altogether
+        return real(c, s)
+
+    monkeypatch.setattr(pipeline, "verify", verify_after_a_person)
+    state = run(ctx, iid)
+    assert ctx.kube.image == BAD  # rolled back all the same
+    assert ctx.kube.self_heal is None  # the person's value stays
+    assert "resume" not in ops(ctx)
+    assert state.gitops_pause.restore == "changed"
+
+
+def test_not_allowed_to_pause_changes_nothing_and_calls(ctx):
+    iid = open_incident(ctx)
+    ctx.settings.gitops_pause_self_heal = False
+    state = run(ctx, iid)
+    assert ctx.kube.writes == []  # neither the Application nor the Deployment
+    assert ctx.kube.self_heal is True
+    assert state.outcome == "error"
+    assert "managed by the GitOps controller" in state.error
+    assert "Argo CD Application argocd/web" in state.error
+    assert len(ctx.phone.dialled) == 1
+    assert ctx.store.paused() == []
+
+
+def test_self_heal_already_off_is_left_alone(ctx):
+    ctx.kube.managed_by_argo(self_heal=False)
+    iid = open_incident(ctx)
+    state = run(ctx, iid)
+    assert state.outcome == "fixed"
+    assert ops(ctx) == ["apply"]
+    assert state.gitops_pause is None
+    assert ctx.kube.self_heal is False
+
+
+def test_an_unmanaged_workload_touches_no_controller(ctx):
+    ctx.kube.application = None
+    iid = open_incident(ctx)
+    state = run(ctx, iid)
+    assert state.outcome == "fixed"
+    assert ops(ctx) == ["apply"]
+    assert ctx.kube.calls["self_heal_switch"] == 0
+
+
+# -- the marks on the workload: set by whoever deploys, validated --------------------------
+
+
+def marked(annotations=None, labels=None):
+    dep = deployment()
+    dep["metadata"]["annotations"] = annotations or {}
+    dep["metadata"]["labels"] = labels or {}
+    return dep
+
+
+TRACK = "argocd.argoproj.io/tracking-id"
+FLUX = {"kustomize.toolkit.fluxcd.io/name": "apps", "kustomize.toolkit.fluxcd.io/namespace": ""}
+
+
+@pytest.mark.parametrize(
+    ("annotations", "labels", "expected"),
+    [
+        ({TRACK: "web:apps/Deployment:shop/web"}, {}, ("argocd", "argocd", "web")),
+        ({TRACK: "argocd_web:apps/Deployment:shop/web"}, {}, ("argocd", "argocd", "web")),
+        ({}, {"app.kubernetes.io/instance": "storefront"}, ("argocd", "argocd", "storefront")),
+        ({}, {**FLUX, "kustomize.toolkit.fluxcd.io/namespace": "flux-system"},
+         ("flux", "flux-system", "apps")),
+        # The tracking id of another object: not this workload's controller.
+        ({TRACK: "web:apps/Deployment:shop/other"}, {}, None),
+        # An Application outside the configured namespace, or a name that is no name.
+        ({TRACK: "kube-system_web:apps/Deployment:shop/web"}, {}, None),
+        ({TRACK: "../secrets:apps/Deployment:shop/web"}, {}, None),
+        ({}, {**FLUX, "kustomize.toolkit.fluxcd.io/namespace": "kube-system"}, None),
+        ({}, {"app.kubernetes.io/instance": "Web/../x"}, None),
+        ({}, {}, None),
+    ],
+)  # fmt: skip
+def test_the_controller_named_by_the_marks_is_validated(annotations, labels, expected):
+    owner = gitops_owner(marked(annotations, labels), "argocd", ["flux-system"])
+    assert owner == (GitOpsOwner(*expected) if expected else None)
+
+
+def test_the_controller_must_list_the_workload_itself():
+    dep = deployment()
+    argo = GitOpsOwner("argocd", "argocd", "web")
+    listed = {"status": {"resources": [
+        {"group": "apps", "kind": "Deployment", "namespace": "shop", "name": "web"}]}}  # fmt: skip
+    other = {"status": {"resources": [
+        {"group": "apps", "kind": "Deployment", "namespace": "shop", "name": "api"}]}}  # fmt: skip
+    assert claims(argo, listed, dep) and not claims(argo, other, dep)
+    assert not claims(argo, {}, dep)
+    flux = GitOpsOwner("flux", "flux-system", "apps")
+    inventory = {"status": {"inventory": {"entries": [{"id": "shop_web_apps_Deployment"}]}}}
+    assert claims(flux, inventory, dep) and not claims(flux, listed, dep)
