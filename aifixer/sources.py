@@ -93,6 +93,29 @@ def inside(root: Path, path: str) -> Path:
     return target
 
 
+def _confined(root: Path, file: Path) -> Path:
+    """`file`, resolved, if it is a regular file inside `root` (resolved); else refused.
+
+    A symbolic link of the repository may point anywhere on the machine: a file is
+    resolved before it is read or written, never followed out of the checkout.
+    """
+    real = file.resolve()
+    if not real.is_relative_to(root):
+        shown = file.relative_to(root) if file.is_relative_to(root) else file.name
+        raise SourceError(f"{shown} resolves outside the repository (a symbolic link?): refused")
+    if real.exists() and not real.is_file():
+        raise SourceError(f"{real.relative_to(root)} is not a regular file: refused")
+    return real
+
+
+def _read(root: Path, file: Path) -> str:
+    return _confined(root, file).read_text(encoding="utf-8")
+
+
+def _write(root: Path, file: Path, text: str) -> None:
+    _confined(root, file).write_text(text, encoding="utf-8")
+
+
 class SourceError(ValueError):
     """The repository's layout cannot be read as asked (a broken kustomization...)."""
 
@@ -217,6 +240,7 @@ def layout_of(root: Path, path: str, *, release: str = "", namespace: str = "") 
     (that values file is given to `helm template` after values.yaml). Anything else: a
     plain manifest file.
     """
+    root = root.resolve()
     target = inside(root, path)
     rel = path.rstrip("/")
     if target.is_dir():
@@ -242,12 +266,13 @@ def rendered_layouts(root: Path, *, release: str, namespace: str) -> list[Layout
     Kustomizations another one includes are parts, not entry points; charts vendored in
     another chart's charts/ likewise.
     """
+    root = root.resolve()
     kustomizations = sorted(
         d for d in _dirs(root) if _kustomization(d) is not None and "templates" not in d.parts
     )
     included: set[Path] = set()
     for d in kustomizations:
-        for entry in _entries(d, _load_kustomization(d)):
+        for entry in _entries(d, _load_kustomization(root, d)):
             if entry.is_dir():
                 included.add(entry.resolve())
     charts = [d for d in _dirs(root) if (d / CHART_FILE).is_file()]
@@ -266,14 +291,15 @@ def rendered_layouts(root: Path, *, release: str, namespace: str) -> list[Layout
 
 def parts_of_layouts(root: Path, layouts: list[Layout]) -> set[Path]:
     """The files a kustomization includes and every file inside a chart: not plain sources."""
+    root = root.resolve()
     out: set[Path] = set()
     for layout in layouts:
         base = (root / layout.path).resolve()
         if layout.kind == "helm":
             out |= {p.resolve() for p in base.rglob("*") if p.is_file()}
         else:
-            for layer in _layers(base):
-                out |= {f.resolve() for f in _resource_files(layer)}
+            for layer in _layers(root, base):
+                out |= {f.resolve() for f in _resource_files(root, layer)}
     return out
 
 
@@ -298,6 +324,7 @@ def change_source(
         SourceError: a plain file does not define the workload, or a file is not YAML.
         Unproven: a change no edit could be proven to make (files restored).
     """
+    root = root.resolve()
     if layout.kind == "plain":
         return _change_plain(root, layout, workload, changes)
     return _Prover(root, layout, workload, changes, render).run()
@@ -306,10 +333,10 @@ def change_source(
 def _change_plain(
     root: Path, layout: Layout, workload: Workload, changes: list[FieldChange]
 ) -> SourceChange:
-    file = root / layout.path
-    before = file.read_text(encoding="utf-8")
+    file = inside(root, layout.path)
+    before = _read(root, file)
     after = edit_manifest_file(before, workload.kind, workload.namespace, workload.name, changes)
-    file.write_text(after, encoding="utf-8")
+    _write(root, file, after)
     return SourceChange(layout, (FileEdit(layout.path, before, after),))
 
 
@@ -413,7 +440,7 @@ class _Prover:
             trials += 1
             if trials > MAX_TRIALS:
                 break
-            cand.file.write_text(new, encoding="utf-8")
+            _write(self.root, cand.file, new)
             try:
                 after_objs = self._render()
             except SourceError:
@@ -422,24 +449,24 @@ class _Prover:
                 before_objs, after_objs, index, [*done, change], others
             ):
                 return f"{cand.file.relative_to(self.root)}: {cand.where}", after_objs
-            cand.file.write_text(current, encoding="utf-8")
+            _write(self.root, cand.file, current)
         return None
 
     def _text(self, file: Path) -> str:
-        text = file.read_text(encoding="utf-8")
+        text = _read(self.root, file)
         self.originals.setdefault(file, text)
         return text
 
     def _restore(self) -> None:
         for file, text in self.originals.items():
-            file.write_text(text, encoding="utf-8")
+            _write(self.root, file, text)
 
     def _render(self) -> list[Any]:
         return _objects(self.render(self.layout))
 
     def _candidates(self, change: FieldChange, d0: dict[str, Any]) -> Iterator[_Candidate]:
         if self.layout.kind == "kustomize":
-            yield from _kustomize_candidates(self.root / self.layout.path, change, d0)
+            yield from _kustomize_candidates(self.root, self.root / self.layout.path, change, d0)
         else:
             yield from _helm_candidates(self.root, self.layout, change, d0)
 
@@ -469,7 +496,9 @@ class _Prover:
         hits = [
             str(p.relative_to(self.root))
             for p in sorted((chart / "templates").rglob("*"))
-            if p.is_file() and pattern.search(p.read_text(encoding="utf-8", errors="replace"))
+            if p.is_file()
+            and p.resolve().is_relative_to(self.root)
+            and pattern.search(p.read_text(encoding="utf-8", errors="replace"))
         ]
         return f"written by {', '.join(hits[:3])}" if hits else ""
 
@@ -518,11 +547,11 @@ def _kustomization(directory: Path) -> Path | None:
     return None
 
 
-def _load_kustomization(directory: Path) -> dict[str, Any]:
+def _load_kustomization(root: Path, directory: Path) -> dict[str, Any]:
     file = _kustomization(directory)
     if file is None:
         return {}
-    data = _safe_load(file.read_text(encoding="utf-8"), str(file))
+    data = _safe_load(_read(root, file), str(file))
     return data if isinstance(data, dict) else {}
 
 
@@ -534,7 +563,7 @@ def _entries(directory: Path, k: dict[str, Any]) -> Iterator[Path]:
                 yield (directory / entry).resolve()
 
 
-def _layers(top: Path) -> Iterator[Path]:
+def _layers(root: Path, top: Path) -> Iterator[Path]:
     """The kustomization directories from `top` down, depth first, in inclusion order."""
     seen: set[Path] = set()
 
@@ -543,19 +572,19 @@ def _layers(top: Path) -> Iterator[Path]:
             return
         seen.add(d)
         yield d
-        for entry in _entries(d, _load_kustomization(d)):
+        for entry in _entries(d, _load_kustomization(root, d)):
             if entry.is_dir() and _kustomization(entry) is not None:
                 yield from walk(entry)
 
     yield from walk(top.resolve())
 
 
-def _resource_files(layer: Path) -> list[Path]:
-    return [e for e in _entries(layer, _load_kustomization(layer)) if e.is_file()]
+def _resource_files(root: Path, layer: Path) -> list[Path]:
+    return [e for e in _entries(layer, _load_kustomization(root, layer)) if e.is_file()]
 
 
 def _kustomize_candidates(
-    top: Path, change: FieldChange, d0: dict[str, Any]
+    root: Path, top: Path, change: FieldChange, d0: dict[str, Any]
 ) -> Iterator[_Candidate]:
     """From the top overlay down: transformers and patches of a layer, then its resources."""
     visited: set[Path] = set()
@@ -567,19 +596,19 @@ def _kustomize_candidates(
         kfile = _kustomization(layer)
         if kfile is None:
             return
-        k = _load_kustomization(layer)
+        k = _load_kustomization(root, layer)
         if _IMAGE_PATH.search(change.path):
             yield from _image_candidates(kfile, k, change, d0)
         if change.path == "spec.replicas":
             for i, entry in enumerate(k.get("replicas") or []):
                 if isinstance(entry, dict) and entry.get("count") is not None:
                     yield _yaml_candidate(kfile, f"replicas[{i}].count", change.after)
-        yield from _patch_candidates(layer, kfile, k, change, d0)
+        yield from _patch_candidates(root, layer, kfile, k, change, d0)
         for entry in _entries(layer, k):
             if entry.is_dir():
                 yield from walk(entry)
             elif entry.is_file():
-                yield from _resource_candidates(entry, change, d0)
+                yield from _resource_candidates(root, entry, change, d0)
 
     yield from walk(top.resolve())
 
@@ -627,13 +656,13 @@ def _image_candidates(
 
 
 def _patch_texts(
-    layer: Path, kfile: Path, k: dict[str, Any]
+    root: Path, layer: Path, kfile: Path, k: dict[str, Any]
 ) -> Iterator[tuple[Path, str, Callable[[str, Callable[[str], str]], str]]]:
     """(file, patch text, apply) for every patch of a layer; `apply(file_text, edit)`
     returns the file's text with the patch's text replaced by `edit(patch text)`."""
 
     def in_file(path: Path) -> tuple[Path, str, Callable[[str, Callable[[str], str]], str]]:
-        return path, path.read_text(encoding="utf-8"), lambda text, edit: edit(text)
+        return path, _read(root, path), lambda text, edit: edit(text)
 
     def inline(key: str) -> Callable[[str, Callable[[str], str]], str]:
         def apply(text: str, edit: Callable[[str], str]) -> str:
@@ -660,9 +689,14 @@ def _patch_texts(
 
 
 def _patch_candidates(
-    layer: Path, kfile: Path, k: dict[str, Any], change: FieldChange, d0: dict[str, Any]
+    root: Path,
+    layer: Path,
+    kfile: Path,
+    k: dict[str, Any],
+    change: FieldChange,
+    d0: dict[str, Any],
 ) -> Iterator[_Candidate]:
-    for file, text, apply in _patch_texts(layer, kfile, k):
+    for file, text, apply in _patch_texts(root, layer, kfile, k):
         try:
             docs = list(YAML(typ="safe", pure=True).load_all(text))
         except YAMLError:
@@ -776,10 +810,10 @@ def _join(parts: list[str | int]) -> str:
 
 
 def _resource_candidates(
-    file: Path, change: FieldChange, d0: dict[str, Any]
+    root: Path, file: Path, change: FieldChange, d0: dict[str, Any]
 ) -> Iterator[_Candidate]:
     """The Deployment documents of a resource file: the field set where the base writes it."""
-    text = file.read_text(encoding="utf-8")
+    text = _read(root, file)
     try:
         docs = list(YAML(typ="safe", pure=True).load_all(text))
     except YAMLError:
@@ -862,7 +896,7 @@ def _helm_candidates(
     for file in files:
         if not file.is_file():
             continue
-        values = _safe_load(file.read_text(encoding="utf-8"), str(file))
+        values = _safe_load(_read(root, file), str(file.relative_to(root)))
         for vpath, value in _leaves(values, []):
             key = _join(vpath)
             if rendered is not None and _same(value, rendered):

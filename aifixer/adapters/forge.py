@@ -217,9 +217,7 @@ class Forge:
             title = bounded(f"{prbody.title(state)} (needs a hand edit)", 250)
             with tempfile.TemporaryDirectory(prefix="aifixer-gitops-") as tmp:
                 checkout = self._clone(self._clone_url(repo_name), Path(tmp) / "repo", base)
-                file = Path(checkout.working_dir) / note
-                file.parent.mkdir(parents=True, exist_ok=True)
-                file.write_text(text, encoding="utf-8")
+                _write_note(Path(checkout.working_dir), note, text)
                 message = f"{title}\n\nAifixer-Incident: {incident_id}\n"
                 self._push(checkout, branch, [FileEdit(note, "", text)], message)
             ref = self._create_pull(
@@ -559,6 +557,9 @@ class Forge:
             "--single-branch",
             "--no-tags",
             f"--branch={branch}",
+            # A symbolic link of the repository is checked out as a plain file holding
+            # its target: nothing the renders or edits read can point out of the checkout.
+            "--config=core.symlinks=false",
             "--",
             url,
             str(dest),
@@ -717,6 +718,23 @@ def _release(workload: Workload, release: str | None) -> str:
             workload.name,
         )
     return workload.name
+
+
+def _write_note(root: Path, note: str, text: str) -> None:
+    """Write the draft's note at `note` in the checkout, never through a link out of it."""
+    root = root.resolve()
+    file = root / note
+    try:
+        if not file.parent.resolve().is_relative_to(root):
+            raise OSError("its directory resolves outside the repository")
+        file.parent.mkdir(parents=True, exist_ok=True)
+        if file.is_symlink() or not file.resolve().is_relative_to(root):
+            raise OSError("it resolves outside the repository")
+        file.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise PermanentError(
+            SYSTEM, f"cannot write the note {note} in the repository: {bounded(str(exc), 200)}"
+        ) from None
 
 
 def _opened_ms(incident_id: str) -> int | None:

@@ -67,6 +67,7 @@ class Renderer:
                 raise PermanentError(
                     system, f"{bounded(layout.namespace, 80)!r} is not a namespace name"
                 )
+            _no_link_out(root, Path(path))  # helm follows a chart's symbolic links
             argv = [self.settings.helm_bin, "template", f"--namespace={layout.namespace}"]
             for values in layout.values:
                 argv.append(f"--values={_inside(system, root, values)}")
@@ -133,6 +134,19 @@ def _inside(system: str, root: Path, path: str) -> Path:
         return inside(root, path)
     except SourceError as exc:
         raise PermanentError(system, bounded(str(exc), 300)) from None
+
+
+def _no_link_out(root: Path, chart: Path) -> None:
+    """Refuse a chart holding a symbolic link out of the checkout: `helm template`
+    follows it (`.Files.Get`, templates, values), reading any file of the machine."""
+    for dirpath, dirnames, filenames in os.walk(chart):
+        for name in [*dirnames, *filenames]:
+            link = Path(dirpath) / name
+            if link.is_symlink() and not link.resolve().is_relative_to(root):
+                raise PermanentError(
+                    "helm",
+                    f"{link.relative_to(root)} is a symbolic link out of the repository: refused",
+                )
 
 
 def _shown(argv: list[str]) -> str:

@@ -9,6 +9,8 @@ was fetched.
 
 from __future__ import annotations
 
+import base64
+from dataclasses import replace
 from pathlib import Path
 
 import git
@@ -19,8 +21,8 @@ from aifixer.adapters.forge import RELEASE_ANNOTATION, SOURCE_ANNOTATION, Forge
 from aifixer.adapters.render import Renderer
 from aifixer.manifests import apply_changes
 from aifixer.models import FieldChange, Workload
-from aifixer.sources import Layout, rendered_layouts
-from tests.gitops_fixtures import CHART, HELM, KUBECTL, tool_settings, write
+from aifixer.sources import Layout, SourceError, change_source, rendered_layouts
+from tests.gitops_fixtures import CHART, HELM, KUBECTL, KUSTOMIZE, tool_settings, write
 from tests.integration.test_adapter_forge import OOM, fixed_world, settings_for
 from tests.integration.test_forge_gitops_layouts import commit, render, state_for
 
@@ -144,3 +146,117 @@ def test_a_hostile_release_annotation_renders_as_the_workload_name(make_world, t
     git.Repo.clone_from(world.endpoints.gitops_clone_url, branch, branch=ref.branch)
     argv = [HELM, "template", "web", "charts/web", "--namespace", "shop"]
     assert render(argv, branch) == apply_changes(live, [memory])
+
+
+# -- 2. symbolic links never reach out of the checkout -------------------------------
+
+
+def test_helm_never_follows_a_chart_link_out_of_the_checkout(renderer, tmp_path):
+    repo = tmp_path / "repo"
+    (tmp_path / "outside.txt").write_text("outside-the-checkout\n")
+    write(repo, CHART)
+    write(
+        repo,
+        {
+            "charts/web/templates/leak.yaml": "apiVersion: v1\nkind: ConfigMap\n"
+            'metadata: {name: leak}\ndata:\n  leak: {{ .Files.Get "leak" | quote }}\n'
+        },
+    )
+    (repo / "charts/web/leak").symlink_to(tmp_path / "outside.txt")
+
+    with pytest.raises(PermanentError, match="symbolic link out of the repository") as err:
+        renderer.render(repo, Layout("helm", "charts/web", release="web", namespace="shop"))
+    assert "outside-the-checkout" not in err.value.message
+
+
+def test_a_values_file_linked_out_of_the_checkout_is_neither_read_nor_written(renderer, tmp_path):
+    # The renders see the link's target (rendered from the directory above), so only
+    # aifixer.sources stands between the edit and the file outside the checkout.
+    outer = tmp_path / "outer"
+    repo = outer / "repo"
+    write(repo, CHART)
+    outside = outer / "outvals.yaml"
+    outside.write_text(CHART["charts/web/values.yaml"])
+    (repo / "charts/web/values.yaml").unlink()
+    (repo / "charts/web/values.yaml").symlink_to(outside)
+    memory = FieldChange(path=f"{C0}.resources.limits.memory", before="96Mi", after="160Mi")
+
+    def render_from_above(layout: Layout) -> str:
+        return renderer.render(outer, replace(layout, path=f"repo/{layout.path}"))
+
+    with pytest.raises(SourceError, match="outside the repository"):
+        change_source(
+            repo,
+            Layout("helm", "charts/web", release="web", namespace="shop"),
+            WEB,
+            [memory],
+            render_from_above,
+        )
+    assert outside.read_text() == CHART["charts/web/values.yaml"]
+
+
+def test_a_checkout_reached_through_a_symlinked_directory_is_proven(renderer, tmp_path):
+    write(tmp_path / "real", KUSTOMIZE)
+    (tmp_path / "linked").symlink_to(tmp_path / "real")
+    root = tmp_path / "linked"
+    fix = FieldChange(
+        path=f"{C0}.image", before="ghcr.io/acme/web:1.5.0-bad", after="ghcr.io/acme/web:1.4.2"
+    )
+
+    change = change_source(
+        root,
+        Layout("kustomize", "overlays/prod"),
+        WEB,
+        [fix],
+        lambda lay: renderer.render(root, lay),
+    )
+
+    assert [e.path for e in change.edits] == ["overlays/prod/kustomization.yaml"]
+
+
+def push_with_links(world, tmp_path: Path, files: dict[str, str], links: dict[str, Path]) -> None:
+    """Commit `files` and symbolic links (path -> target) to the repository, as a person."""
+    basic = base64.b64encode(f"x-access-token:{world.endpoints.github_token}".encode()).decode()
+    env = {
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "http.extraHeader",
+        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
+        **{f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
+           for what, value in (("NAME", "a person"), ("EMAIL", "person@example.com"))},
+    }  # fmt: skip
+    work = tmp_path / "person"
+    checkout = git.Repo.clone_from(world.endpoints.gitops_clone_url, work, env=env)
+    write(work, files)
+    for path, target in links.items():
+        (work / path).unlink(missing_ok=True)
+        (work / path).parent.mkdir(parents=True, exist_ok=True)
+        (work / path).symlink_to(target)
+    checkout.git.add("--all")
+    checkout.git.commit("-m", "links", env=env)
+    checkout.git.push("origin", "HEAD", env=env)
+
+
+def test_links_in_the_repository_reach_nothing_outside_the_checkout(make_world, tmp_path):
+    _, world = fixed_world(make_world, OOM)
+    outside, notes = tmp_path / "outvals.yaml", tmp_path / "notes"
+    values = "# outside-the-checkout\n" + CHART["charts/web/values.yaml"]
+    outside.write_text(values)
+    notes.mkdir()
+    push_with_links(world, tmp_path, CHART, {"charts/web/values.yaml": outside, ".aifixer": notes})
+    annotations = {SOURCE_ANNOTATION: "charts/web"}
+    memory = FieldChange(path=f"{C0}.resources.limits.memory", before="96Mi", after="160Mi")
+    main = tmp_path / "main"  # a person's clone follows the link
+    git.Repo.clone_from(world.endpoints.gitops_clone_url, main)
+    live = render([HELM, "template", "web", "charts/web", "--namespace", "shop"], main)
+    state = state_for(live, [memory], "fplinks", annotations)
+    forge = Forge(settings_for(world, kubectl_bin=KUBECTL, helm_bin=HELM))
+
+    with pytest.raises(PermanentError) as err:
+        forge.open_fix_pr(state)
+    assert "outside-the-checkout" not in err.value.message
+    assert outside.read_text() == values  # neither edited nor restored through the link
+    with pytest.raises(PermanentError, match="cannot write the note"):
+        forge.open_draft_pr(state, "explained", ["a hand edit"])
+
+    assert list(notes.iterdir()) == []
+    assert world.call(world.forge.prs) == []
