@@ -555,6 +555,142 @@ def _load_kustomization(root: Path, directory: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+# Kinds kustomize runs in process from a generators:/transformers: config; any other kind
+# (exec and container plugins, KRM functions) would run a program or fetch an image.
+BUILTIN_PLUGINS = frozenset(
+    {
+        "AnnotationsTransformer",
+        "ConfigMapGenerator",
+        "HashTransformer",
+        "ImageTagTransformer",
+        "LabelTransformer",
+        "NamespaceTransformer",
+        "PatchJson6902Transformer",
+        "PatchStrategicMergeTransformer",
+        "PatchTransformer",
+        "PrefixSuffixTransformer",
+        "PrefixTransformer",
+        "ReplacementTransformer",
+        "ReplicaCountTransformer",
+        "SecretGenerator",
+        "SuffixTransformer",
+    }
+)
+
+
+def check_kustomization(root: Path, path: str) -> None:
+    """Refuse a kustomization tree whose render would reach beyond the checkout.
+
+    Every kustomization reachable from `path` (resources, bases, components) is read,
+    and every file it names (resources, patches, generators' files and envs,
+    replacements, configurations, crds, openapi) must be an existing local path inside
+    the checkout: a URL or a remote target (`github.com/org/repo//dir?ref=`) would be
+    fetched during the render, from inside the cluster's network, and make the proof
+    depend on content that can change. `helmCharts:` is refused, and so is a
+    `generators:`/`transformers:`/`validators:` entry that is not a local file of
+    kustomize's built-in kinds.
+
+    Raises:
+        SourceError: what is refused, and in which kustomization.
+    """
+    root = root.resolve()
+    seen: set[Path] = set()
+
+    def local(layer: Path, entry: Any, what: str) -> Path:
+        kfile = _kustomization(layer)
+        where = kfile.relative_to(root) if kfile else layer.relative_to(root)
+        if not isinstance(entry, str) or not entry:
+            raise SourceError(f"{where}: {what} {entry!r} is not a path: refused")
+        target = (layer / entry).resolve()
+        if not target.is_relative_to(root) or not target.exists():
+            raise SourceError(
+                f"{where}: {what} {_quoted(entry)} is not a local path inside the "
+                "repository (remote and outside resources are refused)"
+            )
+        return target
+
+    def plugins(layer: Path, key: str, entries: list[Any]) -> None:
+        for entry in entries:
+            if isinstance(entry, str) and "\n" in entry:
+                docs, name = entry, f"an inline {key} config"
+            else:
+                file = local(layer, entry, key)
+                if not file.is_file():
+                    raise SourceError(f"{file.relative_to(root)}: {key} must be a file: refused")
+                docs, name = _read(root, file), str(file.relative_to(root))
+            try:
+                configs = [d for d in YAML(typ="safe", pure=True).load_all(docs) if d is not None]
+            except YAMLError as exc:
+                raise SourceError(f"{name} is not valid YAML: {exc}") from exc
+            for config in configs:
+                kind = config.get("kind") if isinstance(config, dict) else None
+                annotations = (config.get("metadata") or {}).get("annotations") or {}
+                if kind not in BUILTIN_PLUGINS or any("function" in str(a) for a in annotations):
+                    raise SourceError(
+                        f"{name}: {key} of kind {_quoted(str(kind))} is not one of "
+                        "kustomize's built-in kinds: refused"
+                    )
+
+    def walk(layer: Path) -> None:
+        if layer in seen:
+            return
+        seen.add(layer)
+        kfile = _kustomization(layer)
+        if kfile is None:
+            raise SourceError(f"{layer.relative_to(root)} holds no kustomization")
+        k = _load_kustomization(root, layer)
+        for key in ("helmCharts", "helmChartInflationGenerator", "helmGlobals"):
+            if k.get(key):
+                raise SourceError(
+                    f"{kfile.relative_to(root)}: {key} is refused "
+                    "(a chart is rendered from its own directory)"
+                )
+        for key in ("resources", "bases", "components"):
+            for entry in _list(k, key):
+                target = local(layer, entry, key)
+                if target.is_dir():
+                    walk(target)
+        for key in ("patches", "patchesJson6902", "replacements"):
+            for entry in _list(k, key):
+                if isinstance(entry, dict) and entry.get("path") is not None:
+                    local(layer, entry["path"], key)
+        for entry in _list(k, "patchesStrategicMerge"):
+            if not (isinstance(entry, str) and "\n" in entry):
+                local(layer, entry, "patchesStrategicMerge")
+        for key in ("configMapGenerator", "secretGenerator"):
+            for gen in _list(k, key):
+                if not isinstance(gen, dict):
+                    continue
+                for item in [*(gen.get("files") or []), *(gen.get("envs") or [])]:
+                    path = item.rpartition("=")[2] if isinstance(item, str) else item
+                    local(layer, path, key)
+                if gen.get("env") is not None:
+                    local(layer, gen["env"], key)
+        for key in ("configurations", "crds"):
+            for entry in _list(k, key):
+                local(layer, entry, key)
+        openapi = k.get("openapi")
+        if isinstance(openapi, dict) and openapi.get("path") is not None:
+            local(layer, openapi["path"], "openapi")
+        for key in ("generators", "transformers", "validators"):
+            plugins(layer, key, _list(k, key))
+
+    walk(inside(root, path))
+
+
+def _list(k: dict[str, Any], key: str) -> list[Any]:
+    value = k.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SourceError(f"{key} must be a list")
+    return value
+
+
+def _quoted(text: str, limit: int = 120) -> str:
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
 def _entries(directory: Path, k: dict[str, Any]) -> Iterator[Path]:
     """The local paths a kustomization includes (resources, bases, components), in order."""
     for key in ("resources", "bases", "components"):

@@ -22,11 +22,20 @@ import tempfile
 from pathlib import Path
 
 from aifixer.settings import Settings
-from aifixer.sources import Layout, SourceError, inside, valid_namespace, valid_release
+from aifixer.sources import (
+    Layout,
+    SourceError,
+    check_kustomization,
+    inside,
+    valid_namespace,
+    valid_release,
+)
 
 from .errors import PermanentError, TransientError, bounded
 
 MAX_OUTPUT = 32 * 1024 * 1024  # bytes of rendered YAML; more is not a Deployment's repo
+NO_NETWORK = "http://127.0.0.1:9"  # the discard port: nothing answers there
+_PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
 
 
 class Renderer:
@@ -50,6 +59,10 @@ class Renderer:
         # repository or an annotation is never read as an option of the tool.
         path = str(_inside(system, root, layout.path))
         if layout.kind == "kustomize":
+            try:  # nothing fetched: every resource, patch and file local to the checkout
+                check_kustomization(root, layout.path)
+            except SourceError as exc:
+                raise PermanentError(system, bounded(str(exc), 500)) from None
             if self.settings.kustomize_bin:
                 argv = [self.settings.kustomize_bin, "build", "--", path]
             else:
@@ -93,6 +106,15 @@ class Renderer:
                 "HELM_CACHE_HOME": f"{home}/cache",
                 "HELM_CONFIG_HOME": f"{home}/config",
                 "HELM_DATA_HOME": f"{home}/data",
+                # Defence in depth beside check_kustomization: any HTTP(S) fetch goes to
+                # a closed loopback port, and git (kustomize's remote targets) may only
+                # read local files and never asks for credentials.
+                **{proxy: NO_NETWORK for proxy in _PROXIES},
+                "NO_PROXY": "",
+                "no_proxy": "",
+                "GIT_TERMINAL_PROMPT": "0",
+                "GIT_ALLOW_PROTOCOL": "file",
+                "GIT_CONFIG_NOSYSTEM": "1",
             }
             with (
                 tempfile.TemporaryFile(dir=home) as out,

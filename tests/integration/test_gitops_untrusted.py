@@ -10,6 +10,8 @@ was fetched.
 from __future__ import annotations
 
 import base64
+import http.server
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -260,3 +262,102 @@ def test_links_in_the_repository_reach_nothing_outside_the_checkout(make_world, 
 
     assert list(notes.iterdir()) == []
     assert world.call(world.forge.prs) == []
+
+
+# -- 3. a kustomize render fetches nothing -------------------------------------------
+
+
+@pytest.fixture
+def web_server():
+    """A server on 127.0.0.1 that serves a ConfigMap and records every request."""
+    requests: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            requests.append(self.path)
+            body = b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: fetched}\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    server.shutdown()
+    server.server_close()
+
+
+REFUSED_KUSTOMIZATIONS = {
+    "url": "resources: [{url}/cm.yaml]\n",
+    "remote target": "resources:\n  - github.com/acme/gitops//base?ref=v1\n",
+    "escape": "configMapGenerator:\n  - name: leak\n    files: [../../secret.txt]\n",
+    "escape in a base": "resources: [../base-escape]\n",
+    "patch outside": "resources: [cm.yaml]\npatches:\n  - path: ../../secret.txt\n",
+    "helm chart": "helmCharts:\n  - name: web\n    repo: {url}/charts\n    version: 1.0.0\n",
+    "exec plugin": "resources: [cm.yaml]\ntransformers: [plugin.yaml]\n",
+    "remote generator": "generators: [{url}/gen.yaml]\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_KUSTOMIZATIONS))
+def test_a_kustomization_reaching_beyond_the_checkout_is_refused(
+    case, renderer, tmp_path, web_server
+):
+    url, requests = web_server
+    repo = tmp_path / "repo"
+    (tmp_path / "secret.txt").write_text("outside-the-checkout\n")
+    write(
+        repo,
+        {
+            "app/kustomization.yaml": REFUSED_KUSTOMIZATIONS[case].format(url=url),
+            "app/cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\n",
+            "app/plugin.yaml": "apiVersion: acme.io/v1\nkind: Runner\nmetadata:\n  name: run\n"
+            "  annotations:\n    config.kubernetes.io/function: |\n"
+            "      exec: {path: /bin/sh}\n",
+            "base-escape/kustomization.yaml": "resources: [../../secret.txt]\n",
+        },
+    )
+
+    with pytest.raises(PermanentError, match="refused") as err:
+        renderer.render(repo, Layout("kustomize", "app"))
+
+    assert "outside-the-checkout" not in err.value.message
+    assert requests == []
+
+
+def test_local_resources_and_built_in_transformers_still_render(renderer, tmp_path):
+    write(tmp_path, KUSTOMIZE)
+    write(
+        tmp_path,
+        {
+            "overlays/prod/labels.yaml": "apiVersion: builtin\nkind: LabelTransformer\n"
+            "metadata: {name: team}\nlabels: {team: shop}\nfieldSpecs:\n"
+            "  - {path: metadata/labels, create: true}\n",
+            "overlays/prod/env.txt": "LEVEL=info\n",
+        },
+    )
+    kfile = tmp_path / "overlays/prod/kustomization.yaml"
+    kfile.write_text(
+        kfile.read_text() + "transformers: [labels.yaml]\n"
+        "configMapGenerator:\n  - name: web-env\n    envs: [env.txt]\n"
+    )
+
+    text = renderer.render(tmp_path, Layout("kustomize", "overlays/prod"))
+
+    assert "team: shop" in text and "LEVEL: info" in text
+
+
+def test_the_tools_run_without_a_way_out(renderer, tmp_path):
+    """Besides the checks, the render's environment sends HTTP(S) nowhere and lets git
+    read local files only."""
+    env = renderer._run("env", "AIFIXER_KUBECTL_BIN", ["env"], tmp_path)
+    lines = set(env.splitlines())
+
+    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        assert f"{proxy}=http://127.0.0.1:9" in lines
+    assert {"NO_PROXY=", "GIT_TERMINAL_PROMPT=0", "GIT_ALLOW_PROTOCOL=file"} <= lines
