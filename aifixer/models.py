@@ -137,6 +137,18 @@ class Revision(Record):
     current: bool  # the Deployment's current template
 
 
+class ExistingTag(Record):
+    """For a container whose image does not pull: the tag of the same repository that
+    exists and was clearly meant (aifixer.imageref.closest_tag), read from a registry."""
+
+    container: str
+    image: str  # as the workload names it
+    tag: str  # the existing tag
+    digest: str  # what the tag pointed at when read (sha256:...)
+    rule: str  # "typo" or "missing-patch"
+    why: str  # one sentence for the record
+
+
 class Evidence(Record):
     deployment: Manifest  # the live Deployment, without status and managedFields
     pods: list[PodState]
@@ -148,6 +160,8 @@ class Evidence(Record):
     template_diff: list[FieldChange]  # last healthy template -> current template
     healthy: bool  # rollout complete and no pod shows a failure (nothing to fix)
     generation: int | None = None  # the Deployment's generation the evidence was read at
+    # Only with AIFIXER_REGISTRIES, for an image pull failure without a healthy revision.
+    existing_tags: list[ExistingTag] = Field(default_factory=list)
 
 
 class Diagnosis(Record):

@@ -21,7 +21,7 @@ from typing import Any
 
 import redis as redis_lib
 
-from . import detect, fixer, guardrails, manifests, metrics
+from . import detect, fixer, guardrails, imageref, manifests, metrics
 from .adapters.errors import (
     AdapterError,
     Conflict,
@@ -36,6 +36,7 @@ from .models import (
     ApplyResult,
     CallRecord,
     Evidence,
+    ExistingTag,
     FixProposal,
     GitOpsPause,
     Incident,
@@ -98,6 +99,15 @@ class Context:
         from .adapters.prometheus import Prometheus
 
         return Prometheus(self.settings)
+
+    @cached_property
+    def registry(self):
+        """The container registries of AIFIXER_REGISTRIES, or None when none is."""
+        if not self.settings.registries:
+            return None
+        from .adapters.registry import Registry
+
+        return Registry(self.settings)
 
     @cached_property
     def loki(self):
@@ -349,7 +359,50 @@ def gather_evidence(ctx: Context, incident: Incident, dep: dict[str, Any]) -> Ev
         template_diff=template_diff,
         healthy=healthy,
         generation=(dep.get("metadata") or {}).get("generation"),
+        existing_tags=existing_tags(ctx, incident, dep) if last_healthy is None else [],
     )
+
+
+def existing_tags(ctx: Context, incident: Incident, dep: dict[str, Any]) -> list[ExistingTag]:
+    """For an image that does not pull and a workload without a healthy revision: the
+    existing tag of the same repository it was clearly meant to name, with its digest.
+
+    Only registries of AIFIXER_REGISTRIES are asked, never when none is; a registry
+    that fails leaves the evidence without this part (logged), never fails the stage.
+    """
+    registry = ctx.registry
+    if registry is None or incident.failure_class != "ImagePull":
+        return []
+    found = []
+    for container in guardrails.pod_spec(dep).get("containers") or []:
+        image, name = container.get("image"), container.get("name")
+        try:
+            ref = imageref.parse(image)
+        except imageref.ImageRefError:
+            continue
+        if ref.digest is not None or not isinstance(name, str) or not registry.allows(ref):
+            continue
+        try:
+            tags = registry.tags(ref)
+            choice = imageref.closest_tag(ref.tag or "latest", tags)
+            if choice is None:
+                log.info("%s %s: no existing tag is clearly meant", tag(incident), ref.repository)
+                continue
+            digest = registry.digest(ref, choice.tag)
+        except AdapterError as exc:
+            log.warning("%s tags of %s not read: %s", tag(incident), ref.repository, exc)
+            continue
+        found.append(
+            ExistingTag(
+                container=name,
+                image=image,
+                tag=choice.tag,
+                digest=digest,
+                rule=choice.rule,
+                why=choice.why,
+            )
+        )
+    return found
 
 
 def _comparable_template(template: dict[str, Any]) -> dict[str, Any]:

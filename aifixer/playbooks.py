@@ -6,8 +6,10 @@ that undo the breakage. They are candidates beside the model's answer and the fa
 when the model fails, so they are conservative on purpose:
 
 - what they restore comes from the workload's own past (the last healthy revision's
-  pod template, the images of revisions that ran); they never invent a value a
-  person would have to know (node capacity, a Secret, a tag nobody pushed);
+  pod template, the images of revisions that ran) or, for an image without such a
+  past, from its registry (the existing tag of the same repository clearly meant);
+  they never invent a value a person would have to know (node capacity, a Secret,
+  a tag nobody pushed);
 - they change nothing outside the guardrails' allow-list, so a playbook's proposal
   passes `guardrails.check` by construction; placement (nodeSelector, tolerations)
   and missing Secrets are left to a person: no playbook exists for them.
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from . import manifests
+from . import imageref, manifests
 from .guardrails import (
     MEBIBYTE,
     PROBES,
@@ -247,6 +249,46 @@ def _known_good_image(case: _Case, container: dict[str, Any]) -> str | None:
     )
 
 
+# -- closest-existing-tag --------------------------------------------------------------------
+
+
+def closest_existing_tag(case: _Case) -> FixProposal | None:
+    """For an image whose tag was never published and no healthy revision to return to:
+    the tag of the same repository that exists and was clearly meant, as the evidence
+    read it from the registry (`Evidence.existing_tags`, resolved to a digest)."""
+    if case.healthy:
+        return None
+    found = {t.container: t for t in case.evidence.existing_tags}
+    manifest = copy.deepcopy(case.live)
+    chosen = []
+    for index, container in case.containers():
+        existing = found.get(container.get("name"))  # type: ignore[arg-type]
+        if existing is None or existing.image != container.get("image"):
+            continue
+        try:
+            ref = imageref.parse(existing.image)
+        except imageref.ImageRefError:
+            continue
+        if not imageref.TAG.fullmatch(existing.tag) or not imageref.DIGEST.fullmatch(
+            existing.digest
+        ):
+            continue
+        image = ref.with_tag(existing.tag)
+        if image_repository(image) != image_repository(existing.image):
+            continue  # never another repository or registry
+        manifests.set_path(manifest, f"{CONTAINERS}[{index}].image", image)
+        chosen.append(
+            f"{container['name']}: tag {ref.tag or 'latest'} -> {existing.tag} "
+            f"({existing.digest}): {existing.why}"
+        )
+    return case.proposal(
+        "closest-existing-tag",
+        "The image names a tag that was never published and the workload never ran "
+        f"healthy; uses the existing tag of the same repository ({'; '.join(chosen)}).",
+        manifest,
+    )
+
+
 # -- raise-memory-limit ------------------------------------------------------------------------
 
 
@@ -446,7 +488,7 @@ def fix_probe_path(case: _Case) -> FixProposal | None:
 # Best first: the narrowest fix for the class, then the general revert. Unschedulable
 # has no revert: when the cause is placement, restoring the rest would fix nothing.
 PLAYBOOKS: dict[str, tuple[Playbook, ...]] = {
-    "ImagePull": (restore_known_good_image, revert_to_last_healthy),
+    "ImagePull": (restore_known_good_image, revert_to_last_healthy, closest_existing_tag),
     "CrashLoop": (
         raise_memory_limit,
         restore_env,

@@ -163,6 +163,20 @@ class Settings(BaseSettings):
         default='job="kube-state-metrics"', pattern=_MATCHERS
     )
 
+    # -- container registries: the closest existing tag of an image that does not pull
+    # Which registries may be asked for a repository's tags, by host as images name them
+    # (docker.io, ghcr.io, harbor.example.com:8443), comma-separated. Empty (the
+    # default): no registry is asked and that repair is not offered.
+    registries: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Where each is reached, "host=base URL" comma-separated; default https://<host>
+    # (Docker Hub: https://registry-1.docker.io).
+    registry_urls: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # Their credentials as a Docker config.json ({"auths": {"ghcr.io": {"auth":
+    # base64("user:token")}}}, the .dockerconfigjson of a pull Secret): sent as basic
+    # auth, or to the token service a registry names (bearer token flow).
+    registry_credentials: SecretStr | None = None
+    registry_max_tags: int = Field(default=5000, ge=1)  # a repository's tags read at most
+
     # -- forecast scaling: Deployments opt in by annotations (aifixer.io/forecast-*)
     scaling_interval_s: float = Field(default=60, gt=0)
     scaling_history_s: float = Field(default=1800, gt=0)  # the seed read 30 minutes
@@ -202,6 +216,22 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return [x.strip() for x in v.split(",") if x.strip()]
         return v
+
+    @field_validator("registries", mode="before")
+    @classmethod
+    def _hosts(cls, v):
+        if isinstance(v, str):
+            v = [x.strip() for x in v.split(",") if x.strip()]
+        return [h.lower() for h in v] if isinstance(v, list) else v
+
+    @field_validator("registry_urls", mode="before")
+    @classmethod
+    def _registry_urls(cls, v):
+        v = _pairs(v, "host=https://registry.example.com")
+        for host, url in (v or {}).items():
+            if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+                raise ValueError(f"the URL of registry {host} is not an http(s) URL")
+        return {h.lower(): u for h, u in v.items()} if isinstance(v, dict) else v
 
     @field_validator("gitops_paths", mode="before")
     @classmethod

@@ -206,6 +206,15 @@ def farm_env(
             "HOME": str(workdir),  # git and kubectl caches stay in the run's directory
         }
     )
+    spec = world.scenario.registry if world.scenario is not None else None
+    if spec is not None:  # the scenario's repair asks the sandbox registry
+        env.update(
+            {
+                "AIFIXER_REGISTRIES": spec.host,
+                "AIFIXER_REGISTRY_URLS": f"{spec.host}={ep.registry}",
+                "AIFIXER_REGISTRY_CREDENTIALS": world.registry.docker_config(),
+            }
+        )
     env.update(extra or {})
     return env
 

@@ -233,6 +233,15 @@ class GitOps(_Strict):
         return str(Path(manifests[0].path).parent)
 
 
+class RegistrySpec(_Strict):
+    """The farm is told of the sandbox registry (AIFIXER_REGISTRIES and the rest), which
+    serves the catalog's images of `host` (aifixer.sandbox.registry) with this `auth`.
+    Without this key the registry still serves the catalog, but the farm asks it nothing."""
+
+    host: str = "docker.io"
+    auth: Literal["none", "basic", "bearer"] = "bearer"
+
+
 DEFAULT_NODES = (Node(name="node-1"),)
 
 
@@ -246,6 +255,7 @@ class Scenario(_Strict):
     oncall: OnCall = Field(default_factory=OnCall)
     expect: Expect
     gitops: GitOps = Field(default_factory=GitOps)
+    registry: RegistrySpec | None = None
     # The simulated-time speed-up the scenario's wall-time settings were written for (the
     # forecast annotations' horizon and windows are read by the farm in wall seconds):
     # when set, the harness plays the scenario at this speed whatever it is asked.
@@ -323,6 +333,12 @@ def bundled_gitops() -> list[Path]:
     """Scenarios whose workloads a GitOps controller manages (tests/scenarios/gitops); not
     yet among those the farm must bring to their outcome."""
     return sorted((bundled_dir() / "gitops").glob("*.yaml"))
+
+
+def bundled_registry() -> list[Path]:
+    """Scenarios whose repair asks the sandbox registry for tags (tests/scenarios/registry);
+    played by their own test, not yet among those the farm must bring to their outcome."""
+    return sorted((bundled_dir() / "registry").glob("*.yaml"))
 
 
 def bundled_injection() -> list[Path]:

@@ -34,6 +34,7 @@ from . import hpa as hpa_mod
 from . import loki as loki_mod
 from . import metrics as metrics_mod
 from . import phone as phone_mod
+from . import registry as registry_mod
 from .clock import Clock
 from .kube import server as kube_server
 from .kube.cluster import Cluster
@@ -152,6 +153,7 @@ class Endpoints:
     oncall_numbers: list[str]
     state_dir: str
     metrics: str = ""  # the kubelet's /metrics/cadvisor and kube-state-metrics' /metrics
+    registry: str = ""  # the container registry serving the image catalog (/v2/)
 
 
 class World:
@@ -184,6 +186,11 @@ class World:
         self.phone = phone_mod.Phone(
             self.state_dir / "calls", {self.twilio_sid: self.twilio_token}, self.clock
         )
+        spec = scenario.registry if scenario is not None else None
+        self.registry = registry_mod.RegistryStore.of(
+            scenario.images if scenario is not None else [],
+            **({"host": spec.host, "auth": spec.auth} if spec is not None else {}),
+        )
         self.sites: dict[str, Site] = {}
         self.endpoints: Endpoints | None = None
         self.gitops: list[gitops_mod.ArgoController | gitops_mod.FluxController] = []
@@ -211,6 +218,7 @@ class World:
             "forge": forge_mod.make_app(self.forge, lambda: self.sites["forge"].url),
             "twilio": phone_mod.make_app(self.phone),
             "metrics": metrics_mod.make_app(self.metrics),
+            "registry": registry_mod.make_app(self.registry, lambda: self.sites["registry"].url),
         }
         self.metrics.start()
         self.hpa.start()
@@ -489,6 +497,7 @@ class World:
             oncall_numbers=list(self.scenario.oncall.numbers) if self.scenario else [],
             state_dir=str(self.state_dir),
             metrics=self.sites["metrics"].url,
+            registry=self.sites["registry"].url,
         )
         path = self.state_dir / "endpoints.json"
         path.write_text(json.dumps(asdict(ep), indent=2))
