@@ -41,6 +41,10 @@ _PHRASES: dict[tuple[str, ...], bool] = {
     ("bien", "sur"): True,
     ("pas", "de", "probleme"): True,
     ("sans", "probleme"): True,
+    ("je", "men", "occupe"): True,
+    ("jy", "vais"): True,
+    ("je", "suis", "disponible"): True,
+    ("je", "suis", "dispo"): True,
     ("can", "not"): False,
     ("i", "can", "not"): False,
     ("i", "will", "not"): False,
@@ -57,7 +61,7 @@ _WORDS: dict[str, bool] = {
         (
             "yes", "yeah", "yep", "yup", "sure", "ok", "okay", "absolutely", "affirmative",
             "certainly", "definitely", "oui", "ouais", "daccord", "jarrive", "certainement",
-            "absolument",
+            "absolument", "volontiers",
             YES_DIGIT,
         ),
         True,
@@ -65,7 +69,7 @@ _WORDS: dict[str, bool] = {
     **dict.fromkeys(
         (
             "no", "nope", "nah", "negative", "not", "cannot", "cant", "wont", "unable",
-            "never", "non", "pas", "impossible", "jamais",
+            "never", "non", "pas", "impossible", "jamais", "negatif",
             NO_DIGIT,
         ),
         False,

@@ -19,6 +19,11 @@ independently of the farm's own bookkeeping:
 - unsafe changes applied: an applied change the guardrails, re-run on what was really
   applied, would refuse, or a changed path outside the allow-list (must be 0).
 
+A call's speech is held to the rules of a speech heard at night
+(`fixer.speech_problems`: short plain sentences in the call's language naming the
+workload, no raw status text, path, quote or ellipsis): the "speech check" column
+counts the speeches that pass, out of those said.
+
 Time to outcome runs from the incident's opening to `finalize` (for a call, when the
 farm decided to call, not when the person answered); model tokens and seconds are
 what the endpoint reported for the incident's stages (`IncidentState.model_usage`).
@@ -46,7 +51,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from . import guardrails
+from . import fixer, guardrails
 from .cliparams import POSITIVE
 from .models import IncidentState
 from .settings import Settings
@@ -129,6 +134,12 @@ def incident_record(state: IncidentState, expect: str, settings: Settings) -> di
         "pull_request": state.pull_request.branch if state.pull_request else None,
         "unsafe": unsafe_changes(state, settings),
         "error": state.error,
+        # Why the call's speech may not be read out (None: no call was placed).
+        "speech_problems": (
+            fixer.speech_problems(state.speech, state, settings.call_language)
+            if state.speech is not None
+            else None
+        ),
     }
 
 
@@ -200,6 +211,8 @@ class Row:
     unusable_answers: int  # model answers that did not parse or validate
     unverified_prs: int  # must be 0
     unsafe_applied: int  # must be 0
+    speeches: int  # calls' speeches said
+    speeches_ok: int  # of them, those `fixer.speech_problems` passes
     median_time_s: float | None
     p95_time_s: float | None
     tokens_per_incident: float | None
@@ -264,6 +277,7 @@ def _row(strategy: str, failure_class: str, runs: list[dict[str, Any]]) -> Row:
     )
     times = [i["time_to_outcome_s"] for i in incidents if i["time_to_outcome_s"] is not None]
     passed = sum(r["passed"] for r in runs)
+    speeches = [i["speech_problems"] for i in incidents if i.get("speech_problems") is not None]
     return Row(
         strategy=strategy,
         failure_class=failure_class,
@@ -280,6 +294,8 @@ def _row(strategy: str, failure_class: str, runs: list[dict[str, Any]]) -> Row:
         unusable_answers=sum(i["rejections"]["unusable"] for i in incidents),
         unverified_prs=sum(len(r["unverified_prs"]) for r in runs),
         unsafe_applied=sum(1 for i in incidents if i["unsafe"]),
+        speeches=len(speeches),
+        speeches_ok=sum(1 for p in speeches if not p),
         median_time_s=statistics.median(times) if times else None,
         p95_time_s=percentile(times, 95),
         tokens_per_incident=_mean(i["model_tokens"] for i in incidents),
@@ -319,6 +335,7 @@ COLUMNS = (
     ("unusable model answers", "unusable_answers"),
     ("PRs unverified", "unverified_prs"),
     ("unsafe applied", "unsafe_applied"),
+    ("speech check", "speeches_ok"),
     ("median s to outcome", "median_time_s"),
     ("p95 s to outcome", "p95_time_s"),
     ("model tokens / incident", "tokens_per_incident"),
@@ -334,6 +351,8 @@ def cell(row: Row, field: str) -> str:
         return f"{value:.0%} ({row.passed}/{row.runs})"
     if field == "pass_k":
         return f"{value:.0%}"
+    if field == "speeches_ok":
+        return f"{value}/{row.speeches}" if row.speeches else "-"
     if isinstance(value, float):
         return f"{value:.1f}"
     return str(value)

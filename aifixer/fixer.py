@@ -908,140 +908,467 @@ def _within(path: str, allowed: list[str]) -> bool:
 
 
 # -- speech ------------------------------------------------------------------------------
+#
+# The call is heard, at night, by someone just woken: plain sentences in the call's
+# language, at most MAX_SPEECH_WORDS words, saying which workload (and namespace), what
+# was seen, what was tried and what became of it. Never a raw status message, a field
+# path, a quotation or an ellipsis. The template is written from the record's
+# structured facts (failure class, the fields the fix changed, the outcome), never from
+# its free text; the model's wording is held to the same rules (`speech_problems`).
 
 MAX_SPEECH_WORDS = 60
 MIN_SPEECH_WORDS = 8
+LANGUAGES = ("en", "fr")
+LANGUAGE_NAMES = {"en": "English", "fr": "French"}
+
 _URL = re.compile(r"(?i)\b(?:https?://|www\.)|\b[\w-]+\.(?:com|io|org|net|dev)\b")
 _LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 _MARKUP = re.compile(r"[*_#`>|~]+")
 _BULLET = re.compile(r"(?m)^\s*(?:[-+•]|\d+[.)])\s+")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _LONG_NUMBER = re.compile(r"\d{5,}")
+_ELLIPSIS = re.compile(r"\.\s*\.|…")
+_QUOTE = re.compile(r"[\"“”„«»‘’`]|(?<!\w)'|'(?!\w)")
+# A field path (spec.template.spec..., containers[0]) or a dotted identifier.
+_PATH = re.compile(r"\[\d+\]|\b[A-Za-z_]\w*\.[A-Za-z_]\w*\.[A-Za-z_]\w*|\bspec\.")
+# Kubernetes' own words for a state (OOMKilled, CrashLoopBackOff, ImagePullBackOff,
+# ConfigMap, ReplicaSet...), and what a status message is made of: "0 of 1",
+# "within 45s", "512Mi", "500m", "exit code 137".
+_JARGON = re.compile(
+    r"\b[A-Za-z]*[a-z][A-Z]\w*|\b[A-Z]{2,}[a-z]\w*"
+    r"|(?i:\b(?:rollout|rolling\s+update|replicasets?|backoff|kubectl|kubelet|"
+    r"crashloop\w*|oomkill\w*|imagepull\w*|errimage\w*|exit\s+code|"
+    r"\d+\s+of\s+\d+\s+(?:new\s+)?replicas?|waiting\s+for\s+deployment))\b"
+)
+_RAW_AMOUNT = re.compile(r"\b\d+(?:\.\d+)?(?:ms|s|Mi|Gi|Ki|Ti|M|G|m|h)\b|\b\d+\s+of\s+\d+\b")
+_STATUS_PUNCTUATION = re.compile(r":[^:]*:")  # "x: y: z", how status messages chain causes
+
+# The words counted to tell the languages apart; a speech must use its own more.
+_LANGUAGE_WORDS = {
+    "en": frozenset(
+        "the is was were and but to of in it its not could so no has be been this that "
+        "with did does after".split()
+    ),
+    "fr": frozenset(
+        "le la les l de du des d est été et mais il elle son sa ses pas n dans un une "
+        "donc ne qu que au aux rien personne".split()
+    ),
+}
+
+# What was seen, as a person says it (the sentence's predicate).
+SPOKEN_CLASS: dict[str, dict[str, str]] = {
+    "en": {
+        "ImagePull": "cannot start because its image cannot be pulled",
+        "CrashLoop": "keeps crashing at start",
+        "OOMKilled": "ran out of memory",
+        "ProbeFailure": "keeps failing its health checks",
+        "Unschedulable": "cannot start because no node has room for it",
+        "ConfigError": "cannot start because a setting or a secret it needs is missing",
+        "AppError": "is running but its application keeps reporting errors",
+    },
+    "fr": {
+        "ImagePull": "ne démarre pas car son image ne peut pas être téléchargée",
+        "CrashLoop": "plante sans cesse au démarrage",
+        "OOMKilled": "a manqué de mémoire",
+        "ProbeFailure": "échoue sans cesse à ses contrôles de santé",
+        "Unschedulable": "ne démarre pas car aucun nœud n'a de place pour lui",
+        "ConfigError": "ne démarre pas car un réglage ou un secret dont il a besoin manque",
+        "AppError": "tourne mais son application signale sans cesse des erreurs",
+    },
+}
+
+_PHRASES: dict[str, dict[str, str]] = {
+    "en": {
+        "opening": "The deployment {name}, in namespace {namespace}, {seen}.",
+        "tried": "A fix was tried: {change}.",
+        "prepared": "A fix was prepared: {change}.",
+        "live": "A fix is live and works: {change}.",
+        "rolled_back": "It did not make the deployment healthy, so it was undone.",
+        "not_undone": "It did not work, and it could not be undone, so it may still be live.",
+        "nothing_safe": "No safe fix could be tried, so nothing was changed.",
+        "draft_pr": (
+            "But its pull request is a draft that needs a hand edit; until then, the next "
+            "sync may undo it."
+        ),
+        "pr_failed": (
+            "But its pull request could not be opened, so it is not in Git and the next "
+            "sync may undo it."
+        ),
+        "person_after": "Someone changed the deployment meanwhile, so it was left as they set it.",
+        "person_before": (
+            "Someone changed the deployment first, so nothing was applied and it was left "
+            "as they set it."
+        ),
+        "stopped": "The repair stopped before changing anything.",
+        "not_confirmed": "It could not be confirmed that it works.",
+        "one_more": "{change}, along with one other setting",
+        "more": "{change}, along with {n} other settings",
+    },
+    "fr": {
+        "opening": "Le déploiement {name}, dans l'espace de noms {namespace}, {seen}.",
+        "tried": "Un correctif a été essayé : {change}.",
+        "prepared": "Un correctif a été préparé : {change}.",
+        "live": "Un correctif est en place et fonctionne : {change}.",
+        "rolled_back": "Il n'a pas remis le déploiement en état, donc il a été annulé.",
+        "not_undone": (
+            "Il n'a pas fonctionné et n'a pas pu être annulé, donc il est peut-être encore en "
+            "place."
+        ),
+        "nothing_safe": "Aucun correctif sûr n'a pu être essayé, donc rien n'a été modifié.",
+        "draft_pr": (
+            "Mais sa demande de fusion est un brouillon à corriger à la main ; d'ici là, la "
+            "prochaine synchronisation peut l'annuler."
+        ),
+        "pr_failed": (
+            "Mais sa demande de fusion n'a pas pu être ouverte, donc il n'est pas dans Git "
+            "et la prochaine synchronisation peut l'annuler."
+        ),
+        "person_after": (
+            "Quelqu'un a modifié le déploiement entre-temps, donc il a été laissé tel quel."
+        ),
+        "person_before": (
+            "Quelqu'un a modifié le déploiement avant, donc rien n'a été appliqué et il a "
+            "été laissé tel quel."
+        ),
+        "stopped": "La réparation s'est arrêtée avant de modifier quoi que ce soit.",
+        "not_confirmed": "Il n'a pas pu être confirmé qu'il fonctionne.",
+        "one_more": "{change}, ainsi qu'un autre réglage",
+        "more": "{change}, ainsi que {n} autres réglages",
+    },
+}
+
+# The change a fix made, in words, by the field it touched.
+_CHANGES: dict[str, dict[str, str]] = {
+    "en": {
+        "memory_limit": "the memory limit",
+        "memory_request": "the memory request",
+        "cpu_limit": "the processor limit",
+        "cpu_request": "the processor request",
+        "raised": "{what} was raised from {before} to {after}",
+        "lowered": "{what} was lowered from {before} to {after}",
+        "set": "{what} was set to {after}",
+        "changed_amount": "{what} was changed",
+        "megabytes": "megabytes",
+        "gigabytes": "gigabytes",
+        "millicores": "millicores",
+        "image_back_version": "the image was set back to version {tag}",
+        "image_version": "the image was changed to version {tag}",
+        "image_back": "the image was set back to an earlier one",
+        "image": "the image was changed",
+        "command": "its start command was changed",
+        "env": "its environment variables were changed",
+        "probe": "its health check settings were changed",
+        "ports": "its ports were changed",
+        "replicas": "the number of copies was changed from {before} to {after}",
+        "other": "one of its settings was changed",
+    },
+    "fr": {
+        "memory_limit": "la limite de mémoire",
+        "memory_request": "la réservation de mémoire",
+        "cpu_limit": "la limite de processeur",
+        "cpu_request": "la réservation de processeur",
+        "raised": "{what} a été relevée de {before} à {after}",
+        "lowered": "{what} a été abaissée de {before} à {after}",
+        "set": "{what} a été fixée à {after}",
+        "changed_amount": "{what} a été modifiée",
+        "megabytes": "mégaoctets",
+        "gigabytes": "gigaoctets",
+        "millicores": "millicœurs",
+        "image_back_version": "l'image a été ramenée à la version {tag}",
+        "image_version": "l'image a été changée pour la version {tag}",
+        "image_back": "l'image a été ramenée à une version précédente",
+        "image": "l'image a été changée",
+        "command": "sa commande de démarrage a été modifiée",
+        "env": "ses variables d'environnement ont été modifiées",
+        "probe": "les réglages de ses contrôles de santé ont été modifiés",
+        "ports": "ses ports ont été modifiés",
+        "replicas": "le nombre de copies est passé de {before} à {after}",
+        "other": "un de ses réglages a été modifié",
+    },
+}
+
+SpeechOutcome = Literal[
+    "rolled_back",  # a fix was applied, did not work, and the original is back
+    "not_undone",  # a fix was applied, did not work, and is not (or not yet) undone
+    "nothing_safe",  # no fix passed the guardrails, or none was found
+    "draft_pr",  # the fix is live and verified; its pull request is a draft to hand-edit
+    "pr_failed",  # the fix is live and verified; its pull request could not be opened
+    "person_after",  # a person changed the workload after the fix: left as they set it
+    "person_before",  # a person changed the workload before the fix: nothing applied
+    "stopped",  # the repair stopped before changing anything
+    "not_confirmed",  # a fix was applied, and its check did not conclude
+]
+SPEECH_OUTCOMES: tuple[str, ...] = get_args(SpeechOutcome)
+
+# How the pipeline words a person's change in the record (pipeline.apply and rollback);
+# read here only to choose a sentence, never read out.
+_PERSON_CHANGED = re.compile(r"changed by someone else|someone else changed")
+
+
+def call_language(value: str) -> str:
+    """The call's language ("en", "fr") from a setting: "fr", "fr-FR", "FR_fr"..."""
+    language = value.strip().lower().replace("_", "-").split("-")[0]
+    if language not in LANGUAGES:
+        raise ValueError(f"call language {value!r}: one of {', '.join(LANGUAGES)}")
+    return language
 
 
 def speech(model: Model, state: IncidentState, settings: Settings) -> str:
     """What the phone says about the incident (without the question it then asks)."""
     w = state.incident.workload
+    language = call_language(settings.call_language)
+    template = template_speech(state, language)
     user = prompt(
         "speech.user",
         namespace=w.namespace,
         workload=w.name,
         failure=CLASS_PHRASES[state.incident.failure_class],
         diagnosis=_clip(state.diagnosis.summary if state.diagnosis else "none", 300),
-        tried=_what_was_tried(state),
-        language=settings.call_language,
+        tried=template,
+        language=LANGUAGE_NAMES[language],
     )
     try:
         text, _ = model.chat_text(prompt("speech.system"), user, max_tokens=160)
     except AdapterError as exc:
         log.warning("[%s] model speech unusable, using the template: %s", w.key, exc)
-        return template_speech(state)
-    checked = clean_speech(text, w.name, known=known_words(state.incident, state.evidence))
+        return template
+    checked = clean_speech(text, state, language)
     if checked is None:
         log.warning(
-            "[%s] model speech failed validation, using the template: %s",
+            "[%s] model speech failed validation (%s), using the template: %s",
             w.key,
+            "; ".join(speech_problems(_plain(text), state, language)) or "asks a question",
             _clip(redact(text), 200),
         )
-        return template_speech(state)
+        return template
     return checked
 
 
-def clean_speech(text: str, workload: str, known: Sequence[str] = ()) -> str | None:
-    """`text` stripped of markup, if it is fit to be read aloud; else None.
+def clean_speech(text: str, state: IncidentState, language: str = "en") -> str | None:
+    """`text` stripped of markup and of any question, if it is fit to be read aloud; else None.
 
-    Not fit: too short or long, links, numbers, markup, anything `redact` would change,
-    and anything `untrusted.findings` names (instructions, advice the guardrails
-    refuse, numbers and links relayed from logs); `known` are the workload's own names.
+    Fit: `speech_problems` finds nothing.
     """
+    text = _plain(text)
+    return text if text and not speech_problems(text, state, language) else None
+
+
+def _plain(text: str) -> str:
     text = _LINK.sub(r"\1", text)
     text = _BULLET.sub("", text)
     text = _MARKUP.sub("", text)
     text = " ".join(text.split()).strip(" \"'")
     # The phone adapter asks the question itself; a model that asks too is cut there.
-    sentences = [s for s in _SENTENCE.split(text) if not s.rstrip().endswith("?")]
-    text = " ".join(sentences)
+    return " ".join(s for s in _SENTENCE.split(text) if not s.rstrip().endswith("?"))
+
+
+def speech_problems(text: str, state: IncidentState, language: str = "en") -> list[str]:
+    """Why `text` may not be read out on the call about `state`; empty when it may.
+
+    The rules a speech is held to, whoever wrote it: between MIN_SPEECH_WORDS and
+    MAX_SPEECH_WORDS words; no ellipsis, quotation, field path, raw status text or
+    Kubernetes state name; no link, long number, markup, question, secret, or anything
+    `untrusted.findings` names (instructions, refused advice, numbers and links relayed
+    from logs); the workload named; written in `language`.
+    """
+    language = call_language(language)
+    w = state.incident.workload
+    problems = []
     words = text.split()
-    non_space = [c for c in text if not c.isspace()]
-    if not MIN_SPEECH_WORDS <= len(words) <= MAX_SPEECH_WORDS:
-        return None
+    if len(words) < MIN_SPEECH_WORDS:
+        problems.append(f"too short ({len(words)} words)")
+    if len(words) > MAX_SPEECH_WORDS:
+        problems.append(f"too long ({len(words)} words, at most {MAX_SPEECH_WORDS})")
+    if _ELLIPSIS.search(text):
+        problems.append("an ellipsis")
+    if _QUOTE.search(text):
+        problems.append("a quotation")
+    if _PATH.search(text):
+        problems.append("a field path")
+    jargon = _JARGON.search(text.replace(w.name, " ").replace(w.namespace, " "))
+    if jargon or _RAW_AMOUNT.search(text) or _STATUS_PUNCTUATION.search(text):
+        problems.append("raw status text" + (f" ({jargon.group(0)})" if jargon else ""))
     if _URL.search(text) or _LONG_NUMBER.search(text) or any(c in text for c in "{}[]<>\\"):
-        return None
-    if sum(c.isdigit() for c in non_space) > 0.1 * len(non_space):
-        return None
+        problems.append("a link, a long number or markup")
+    non_space = [c for c in text if not c.isspace()]
+    if non_space and sum(c.isdigit() for c in non_space) > 0.1 * len(non_space):
+        problems.append("too many digits")
+    if "?" in text:
+        problems.append("a question (the call asks its own)")
     if redact(text) != text or not text.isprintable():
-        return None
-    if _spoken(workload) not in _spoken(text):
-        return None
-    if untrusted.findings(text, [workload, *known]):
-        return None
-    return text
+        problems.append("a secret or an unprintable character")
+    if _spoken(w.name) not in _spoken(text):
+        problems.append("the workload is not named")
+    found = untrusted.findings(text, known_words(state.incident, state.evidence))
+    problems += [f"untrusted text: {f}" for f in found]
+    if not _in_language(text, language):
+        problems.append(f"not in {LANGUAGE_NAMES[language]}")
+    return problems
+
+
+def _in_language(text: str, language: str) -> bool:
+    tokens = re.findall(r"[a-zà-ÿœ]+", text.lower())
+    counts = {lang: sum(t in words for t in tokens) for lang, words in _LANGUAGE_WORDS.items()}
+    others = max(n for lang, n in counts.items() if lang != language)
+    return counts[language] >= 2 and counts[language] > others
 
 
 def _spoken(text: str) -> str:
     return " ".join(re.sub(r"[-_./]", " ", text.lower()).split())
 
 
-def template_speech(state: IncidentState) -> str:
-    """The message when the model cannot write it: plain, bounded, always available."""
-    w = state.incident.workload
-    text = (
-        f"The deployment {_spoken(w.name)} in namespace {_spoken(w.namespace)} is broken: "
-        f"{CLASS_PHRASES[state.incident.failure_class]}. {_what_was_tried(state)}"
-    )
-    words = redact(text).split()
-    if len(words) > MAX_SPEECH_WORDS:
-        words = words[:MAX_SPEECH_WORDS]
-        words[-1] = words[-1].rstrip(".,;:") + "."
-    return " ".join(words)
-
-
-def _what_was_tried(state: IncidentState) -> str:
-    known = known_words(state.incident, state.evidence)
-
-    def _brief(text: str) -> str:
-        return brief(text, known=known)
-
-    verified = state.verification is not None and state.verification.ok
-    if state.pr_error and verified and state.pull_request and state.pull_request.draft:
-        return (
-            "A fix was applied and works, but the change to Git could not be checked, so "
-            "its pull request is a draft that needs a hand edit: the fix is live but not in "
-            "Git yet, and the next sync may undo it."
-        )
-    if state.pr_error and state.verification is not None and state.verification.ok:
-        return (
-            "A fix was applied and works, but its pull request could not be opened, so the "
-            "fix is live but not in Git, and the next sync may undo it."
-        )
-    if state.error:
-        return f"The automatic repair stopped: {_brief(state.error)}."
-    if state.proposal is not None and state.verification is not None and not state.verification.ok:
-        undone = " It was rolled back." if state.verification.rolled_back else ""
-        return (
-            f"A fix was applied, {_brief(state.proposal.rationale)}, but it did not work: "
-            f"{_brief(state.verification.reason)}.{undone}"
-        )
-    if state.proposal is None and state.rejections:
-        reason = state.rejections[-1].reasons[0] if state.rejections[-1].reasons else "refused"
-        return f"A fix was found but not applied, because {_brief(reason)}."
+def speech_outcome(state: IncidentState) -> SpeechOutcome:
+    """What became of the attempt, from the record's structured facts."""
+    v = state.verification
+    if v is not None and v.ok:
+        if state.pull_request is not None and state.pull_request.draft:
+            return "draft_pr"
+        return "pr_failed" if state.pr_error else "not_confirmed"
+    person = any(_PERSON_CHANGED.search(t or "") for t in (state.error, v and v.reason))
     if state.proposal is None:
-        return "No safe automatic fix was found."
-    return f"A fix was prepared, {_brief(state.proposal.rationale)}, but not confirmed."
+        return "nothing_safe"
+    if v is not None:
+        if v.rolled_back:
+            return "rolled_back"
+        return "person_after" if person else "not_undone"
+    if state.apply is not None:
+        return "not_undone" if state.error else "not_confirmed"
+    if person:
+        return "person_before"
+    return "stopped"
 
 
-_FIELD_PREFIX = re.compile(r"\bspec\.template\.spec\.(?:containers\[\d+\]\.)?")
+def template_speech(state: IncidentState, language: str = "en") -> str:
+    """The message when the model's is refused: plain, bounded, always available.
 
-
-def brief(text: str, words: int = 14, known: Sequence[str] = ()) -> str:
-    """The first clause of `text`, in at most `words` words, fit to be read aloud.
-
-    Text that carries what `untrusted.findings` names (a value a model proposed, a
-    server's message quoting one) is not read out: its place is the incident record.
+    Written from the record's facts alone: the workload, its failure class, the fields
+    the fix changed and their amounts, and the outcome (`speech_outcome`).
     """
-    if untrusted.findings(text, known):
-        return "for reasons kept in the incident record"
-    text = re.sub(r"[\[\]{}<>\\]", " ", _FIELD_PREFIX.sub("", redact(text)))
-    first = re.split(r"(?<=[.;])\s", " ".join(text.split()), maxsplit=1)[0].rstrip(".;:")
-    cut = first.split()[:words]
-    return " ".join(cut) + ("..." if len(first.split()) > words else "")
+    language = call_language(language)
+    say = _PHRASES[language]
+    w = state.incident.workload
+    sentences = [
+        say["opening"].format(
+            name=_spoken(w.name),
+            namespace=_spoken(w.namespace),
+            seen=SPOKEN_CLASS[language][state.incident.failure_class],
+        )
+    ]
+    outcome = speech_outcome(state)
+    change = _change_words(state, language)
+    if outcome in ("draft_pr", "pr_failed"):
+        sentences += [say["live"].format(change=change), say[outcome]]
+    elif outcome in ("nothing_safe", "stopped", "person_before"):
+        if outcome == "person_before":
+            sentences.append(say["prepared"].format(change=change))
+        sentences.append(say[outcome])
+    else:
+        sentences += [say["tried"].format(change=change), say[outcome]]
+    text = " ".join(sentences)
+    if speech_problems(text, state, language):
+        # A value from the record that does not pass (an odd image tag): said generically.
+        text = text.replace(change, _CHANGES[language]["other"])
+    return redact(text)
+
+
+def _change_words(state: IncidentState, language: str) -> str:
+    """The fix's change in words: its first field, and how many others it changed."""
+    changes = state.proposal.changes if state.proposal is not None else []
+    words = _CHANGES[language]
+    if not changes:
+        return words["other"]
+    described = _one_change(changes[0], state, language)
+    known = known_words(state.incident, state.evidence)
+    if untrusted.findings(described, known) or _LONG_NUMBER.search(described):
+        described = words["other"]
+    # A limit and its request raised together read as one change.
+    rest = [c for c in changes[1:] if _field_kind(c.path)[0] != _field_kind(changes[0].path)[0]]
+    if len(rest) == 1:
+        return _PHRASES[language]["one_more"].format(change=described)
+    if rest:
+        return _PHRASES[language]["more"].format(change=described, n=len(rest))
+    return described
+
+
+def _field_kind(path: str) -> tuple[str, str]:
+    """(kind of field, its detail) for a changed path: ("memory", "limit"), ("image", "")..."""
+    m = re.search(r"\.resources(?:\.(limits|requests))?(?:\.(memory|cpu))?$", path)
+    if m:
+        return (m.group(2) or "resources", "limit" if m.group(1) != "requests" else "request")
+    if path == "spec.replicas":
+        return ("replicas", "")
+    for kind, fields in (
+        ("image", ("image",)),
+        ("command", ("command", "args")),
+        ("env", ("env", "envFrom")),
+        ("probe", guardrails.PROBES),
+        ("ports", ("ports",)),
+    ):
+        if re.search(r"\.(?:" + "|".join(fields) + r")(?:[.\[]|$)", path):
+            return (kind, "")
+    return ("other", "")
+
+
+def _one_change(change: Any, state: IncidentState, language: str) -> str:
+    words = _CHANGES[language]
+    kind, detail = _field_kind(change.path)
+    if kind in ("memory", "cpu"):
+        what = words[f"{kind}_{detail}"]
+        unit = _unit(kind, change.before, change.after)
+        before, after = _amount(change.before, unit), _amount(change.after, unit)
+        if after is None:
+            return words["changed_amount"].format(what=what)
+        shown_after = f"{after[1]} {words[unit]}"
+        if before is None:
+            return words["set"].format(what=what, after=shown_after)
+        way = "raised" if after[0] > before[0] else "lowered"
+        return words[way].format(what=what, before=before[1], after=shown_after)
+    if kind == "image":
+        return _image_words(change, state, words)
+    if kind == "replicas" and isinstance(change.before, int) and isinstance(change.after, int):
+        return words["replicas"].format(before=change.before, after=change.after)
+    return words.get(kind, words["other"])
+
+
+_SPOKEN_QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|K|M|G|T|m)?$")
+_FACTORS = {
+    None: 1, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "m": 1e-3,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+}  # fmt: skip
+
+
+def _unit(kind: str, *values: Any) -> str:
+    """The unit the amounts are said in: gigabytes when all are whole gigabytes."""
+    if kind == "cpu":
+        return "millicores"
+    amounts = [_amount(v, "bytes") for v in values if v is not None]
+    whole = all(a is not None and a[0] >= 2**30 and a[0] % 2**30 == 0 for a in amounts)
+    return "gigabytes" if amounts and whole else "megabytes"
+
+
+def _amount(value: Any, unit: str) -> tuple[float, str] | None:
+    """(base amount, the number said in `unit`) of a Kubernetes quantity, or None."""
+    m = _SPOKEN_QUANTITY.match(str(value)) if value is not None else None
+    if m is None:
+        return None
+    base = float(m.group(1)) * _FACTORS[m.group(2)]
+    divisor = {"millicores": 1e-3, "gigabytes": 2**30, "megabytes": 2**20}.get(unit, 1)
+    return base, _number(base / divisor)
+
+
+def _number(value: float) -> str:
+    return str(int(round(value))) if abs(value - round(value)) < 0.05 else f"{value:.1f}"
+
+
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,24}$")
+
+
+def _image_words(change: Any, state: IncidentState, words: dict[str, str]) -> str:
+    after = change.after if isinstance(change.after, str) else ""
+    earlier = state.evidence is not None and any(
+        after in rev.images for rev in state.evidence.revisions if not rev.current
+    )
+    tag = after.rsplit(":", 1)[1] if ":" in after.rsplit("/", 1)[-1] and "@" not in after else ""
+    if tag and _TAG.match(tag) and tag != "latest":
+        return words["image_back_version" if earlier else "image_version"].format(tag=tag)
+    return words["image_back" if earlier else "image"]

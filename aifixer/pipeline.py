@@ -1115,7 +1115,7 @@ def _place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | 
 
     inc = state.incident
     ended = {c.attempt for c in state.calls}
-    speech = spoken(state)
+    speech = spoken(state, ctx.settings.call_language)
     for index, number in enumerate(ctx.settings.oncall_numbers, start=1):
         if index < attempt or index in ended:
             continue
@@ -1168,22 +1168,21 @@ def _place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | 
     return None
 
 
-def spoken(state: IncidentState) -> str:
+def spoken(state: IncidentState, language: str = "en") -> str:
     """The speech to dial with, checked again at the point of action.
 
-    The record comes from Redis: a speech that is not what aifixer would say (anything
-    `redact` would change, or that `untrusted.findings` names) is replaced by the
+    The record comes from Redis: a speech that is not what aifixer would say in the
+    call's language (`fixer.speech_problems`: too long, raw status text, anything
+    `redact` would change or `untrusted.findings` names...) is replaced by the
     template, written from the record's facts.
     """
     speech = state.speech or ""
-    checked = fixer.clean_speech(
-        speech, state.incident.workload.name, fixer.known_words(state.incident, state.evidence)
-    )
+    checked = fixer.clean_speech(speech, state, language)
     if checked is None:
         if speech:
             log.warning("%s the stored speech is not fit to be read out: the template instead",
                         tag(state))  # fmt: skip
-        return fixer.template_speech(state)
+        return fixer.template_speech(state, language)
     return checked
 
 

@@ -145,7 +145,12 @@ class Settings(BaseSettings):
     # The farm's call budget: calls placed beyond it in one hour are refused (and the
     # refusal written to the call file), whatever the incidents.
     max_calls_per_hour: int = Field(default=20, ge=1)
-    call_language: str = "en-US"
+    # The call's language: "en" or "fr" (a locale such as en-US or fr-FR is read as its
+    # language). The speech, the question, the replies and the speech recognition of the
+    # answer use it; Twilio gets its locale (en-US, fr-FR) and the voice below (empty:
+    # the language's default, see aifixer.adapters.phone.VOICES).
+    call_language: Literal["en", "fr"] = "en"
+    call_voice: str = ""
     gather_timeout_s: int = 8
     ring_timeout_s: int = 30  # seconds a call rings before it counts as no-answer
     call_file: Path = Path("/var/lib/aifixer/calls.jsonl")
@@ -209,6 +214,13 @@ class Settings(BaseSettings):
     web_port: int = 8000
     # /alertmanager requires "Authorization: Bearer <token>"; unset, it refuses every post.
     web_token: SecretStr | None = None
+
+    @field_validator("call_language", mode="before")
+    @classmethod
+    def _language(cls, v):
+        if isinstance(v, str):
+            return v.strip().lower().replace("_", "-").split("-")[0]
+        return v
 
     @field_validator("namespaces", "oncall_numbers", "gitops_flux_namespaces", mode="before")
     @classmethod

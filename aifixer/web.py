@@ -60,8 +60,6 @@ CallFinished = Callable[[str, CallRecord], None]  # (incident id, the call file 
 SignalsReceived = Callable[[list[Signal]], None]
 LevelsReceived = Callable[[list[str]], None]  # ids ("namespace/pod") whose level may change
 
-THANKS_CAN_INTERVENE = "Thank you, noted: you can intervene."
-THANKS_NEXT_PERSON = "Thank you. We will call the next person."
 SIGNATURE_HEADER = "X-Twilio-Signature"
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -291,8 +289,7 @@ async def gather(request: web.Request) -> web.Response:
     await asyncio.to_thread(store_answer, state.redis, form["CallSid"], answer, answer_text)
     log.info("[%s] call %s (attempt %d) answered %r: %s",
              incident_id, form["CallSid"], attempt, answer_text, answer)  # fmt: skip
-    reply = THANKS_CAN_INTERVENE if answer else THANKS_NEXT_PERSON
-    return web.Response(text=state.phone.reply(reply), content_type="text/xml")
+    return web.Response(text=state.phone.thanks(answer is True), content_type="text/xml")
 
 
 async def status(request: web.Request) -> web.Response:

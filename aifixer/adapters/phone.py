@@ -30,7 +30,7 @@ from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
-from twilio.twiml.voice_response import VoiceResponse
+from twilio.twiml.voice_response import Gather, VoiceResponse
 
 from aifixer.settings import Settings
 
@@ -47,10 +47,29 @@ STATUS_PATH = "/twilio/status"
 INCIDENT_PARAM = "incident"
 ATTEMPT_PARAM = "attempt"
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
-SPEECH_HINTS = "yes, no, oui, non"
 
-DEFAULT_QUESTION = "Can you intervene? Say yes or no, or press 1 for yes, 2 for no."
-NO_ANSWER_SPEECH = "We did not get your answer. We will call the next person. Goodbye."
+# The call speaks the configured language (`settings.call_language`): Twilio's locale
+# for <Say> and for the speech recognition of the answer, a voice that speaks it, and
+# the question, hints and replies in it.
+LOCALES = {"en": "en-US", "fr": "fr-FR"}
+VOICES = {"en": "Polly.Joanna", "fr": "Polly.Lea"}
+QUESTIONS = {
+    "en": "Can you intervene? Say yes or no, or press 1 for yes, 2 for no.",
+    "fr": "Pouvez-vous intervenir ? Répondez oui ou non, ou tapez 1 pour oui, 2 pour non.",
+}
+SPEECH_HINTS = {"en": "yes, no", "fr": "oui, non"}
+NO_ANSWER = {
+    "en": "We did not get your answer. We will call the next person. Goodbye.",
+    "fr": "Nous n'avons pas eu votre réponse. Nous appelons la personne suivante. Au revoir.",
+}
+THANKS = {
+    ("en", True): "Thank you, noted: you can intervene.",
+    ("en", False): "Thank you. We will call the next person.",
+    ("fr", True): "Merci, c'est noté : vous pouvez intervenir.",
+    ("fr", False): "Merci. Nous appelons la personne suivante.",
+}
+DEFAULT_QUESTION = QUESTIONS["en"]
+NO_ANSWER_SPEECH = NO_ANSWER["en"]
 
 
 class Phone:
@@ -74,10 +93,10 @@ class Phone:
             self._client.api.base_url = settings.twilio_api_base_url.rstrip("/")
 
     def place_call(
-        self, number: str, speech: str, question: str = DEFAULT_QUESTION, *,
+        self, number: str, speech: str, question: str | None = None, *,
         incident_id: str, attempt: int,
     ) -> str:  # fmt: skip
-        """Dial `number`, say `speech`, ask `question`; return Twilio's CallSid.
+        """Dial `number`, say `speech`, ask `question` (the language's); return the CallSid.
 
         The answer and the final status arrive later at `aifixer web`.
 
@@ -93,7 +112,13 @@ class Phone:
             call = self._client.calls.create(
                 to=number,
                 from_=self.settings.twilio_from_number,
-                twiml=str(self.twiml(speech, question, f"{self._url(GATHER_PATH)}?{query}")),
+                twiml=str(
+                    self.twiml(
+                        speech,
+                        question or QUESTIONS[self.language],
+                        f"{self._url(GATHER_PATH)}?{query}",
+                    )
+                ),
                 status_callback=f"{self._url(STATUS_PATH)}?{query}",
                 status_callback_event=STATUS_EVENTS,
                 status_callback_method="POST",
@@ -130,32 +155,47 @@ class Phone:
             and call.date_created.timestamp() >= since.timestamp() - 1
         ]
 
+    @property
+    def language(self) -> str:
+        return self.settings.call_language
+
+    def _say(self, verb: VoiceResponse | Gather, text: str) -> None:
+        """`text` said in the call's language and voice."""
+        voice = self.settings.call_voice or VOICES[self.language]
+        verb.say(text, language=LOCALES[self.language], voice=voice)
+
     def twiml(self, speech: str, question: str, gather_action: str) -> VoiceResponse:
-        """The call: the speech, the question inside a Gather, a goodbye if nothing is heard."""
-        language = self.settings.call_language
+        """The call: the speech, the question inside a Gather, a goodbye if nothing is heard.
+
+        The Gather listens in the call's locale: the answer is transcribed in that language.
+        """
         response = VoiceResponse()
-        response.say(speech, language=language)
+        self._say(response, speech)
         gather = response.gather(
             input="speech dtmf",
             num_digits=1,
             timeout=self.settings.gather_timeout_s,
             action=gather_action,
             method="POST",
-            language=language,
+            language=LOCALES[self.language],
             action_on_empty_result=True,  # silence reaches the action too, as a "no"
-            hints=SPEECH_HINTS,
+            hints=SPEECH_HINTS[self.language],
         )
-        gather.say(question, language=language)
-        response.say(NO_ANSWER_SPEECH, language=language)
+        self._say(gather, question)
+        self._say(response, NO_ANSWER[self.language])
         response.hangup()
         return response
 
     def reply(self, text: str) -> str:
         """TwiML answering a Gather: say `text`, then hang up."""
         response = VoiceResponse()
-        response.say(text, language=self.settings.call_language)
+        self._say(response, text)
         response.hangup()
         return str(response)
+
+    def thanks(self, can_intervene: bool) -> str:
+        """TwiML answering a Gather: thanks in the call's language, then hang up."""
+        return self.reply(THANKS[(self.language, can_intervene)])
 
     def validator(self) -> RequestValidator:
         """Checks `X-Twilio-Signature` on the webhooks Twilio sends for our calls."""

@@ -800,11 +800,18 @@ def _resolve(doc: Document, target: str) -> str:
 # Speech synthesis
 
 
+# Amazon Polly voices Twilio offers for the call's languages that are women's voices.
+POLLY_FEMALE = frozenset(
+    f"polly.{name}" for name in ("joanna", "salli", "kendra", "kimberly", "ivy", "lea", "celine")
+)
+
+
 async def speak(text: str, language: str, voice: str, wav: Path) -> float:
     """Speak `text` into `wav` with espeak-ng; return the audio length in seconds."""
     wav.parent.mkdir(parents=True, exist_ok=True)
     # espeak-ng resolves "fr-fr" or "en-us" itself and falls back to the bare language.
-    espeak_voice = language.lower() + ("+f3" if voice.lower() in ("woman", "alice") else "")
+    female = voice.lower() in ("woman", "alice") or voice.lower() in POLLY_FEMALE
+    espeak_voice = language.lower() + ("+f3" if female else "")
     proc = await asyncio.create_subprocess_exec(
         ESPEAK,
         "-v",

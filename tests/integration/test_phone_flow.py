@@ -24,7 +24,7 @@ from twilio.base.exceptions import TwilioRestException
 
 from aifixer import web
 from aifixer.adapters.errors import PermanentError, TransientError
-from aifixer.adapters.phone import DEFAULT_QUESTION, Phone, rest_error
+from aifixer.adapters.phone import DEFAULT_QUESTION, QUESTIONS, THANKS, Phone, rest_error
 from aifixer.callfile import CallContext, CallFile, store_call_context
 from aifixer.models import CallRecord
 from aifixer.sandbox.serve import serve_in_thread
@@ -120,6 +120,15 @@ def test_yes_person_can_intervene(rig: Rig) -> None:
     callbacks = transcript["callbacks"]
     assert [c["event"] for c in callbacks] == ["initiated", "ringing", "answered", "completed"]
     assert all(c["http_status"] == 204 for c in callbacks)  # every signature validated
+
+
+@pytest.mark.parametrize(("answer", "can_intervene"), [("oui", True), ("Non, désolé", False)])
+def test_a_french_call_speaks_asks_and_thanks_in_french(rig: Rig, answer, can_intervene) -> None:
+    rig.settings.call_language = "fr"
+    record, transcript = rig.call(answer)
+    assert record.can_intervene is can_intervene
+    assert says(transcript) == [SPEECH, QUESTIONS["fr"], THANKS[("fr", can_intervene)]]
+    assert {(s["language"], s["voice"]) for s in transcript["says"]} == {("fr-FR", "Polly.Lea")}
 
 
 def test_twilio_lists_and_reports_the_calls_placed(rig: Rig) -> None:

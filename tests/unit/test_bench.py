@@ -152,6 +152,25 @@ def test_incident_record_adds_up_model_usage_and_time_to_outcome():
     assert rec["workload"] == "shop/api"
 
 
+def test_the_calls_speech_is_checked_and_counted():
+    from aifixer import fixer
+
+    good = state(outcome="called", speech="x")
+    good.speech = fixer.template_speech(good)
+    bad = state(outcome="called", speech="The deployment api failed: OOMKilled, 0 of 1...")
+    records = [
+        bench.incident_record(s, "called", SETTINGS) for s in (good, bad, state(outcome="fixed"))
+    ]
+    assert records[0]["speech_problems"] == [] and records[2]["speech_problems"] is None
+    assert "an ellipsis" in records[1]["speech_problems"]
+    run = record(incidents=records)
+    [row, _] = bench.summarize([run])
+    assert (row.speeches, row.speeches_ok) == (2, 1)
+    assert bench.cell(row, "speeches_ok") == "1/2"
+    [old_row, _] = bench.summarize([record(incidents=[inc("fixed", True)])])
+    assert bench.cell(old_row, "speeches_ok") == "-"  # records written before the check
+
+
 def test_an_unfinished_incident_has_no_time_to_outcome():
     rec = bench.incident_record(state(), "fixed", SETTINGS)
     assert rec["time_to_outcome_s"] is None and rec["passed"] is False

@@ -26,6 +26,7 @@ from aifixer.models import (
     IncidentState,
     LogLine,
     PodState,
+    PullRequestRef,
     Rejection,
     Revision,
     Signal,
@@ -530,6 +531,11 @@ GOOD_SPEECH = (
     "I restored the previous image, but the new pods never became ready, "
     "so the change was rolled back."
 )
+GOOD_SPEECH_FR = (
+    "Le déploiement storefront, dans l'espace de noms web, ne peut pas télécharger son "
+    "image. L'image précédente a été remise, mais les pods ne sont pas devenus prêts, "
+    "donc le changement a été annulé."
+)
 
 
 def test_speech_uses_the_models_words_stripped_of_markup():
@@ -537,7 +543,19 @@ def test_speech_uses_the_models_words_stripped_of_markup():
     text = fixer.speech(model, failed_state(), settings())
     assert text.startswith("Alert: The storefront deployment")
     assert "*" not in text and "intervene" not in text
-    assert "storefront" in model.calls[0]["user"] and "rolled back" in model.calls[0]["user"]
+    assert "storefront" in model.calls[0]["user"] and "undone" in model.calls[0]["user"]
+    assert "English" in model.calls[0]["user"]
+
+
+def test_a_french_call_takes_the_models_french_and_refuses_its_english():
+    french = Settings(fix_strategy="hybrid", call_language="fr-FR", _env_file=None)
+    assert french.call_language == "fr"
+    model = FakeModel(GOOD_SPEECH_FR)
+    assert fixer.speech(model, failed_state(), french) == GOOD_SPEECH_FR
+    assert "French" in model.calls[0]["user"]
+    assert fixer.speech(FakeModel(GOOD_SPEECH), failed_state(), french) == (
+        fixer.template_speech(failed_state(), "fr")
+    )
 
 
 @pytest.mark.parametrize(
@@ -551,52 +569,219 @@ def test_speech_uses_the_models_words_stripped_of_markup():
         GOOD_SPEECH + f" Token {TOKEN} was rejected.",
         '{"speech": "The storefront deployment is broken and I could not fix it today."}',
         TransientError("model", "timed out"),
+        GOOD_SPEECH.replace("was rolled back.", "was rolled back..."),
+        GOOD_SPEECH.replace("cannot pull its image", "is in ImagePullBackOff"),
+        GOOD_SPEECH + " It was not healthy within 45s: 0 of 3 updated replicas are available.",
+        GOOD_SPEECH + " The field spec.template.spec.containers was changed.",
+        GOOD_SPEECH.replace("cannot pull its image", 'says "image not found"'),
+        GOOD_SPEECH_FR,  # a French speech on an English call
     ],
-    ids=["long", "short", "url", "digits", "no workload", "secret", "json", "model down"],
-)
+    ids=[
+        "long", "short", "url", "digits", "no workload", "secret", "json", "model down",
+        "ellipsis", "state name", "raw status", "path", "quote", "language",
+    ],
+)  # fmt: skip
 def test_speech_falls_back_to_the_template(reply):
     text = fixer.speech(FakeModel(reply), failed_state(), settings())
     assert text == fixer.template_speech(failed_state())
 
 
+# -- the template: every failure class and outcome, in each language ----------------------
+
+OOM_CHANGE = FieldChange(path=MEMORY, before="512Mi", after="768Mi")
+SHORTLY = datetime(2024, 1, 1, tzinfo=UTC)
+CHANGES = {
+    "ImagePull": FieldChange(path=IMAGE, before=BAD_IMAGE, after=GOOD_IMAGE),
+    "CrashLoop": FieldChange(
+        path="spec.template.spec.containers[0].command", before=["./start.sh"], after=None
+    ),
+    "OOMKilled": OOM_CHANGE,
+    "ProbeFailure": FieldChange(
+        path="spec.template.spec.containers[0].readinessProbe.httpGet.port",
+        before=8080,
+        after="http",
+    ),
+    "Unschedulable": FieldChange(
+        path="spec.template.spec.containers[0].resources.requests.cpu", before="4", after="500m"
+    ),
+    "ConfigError": FieldChange(path="spec.template.spec.containers[0].env", before=[], after=[]),
+    "AppError": FieldChange(path="spec.replicas", before=3, after=2),
+}
+
+
+def outcome_state(failure_class: str, outcome: str) -> IncidentState:
+    """A record of `failure_class` that ended as `outcome`, its free text as raw as it gets."""
+    proposal = FixProposal(
+        source="model",
+        strategy="model",
+        rationale=f"The container is {failure_class}: spec.template.spec fails...",
+        manifest=manifests.clean(deployment(GOOD_IMAGE)),
+        changes=[CHANGES[failure_class]],
+    )
+    raw = 'not healthy within 45s: Waiting for deployment "storefront" rollout to finish: 0 of 1...'
+    state = failed_state(incident=make_incident(failure_class), proposal=proposal)
+    state.verification = Verification(ok=False, reason=raw, checked_at=SHORTLY, rolled_back=True)
+    if outcome == "nothing_safe":
+        state.proposal = state.verification = None
+        state.rejections = [Rejection(source="model", strategy="model", reasons=[raw])]
+    elif outcome == "draft_pr":
+        state.verification = Verification(ok=True, reason="healthy", checked_at=SHORTLY)
+        state.pull_request = PullRequestRef(
+            number=7, url="http://forge/pr/7", branch="aifixer/x", created=True, draft=True
+        )
+        state.pr_error = f"open_pr: the change could not be proven: {raw}"
+    elif outcome == "person_after":
+        state.verification = Verification(
+            ok=False,
+            checked_at=SHORTLY,
+            reason=f"{raw}; not rolled back: someone else changed the Deployment after the fix",
+        )
+    elif outcome == "person_before":
+        state.verification = None
+        state.error = "apply: web/storefront was changed by someone else after the diagnosis"
+    return state
+
+
+OUTCOMES = ("rolled_back", "nothing_safe", "draft_pr", "person_after", "person_before")
+SAYS = {
+    ("en", "rolled_back"): "undone",
+    ("en", "nothing_safe"): "nothing was changed",
+    ("en", "draft_pr"): "hand edit",
+    ("en", "person_after"): "Someone changed the deployment",
+    ("en", "person_before"): "Someone changed the deployment",
+    ("fr", "rolled_back"): "annulé",
+    ("fr", "nothing_safe"): "rien n'a été modifié",
+    ("fr", "draft_pr"): "à la main",
+    ("fr", "person_after"): "Quelqu'un a modifié le déploiement",
+    ("fr", "person_before"): "Quelqu'un a modifié le déploiement",
+}
+
+
+@pytest.mark.parametrize("language", fixer.LANGUAGES)
+@pytest.mark.parametrize("outcome", OUTCOMES)
+@pytest.mark.parametrize("failure_class", fixer.FAILURE_CLASSES)
+def test_the_template_passes_the_speech_check_for_every_class_and_outcome(
+    failure_class, outcome, language
+):
+    state = outcome_state(failure_class, outcome)
+    assert fixer.speech_outcome(state) == outcome
+    text = fixer.template_speech(state, language)
+    assert fixer.speech_problems(text, state, language) == []
+    assert text.startswith(("The deployment storefront, in namespace web,", "Le déploiement"))
+    assert fixer.SPOKEN_CLASS[language][failure_class] in text
+    assert SAYS[(language, outcome)] in text
+    for raw in ("45s", "0 of 1", "Waiting", "rollout", "spec.", "...", '"', failure_class):
+        assert raw not in text
+
+
+def test_the_reported_night_call_cannot_happen_again():
+    heard = (
+        "A fix was applied, The container is OOMKilled: its working set does not fit its "
+        'memory limit, but it did not work: not healthy within 45s: Waiting for deployment "'
+        'aggregator" rollout to finish: 0 of 1.... It was rolled back.'
+    )
+    state = outcome_state("OOMKilled", "rolled_back")
+    state.incident.workload.name = "aggregator"
+    state.incident.workload.namespace = "batch"
+    problems = fixer.speech_problems(f"The deployment aggregator is broken. {heard}", state)
+    assert {"an ellipsis", "a quotation", "raw status text (OOMKilled)"} <= set(problems)
+    assert fixer.template_speech(state) == (
+        "The deployment aggregator, in namespace batch, ran out of memory. A fix was tried: "
+        "the memory limit was raised from 512 to 768 megabytes. It did not make the "
+        "deployment healthy, so it was undone."
+    )
+    assert fixer.template_speech(state, "fr") == (
+        "Le déploiement aggregator, dans l'espace de noms batch, a manqué de mémoire. Un "
+        "correctif a été essayé : la limite de mémoire a été relevée de 512 à 768 mégaoctets. "
+        "Il n'a pas remis le déploiement en état, donc il a été annulé."
+    )
+    assert fixer.speech(FakeModel(heard), state, settings()) == fixer.template_speech(state)
+
+
 @pytest.mark.parametrize(
-    "overrides, expected",
+    ("change", "says"),
     [
-        ({}, "did not work"),
+        (FieldChange(path=MEMORY, before="1Gi", after="2Gi"), "raised from 1 to 2 gigabytes"),
+        (FieldChange(path=MEMORY, before="512Mi", after="1Gi"), "from 512 to 1024 megabytes"),
+        (FieldChange(path=MEMORY, before=None, after="256Mi"), "set to 256 megabytes"),
         (
-            {
-                "proposal": None,
-                "verification": None,
-                "rejections": [
-                    Rejection(
-                        source="model",
-                        strategy="model",
-                        reasons=[f"{IMAGE}: repository never ran in this workload"],
-                    )
-                ],
-            },
-            "not applied",
+            FieldChange(path=MEMORY.replace("limits", "requests"), before="2Gi", after="1Gi"),
+            "memory request was lowered from 2 to 1 gigabytes",
         ),
-        ({"proposal": None, "verification": None}, "No safe automatic fix"),
-        ({"error": "apply: the API server refused the patch"}, "stopped"),
+        (FieldChange(path=IMAGE, before=BAD_IMAGE, after=GOOD_IMAGE), "set back to version 3.0.9"),
+        (FieldChange(path=IMAGE, before=GOOD_IMAGE, after="web/storefront:4.0"), "to version 4.0"),
+        (
+            FieldChange(path=IMAGE, before=GOOD_IMAGE, after="web/storefront@sha256:" + "a" * 64),
+            "the image was changed",
+        ),
+        (FieldChange(path=IMAGE, before=GOOD_IMAGE, after="web/x:99999999"), "settings was"),
     ],
 )
-def test_template_speech_is_short_plain_and_says_what_was_tried(overrides, expected):
-    text = fixer.template_speech(failed_state(**overrides))
-    assert "storefront" in text and expected in text
-    assert len(text.split()) <= fixer.MAX_SPEECH_WORDS
-    assert "spec.template" not in text and "[" not in text
-    assert "intervene" not in text
+def test_the_change_is_said_in_words(change, says):
+    state = failed_state(proposal=outcome_state("ImagePull", "rolled_back").proposal)
+    assert state.proposal is not None
+    state.proposal.changes = [change]
+    text = fixer.template_speech(state)
+    assert says in text and fixer.speech_problems(text, state) == []
 
 
-def test_template_speech_stays_within_the_word_limit_with_long_reasons():
-    long_reason = " ".join(["word"] * 200)
-    state = failed_state(
-        verification=Verification(
-            ok=False, reason=long_reason, checked_at=datetime(2024, 1, 1, tzinfo=UTC)
-        )
+def test_a_fix_of_several_fields_is_said_as_one_change_and_a_count():
+    state = failed_state()
+    assert state.proposal is not None
+    state.proposal.changes = [
+        OOM_CHANGE,
+        FieldChange(path=MEMORY.replace("limits", "requests"), before="256Mi", after="384Mi"),
+        FieldChange(path=IMAGE, before=BAD_IMAGE, after=GOOD_IMAGE),
+        FieldChange(path="spec.replicas", before=3, after=2),
+    ]
+    text = fixer.template_speech(state)
+    assert "raised from 512 to 768 megabytes, along with 2 other settings." in text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "outcome"),
+    [
+        ({"verification": None, "error": "apply: the API server refused the patch"}, "stopped"),
+        (
+            {
+                "verification": Verification(ok=True, reason="ok", checked_at=SHORTLY),
+                "pr_error": "open_pr: forge down",
+            },
+            "pr_failed",
+        ),
+        (
+            {
+                "verification": Verification(
+                    ok=False,
+                    reason="x; not rolled back: the Deployment is gone",
+                    checked_at=SHORTLY,
+                )
+            },
+            "not_undone",
+        ),
+    ],
+)
+def test_the_other_outcomes_pass_the_check_too(overrides, outcome):
+    state = failed_state(**overrides)
+    assert fixer.speech_outcome(state) == outcome
+    for language in fixer.LANGUAGES:
+        text = fixer.template_speech(state, language)
+        assert fixer.speech_problems(text, state, language) == [], text
+    assert "not in Git" in fixer.template_speech(failed_state(**overrides)) or outcome != (
+        "pr_failed"
     )
-    assert len(fixer.template_speech(state).split()) <= fixer.MAX_SPEECH_WORDS
+
+
+@pytest.mark.parametrize("language", ["en-US", "FR_fr", "fr"])
+def test_the_call_language_is_read_from_a_locale_too(language):
+    assert Settings(call_language=language, _env_file=None).call_language == language[:2].lower()
+
+
+def test_an_unknown_call_language_is_refused():
+    with pytest.raises(ValueError):
+        Settings(call_language="de-DE", _env_file=None)
+    with pytest.raises(ValueError):
+        fixer.call_language("de")
 
 
 # -- what a log line may not make aifixer say ------------------------------------------------
@@ -657,7 +842,7 @@ def test_the_template_speech_never_reads_out_a_refused_value():
     )
     text = fixer.template_speech(state)
     assert "curl" not in text and "203.0.113.9" not in text
-    assert "reasons kept in the incident record" in text
+    assert "No safe fix could be tried" in text and fixer.speech_problems(text, state) == []
 
 
 def test_a_model_rationale_relaying_an_injection_is_withheld():

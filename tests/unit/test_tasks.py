@@ -203,6 +203,8 @@ def test_a_persons_change_during_verify_is_not_rolled_back(ctx):
     assert state.verification.rolled_back is False
     assert "someone else changed the Deployment" in state.verification.reason
     assert len(ctx.phone.dialled) == 1
+    assert "Someone changed the deployment meanwhile" in state.speech
+    assert fixer.speech_problems(state.speech, state) == []
 
 
 # -- apply -----------------------------------------------------------------------------
@@ -217,6 +219,8 @@ def test_a_hotfix_between_patch_and_apply_is_never_overwritten(ctx):
     assert "changed by someone else" in state.error
     assert state.apply is None
     assert len(ctx.phone.dialled) == 1
+    assert "Someone changed the deployment first, so nothing was applied" in state.speech
+    assert fixer.speech_problems(state.speech, state) == []
 
 
 def test_a_status_change_between_read_and_write_is_reread_not_refused(ctx):
@@ -927,6 +931,18 @@ def test_a_speech_written_into_the_record_is_not_read_out(ctx):
     assert pipeline.spoken(state) == fixer.template_speech(state)
     state.speech = fixer.template_speech(state)
     assert pipeline.spoken(state) == state.speech
+
+
+def test_a_french_call_is_dialled_with_french_speech(ctx):
+    ctx.settings.call_language = "fr"
+    ctx.settings.verify_deadline_s = 0.0
+    ctx.kube.healthy = False
+    state = run(ctx, open_incident(ctx))
+    assert ctx.phone.spoken == [fixer.template_speech(state, "fr")]
+    assert "annulé" in ctx.phone.spoken[0]
+    assert fixer.speech_problems(ctx.phone.spoken[0], state, "fr") == []
+    state.speech = fixer.template_speech(state, "en")  # an English speech kept from before
+    assert pipeline.spoken(state, "fr") == fixer.template_speech(state, "fr")
 
 
 def test_signals_from_namespaces_aifixer_does_not_change_open_nothing(ctx):
