@@ -15,8 +15,11 @@ pinned kubectl 1.32 and helm 3.17 (tools/kubetools.py); so does the image.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -34,6 +37,8 @@ from aifixer.sources import (
 from .errors import PermanentError, TransientError, bounded
 
 MAX_OUTPUT = 32 * 1024 * 1024  # bytes of rendered YAML; more is not a Deployment's repo
+FILE_MARGIN = 1024 * 1024  # past MAX_OUTPUT: the write fails, the render is refused
+MAX_MEMORY = 2 * 1024 * 1024 * 1024  # address space of one render, in bytes
 NO_NETWORK = "http://127.0.0.1:9"  # the discard port: nothing answers there
 _PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
 
@@ -121,32 +126,40 @@ class Renderer:
                 tempfile.TemporaryFile(dir=home) as err,
             ):
                 try:
-                    proc = subprocess.run(  # noqa: S603 - an argument list, no shell
+                    # Its own process group, so a timeout kills whatever it started too;
+                    # and limits on what it may write and allocate (_limits).
+                    proc = subprocess.Popen(  # noqa: S603 - an argument list, no shell
                         [exe, *argv[1:]],
                         cwd=cwd,
                         env=env,
                         stdin=subprocess.DEVNULL,
                         stdout=out,
                         stderr=err,
-                        timeout=self.settings.render_timeout_s,
-                        check=False,
+                        start_new_session=True,
+                        preexec_fn=_limits,  # noqa: PLW1509 - only setrlimit calls, no lock taken
                     )
+                except OSError as exc:
+                    raise PermanentError(system, f"cannot run {argv[0]}: {exc}") from None
+                try:
+                    returncode = proc.wait(timeout=self.settings.render_timeout_s)
                 except subprocess.TimeoutExpired:
+                    _kill_group(proc)
                     raise TransientError(
                         system,
                         f"{_shown(argv)} did not finish within {self.settings.render_timeout_s}s",
                     ) from None
-                except OSError as exc:
-                    raise PermanentError(system, f"cannot run {argv[0]}: {exc}") from None
+                except BaseException:
+                    _kill_group(proc)
+                    raise
                 size = out.seek(0, os.SEEK_END)
                 err.seek(0)
                 stderr = err.read(4096).decode("utf-8", "replace").strip()
-                if proc.returncode != 0:
-                    raise PermanentError(
-                        system, bounded(f"{_shown(argv)} failed: {stderr or proc.returncode}", 800)
-                    )
                 if size > MAX_OUTPUT:
                     raise PermanentError(system, f"{_shown(argv)} rendered over {MAX_OUTPUT} bytes")
+                if returncode != 0:
+                    raise PermanentError(
+                        system, bounded(f"{_shown(argv)} failed: {stderr or returncode}", 800)
+                    )
                 out.seek(0)
                 return out.read().decode("utf-8", "replace")
 
@@ -156,6 +169,22 @@ def _inside(system: str, root: Path, path: str) -> Path:
         return inside(root, path)
     except SourceError as exc:
         raise PermanentError(system, bounded(str(exc), 300)) from None
+
+
+def _limits() -> None:
+    """In the render's process, before the tool runs: no file it writes (its output
+    included) may grow past MAX_OUTPUT and a margin, and its address space is bounded
+    (kubectl and helm render with far less: measured to run under 1 GiB)."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_OUTPUT + FILE_MARGIN,) * 2)
+    resource.setrlimit(resource.RLIMIT_AS, (MAX_MEMORY, MAX_MEMORY))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the render's whole process group, and reap the tool."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _no_link_out(root: Path, chart: Path) -> None:

@@ -12,13 +12,15 @@ from __future__ import annotations
 import base64
 import http.server
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import git
 import pytest
 
-from aifixer.adapters.errors import PermanentError
+from aifixer.adapters import render as render_mod
+from aifixer.adapters.errors import PermanentError, TransientError
 from aifixer.adapters.forge import RELEASE_ANNOTATION, SOURCE_ANNOTATION, Forge
 from aifixer.adapters.render import Renderer
 from aifixer.manifests import apply_changes
@@ -361,3 +363,60 @@ def test_the_tools_run_without_a_way_out(renderer, tmp_path):
     for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         assert f"{proxy}=http://127.0.0.1:9" in lines
     assert {"NO_PROXY=", "GIT_TERMINAL_PROMPT=0", "GIT_ALLOW_PROTOCOL=file"} <= lines
+
+
+# -- 4. a render is bounded: what it writes, its memory, its time --------------------
+
+
+def test_a_render_cannot_write_past_its_output_bound(renderer, tmp_path, monkeypatch):
+    monkeypatch.setattr(render_mod, "MAX_OUTPUT", 256 * 1024)
+    monkeypatch.setattr(render_mod, "FILE_MARGIN", 64 * 1024, raising=False)
+    # Any file the render's process writes (its output included) stops at the bound.
+    with pytest.raises(PermanentError):
+        renderer._run("sh", "-", ["sh", "-c", "head -c 4000000 /dev/zero > big"], tmp_path)
+    assert (tmp_path / "big").stat().st_size <= 320 * 1024
+    # A chart that renders more than the bound: refused, its output never kept whole.
+    write(tmp_path / "repo", CHART)
+    write(
+        tmp_path / "repo",
+        {
+            "charts/web/templates/big.yaml": "{{- range until 20000 }}\n---\n"
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: big-{{ . }}}\n"
+            "data: {filler: '{{ repeat 100 \"x\" }}'}\n{{- end }}\n"
+        },
+    )
+    with pytest.raises(PermanentError, match="rendered over 262144 bytes"):
+        renderer.render(
+            tmp_path / "repo", Layout("helm", "charts/web", release="web", namespace="shop")
+        )
+
+
+def test_normal_renders_fit_in_the_memory_bound(renderer, tmp_path):
+    write(tmp_path, {**KUSTOMIZE, **CHART})
+    assert "kind: Deployment" in renderer.render(tmp_path, Layout("kustomize", "overlays/prod"))
+    helm = Layout("helm", "charts/web", release="web", namespace="shop")
+    assert "kind: Deployment" in renderer.render(tmp_path, helm)
+    limits = renderer._run("sh", "-", ["sh", "-c", "ulimit -v; ulimit -f"], tmp_path).split()
+    assert int(limits[0]) * 1024 == render_mod.MAX_MEMORY
+    assert int(limits[1]) * 512 == render_mod.MAX_OUTPUT + render_mod.FILE_MARGIN
+
+
+def test_a_timeout_kills_everything_the_render_started(tmp_path):
+    renderer = Renderer(tool_settings(render_timeout_s=1))
+    script = "sleep 60 & echo $! > pid; wait"
+    with pytest.raises(TransientError, match="did not finish"):
+        renderer._run("sh", "-", ["sh", "-c", script], tmp_path)
+    pid = int((tmp_path / "pid").read_text())
+    deadline = time.monotonic() + 5
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pid)
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper is dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
