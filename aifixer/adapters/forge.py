@@ -570,8 +570,10 @@ class Forge:
         """Commit the edits on `branch` and push them, unless the branch already holds them."""
         runner = checkout.git
         ref = f"refs/heads/{branch}"
+        tip = ""  # the branch's commit the push replaces: none yet
         if self._git(runner, "ls-remote", "--heads", "origin", ref).strip():
             self._git(runner, "fetch", "--quiet", "--depth=1", "--no-tags", "origin", ref)
+            tip = self._git(runner, "rev-parse", "FETCH_HEAD").strip()
             held = True
             for edit in edits:
                 try:
@@ -585,11 +587,28 @@ class Forge:
             if held:
                 log.info("branch %s already holds the change", branch)
                 return
+            self._own_tip(runner, branch)
         self._git(runner, "add", "--", *[e.path for e in edits])
         self._git(runner, "commit", "--quiet", "--no-verify", "-m", message)
-        # Forced: the branch is named from the incident id and only aifixer writes it;
-        # an older attempt's content there is replaced by this verified one.
-        self._git(runner, "push", "--quiet", "--force", "origin", f"HEAD:{ref}")
+        # Forced over an older attempt of aifixer's own (checked above), and only if the
+        # branch is still where it was read: a person's commit is never replaced.
+        self._git(
+            runner, "push", "--quiet", f"--force-with-lease={ref}:{tip}", "origin", f"HEAD:{ref}"
+        )
+
+    def _own_tip(self, runner: git.Git, branch: str) -> None:
+        """Refuse to replace the branch unless its tip is aifixer's commit for the incident
+        (its trailer, and aifixer as author): a person has committed there otherwise."""
+        trailer = f"Aifixer-Incident: {branch[len(BRANCH_PREFIX) :]}"
+        author, _, body = (
+            self._git(runner, "log", "-1", "--format=%ae%n%B", "FETCH_HEAD").strip().partition("\n")
+        )
+        if author != self.settings.git_author_email or trailer not in body.splitlines():
+            raise PermanentError(
+                SYSTEM,
+                f"a person has committed on branch {branch} ({bounded(author, 80)}): "
+                "aifixer does not replace their work; the branch needs a person",
+            )
 
     # -- the pull request ----------------------------------------------------------------
 

@@ -27,7 +27,13 @@ from aifixer.manifests import apply_changes
 from aifixer.models import FieldChange, Workload
 from aifixer.sources import Layout, SourceError, change_source, rendered_layouts
 from tests.gitops_fixtures import CHART, HELM, KUBECTL, KUSTOMIZE, tool_settings, write
-from tests.integration.test_adapter_forge import OOM, fixed_world, settings_for
+from tests.integration.test_adapter_forge import (
+    OOM,
+    fixed_state,
+    fixed_world,
+    github,
+    settings_for,
+)
 from tests.integration.test_forge_gitops_layouts import commit, render, state_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -218,16 +224,21 @@ def test_a_checkout_reached_through_a_symlinked_directory_is_proven(renderer, tm
     assert [e.path for e in change.edits] == ["overlays/prod/kustomization.yaml"]
 
 
-def push_with_links(world, tmp_path: Path, files: dict[str, str], links: dict[str, Path]) -> None:
-    """Commit `files` and symbolic links (path -> target) to the repository, as a person."""
+def git_env(world, name: str = "a person", email: str = "person@example.com") -> dict:
+    """Pushes to the sandbox forge as `name` <`email`>."""
     basic = base64.b64encode(f"x-access-token:{world.endpoints.github_token}".encode()).decode()
-    env = {
+    return {
         "GIT_CONFIG_COUNT": "1",
         "GIT_CONFIG_KEY_0": "http.extraHeader",
         "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
         **{f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
-           for what, value in (("NAME", "a person"), ("EMAIL", "person@example.com"))},
+           for what, value in (("NAME", name), ("EMAIL", email))},
     }  # fmt: skip
+
+
+def push_with_links(world, tmp_path: Path, files: dict[str, str], links: dict[str, Path]) -> None:
+    """Commit `files` and symbolic links (path -> target) to the repository, as a person."""
+    env = git_env(world)
     work = tmp_path / "person"
     checkout = git.Repo.clone_from(world.endpoints.gitops_clone_url, work, env=env)
     write(work, files)
@@ -420,3 +431,46 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+# -- 5. a person's commit on an aifixer branch is never replaced ----------------------
+
+
+def commit_on_branch(world, work: Path, branch: str, path: str, env: dict, message: str) -> str:
+    """Clone `branch`, change `path` there, commit and push it; the new tip's sha."""
+    checkout = git.Repo.clone_from(world.endpoints.gitops_clone_url, work, branch=branch, env=env)
+    file = work / path
+    file.write_text(file.read_text() + f"# {message}\n")
+    checkout.git.add(path)
+    checkout.git.commit("-m", message, env=env)
+    checkout.git.push("origin", f"HEAD:refs/heads/{branch}", env=env)
+    return checkout.head.commit.hexsha
+
+
+def test_a_branch_a_person_committed_on_is_not_force_pushed(make_world, tmp_path):
+    sc, world = fixed_world(make_world)
+    state = fixed_state(sc, "fpperson")
+    settings = settings_for(world)
+    forge = Forge(settings)
+    first = forge.open_fix_pr(state)
+    repo = github(world).get_repo(world.endpoints.gitops_repo)
+    (path,) = [f.filename for f in repo.get_pull(first.number).get_files()]
+    repo.get_pull(first.number).edit(state="closed")
+    # An older attempt of aifixer's own on the branch is replaced by the verified change.
+    own = git_env(world, settings.git_author_name, settings.git_author_email)
+    trailer = f"an older attempt\n\nAifixer-Incident: {state.incident.id}"
+    older = commit_on_branch(world, tmp_path / "own", first.branch, path, own, trailer)
+
+    second = forge.open_fix_pr(state)
+
+    assert second.created and repo.get_branch(first.branch).commit.sha != older
+    repo.get_pull(second.number).edit(state="closed")
+    person = commit_on_branch(
+        world, tmp_path / "person", first.branch, path, git_env(world), "mine"
+    )
+
+    with pytest.raises(PermanentError, match="a person has committed on branch"):
+        forge.open_fix_pr(state)
+
+    assert repo.get_branch(first.branch).commit.sha == person
+    assert [p.number for p in repo.get_pulls(state="open")] == []
