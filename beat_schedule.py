@@ -1,30 +1,41 @@
 """The periodic polls that feed the farm, read by celeryconfig as `beat_schedule`.
 
-Both polls run every `AIFIXER_POLL_INTERVAL_S` seconds (default 15), the watchdog
+Both polls run every `AIFIXER_POLL_INTERVAL_S` seconds (default 15) for each cluster the
+farm watches (AIFIXER_CLUSTERS_FILE, else the one of AIFIXER_KUBECONFIG...), the watchdog
 every `AIFIXER_WATCHDOG_INTERVAL_S` (default 30), the pull request check every
 `AIFIXER_PR_CHECK_INTERVAL_S` (default 600). Each expires
 after one interval: a poll that could not start in time is dropped rather than run
 late behind the next one, since the next one covers the same ground from the cursor.
 """
 
+from aifixer import clusters
 from aifixer.settings import get_settings
 
 _interval = get_settings().poll_interval_s
 _watchdog = get_settings().watchdog_interval_s
 _scaling = get_settings().scaling_interval_s
 _pulls = get_settings().pr_check_interval_s
+# One beat, polls per cluster: each cluster's Loki and events are polled by tasks of
+# their own, naming it (a clusters file that cannot be used stops beat here, saying why).
+_names, _from_file = clusters.names(get_settings())
+
+
+def _polls() -> dict[str, dict]:
+    entries = {}
+    for name in _names:
+        suffix = f":{name}" if _from_file else ""
+        for source in ("loki", "events"):
+            entries[f"poll-{source}{suffix}"] = {
+                "task": f"aifixer.tasks.poll_{source}",
+                "schedule": _interval,
+                "args": (name,),
+                "options": {"queue": "polls", "expires": _interval},
+            }
+    return entries
+
 
 beat_schedule = {
-    "poll-loki": {
-        "task": "aifixer.tasks.poll_loki",
-        "schedule": _interval,
-        "options": {"queue": "polls", "expires": _interval},
-    },
-    "poll-events": {
-        "task": "aifixer.tasks.poll_events",
-        "schedule": _interval,
-        "options": {"queue": "polls", "expires": _interval},
-    },
+    **_polls(),
     # Forecast scaling: only Deployments annotated aifixer.io/forecast-scaling, and
     # only when a Prometheus is configured.
     **(

@@ -50,8 +50,9 @@ broker_transport_options = {"visibility_timeout": 3600}
 # One queue per kind of work, so each scales and stalls on its own:
 # - polls: the frequent, cheap polls of Loki and events; they must never wait
 #   behind a slow task, or detection lags;
-# - model: the slow model calls (diagnose, patch), bounded by the model server's
-#   capacity rather than by the farm's;
+# - model: the slow model calls (patch's choice; explain, beside verify), bounded by
+#   the model server's capacity rather than by the farm's; and each incident's first
+#   step (diagnose: the evidence), queued behind the incidents under way;
 # - cluster: apply and verify against the application cluster, short and frequent;
 # - notify: pull requests and phone calls, rare side effects that must not be
 #   starved by a burst of incidents.
@@ -65,6 +66,7 @@ task_queues = (
     Queue("scaling"),
 )  # fmt: skip
 NEW_INCIDENT_PRIORITY = 6  # a step of kombu's Redis priority_steps (0, 3, 6, 9)
+EXPLAIN_PRIORITY = 3
 task_routes = {
     "aifixer.tasks.poll_*": {"queue": "polls"},
     "aifixer.tasks.ingest_signals": {"queue": "polls"},
@@ -74,6 +76,9 @@ task_routes = {
     # burst, incidents finish one after another instead of all together at the end.
     "aifixer.tasks.diagnose": {"queue": "model", "priority": NEW_INCIDENT_PRIORITY},
     "aifixer.tasks.patch": {"queue": "model"},
+    # The model's explanation and the call's speech, written while verify waits: after
+    # the steps of incidents under way, before new incidents' first step.
+    "aifixer.tasks.explain": {"queue": "model", "priority": EXPLAIN_PRIORITY},
     "aifixer.tasks.apply": {"queue": "cluster"},
     "aifixer.tasks.verify": {"queue": "cluster"},
     "aifixer.tasks.label_cpu_level": {"queue": "cluster"},

@@ -1,4 +1,5 @@
-"""Parameter types shared by the `aifixer` commands (cli.py and bench.py)."""
+"""What the `aifixer` commands share, their own and those other packages add: parameter
+types, and the error a person caused."""
 
 from __future__ import annotations
 
@@ -26,3 +27,9 @@ class PositiveFloat(click.ParamType):
 
 POSITIVE = PositiveFloat()
 PORT = click.IntRange(1, 65535)
+
+
+class UserError(Exception):
+    """An error a person caused (a bad file, a busy port, a setting): `aifixer` shows it as
+    one line and exits 1, with no traceback. Packages that add commands raise it, or
+    subclass it, for theirs."""

@@ -21,7 +21,11 @@ import hashlib
 import re
 from collections.abc import Iterable
 
-from .models import FailureClass, Signal
+from .models import NO_ENDPOINTS, UNBOUND_CLAIMS, FailureClass, Signal
+
+# Classes about an object beside the workload: the pods may look healthy (a Service
+# selecting none of them) and the fix is made to that object, not to the Deployment.
+OBJECT_CLASSES: tuple[FailureClass, ...] = ("VolumePending", "NoEndpoints")
 
 # Pod waiting/terminated reasons and event reasons that name their class outright
 # (kubelet error names, containerd exit reasons, scheduler and volume events).
@@ -59,7 +63,14 @@ _BY_REASON: dict[str, FailureClass] = {
         ("CreateContainerConfigError", "FailedMount", "FailedAttachVolume"), "ConfigError"
     ),
     "LogError": "AppError",
+    # The persistentvolume-controller on a claim; the pod reason the Kubernetes adapter
+    # gives a pod the scheduler keeps for unbound claims (its FailedScheduling message).
+    **dict.fromkeys(("ProvisioningFailed", UNBOUND_CLAIMS), "VolumePending"),
+    NO_ENDPOINTS: "NoEndpoints",
 }
+
+# The scheduler's VolumeBinding message: the pod waits for claims that are not bound.
+_UNBOUND_MESSAGE = re.compile(r"unbound immediate PersistentVolumeClaims")
 
 # The kubelet's `Failed` event carries the real error in its message.
 _CONFIG_MESSAGE = re.compile(
@@ -74,18 +85,21 @@ _IMAGE_MESSAGE = re.compile(
 _PROBE_KILL = re.compile(r"failed (liveness|startup) probe", re.IGNORECASE)
 
 # Cause first. A container that cannot be created (missing ConfigMap, image that does not
-# pull, pod that cannot be scheduled) never ran, so probe failures or error lines seen
+# pull, pod that cannot be scheduled or waits for its volume) never ran, so probe failures or error lines seen
 # beside it come from elsewhere or follow from it; the fix is the cause. OOMKilled beats
 # CrashLoop because the back-off is the consequence of the kills. A crashing container
 # also fails its probes, and an unready one logs errors, so CrashLoop > ProbeFailure >
-# AppError; error lines alone are the weakest evidence.
+# AppError; a Service that selects no pod is a fault beside the pods, after theirs; error
+# lines alone are the weakest evidence.
 PRECEDENCE: tuple[FailureClass, ...] = (
     "ConfigError",
     "ImagePull",
+    "VolumePending",
     "Unschedulable",
     "OOMKilled",
     "CrashLoop",
     "ProbeFailure",
+    "NoEndpoints",
     "AppError",
 )
 
@@ -125,6 +139,8 @@ def classify(reason: str, message: str = "", exit_code: int | None = None) -> Fa
         return "ProbeFailure" if _PROBE_KILL.search(message) else None
     if reason == "LogError" and _CONFIG_MESSAGE.search(message):
         return "ConfigError"
+    if reason in ("FailedScheduling", "Unschedulable") and _UNBOUND_MESSAGE.search(message):
+        return "VolumePending"
     return _BY_REASON.get(reason)
 
 

@@ -35,17 +35,19 @@ from importlib import resources
 from string import Template
 from typing import Any, Literal, get_args
 
-from . import guardrails, manifests, playbooks, untrusted
+from . import grounding, guardrails, manifests, playbooks, untrusted
 from .adapters.errors import AdapterError
 from .adapters.llm import Model
 from .models import (
     Diagnosis,
     Evidence,
     FailureClass,
+    FieldChange,
     FixProposal,
     Incident,
     IncidentState,
     Manifest,
+    ObjectRef,
     Rejection,
 )
 from .redact import REDACTED, redact
@@ -77,15 +79,7 @@ MAX_PODS, MAX_EVENTS, MAX_LOG_LINES, MAX_POD_LOGS, MAX_CHANGES = 3, 5, 6, 2, 10
 MAX_VALUE = 160
 MAX_EVIDENCE = 3500
 
-EXIT_CODES = {
-    1: "the application exited with an error",
-    2: "the shell or program was misused (bad arguments)",
-    126: "the command was found but is not executable",
-    127: "the command was not found in the image",
-    137: "killed by SIGKILL, usually for exceeding the memory limit",
-    139: "segmentation fault",
-    143: "stopped by SIGTERM",
-}
+EXIT_CODES = grounding.EXIT_CODES
 
 
 def _clip(value: Any, limit: int = MAX_VALUE) -> str:
@@ -109,7 +103,7 @@ def render_evidence(incident: Incident, evidence: Evidence) -> str:
     w = incident.workload
     # Most telling first: when the whole is cut to its bound, log lines go before facts.
     sections = [
-        f"Workload: Deployment {w.namespace}/{w.name} (detected failure class: "
+        f"Workload: {w.kind} {w.namespace}/{w.name} (detected failure class: "
         f"{incident.failure_class})",
         _section(
             "Changes since the last healthy revision",
@@ -240,12 +234,15 @@ def _exit_codes(evidence: Evidence) -> list[int]:
     return codes
 
 
+object_facts = grounding.object_facts  # what the claims and Services beside it show
+
+
 def _facts(evidence: Evidence) -> list[str]:
     return [
         f"- exit code {code}: {EXIT_CODES[code]}"
         for code in _exit_codes(evidence)
         if code in EXIT_CODES
-    ]
+    ] + [f"- {fact}" for fact in object_facts(evidence)]
 
 
 # -- diagnose ----------------------------------------------------------------------------
@@ -263,32 +260,30 @@ DIAGNOSIS_SCHEMA: dict[str, Any] = {
     },
 }
 
-CLASS_PHRASES = {
-    "ImagePull": "its pods cannot pull their container image",
-    "CrashLoop": "its container exits soon after starting and is restarted again and again",
-    "OOMKilled": "its container is killed for using more memory than its limit",
-    "ProbeFailure": "its health probes fail",
-    "Unschedulable": "its pods cannot be scheduled on any node",
-    "ConfigError": "its pods cannot start: a ConfigMap, Secret or key they reference is missing",
-    "AppError": "its application logs errors while the pods look healthy",
-}
-# Where each class usually lies, when the revision history names no changed field.
-CLASS_FIELDS = {
-    "ImagePull": ["image"],
-    "CrashLoop": ["command", "args", "env"],
-    "OOMKilled": ["resources.limits.memory"],
-    "ProbeFailure": ["readinessProbe", "livenessProbe"],
-    "Unschedulable": ["resources.requests"],
-    "ConfigError": ["env"],
-    "AppError": [],
-}
+CLASS_PHRASES = grounding.CLASS_PHRASES
+CLASS_FIELDS = grounding.CLASS_FIELDS
 
 
-def diagnose(model: Model, incident: Incident, evidence: Evidence) -> Diagnosis:
-    """The model's diagnosis, or one written from the evidence if the model fails."""
+def diagnose(
+    model: Model,
+    incident: Incident,
+    evidence: Evidence,
+    changes: Sequence[FieldChange] = (),
+    *,
+    verified: bool = False,
+) -> Diagnosis:
+    """The model's explanation, written from facts established without it, or one written
+    from those facts alone if the model fails or says what the facts do not state.
+
+    Args:
+        changes: the fix (live -> fixed) once one is known; with `verified`, the change
+            applied and verified. The explanation must then name a field it changed.
+    """
+    facts = grounding.establish(incident, evidence, changes, verified=verified)
     user = prompt(
         "diagnose.user",
         evidence=render_evidence(incident, evidence),
+        facts=facts.text(),
         classes=", ".join(FAILURE_CLASSES),
     )
     try:
@@ -297,34 +292,41 @@ def diagnose(model: Model, incident: Incident, evidence: Evidence) -> Diagnosis:
         )
     except AdapterError as exc:
         log.warning(
-            "[%s] model diagnosis unusable, writing one from the evidence: %s",
+            "[%s] model diagnosis unusable, writing one from the facts: %s",
             incident.workload.key,
             exc,
         )
-        return playbook_diagnosis(incident, evidence)
+        return _written(incident, facts)
     summary, root_cause = redact(answer["summary"].strip()), redact(answer["root_cause"].strip())
-    found = untrusted.findings(f"{summary}\n{root_cause}", known_words(incident, evidence))
+    text = f"{summary}\n{root_cause}"
+    found = untrusted.findings(text, known_words(incident, evidence, changes))
+    found += grounding.problems(text, facts)
     if found:
-        # Read aloud and put in the PR: it may not relay what a log line dictated.
+        # Read first in the PR, heard on the call: it may neither relay what a log line
+        # dictated nor state what the facts do not.
         log.warning(
-            "[%s] model diagnosis carries %s; writing one from the evidence",
+            "[%s] model diagnosis not grounded (%s); writing one from the facts",
             incident.workload.key,
-            " and ".join(found),
+            "; ".join(found[:4]),
         )
-        return playbook_diagnosis(incident, evidence)
+        return _written(incident, facts)
     return Diagnosis(
         summary=summary,
         root_cause=root_cause,
         failure_class=answer["failure_class"],
-        fields=[c.path for c in evidence.template_diff][:5],
+        fields=(facts.fields or facts.class_fields)[:5],
         source="model",
     )
 
 
-def known_words(incident: Incident, evidence: Evidence | None) -> list[str]:
-    """What the workload itself is called and runs: never a finding in text about it."""
+def known_words(
+    incident: Incident, evidence: Evidence | None, changes: Sequence[FieldChange] = ()
+) -> list[str]:
+    """What the workload itself is called and runs, or is set to run by the fix: never a
+    finding in text about it."""
     w = incident.workload
     words = [w.key, w.name, w.namespace]
+    words += [c.after for c in changes if isinstance(c.after, str) and c.path.endswith(".image")]
     if evidence is not None:
         words += [i for rev in evidence.revisions for i in rev.images]
         for spec in (evidence.deployment, evidence.last_healthy_template):
@@ -333,76 +335,38 @@ def known_words(incident: Incident, evidence: Evidence | None) -> list[str]:
                 for c in guardrails.pod_spec(spec).get("containers") or []
                 if isinstance(c, dict) and isinstance(c.get("image"), str)
             ]
+        for t in evidence.existing_tags:
+            repo = t.image.rsplit(":", 1)[0] if ":" in t.image.rsplit("/", 1)[-1] else t.image
+            words += [t.image, f"{repo}:{t.tag}"]
     return words
 
 
-def playbook_diagnosis(incident: Incident, evidence: Evidence) -> Diagnosis:
-    """A diagnosis from the evidence alone: what the PR shows when the model fails."""
-    fc = incident.failure_class
-    w = incident.workload
-    seen = _what_was_seen(evidence)
-    summary = f"Deployment {w.namespace}/{w.name} is failing: {CLASS_PHRASES[fc]}."
-    if seen:
-        summary += f" Seen: {seen}."
-    changes = evidence.template_diff
-    if changes:
-        described = "; ".join(
-            f"{deployment_path(c.path)} changed from {_clip(c.before, 60)} to {_clip(c.after, 60)}"
-            for c in changes[:3]
-        )
-        root_cause = f"Since the last healthy revision, {described}: the likeliest cause."
-        fields = [deployment_path(c.path) for c in changes[:5]]
-    else:
-        root_cause = _cause_without_history(fc, evidence)
-        fields = _class_fields(fc, evidence.deployment)
+def _state_changes(state: IncidentState) -> list[FieldChange]:
+    if state.apply is not None:
+        return state.apply.changes
+    return state.proposal.changes if state.proposal is not None else []
+
+
+def playbook_diagnosis(
+    incident: Incident,
+    evidence: Evidence,
+    changes: Sequence[FieldChange] = (),
+    *,
+    verified: bool = False,
+) -> Diagnosis:
+    """A diagnosis from the facts alone: what the PR shows when the model's is not usable."""
+    return _written(incident, grounding.establish(incident, evidence, changes, verified=verified))
+
+
+def _written(incident: Incident, facts: grounding.Facts) -> Diagnosis:
+    summary, root_cause, fields = grounding.written(facts)
     return Diagnosis(
-        summary=redact(summary),
-        root_cause=redact(root_cause),
-        failure_class=fc,
+        summary=summary,
+        root_cause=root_cause,
+        failure_class=incident.failure_class,
         fields=fields,
         source="playbook",
     )
-
-
-def _what_was_seen(evidence: Evidence) -> str:
-    parts = []
-    reasons = sorted({r for p in evidence.pods for r in p.reasons})
-    if reasons:
-        parts.append(f"pod reasons {', '.join(reasons)}")
-    restarts = max((p.restart_count for p in evidence.pods), default=0)
-    if restarts:
-        parts.append(f"up to {restarts} restarts")
-    for code in _exit_codes(evidence)[:2]:
-        parts.append(f"exit code {code}" + (f" ({EXIT_CODES[code]})" if code in EXIT_CODES else ""))
-    warning = next((e for e in reversed(evidence.events) if e.type == "Warning"), None)
-    if warning and _REASON_WORD.fullmatch(warning.reason or ""):
-        # The reason only: an event's message is free text anyone who can create
-        # events wrote, and this diagnosis is read aloud.
-        parts.append(f"event {warning.reason}")
-    return "; ".join(parts)
-
-
-_REASON_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
-
-
-def _cause_without_history(fc: str, evidence: Evidence) -> str:
-    codes = [c for c in _exit_codes(evidence) if c in EXIT_CODES]
-    if codes:
-        return f"The container's exit code {codes[0]} means {EXIT_CODES[codes[0]]}."
-    warning = next((e for e in reversed(evidence.events) if e.type == "Warning"), None)
-    if warning:
-        return f"The cluster reports {warning.reason}: {_clip(warning.message, 200)}"
-    return (
-        f"No field changed since the last healthy revision; the failure ({fc}) "
-        f"needs a person to look at the application."
-    )
-
-
-def _class_fields(fc: str, deployment: Manifest) -> list[str]:
-    containers = manifests.get_path(deployment, CONTAINERS, []) or []
-    return [
-        f"{CONTAINERS}[{i}].{suffix}" for i in range(len(containers)) for suffix in CLASS_FIELDS[fc]
-    ][:5]
 
 
 # -- typed edits ---------------------------------------------------------------------------
@@ -602,7 +566,10 @@ class _Attempts:
         if not proposal.changes:
             self.reject(proposal.source, proposal.strategy, ["the proposal changes nothing"])
             return None
-        reasons = guardrails.check(self.live, proposal.manifest, self.evidence, self.settings)
+        if proposal.target is not None:
+            reasons = object_reasons(self.evidence, proposal, self.settings)
+        else:
+            reasons = guardrails.check(self.live, proposal.manifest, self.evidence, self.settings)
         if reasons:
             log.warning(
                 "%s fix from %s refused: %s", proposal.source, proposal.strategy, "; ".join(reasons)
@@ -627,8 +594,15 @@ class _Attempts:
         strategy: str | None = None,
         rationale: str | None = None,
     ) -> FixProposal:
-        """A proposal whose changes are recomputed from the live Deployment, not trusted."""
+        """A proposal whose changes are recomputed from the live Deployment (or the live
+        object it fixes), not trusted."""
         result = manifests.clean(manifest if manifest is not None else candidate.manifest)
+        if candidate.target is not None:
+            live = object_of(self.evidence, candidate.target)
+            base = manifests.clean(live) if live is not None else {}
+            return candidate.model_copy(
+                update={"manifest": result, "changes": manifests.diff(base, result)}
+            )
         return FixProposal(
             source=source,
             strategy=strategy or candidate.strategy,
@@ -664,7 +638,9 @@ def propose(
         proposal = _propose_model(model, incident, evidence, diagnosis, attempts, shown)
     else:
         candidates = _candidates(evidence, incident, diagnosis, settings, remembered)
-        if strategy == "hybrid" and candidates:
+        # A fix to a claim or a Service is a fact-given value the model has no better
+        # choice for: the candidates are tried as they come.
+        if strategy == "hybrid" and candidates and not any(c.target for c in candidates):
             proposal = _propose_hybrid(
                 model, incident, evidence, diagnosis, candidates, attempts, shown
             )
@@ -673,6 +649,28 @@ def propose(
             # fault, and a person is better placed than a model writing one unaided.
             proposal = attempts.first_candidate(candidates)
     return proposal, attempts.rejections
+
+
+def fallbacks(
+    incident: Incident,
+    evidence: Evidence,
+    diagnosis: Diagnosis,
+    settings: Settings,
+    *,
+    remembered: FixProposal | None = None,
+) -> list[FixProposal]:
+    """The playbooks' candidates the guardrails accept, best first, as they were proposed
+    (no model adjustment): what a next attempt may try when the chosen fix does not
+    verify. None under the `model` strategy, which leaves the playbooks out.
+    """
+    if settings.fix_strategy == "model":
+        return []
+    attempts = _Attempts(evidence, settings)
+    found = (
+        attempts.accept(attempts.restated(c))
+        for c in _candidates(evidence, incident, diagnosis, settings, remembered)
+    )
+    return [p for p in found if p is not None]
 
 
 def _candidates(
@@ -698,6 +696,38 @@ def _candidates(
             seen.add(key)
             out.append(candidate)
     return out
+
+
+def object_of(evidence: Evidence, target: ObjectRef) -> Manifest | None:
+    """The live object a proposal targets, as the evidence read it (with the phase and
+    volume that decide whether a claim may be re-created)."""
+    if target.kind == "PersistentVolumeClaim":
+        for claim in evidence.claims:
+            if claim.name == target.name:
+                return {**claim.manifest, "status": {"phase": claim.phase}}
+    elif target.kind == "Service":
+        for svc in evidence.services:
+            if svc.name == target.name:
+                return svc.manifest
+    return None
+
+
+def object_reasons(evidence: Evidence, proposal: FixProposal, settings: Settings) -> list[str]:
+    """`guardrails.check_object` for a proposal that fixes a claim or a Service."""
+    target = proposal.target
+    live = object_of(evidence, target) if target is not None else None
+    if target is None or live is None:
+        return ["the proposal names no object the evidence read"]
+    meta = proposal.manifest.get("metadata") if isinstance(proposal.manifest, dict) else None
+    if not isinstance(meta, dict) or (
+        proposal.manifest.get("kind"),
+        meta.get("namespace"),
+        meta.get("name"),
+    ) != (target.kind, target.namespace, target.name):
+        return ["the proposal is not the object it names"]
+    return guardrails.check_object(
+        live, proposal.manifest, evidence.deployment, evidence.storage_classes, settings
+    )
 
 
 MAX_EXAMPLES = 3
@@ -965,6 +995,8 @@ SPOKEN_CLASS: dict[str, dict[str, str]] = {
         "Unschedulable": "cannot start because no node has room for it",
         "ConfigError": "cannot start because a setting or a secret it needs is missing",
         "AppError": "is running but its application keeps reporting errors",
+        "VolumePending": "cannot start because its storage volume is never created",
+        "NoEndpoints": "is running but its service sends traffic to none of its pods",
     },
     "fr": {
         "ImagePull": "ne démarre pas car son image ne peut pas être téléchargée",
@@ -974,6 +1006,8 @@ SPOKEN_CLASS: dict[str, dict[str, str]] = {
         "Unschedulable": "ne démarre pas car aucun nœud n'a de place pour lui",
         "ConfigError": "ne démarre pas car un réglage ou un secret dont il a besoin manque",
         "AppError": "tourne mais son application signale sans cesse des erreurs",
+        "VolumePending": "ne démarre pas car son volume de stockage n'est jamais créé",
+        "NoEndpoints": "tourne mais son service n'envoie le trafic à aucun de ses pods",
     },
 }
 
@@ -983,7 +1017,10 @@ _PHRASES: dict[str, dict[str, str]] = {
         "tried": "A fix was tried: {change}.",
         "prepared": "A fix was prepared: {change}.",
         "live": "A fix is live and works: {change}.",
+        "copy_live": "A fix works on a temporary copy: {change}.",
+        "copy_tried": "A fix was tried on a temporary copy: {change}.",
         "rolled_back": "It did not make the deployment healthy, so it was undone.",
+        "copy_failed": "It did not work there, and the deployment itself was left as it was.",
         "not_undone": "It did not work, and it could not be undone, so it may still be live.",
         "nothing_safe": "No safe fix could be tried, so nothing was changed.",
         "draft_pr": (
@@ -994,6 +1031,14 @@ _PHRASES: dict[str, dict[str, str]] = {
             "But its pull request could not be opened, so it is not in Git and the next "
             "sync may undo it."
         ),
+        "copy_draft_pr": (
+            "But its pull request is a draft that needs a hand edit; until then, the "
+            "deployment stays as it was."
+        ),
+        "copy_pr_failed": (
+            "But its pull request could not be opened, so the deployment stays as it was "
+            "until the fix is in Git."
+        ),
         "person_after": "Someone changed the deployment meanwhile, so it was left as they set it.",
         "person_before": (
             "Someone changed the deployment first, so nothing was applied and it was left "
@@ -1003,13 +1048,25 @@ _PHRASES: dict[str, dict[str, str]] = {
         "not_confirmed": "It could not be confirmed that it works.",
         "one_more": "{change}, along with one other setting",
         "more": "{change}, along with {n} other settings",
+        "earlier": "A {nth} fix did not help and was undone: {change}.",
+        "earlier_short": "A {nth} fix did not help and was undone.",
+        "tried_nth": "Then a {nth} fix was tried: {change}.",
+        "prepared_nth": "Then a {nth} fix was prepared: {change}.",
+        "live_nth": "Then a {nth} fix was tried, and it is live and works: {change}.",
+        "stopped_nth": "Then the repair stopped before trying a {nth} fix.",
+        "nth": "first second third fourth",
     },
     "fr": {
         "opening": "Le déploiement {name}, dans l'espace de noms {namespace}, {seen}.",
         "tried": "Un correctif a été essayé : {change}.",
         "prepared": "Un correctif a été préparé : {change}.",
         "live": "Un correctif est en place et fonctionne : {change}.",
+        "copy_live": "Un correctif fonctionne sur une copie temporaire : {change}.",
+        "copy_tried": "Un correctif a été essayé sur une copie temporaire : {change}.",
         "rolled_back": "Il n'a pas remis le déploiement en état, donc il a été annulé.",
+        "copy_failed": (
+            "Il n'y a pas fonctionné, et le déploiement lui-même a été laissé tel quel."
+        ),
         "not_undone": (
             "Il n'a pas fonctionné et n'a pas pu être annulé, donc il est peut-être encore en "
             "place."
@@ -1023,6 +1080,14 @@ _PHRASES: dict[str, dict[str, str]] = {
             "Mais sa demande de fusion n'a pas pu être ouverte, donc il n'est pas dans Git "
             "et la prochaine synchronisation peut l'annuler."
         ),
+        "copy_draft_pr": (
+            "Mais sa demande de fusion est un brouillon à corriger à la main ; d'ici là, le "
+            "déploiement reste tel quel."
+        ),
+        "copy_pr_failed": (
+            "Mais sa demande de fusion n'a pas pu être ouverte, donc le déploiement reste tel "
+            "quel tant que le correctif n'est pas dans Git."
+        ),
         "person_after": (
             "Quelqu'un a modifié le déploiement entre-temps, donc il a été laissé tel quel."
         ),
@@ -1034,6 +1099,28 @@ _PHRASES: dict[str, dict[str, str]] = {
         "not_confirmed": "Il n'a pas pu être confirmé qu'il fonctionne.",
         "one_more": "{change}, ainsi qu'un autre réglage",
         "more": "{change}, ainsi que {n} autres réglages",
+        "earlier": "Un {nth} correctif n'a pas aidé et a été annulé : {change}.",
+        "earlier_short": "Un {nth} correctif n'a pas aidé et a été annulé.",
+        "tried_nth": "Puis un {nth} correctif a été essayé : {change}.",
+        "prepared_nth": "Puis un {nth} correctif a été préparé : {change}.",
+        "live_nth": "Puis un {nth} correctif a été essayé, il est en place et fonctionne : {change}.",
+        "stopped_nth": "Puis la réparation s'est arrêtée avant d'essayer un {nth} correctif.",
+        "nth": "premier deuxième troisième quatrième",
+    },
+}
+
+# How the phrases above name a StatefulSet or a DaemonSet instead of a Deployment.
+_KIND_WORDS: dict[str, dict[str, tuple[tuple[str, str], ...]]] = {
+    "en": {
+        "StatefulSet": (
+            ("The deployment", "The stateful set"),
+            ("the deployment", "the stateful set"),
+        ),
+        "DaemonSet": (("The deployment", "The daemon set"), ("the deployment", "the daemon set")),
+    },
+    "fr": {
+        "StatefulSet": (("Le déploiement", "Le composant"), ("le déploiement", "le composant")),
+        "DaemonSet": (("Le déploiement", "Le composant"), ("le déploiement", "le composant")),
     },
 }
 
@@ -1089,6 +1176,7 @@ _CHANGES: dict[str, dict[str, str]] = {
 
 SpeechOutcome = Literal[
     "rolled_back",  # a fix was applied, did not work, and the original is back
+    "copy_failed",  # a fix did not work on a temporary copy; the workload was never changed
     "not_undone",  # a fix was applied, did not work, and is not (or not yet) undone
     "nothing_safe",  # no fix passed the guardrails, or none was found
     "draft_pr",  # the fix is live and verified; its pull request is a draft to hand-edit
@@ -1120,10 +1208,12 @@ def speech(model: Model, state: IncidentState, settings: Settings) -> str:
     template = template_speech(state, language)
     user = prompt(
         "speech.user",
+        kind=w.kind,
         namespace=w.namespace,
         workload=w.name,
         failure=CLASS_PHRASES[state.incident.failure_class],
-        diagnosis=_clip(state.diagnosis.summary if state.diagnosis else "none", 300),
+        # The diagnosis as it may be shown: the recorded one if the facts bear it out.
+        diagnosis=_clip(grounding.shown(state)[0].summary if state.diagnosis else "none", 300),
         tried=template,
         language=LANGUAGE_NAMES[language],
     )
@@ -1199,7 +1289,9 @@ def speech_problems(text: str, state: IncidentState, language: str = "en") -> li
         problems.append("a secret or an unprintable character")
     if _spoken(w.name) not in _spoken(text):
         problems.append("the workload is not named")
-    found = untrusted.findings(text, known_words(state.incident, state.evidence))
+    found = untrusted.findings(
+        text, known_words(state.incident, state.evidence, _state_changes(state))
+    )
     problems += [f"untrusted text: {f}" for f in found]
     if not _in_language(text, language):
         problems.append(f"not in {LANGUAGE_NAMES[language]}")
@@ -1227,6 +1319,8 @@ def speech_outcome(state: IncidentState) -> SpeechOutcome:
     person = any(_PERSON_CHANGED.search(t or "") for t in (state.error, v and v.reason))
     if state.proposal is None:
         return "nothing_safe"
+    if v is not None and state.verify_copy is not None:
+        return "copy_failed"
     if v is not None:
         if v.rolled_back:
             return "rolled_back"
@@ -1256,29 +1350,78 @@ def template_speech(state: IncidentState, language: str = "en") -> str:
     ]
     outcome = speech_outcome(state)
     change = _change_words(state, language)
-    if outcome in ("draft_pr", "pr_failed"):
-        sentences += [say["live"].format(change=change), say[outcome]]
+    # Every fix tried before this one (applied, not verified, undone), in order; then
+    # this one, "then a second fix...".
+    ordinals = say["nth"].split()
+    earlier = [
+        (ordinals[min(a.number, len(ordinals)) - 1], _change_words(state, language, a.proposal))
+        for a in state.attempts
+    ]
+    nth = ordinals[min(len(earlier), len(ordinals) - 1)]
+    verb = (lambda key: say[f"{key}_nth"]) if earlier else (lambda key: say[key])
+    if state.verify_copy is not None and outcome in ("draft_pr", "pr_failed", "copy_failed"):
+        # Verified (or not) on a temporary copy: the workload itself was never changed.
+        if outcome == "copy_failed":
+            sentences += [say["copy_tried"].format(change=change), say["copy_failed"]]
+        else:
+            sentences += [say["copy_live"].format(change=change), say[f"copy_{outcome}"]]
+    elif outcome in ("draft_pr", "pr_failed"):
+        sentences += [verb("live").format(change=change, nth=nth), say[outcome]]
     elif outcome in ("nothing_safe", "stopped", "person_before"):
         if outcome == "person_before":
-            sentences.append(say["prepared"].format(change=change))
-        sentences.append(say[outcome])
+            sentences.append(verb("prepared").format(change=change, nth=nth))
+        sentences.append(verb(outcome).format(nth=nth) if outcome == "stopped" else say[outcome])
     else:
-        sentences += [say["tried"].format(change=change), say[outcome]]
-    text = " ".join(sentences)
+        sentences += [verb("tried").format(change=change, nth=nth), say[outcome]]
+
+    def said(told: list[str]) -> str:
+        text = " ".join([sentences[0], *told, *sentences[1:]])
+        if w.kind != "Deployment":
+            # The phrases name a Deployment; the other kinds by their spoken names.
+            for written, spoken in _KIND_WORDS[language][w.kind]:
+                text = text.replace(written, spoken)
+        return text
+
+    text = said([say["earlier"].format(nth=o, change=c) for o, c in earlier])
+    if earlier and speech_problems(text, state, language):
+        # Too long, most often: the earlier fixes said without their detail.
+        text = said([say["earlier_short"].format(nth=o) for o, _ in earlier])
     if speech_problems(text, state, language):
         # A value from the record that does not pass (an odd image tag): said generically.
         text = text.replace(change, _CHANGES[language]["other"])
     return redact(text)
 
 
-def _change_words(state: IncidentState, language: str) -> str:
-    """The fix's change in words: its first field, and how many others it changed."""
-    changes = state.proposal.changes if state.proposal is not None else []
+_CLUSTER_SENTENCE = {
+    "en": "This is about the cluster {cluster}.",
+    "fr": "Il s'agit du cluster {cluster}.",
+}
+
+
+def naming_cluster(text: str, state: IncidentState, language: str = "en") -> str:
+    """`text` opened by the sentence naming the incident's cluster (a farm of several).
+
+    Held to the same rules: if the two together do not pass (too long), the template
+    follows the sentence instead.
+    """
+    language = call_language(language)
+    sentence = _CLUSTER_SENTENCE[language].format(cluster=_spoken(state.incident.workload.cluster))
+    combined = f"{sentence} {text}"
+    if speech_problems(combined, state, language):
+        combined = f"{sentence} {template_speech(state, language)}"
+    return combined
+
+
+def _change_words(state: IncidentState, language: str, proposal: FixProposal | None = None) -> str:
+    """The fix's change in words (`proposal`, by default the record's): its first field,
+    and how many others it changed."""
+    proposal = proposal if proposal is not None else state.proposal
+    changes = proposal.changes if proposal is not None else []
     words = _CHANGES[language]
     if not changes:
         return words["other"]
     described = _one_change(changes[0], state, language)
-    known = known_words(state.incident, state.evidence)
+    known = known_words(state.incident, state.evidence, changes)
     if untrusted.findings(described, known) or _LONG_NUMBER.search(described):
         described = words["other"]
     # A limit and its request raised together read as one change.

@@ -14,9 +14,15 @@ trusted to make on its own:
 - nothing runs new code or reaches somewhere new. A field that executes or connects
   (`command`, `args`, exec probes, a probe's `host` and `httpHeaders`, environment
   variables, `envFrom`) may only become a value the workload itself had, live or in
-  its last healthy revision, or be removed (`command` and `args` removed give the
-  image's own entrypoint back). No new variable name (`LD_PRELOAD`, `HTTPS_PROXY`),
-  no new literal (a literal for a secret is an invented secret);
+  its last healthy revision. `command` and `args` may also be removed, which runs the
+  image's own entrypoint (code the workload never ran, perhaps as root): only as a
+  return to a last healthy revision that had no override, or, for a container that
+  never ran healthy, when its pods' status holds the container runtime's StartError
+  naming exactly the override's executable (`runtime_cannot_exec`, the rule the
+  playbook follows too). Such a removal is a pure one: `command` and `args` both go,
+  so the entrypoint runs with its own arguments, and nothing else of that container
+  changes. No new variable name (`LD_PRELOAD`, `HTTPS_PROXY`), no new literal (a
+  literal for a secret is an invented secret);
 - no invented references: a Secret or ConfigMap reference never becomes a literal,
   and references point only to objects and keys the workload already used (live or
   in its last healthy revision). A key never used before is a guess about an object
@@ -31,8 +37,8 @@ trusted to make on its own:
 
 The rules hold for every source of a proposal alike (the model, the playbooks, a
 remembered fix): `check` knows only the live Deployment, the proposal and the
-workload's past (`Past`: its revisions and last healthy pod template, read from the
-cluster). The pipeline runs it when a fix is chosen and again, on a past re-read from
+workload's past (`Past`: its revisions, last healthy pod template and its pods'
+status, read from the cluster). The pipeline runs it when a fix is chosen and again, on a past re-read from
 the cluster, immediately before writing.
 
 `check` returns every reason it finds, in words that name the field, so a refusal can
@@ -43,11 +49,12 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
 from . import manifests
-from .models import Manifest, Revision
+from .models import Manifest, PodState, Revision
 from .settings import Settings
 
 POD_SPEC = "spec.template.spec"
@@ -78,6 +85,8 @@ CREDENTIAL_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|KEY|CREDENTIAL", re.
 _REF_KINDS = {"secretKeyRef": "Secret", "configMapKeyRef": "ConfigMap"}
 _ENV_FROM_KINDS = {"secretRef": "Secret", "configMapRef": "ConfigMap"}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# A path an HTTP probe may be given: absolute, URL characters only, bounded.
+SAFE_PROBE_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]{0,199}")
 # Probe timings a fix may tune, each within (lowest, highest) seconds or counts.
 PROBE_BOUNDS = {
     "initialDelaySeconds": (0, 600),
@@ -90,13 +99,16 @@ PROBE_BOUNDS = {
 
 
 class Past(NamedTuple):
-    """What the workload ran before: its revisions and the last healthy pod template.
+    """What the workload ran before: its revisions and the last healthy pod template;
+    and its pods' status now, where the container runtime's StartError is read.
 
-    `Evidence` has both attributes and may stand in for it.
+    `Evidence` has the three attributes and may stand in for it. Without pods, no
+    removal of a command override is ever a repair of one the runtime cannot execute.
     """
 
     revisions: list[Revision]
     last_healthy_template: Manifest | None
+    pods: Sequence[PodState] = ()
 
 
 # Namespaces aifixer never writes to, whatever the configuration says.
@@ -141,6 +153,9 @@ def check(live: Manifest, proposed: Any, past: Past | Any, settings: Settings) -
     reasons = _identity(live, proposed) + _shape(proposed)
     if reasons:
         return reasons
+    refusal = rollout_refusal(live)
+    if refusal:
+        return [refusal]
     live, proposed = comparable(live), comparable(proposed)
     history = _History(live, past)
     for found in (
@@ -152,11 +167,40 @@ def check(live: Manifest, proposed: Any, past: Past | Any, settings: Settings) -
         _images(live, proposed, history),
         _resources(live, proposed, settings),
         _probe_timings(live, proposed),
+        _probe_paths(live, proposed),
         _replicas(live, proposed, settings),
         _schema(proposed),
     ):
         reasons.extend(r for r in found if r not in reasons)
     return reasons
+
+
+def rollout_refusal(live: Manifest) -> str | None:
+    """Why no fix of this workload could ever be verified, or None.
+
+    A fix is proven by its pods running healthy. An OnDelete StatefulSet or DaemonSet
+    never replaces a pod for a new template (nor back, after a rollback), and a
+    partitioned StatefulSet leaves the pods below the partition on the old one: the
+    fix would stay unproven, or prove nothing. Such a workload is left to a person.
+    """
+    kind = live.get("kind")
+    if kind not in ("StatefulSet", "DaemonSet"):
+        return None
+    strategy = _dict(_dict(live.get("spec")).get("updateStrategy"))
+    kind_words = "StatefulSet" if kind == "StatefulSet" else "DaemonSet"
+    if strategy.get("type", "RollingUpdate") != "RollingUpdate":
+        return (
+            f"spec.updateStrategy: the {kind_words} updates {_short(strategy.get('type'))}, "
+            "so its pods never run a fix until deleted by hand: nothing is changed"
+        )
+    partition = _dict(strategy.get("rollingUpdate")).get("partition")
+    if kind == "StatefulSet" and partition not in (None, 0):
+        return (
+            f"spec.updateStrategy.rollingUpdate.partition: the StatefulSet is partitioned "
+            f"({_short(partition)}), so the pods below it would never run a fix: nothing is "
+            "changed"
+        )
+    return None
 
 
 # -- comparing what the server would store -------------------------------------------
@@ -165,6 +209,21 @@ def check(live: Manifest, proposed: Any, past: Past | Any, settings: Settings) -
 # for the default, which the live object already shows, so it is no change.
 _DEPLOYMENT_DEFAULTS = {"replicas": 1, "revisionHistoryLimit": 10, "progressDeadlineSeconds": 600}
 _ROLLING_UPDATE_DEFAULTS = {"maxUnavailable": "25%", "maxSurge": "25%"}
+_SET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "StatefulSet": {
+        "podManagementPolicy": "OrderedReady",
+        "revisionHistoryLimit": 10,
+        "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}},
+        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+    },
+    "DaemonSet": {
+        "revisionHistoryLimit": 10,
+        "updateStrategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0},
+        },
+    },
+}
 _POD_DEFAULTS = {
     "restartPolicy": "Always",
     "dnsPolicy": "ClusterFirst",
@@ -193,6 +252,18 @@ def comparable(deployment: Manifest) -> Manifest:
     """
     out = copy.deepcopy(deployment)
     spec = _dict(out.get("spec"))
+    kind_defaults = _SET_DEFAULTS.get(out.get("kind"))  # type: ignore[arg-type]
+    if kind_defaults is not None:
+        # A StatefulSet's or DaemonSet's own defaults (updateStrategy...), beside the
+        # Deployment's filled in on both sides below, which change nothing compared.
+        for key, value in kind_defaults.items():
+            if isinstance(value, dict) and isinstance(spec.get(key), dict):
+                _fill(spec[key], {k: v for k, v in value.items() if k != "rollingUpdate"})
+                rolling = value.get("rollingUpdate")
+                if rolling and spec[key].get("type") == "RollingUpdate":
+                    _fill(_dict(spec[key].setdefault("rollingUpdate", {})), rolling)
+            else:
+                _fill(spec, {key: value})
     _fill(spec, _DEPLOYMENT_DEFAULTS)
     strategy = spec.setdefault("strategy", {})
     if isinstance(strategy, dict):
@@ -331,6 +402,45 @@ def containers_by_name(spec: dict[str, Any], kind: str = "containers") -> dict[s
     return {name: c for c in _list(spec.get(kind)) if (name := _name(c)) is not None}
 
 
+# The container runtime's words when the process a container names cannot be executed
+# (runc through containerd, reason StartError): `exec: "<argv[0]>": executable file not
+# found in $PATH` for a bare name, `exec: "<path>": stat <path>: no such file or
+# directory` for a path.
+_EXEC_MISSING = re.compile(
+    r'exec: "((?:[^"\\]|\\.)*)": (?:executable file not found in \$PATH|stat [^:]*: '
+    r"no such file or directory)"
+)
+
+
+def missing_executables(pods: Iterable[PodState]) -> dict[str, set[str]]:
+    """Container name -> the executables the runtime could not start, read from the pods'
+    last terminations with reason StartError (set by the runtime, not by the process:
+    a process that printed the same words ended with another reason)."""
+    found: dict[str, set[str]] = {}
+    for pod in pods:
+        term = pod.last_termination or {}
+        if term.get("reason") != "StartError" or not isinstance(term.get("container"), str):
+            continue
+        for match in _EXEC_MISSING.finditer(str(term.get("message") or "")):
+            exe = re.sub(r"\\(.)", r"\1", match.group(1))
+            found.setdefault(term["container"], set()).add(exe)
+    return found
+
+
+def runtime_cannot_exec(container: Any, pods: Iterable[PodState]) -> bool:
+    """Whether the pods' status holds the container runtime's StartError naming exactly
+    `command[0]` of `container`: the only evidence on which removing a command override
+    of a container that never ran healthy is a repair. Nothing a log line, an event
+    message or a model reply says counts; another executable (an argument of the
+    override, another container's) neither.
+    """
+    container = _dict(container)
+    name, command = container.get("name"), container.get("command")
+    if not isinstance(name, str) or not isinstance(command, list) or not command:
+        return False
+    return isinstance(command[0], str) and command[0] in missing_executables(pods).get(name, set())
+
+
 class _History:
     """Images, object references and keys the live workload or its past used."""
 
@@ -338,6 +448,8 @@ class _History:
         specs = [pod_spec(live), pod_spec(past.last_healthy_template)]
         # The containers as they ran in the last healthy revision, by name.
         self.healthy = containers_by_name(specs[1])
+        # The pods' status, where the runtime says which executable it could not start.
+        self.pods: list[PodState] = list(getattr(past, "pods", None) or [])
         images = [r for rev in past.revisions for r in rev.images]
         self.objects: set[tuple[str, str]] = set()  # (kind, name)
         self.keys: set[tuple[str, str, str]] = set()  # (kind, name, key)
@@ -502,6 +614,11 @@ def _code(live: Manifest, proposed: Manifest, history: _History) -> list[str]:
                 f"{where}.{field}: {_short(after)} is not what this container ran in its "
                 f"last healthy revision; a fix may only restore that {field} or remove it"
             )
+        reasons.extend(
+            _pure_removal(
+                where, container, before, healthy, runtime_cannot_exec(before, history.pods)
+            )
+        )
         known = [before, healthy]
         for probe in PROBES:
             reasons.extend(_probe_reach(f"{where}.{probe}", container.get(probe), known))
@@ -512,6 +629,67 @@ def _code(live: Manifest, proposed: Manifest, history: _History) -> list[str]:
                     f"{where}.envFrom: {_short(source)} is a source of variables this "
                     f"container never had"
                 )
+    return reasons
+
+
+def _pure_removal(
+    where: str,
+    container: dict[str, Any],
+    before: dict[str, Any],
+    healthy: dict[str, Any],
+    cannot_exec: bool,
+) -> list[str]:
+    """A command or args override removed without restoring the last healthy revision:
+    the container then runs the image's own entrypoint, code it never ran (perhaps as
+    root, perhaps the image's migrations, and `_privileges` cannot see it).
+
+    Allowed only for a container that never ran healthy, when the runtime reported that
+    it cannot execute the live `command[0]` (`cannot_exec`, see `runtime_cannot_exec`):
+    a wrapper the healthy revision ran is restored, never removed, and no log line or
+    reply makes a working override removable. And only as a pure removal: both go, so
+    the entrypoint runs with the image's own arguments, and nothing else of the
+    container changes with them. Removing `command` alone would hand the override's
+    arguments to the image's entrypoint, and removing `args` alone would run the
+    override without them: both run something the workload never ran.
+    """
+    removed = [
+        field
+        for field in ("command", "args")
+        if container.get(field) is None
+        and before.get(field) is not None
+        and not (healthy and healthy.get(field) is None)
+    ]
+    if not removed:
+        return []
+    what = " and ".join(removed)
+    reasons = []
+    if healthy:
+        reasons.append(
+            f"{where}: removing {what} does not restore the last healthy revision, which "
+            f"ran an override; a fix may restore that revision's {what}, not remove it"
+        )
+    elif not cannot_exec:
+        reasons.append(
+            f"{where}: removing {what} runs the image's own entrypoint, which this container "
+            f"never ran; only when its pods' status holds the container runtime's StartError "
+            f"naming the command's executable"
+        )
+    reasons += [
+        f"{where}.{field}: removing {what} must remove {field} too, so the "
+        f"image's own entrypoint runs with its own arguments"
+        for field in ("command", "args")
+        if field not in removed and container.get(field) is not None
+    ]
+    others = sorted(
+        field
+        for field in set(container) | set(before)
+        if field not in ("command", "args") and container.get(field) != before.get(field)
+    )
+    if others:
+        reasons.append(
+            f"{where}: removing {' and '.join(removed)} gives the image's own entrypoint back "
+            f"only as a change of its own; the proposal also changes {', '.join(others)}"
+        )
     return reasons
 
 
@@ -698,10 +876,35 @@ def _probe_timings(live: Manifest, proposed: Manifest) -> list[str]:
     return reasons
 
 
+def _probe_paths(live: Manifest, proposed: Manifest) -> list[str]:
+    """A probe path a fix sets is a plain absolute URL path (`SAFE_PROBE_PATH`)."""
+    reasons = []
+    before = containers_by_name(pod_spec(live))
+    for index, container in enumerate(_list(pod_spec(proposed).get("containers"))):
+        for probe in PROBES:
+            path = _dict(_dict(container.get(probe)).get("httpGet")).get("path")
+            was = _dict(_dict(_container(before, _name(container)).get(probe)).get("httpGet"))
+            if path is None or path == was.get("path"):
+                continue
+            if not isinstance(path, str) or not SAFE_PROBE_PATH.fullmatch(path):
+                reasons.append(
+                    f"{_CONTAINERS_PATH}[{index}].{probe}.httpGet.path: {_short(path)} is not "
+                    f"an absolute URL path"
+                )
+    return reasons
+
+
 def _replicas(live: Manifest, proposed: Manifest, settings: Settings) -> list[str]:
     after = manifests.get_path(proposed, "spec.replicas")
     if after == manifests.get_path(live, "spec.replicas"):
         return []
+    if live.get("kind") == "StatefulSet":
+        # A member removed may take its volume with it (persistentVolumeClaimRetentionPolicy
+        # whenScaled: Delete) and a quorum with it; one added joins a cluster on its own.
+        return [
+            f"spec.replicas: a StatefulSet's member count is never changed "
+            f"({_short(manifests.get_path(live, 'spec.replicas'))} to {_short(after)})"
+        ]
     if (
         isinstance(after, bool)
         or not isinstance(after, int)
@@ -832,3 +1035,164 @@ def _names(names: set[Any]) -> str:
 def _short(value: Any, limit: int = 120) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- fixes to an object beside the workload: a claim, a Service ---------------------------
+
+# The annotations the persistentvolume-controller writes on a claim: a re-created claim
+# starts without them, which is no change of its author's.
+CLAIM_CONTROLLER_ANNOTATIONS = (
+    "pv.kubernetes.io/bind-completed",
+    "pv.kubernetes.io/bound-by-controller",
+    "volume.kubernetes.io/storage-provisioner",
+    "volume.beta.kubernetes.io/storage-provisioner",
+    "volume.kubernetes.io/selected-node",
+)
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+
+_OBJECT_PATHS = {
+    "PersistentVolumeClaim": re.compile(r"^spec\.storageClassName$"),
+    "Service": re.compile(r"^spec\.selector(\..+)?$"),
+}
+
+
+def is_allowed_object_path(kind: str, path: str) -> bool:
+    """Whether a fix to a claim or a Service may change `path` (see `check_object`)."""
+    allowed = _OBJECT_PATHS.get(kind)
+    return allowed is not None and allowed.fullmatch(path) is not None
+
+
+def check_object(
+    live: Manifest,
+    proposed: Any,
+    workload: Manifest,
+    storage_classes: list[str],
+    settings: Settings,
+) -> list[str]:
+    """Why `proposed` may not replace `live`, a claim or a Service beside the workload.
+
+    The only changes aifixer makes to these objects on its own, each undoing one fault:
+
+    - a PersistentVolumeClaim that never bound (Pending, no volume) and asks for a
+      storage class the cluster does not have gets a class the cluster has. Its spec is
+      immutable, so the fix re-creates it: only a claim that holds no data may be
+      re-created, and nothing else of it may change (not its size, access modes,
+      labels or annotations). A Bound claim, or one with a volume, is never touched;
+    - a Service whose selector matches none of the workload's pods gets a selector that
+      matches them (every key and value one the workload's pod template carries), and
+      nothing else of it changes.
+
+    Args:
+        live: the object as the cluster has it now.
+        proposed: the corrected object (anything: it may come from a stored record).
+        workload: the live workload the incident is about (its pod template labels).
+        storage_classes: the names of the cluster's StorageClasses, read now.
+        settings: the namespaces aifixer may change.
+    """
+    if not isinstance(proposed, dict):
+        return [f"the proposal is not a mapping but a {type(proposed).__name__}"]
+    refusal = namespace_refusal((live.get("metadata") or {}).get("namespace"), settings)
+    if refusal:
+        return [refusal]
+    live_c, proposed_c = manifests.clean(live), manifests.clean(proposed)
+    reasons = [
+        f"{path} may not change (from {_short(manifests.get_path(live_c, path))} to "
+        f"{_short(manifests.get_path(proposed_c, path))})"
+        for path in ("apiVersion", "kind", "metadata.name", "metadata.namespace")
+        if manifests.get_path(live_c, path) != manifests.get_path(proposed_c, path)
+    ]
+    if reasons:
+        return reasons
+    wmeta = workload.get("metadata") or {}
+    if (live_c.get("metadata") or {}).get("namespace") != wmeta.get("namespace"):
+        return ["the object is not in the workload's namespace"]
+    kind = live_c.get("kind")
+    if kind == "PersistentVolumeClaim":
+        return _claim_fix(live, live_c, proposed_c, workload, storage_classes)
+    if kind == "Service":
+        return _service_fix(live_c, proposed_c, workload)
+    return [f"aifixer changes no {_short(kind)} on its own"]
+
+
+def _claim_fix(
+    live: Manifest,
+    live_c: Manifest,
+    proposed: Manifest,
+    workload: Manifest,
+    storage_classes: list[str],
+) -> list[str]:
+    name = live_c["metadata"].get("name")
+    spec = live.get("spec") or {}
+    phase = (live.get("status") or {}).get("phase")
+    if spec.get("volumeName") or phase not in (None, "Pending"):
+        return [
+            f"PersistentVolumeClaim {name} is {phase or 'bound'} with a volume: it may hold "
+            "data, and is never re-created"
+        ]
+    mounted = [
+        v["persistentVolumeClaim"].get("claimName")
+        for v in _list(pod_spec(workload).get("volumes"))
+        if isinstance(v, dict) and isinstance(v.get("persistentVolumeClaim"), dict)
+    ]
+    if name not in mounted:
+        return [f"PersistentVolumeClaim {name} is not mounted by the workload"]
+    annotations = live_c["metadata"].get("annotations") or {}
+    if "volume.beta.kubernetes.io/storage-class" in annotations:
+        return ["the claim names its class by the beta annotation: left to a person"]
+    before = spec.get("storageClassName")
+    if before in storage_classes:
+        return [f"the storage class {_short(before)} exists: the claim's class is not the fault"]
+    after = (proposed.get("spec") or {}).get("storageClassName")
+    reasons = []
+    if not isinstance(after, str) or after not in storage_classes:
+        reasons.append(f"spec.storageClassName {_short(after)} is not a class the cluster has")
+    for path in (c.path for c in manifests.diff(authored_view(live_c), authored_view(proposed))):
+        if path != "spec.storageClassName":
+            reasons.append(f"{path} may not change in a claim aifixer re-creates")
+    return reasons
+
+
+def authored_view(claim: Manifest) -> Manifest:
+    """What a claim's author wrote: without the volume and the controller's annotations."""
+    out = copy.deepcopy(claim)
+    out.get("spec", {}).pop("volumeName", None)
+    meta = out.get("metadata") or {}
+    annotations = {
+        k: v for k, v in (meta.get("annotations") or {}).items()
+        if k not in CLAIM_CONTROLLER_ANNOTATIONS
+    }  # fmt: skip
+    meta["annotations"] = annotations
+    for key in ("finalizers", "deletionTimestamp", "deletionGracePeriodSeconds"):
+        meta.pop(key, None)
+    return out
+
+
+def _service_fix(live: Manifest, proposed: Manifest, workload: Manifest) -> list[str]:
+    name = live["metadata"].get("name")
+    reasons = [
+        f"{c.path} may not change in a Service (only its selector)"
+        for c in manifests.diff(live, proposed)
+        if not (c.path == "spec.selector" or c.path.startswith("spec.selector."))
+    ]
+    selector = (proposed.get("spec") or {}).get("selector")
+    if not isinstance(selector, dict) or not selector:
+        return [*reasons, f"Service {name}: the new selector is empty or not a map"]
+    for key, value in selector.items():
+        if not (isinstance(key, str) and _LABEL_KEY.fullmatch(key) and len(key) <= 316):
+            reasons.append(f"selector key {_short(key)} is not a label key")
+        if not (isinstance(value, str) and _LABEL_VALUE.fullmatch(value)):
+            reasons.append(f"selector value {_short(value)} is not a label value")
+    labels = ((workload.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    labels = labels.get("labels") or {}
+    if any(labels.get(k) != v for k, v in selector.items()):
+        reasons.append(
+            f"Service {name}: the new selector does not match the workload's pod template labels"
+        )
+    if selector == (live.get("spec") or {}).get("selector"):
+        reasons.append(f"Service {name}: the selector does not change")
+    return reasons

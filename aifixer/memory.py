@@ -45,7 +45,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from . import manifests
+from . import grounding, manifests
 from .adapters.errors import AdapterError
 from .guardrails import MEBIBYTE, QuantityError, containers_by_name, parse_quantity, pod_spec
 from .models import (
@@ -304,16 +304,15 @@ def record_of(state: IncidentState) -> MemoryRecord | None:
     if state.outcome not in REMEMBERED_OUTCOMES or evidence is None:
         return None
     proposal = state.proposal if state.apply is not None else None
+    shown = grounding.shown(state)[0] if state.diagnosis is not None else None
     return MemoryRecord(
         id=f"{inc.fingerprint}:{int(inc.opened_at.timestamp())}",
         fingerprint=inc.fingerprint,
         failure_class=inc.failure_class,
         workload=inc.workload.key,
         symptoms=symptoms(inc, evidence),
-        diagnosis=_clip(
-            f"{state.diagnosis.summary} {state.diagnosis.root_cause}" if state.diagnosis else "",
-            400,
-        ),
+        # What later prompts read: the diagnosis the facts bear out, never an untrue one.
+        diagnosis=_clip(f"{shown.summary} {shown.root_cause}" if shown else "", 400),
         fix=generalise(proposal.changes, evidence) if proposal else [],
         fix_strategy=proposal.strategy if proposal else None,
         outcome=state.outcome,

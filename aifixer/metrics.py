@@ -59,7 +59,7 @@ STAGES = (
     "finalize",
 )  # fmt: skip
 TASKS = (
-    *STAGES, "call_next", "conclude", "remember", "watchdog", "poll_loki", "poll_events",
+    *STAGES, "explain", "call_next", "conclude", "remember", "watchdog", "poll_loki", "poll_events",
     "ingest_signals", "label_cpu_level", "forecast_scaling",
 )  # fmt: skip
 OUTCOMES = get_args(Outcome)
@@ -70,7 +70,9 @@ LEVEL_RESULTS = ("set", "removed", "unchanged", "gone", "refused", "failed")
 SCALING_MODES = ("preview", "apply")
 BOOL = ("true", "false")
 TOKEN_KINDS = ("prompt", "completion")
-MODEL_STAGES = ("diagnose", "patch", "call_oncall")  # the stages that ask the model
+# The stages that ask the model: patch's choice before the apply; explain (the
+# diagnosis) and speech beside verify; call_oncall only when nothing was applied.
+MODEL_STAGES = ("diagnose", "patch", "explain", "speech", "call_oncall")
 
 
 @dataclass(frozen=True)

@@ -26,19 +26,41 @@ FailureClass = Literal[
     "Unschedulable",  # FailedScheduling: resources, selectors, taints
     "ConfigError",  # CreateContainerConfigError / FailedMount: missing ConfigMap/Secret/key
     "AppError",  # only error lines, the pods look healthy
+    "VolumePending",  # a pod waits for a PersistentVolumeClaim that never binds
+    "NoEndpoints",  # a Service whose selector matches none of its workload's pods
 ]
+
+# Reasons aifixer names itself, for what Kubernetes shows without a reason of its own: a
+# pod the scheduler keeps Pending for its unbound claims (read off the PodScheduled
+# condition's message), and a Service that selects none of a running workload's pods
+# (found by polling Services; no event exists for it).
+UNBOUND_CLAIMS = "UnboundPersistentVolumeClaims"
+NO_ENDPOINTS = "NoEndpoints"
 
 # fixed: verified and proposed as a PR; called: a person was phoned; rejected: no
 # proposal passed the guardrails (a person was phoned); error: a stage failed for good
 # (a person was phoned with the reason); recovered: healthy again before any change.
 Outcome = Literal["fixed", "called", "rejected", "error", "recovered"]
 
+# The workloads aifixer watches and fixes: their pods, by owner references.
+WorkloadKind = Literal["Deployment", "StatefulSet", "DaemonSet"]
+
 
 # Validation context for a record read back from Redis (`Store.load`): fields a newer
 # farm version added are dropped instead of refused, so during a rolling upgrade a
 # worker of the previous version still loads, and finishes, an incident a newer one
-# saved. Everything else stays strict.
+# saved. Everything else stays strict. `stored(cluster)` also names the default cluster,
+# which a workload stored without a cluster means.
 STORED = {"stored": True}
+DEFAULT_CLUSTER = "app"  # AIFIXER_CLUSTER_NAME's default
+
+
+def stored(default_cluster: str) -> dict[str, Any]:
+    return {**STORED, "cluster": default_cluster}
+
+
+def _is_stored(context: Any) -> bool:
+    return isinstance(context, dict) and context.get("stored") is True
 
 
 class Record(BaseModel):
@@ -47,7 +69,7 @@ class Record(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _newer_fields_of_a_stored_record(cls, data: Any, info: ValidationInfo) -> Any:
-        if info.context == STORED and isinstance(data, dict):
+        if _is_stored(info.context) and isinstance(data, dict):
             return {k: v for k, v in data.items() if k in cls.model_fields}
         return data
 
@@ -55,8 +77,18 @@ class Record(BaseModel):
 class Workload(Record):
     cluster: str  # the farm's name for the application cluster
     namespace: str
-    kind: Literal["Deployment"] = "Deployment"
+    kind: WorkloadKind = "Deployment"  # records stored before other kinds: Deployment
     name: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_cluster(cls, data: Any, info: ValidationInfo) -> Any:
+        """A workload stored without a cluster is on the default one."""
+        context = info.context
+        if isinstance(context, dict) and _is_stored(context) and isinstance(data, dict):
+            if "cluster" not in data:
+                return {**data, "cluster": context.get("cluster") or DEFAULT_CLUSTER}
+        return data
 
     @property
     def key(self) -> str:
@@ -66,10 +98,14 @@ class Workload(Record):
 class Signal(Record):
     """One observation from a source that something is wrong."""
 
-    source: Literal["loki", "events", "pods", "alertmanager"]
+    source: Literal["loki", "events", "pods", "alertmanager", "services"]
+    # The cluster it was seen on, when the source says (an alert's `cluster` label);
+    # None: the cluster that polled it, or the default one.
+    cluster: str | None = None
     namespace: str
     pod: str | None = None  # the pod it is about, when known
-    workload: str | None = None  # the owning Deployment's name, once resolved
+    workload: str | None = None  # the owning workload's name, once resolved
+    workload_kind: WorkloadKind = "Deployment"  # and its kind
     reason: str  # event reason, pod waiting/terminated reason, alert name, or "LogError"
     message: str  # event message, log line, alert summary (bounded)
     observed_at: datetime
@@ -103,6 +139,7 @@ class PodState(Record):
     restart_count: int
     last_termination: dict[str, Any] | None = None  # reason, exitCode, message
     revision_hash: str | None = None  # pod-template-hash label
+    deleting: bool = False  # metadata.deletionTimestamp set: on its way out
 
 
 class EventRecord(Record):
@@ -149,6 +186,57 @@ class ExistingTag(Record):
     why: str  # one sentence for the record
 
 
+class PeerProbe(Record):
+    """How a Deployment elsewhere in the cluster that runs healthy probes the same image
+    repository: read for a workload whose probes fail and that never ran healthy."""
+
+    workload: str  # namespace/name of the healthy Deployment
+    image: str  # its container's image
+    probe: str  # readinessProbe, livenessProbe or startupProbe
+    path: str | None = None  # httpGet path
+    port: int | None = None  # the port number probed (a named port resolved)
+
+
+class ObjectRef(Record):
+    """An object other than the workload that a fix changes: the claim or the Service
+    that is wrong, in the workload's namespace and cluster (the incident still names
+    the workload)."""
+
+    kind: Literal["PersistentVolumeClaim", "Service"]
+    namespace: str
+    name: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+# What a GitOps file defines and a fix edits: the workload, or the object beside it.
+Subject = Workload | ObjectRef
+
+
+class ClaimState(Record):
+    """A PersistentVolumeClaim the workload's pods mount, as read for the evidence."""
+
+    name: str
+    phase: str  # Pending, Bound, Lost
+    storage_class: str | None = None  # spec.storageClassName
+    class_exists: bool | None = None  # None: the cluster's classes could not be read
+    volume_name: str | None = None  # spec.volumeName: a volume was bound to it
+    events: list[EventRecord] = Field(default_factory=list)  # about the claim, newest last
+    manifest: Manifest  # the live claim, without status and server-owned metadata
+
+
+class ServiceState(Record):
+    """A Service of the workload's namespace that selects none of the workload's pods."""
+
+    name: str
+    selector: dict[str, str]
+    last_applied_selector: dict[str, str] | None = None  # kubectl's last-applied annotation
+    endpoints: int = 0  # endpoints in its EndpointSlices
+    manifest: Manifest  # the live Service, without status and server-owned metadata
+
+
 class Evidence(Record):
     deployment: Manifest  # the live Deployment, without status and managedFields
     pods: list[PodState]
@@ -162,6 +250,14 @@ class Evidence(Record):
     generation: int | None = None  # the Deployment's generation the evidence was read at
     # Only with AIFIXER_REGISTRIES, for an image pull failure without a healthy revision.
     existing_tags: list[ExistingTag] = Field(default_factory=list)
+    # Only for failing probes without a healthy revision; bounded.
+    peer_probes: list[PeerProbe] = Field(default_factory=list)
+    # Only for VolumePending: the claims the pods mount, and the cluster's classes.
+    claims: list[ClaimState] = Field(default_factory=list)
+    storage_classes: list[str] = Field(default_factory=list)
+    default_storage_class: str | None = None
+    # Only for NoEndpoints: the Services that select none of the workload's pods.
+    services: list[ServiceState] = Field(default_factory=list)
 
 
 class Diagnosis(Record):
@@ -176,8 +272,11 @@ class FixProposal(Record):
     source: Literal["model", "playbook"]
     strategy: str  # playbook name, or "model"
     rationale: str
-    manifest: Manifest  # the whole corrected Deployment
+    manifest: Manifest  # the whole corrected Deployment, or the corrected `target`
     changes: list[FieldChange]  # live -> proposed
+    # The object fixed when it is not the workload (a claim re-created with an existing
+    # class, a Service's selector restored); None: the Deployment.
+    target: ObjectRef | None = None
 
 
 class Rejection(Record):
@@ -195,7 +294,7 @@ class Snapshot(Record):
 
 
 class ApplyResult(Record):
-    original: Manifest  # the Deployment as it was, for rollback
+    original: Manifest  # the object fixed (the Deployment, or the target) as it was
     applied: Manifest  # what was applied
     changes: list[FieldChange]
     generation: int  # the Deployment's generation after the apply
@@ -214,11 +313,35 @@ class GitOpsPause(Record):
     controller: Literal["argocd", "flux"]
     namespace: str
     name: str
+    cluster: str | None = None  # the incident's cluster (None in pauses recorded before)
     field: str  # the JSON pointer of the switch
     previous: Any = None  # its value before (None: not set)
     paused_at: float  # epoch seconds
     restored_at: float | None = None
     restore: str | None = None  # "restored", "changed" (someone else's value, left), "gone"
+
+
+class VerifyCopy(Record):
+    """The temporary copy of the Deployment a fix is verified on, where the GitOps
+    controller's self-heal may not be paused (`gitops_pause_self_heal` off).
+
+    A Deployment of its own in the workload's namespace, one replica of the fixed pod
+    template under aifixer's own labels (`aifixer.copies`), so no Service sends it
+    traffic and no controller reverts or prunes it; the workload itself is never
+    written. Recorded once per incident in the store (`copy:<id>`) before it is
+    created, and removed once verification decided, the incident ended, or its
+    deadline passed (the watchdog). Copied here.
+    """
+
+    cluster: str | None = None  # the incident's cluster
+    namespace: str
+    name: str
+    created_at: float  # epoch seconds: recorded, immediately before the create
+    deadline: float  # epoch seconds: the watchdog removes it from then on, whatever happens
+    removed_at: float | None = None
+    # "deleted"; "gone" (never created, or deleted by someone else); "not ours" (a
+    # Deployment of its name that is not this incident's copy, left alone)
+    removal: str | None = None
 
 
 class Verification(Record):
@@ -228,6 +351,23 @@ class Verification(Record):
     healthy_since: datetime | None = None
     rolled_back: bool = False
     details: dict[str, Any] = Field(default_factory=dict)
+
+
+class FixAttempt(Record):
+    """A fix tried before the current one: applied, not verified, rolled back.
+
+    The rollback restores the original (the snapshot taken before the first write of
+    the incident), never an earlier attempt: each attempt starts from the original.
+    """
+
+    number: int  # 1 for the first fix applied
+    proposal: FixProposal
+    applied_at: datetime
+    generation: int  # the Deployment's generation after its apply
+    verification: Verification  # why it failed; rolled_back is True
+    # The ReplicaSet its apply created (None: it reused one that existed before the
+    # incident): never taken for the workload's healthy past by a later attempt.
+    replicaset: str | None = None
 
 
 class PullRequestRef(Record):
@@ -282,11 +422,22 @@ class IncidentState(Record):
     diagnosis: Diagnosis | None = None
     proposal: FixProposal | None = None
     rejections: list[Rejection] = Field(default_factory=list)
+    # Candidates of other kinds the guardrails accepted, best first: what a next attempt
+    # tries when the current fix does not verify (`settings.fix_attempts`).
+    alternatives: list[FixProposal] = Field(default_factory=list)
+    attempts: list[FixAttempt] = Field(default_factory=list)  # fixes tried and undone, in order
     apply: ApplyResult | None = None
     verification: Verification | None = None
     pull_request: PullRequestRef | None = None
     calls: list[CallRecord] = Field(default_factory=list)
     speech: str | None = None  # what the call said
+    # Written after the apply, beside verify (the `explain` task): the diagnosis is the
+    # model's once `explained`; the speech is prepared for the call that follows if every
+    # planned fix fails, and used only if the call's facts are still those it rewords
+    # (`prepared_for`: the template speech it was written from).
+    explained: bool = False
+    prepared_speech: str | None = None
+    prepared_for: str | None = None
     memory_examples: list[str] = Field(
         default_factory=list
     )  # similar past incidents, for the prompt
@@ -298,4 +449,7 @@ class IncidentState(Record):
     timings: dict[str, float] = Field(default_factory=dict)  # stage -> seconds
     model_usage: dict[str, ModelUsage] = Field(default_factory=dict)  # stage -> model cost
     gitops_pause: GitOpsPause | None = None  # the controller's self-heal aifixer paused
+    # The temporary copy the fix was verified on instead of the workload (None: the fix
+    # was applied to the workload itself).
+    verify_copy: VerifyCopy | None = None
     closed_at: datetime | None = None  # when finalize decided the outcome

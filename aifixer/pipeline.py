@@ -21,7 +21,7 @@ from typing import Any
 
 import redis as redis_lib
 
-from . import detect, fixer, guardrails, imageref, manifests, metrics
+from . import copies, detect, fixer, guardrails, imageref, manifests, metrics, playbooks
 from .adapters.errors import (
     AdapterError,
     Conflict,
@@ -30,21 +30,35 @@ from .adapters.errors import (
     Unproven,
     bounded,
 )
-from .adapters.kube import GitOpsOwner, pod_state, rollout_status
+from .adapters.kube import (
+    DEFAULT_CLASS_ANNOTATION,
+    GitOpsOwner,
+    last_applied_selector,
+    pod_state,
+    rollout_status,
+)
 from .memory import example_lines
 from .models import (
     ApplyResult,
     CallRecord,
+    ClaimState,
     Evidence,
     ExistingTag,
+    FixAttempt,
     FixProposal,
     GitOpsPause,
     Incident,
     IncidentState,
     ModelUsage,
+    ObjectRef,
+    PeerProbe,
+    PodState,
     Rejection,
+    ServiceState,
     Signal,
+    Snapshot,
     Verification,
+    VerifyCopy,
     Workload,
 )
 from .settings import Settings, get_settings
@@ -71,12 +85,96 @@ class NotYet(Exception):
 
 @dataclass
 class Context:
-    """Settings, Redis and the adapters, built lazily once per process."""
+    """Settings, Redis and the adapters, built lazily once per process.
+
+    One farm may watch several clusters (`aifixer.clusters`): the Context a process
+    builds is the farm's, and `cluster(name)` (or `of(incident)`) is that cluster's —
+    its own settings, so its own Kubernetes, Loki and forge clients and on-call list,
+    sharing Redis, the model, the phone and incident memory. The farm's Context is the
+    default cluster's. Every stage acts through the incident's cluster's Context, so a
+    poll, an apply or a pull request never reaches another cluster's endpoints.
+    """
 
     settings: Settings = field(default_factory=get_settings)
+    # The farm's Context this one is a cluster of (None: this is the farm's).
+    farm: Context | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.farm is None and self.settings.clusters_file is not None:
+            # The farm's own clients are the default cluster's.
+            self.settings = self.clusters.settings[self.clusters.default]
+
+    @cached_property
+    def clusters(self):
+        """The clusters this farm watches (`aifixer.clusters.Clusters`).
+
+        Raises:
+            ClustersError: the clusters file cannot be used.
+        """
+        from . import clusters
+
+        if self.farm is not None:
+            return self.farm.clusters
+        return clusters.load(self.settings)
+
+    @cached_property
+    def _members(self) -> dict[str, Context]:
+        return {}
+
+    def cluster(self, name: str) -> Context:
+        """Cluster `name`'s Context.
+
+        Raises:
+            PermanentError: the farm watches no cluster of that name (a record from a
+                farm configured otherwise, or one rewritten in Redis).
+        """
+        farm = self.farm or self
+        if name == farm.settings.cluster_name:
+            return farm
+        if name == self.settings.cluster_name:
+            return self
+        known = farm.clusters.settings.get(name)
+        if known is None and name == farm.clusters.previous:
+            # A record of the farm of one cluster, open when the clusters file came: that
+            # cluster is the default one now, and its applied fix is verified there.
+            return farm
+        if known is None:
+            raise PermanentError(
+                "config", f"the farm watches no cluster named {bounded(name, 60)!r}"
+            )
+        members = farm._members
+        if name not in members:
+            members[name] = Context(settings=known, farm=farm)
+        return members[name]
+
+    def of(self, subject: IncidentState | Incident | Workload) -> Context:
+        """The Context of the cluster `subject` is about (see `cluster`)."""
+        if isinstance(subject, IncidentState):
+            subject = subject.incident
+        if isinstance(subject, Incident):
+            subject = subject.workload
+        return self.cluster(subject.cluster)
+
+    def phone_of(self, state: IncidentState) -> Context:
+        """The Context whose on-call list hears of `state`: its cluster's, or the farm's
+        (the default cluster's) when its cluster is no longer configured, so a person is
+        still called."""
+        try:
+            return self.of(state)
+        except PermanentError:
+            return self.farm or self
+
+    @property
+    def several(self) -> bool:
+        """The clusters come from a clusters file: speeches and bodies name the cluster."""
+        return bool(self.clusters.from_file)
+
+    # -- shared by every cluster of the farm
 
     @cached_property
     def redis(self) -> redis_lib.Redis:
+        if self.farm is not None:
+            return self.farm.redis
         return redis_lib.Redis.from_url(
             self.settings.redis_dsn,
             decode_responses=True,
@@ -86,7 +184,63 @@ class Context:
 
     @cached_property
     def store(self) -> Store:
-        return Store(self.redis, lock_ttl_s=self.settings.lock_ttl_s)
+        if self.farm is not None:
+            return self.farm.store
+        return Store(
+            self.redis,
+            lock_ttl_s=self.settings.lock_ttl_s,
+            default_cluster=self.clusters.default,
+            previous_cluster=self.clusters.previous,
+        )
+
+    @cached_property
+    def prometheus(self):
+        if self.farm is not None:
+            return self.farm.prometheus
+        from .adapters.prometheus import Prometheus
+
+        return Prometheus(self.settings)
+
+    @cached_property
+    def registry(self):
+        """The container registries of AIFIXER_REGISTRIES, or None when none is."""
+        if self.farm is not None:
+            return self.farm.registry
+        if not self.settings.registries:
+            return None
+        from .adapters.registry import Registry
+
+        return Registry(self.settings)
+
+    @cached_property
+    def model(self):
+        if self.farm is not None:
+            return self.farm.model
+        from .adapters.llm import Model
+
+        return Model(self.settings)
+
+    @cached_property
+    def phone(self):
+        if self.farm is not None:
+            return self.farm.phone
+        from .adapters.phone import Phone
+
+        return Phone(self.settings)
+
+    @cached_property
+    def memory(self):
+        """Incident memory, or None when `memory_enabled` is off."""
+        if self.farm is not None:
+            return self.farm.memory
+        if not self.settings.memory_enabled:
+            return None
+        from .adapters.embed import Embedder
+        from .memory import Memory
+
+        return Memory(self.redis, Embedder(self.settings), self.settings)
+
+    # -- the cluster's own
 
     @cached_property
     def kube(self):
@@ -95,53 +249,16 @@ class Context:
         return Kube(self.settings)
 
     @cached_property
-    def prometheus(self):
-        from .adapters.prometheus import Prometheus
-
-        return Prometheus(self.settings)
-
-    @cached_property
-    def registry(self):
-        """The container registries of AIFIXER_REGISTRIES, or None when none is."""
-        if not self.settings.registries:
-            return None
-        from .adapters.registry import Registry
-
-        return Registry(self.settings)
-
-    @cached_property
     def loki(self):
         from .adapters.loki import Loki
 
         return Loki(self.settings)
 
     @cached_property
-    def model(self):
-        from .adapters.llm import Model
-
-        return Model(self.settings)
-
-    @cached_property
     def forge(self):
         from .adapters.forge import Forge
 
         return Forge(self.settings)
-
-    @cached_property
-    def phone(self):
-        from .adapters.phone import Phone
-
-        return Phone(self.settings)
-
-    @cached_property
-    def memory(self):
-        """Incident memory, or None when `memory_enabled` is off."""
-        if not self.settings.memory_enabled:
-            return None
-        from .adapters.embed import Embedder
-        from .memory import Memory
-
-        return Memory(self.redis, Embedder(self.settings), self.settings)
 
 
 def tag(state_or_incident: IncidentState | Incident) -> str:
@@ -158,29 +275,43 @@ def tag(state_or_incident: IncidentState | Incident) -> str:
 
 
 def poll_loki(ctx: Context) -> list[Incident]:
-    """Error lines since the Loki cursor -> new incidents."""
+    """Error lines since the cluster's Loki cursor -> new incidents (`ctx`: a cluster's)."""
     until = time.time_ns()
-    cursor = ctx.store.get("cursor", "loki")
+    cursor = _cursor(ctx, "loki")
     since = int(cursor) if cursor else until - int(ctx.settings.loki_lookback_s * 1e9)
     signals, new_cursor = ctx.loki.error_signals(since, until)
     incidents = open_incidents(ctx, signals)
-    ctx.store.set(str(max(new_cursor, since)), "cursor", "loki")
+    ctx.store.set(str(max(new_cursor, since)), "cursor", "loki", ctx.settings.cluster_name)
     return incidents
 
 
 def poll_events(ctx: Context) -> list[Incident]:
-    """Warning events since the last resourceVersion, plus failing pods -> new incidents."""
-    signals, rv = ctx.kube.warning_signals(ctx.store.get("cursor", "events"))
+    """Warning events since the cluster's last resourceVersion, plus failing pods -> new
+    incidents (`ctx`: a cluster's)."""
+    signals, rv = ctx.kube.warning_signals(_cursor(ctx, "events"))
     signals += ctx.kube.pod_signals()
+    every = ctx.settings.service_poll_interval_s
+    if ctx.store.take_turn(every, "services", ctx.settings.cluster_name):
+        signals += ctx.kube.service_signals()
     incidents = open_incidents(ctx, signals)
-    ctx.store.set(rv, "cursor", "events")
+    ctx.store.set(rv, "cursor", "events", ctx.settings.cluster_name)
     return incidents
+
+
+def _cursor(ctx: Context, source: str) -> str | None:
+    """Where the cluster's poll of `source` resumes. The cursor a farm of one cluster
+    kept before clusters had their own (`cursor:<source>`) is the default cluster's."""
+    cursor = ctx.store.get("cursor", source, ctx.settings.cluster_name)
+    if cursor is None and ctx.settings.cluster_name == ctx.clusters.default:
+        cursor = ctx.store.get("cursor", source)
+    return cursor
 
 
 def open_incidents(ctx: Context, signals: Iterable[Signal]) -> list[Incident]:
     """Group signals by workload and open at most one incident per workload.
 
-    Signals from namespaces aifixer may not change (`guardrails.namespace_refusal`)
+    `ctx` is the cluster's the signals were seen on; one naming another cluster is
+    dropped. Signals from namespaces aifixer may not change (`guardrails.namespace_refusal`)
     are dropped first.
 
     A workload's failure class is read off its pods' current state, so a log line, an
@@ -188,47 +319,64 @@ def open_incidents(ctx: Context, signals: Iterable[Signal]) -> list[Incident]:
     alone on a workload whose pods are healthy open nothing: an application that logs
     an error but runs is not a manifest to fix at 3 a.m.
     """
-    by_workload: dict[tuple[str, str], list[Signal]] = {}
-    owners: dict[tuple[str, str], str | None] = {}
+    # Grouped by kind too: a Deployment and a StatefulSet may share a name.
+    by_workload: dict[tuple[str, str, str], list[Signal]] = {}
+    owners: dict[tuple[str, str], tuple[str, str] | None] = {}
     for sig in signals:
+        if sig.cluster is not None and sig.cluster != ctx.settings.cluster_name:
+            log.debug("signal %s ignored: about cluster %s", sig.reason, sig.cluster)
+            continue
         refusal = guardrails.namespace_refusal(sig.namespace, ctx.settings)
         if refusal:
             # Alerts are pushed, logs and events are cluster-wide: whatever their source,
             # a namespace aifixer may not change opens nothing.
             log.debug("signal %s ignored: %s", sig.reason, refusal)
             continue
-        name = sig.workload
+        name, kind = sig.workload, str(sig.workload_kind)
         if name is None and sig.pod:
             pk = (sig.namespace, sig.pod)
             if pk not in owners:
-                owners[pk] = ctx.kube.owner_deployment(sig.namespace, sig.pod)
-            name = owners[pk]
+                owners[pk] = ctx.kube.owner_of_pod(sig.namespace, sig.pod)
+            kind, name = owners[pk] or (kind, None)
         if name is None:
             continue
-        by_workload.setdefault((sig.namespace, name), []).append(
-            sig.model_copy(update={"workload": name})
+        by_workload.setdefault((sig.namespace, kind, name), []).append(
+            sig.model_copy(update={"workload": name, "workload_kind": kind})
         )
     opened = []
     # A workload with an incident under way opens nothing more: skipped before any API
     # call, so a poll during a storm costs what the new failures cost, not all of them.
     busy = ctx.store.held(ctx.settings.cluster_name, list(by_workload))
-    for (namespace, name), sigs in by_workload.items():
-        if (namespace, name) in busy:
+    for (namespace, kind, name), sigs in by_workload.items():
+        if (namespace, kind, name) in busy:
             continue
-        inc = _open_one(ctx, namespace, name, sigs)
+        inc = _open_one(ctx, namespace, name, sigs, kind)
         if inc is not None:
             opened.append(inc)
     return opened
 
 
-def _open_one(ctx: Context, namespace: str, name: str, sigs: list[Signal]) -> Incident | None:
+def _open_one(
+    ctx: Context, namespace: str, name: str, sigs: list[Signal], kind: str = "Deployment"
+) -> Incident | None:
     s = ctx.settings
-    dep = ctx.kube.get_deployment(namespace, name)
-    if dep is None:
-        return None
-    pods = ctx.kube.pod_states(dep)
+    dep = ctx.kube.get_workload(namespace, kind, name)
+    if dep is None or copies.is_copy(dep):
+        return None  # gone, or a copy an incident is verifying a fix on
+    every = ctx.kube.pod_states(dep)
+    leaving = _superseded(ctx, dep, every)
+    pods = [p for p in every if p.name not in leaving]
     classes = [c for p in pods for r in p.reasons if (c := detect.classify(r)) is not None]
+    if not classes and any(detect.signal_class(sig) == "NoEndpoints" for sig in sigs):
+        # No pod shows a failure: the fault is a Service beside them, checked again on
+        # the live objects (a Service fixed since the poll opens nothing).
+        classes = ["NoEndpoints"] if ctx.kube.services_missing(dep) else []
     if not classes:
+        if leaving:
+            # Only pods a rollout is replacing fail (a fix merged and synced while the
+            # broken revision's pods still pull or crash): the rollout removes them.
+            log.debug("[%s/%s] only superseded pods fail: no incident", namespace, name)
+            return None
         if rollout_status(dep).done:
             # Rolled out, and no pod shows a failure: the signals are history (a probe
             # that failed while a pod was starting) or an application that logs an
@@ -239,10 +387,16 @@ def _open_one(ctx: Context, namespace: str, name: str, sigs: list[Signal]) -> In
     if not classes:
         return None
     failure = detect.dominant(classes)
-    workload = Workload(cluster=s.cluster_name, namespace=namespace, name=name)
-    fp = detect.fingerprint(s.cluster_name, namespace, "Deployment", name, failure)
+    workload = Workload(cluster=s.cluster_name, namespace=namespace, kind=dep["kind"], name=name)
+    fp = detect.fingerprint(s.cluster_name, namespace, workload.kind, name, failure)
     generation = (dep.get("metadata") or {}).get("generation")
     done = ctx.store.get("done", fp)
+    previous = ctx.clusters.previous
+    if done is None and previous is not None and s.cluster_name == ctx.clusters.default:
+        # The same failure ended under the name the farm of one cluster gave it.
+        done = ctx.store.get(
+            "done", detect.fingerprint(previous, namespace, workload.kind, name, failure)
+        )
     if done is not None and str(generation) == done:
         return None  # this failure on this revision already ended; a person knows
     incident = Incident(
@@ -266,6 +420,30 @@ def _open_one(ctx: Context, namespace: str, name: str, sigs: list[Signal]) -> In
         len(sigs),
     )
     return incident
+
+
+def _superseded(ctx: Context, dep: dict[str, Any], pods: list[PodState]) -> set[str]:
+    """The failing pods a rollout is replacing, by name: being deleted, or, for a
+    Deployment, of a ReplicaSet other than its current one (the Deployment controller
+    scales those down by itself). Their failures belong to the revision being left,
+    not to the spec to fix. A StatefulSet's pod of an older revision is not one: the
+    controller waits for a broken member before replacing it. Nothing is looked up
+    while no pod shows a failure.
+    """
+    failing = [p for p in pods if p.reasons]
+    if not failing:
+        return set()
+    current: str | None = None
+    if (dep.get("kind") or "Deployment") == "Deployment":
+        name = dep["metadata"]["name"]
+        newest = [r for r, _ in ctx.kube.revisions(dep) if r.current]
+        if newest and newest[0].replicaset.startswith(name + "-"):
+            current = newest[0].replicaset[len(name) + 1 :]
+    return {
+        p.name
+        for p in failing
+        if p.deleting or (current and p.revision_hash and p.revision_hash != current)
+    }
 
 
 def save(ctx: Context, state: IncidentState, stage: str | None = None) -> None:
@@ -313,6 +491,7 @@ def _metered(ctx: Context, state: IncidentState, stage: str) -> Iterator[None]:
 
 
 def gather_evidence(ctx: Context, incident: Incident, dep: dict[str, Any]) -> Evidence:
+    ctx = ctx.of(incident)
     kube, loki = ctx.kube, ctx.loki
     ns = incident.workload.namespace
     raw_pods = kube.pods_of(dep)
@@ -347,7 +526,8 @@ def gather_evidence(ctx: Context, incident: Incident, dep: dict[str, Any]) -> Ev
         else []
     )
     rollout = rollout_status(dep)  # the Deployment just read: no second GET
-    healthy = rollout.done and not any(p.reasons for p in pods)
+    beside = object_evidence(ctx, incident, dep)
+    healthy = rollout.done and not any(p.reasons for p in pods) and not beside.get("services")
     return Evidence(
         deployment=manifests.clean(dep),
         pods=pods,
@@ -360,7 +540,101 @@ def gather_evidence(ctx: Context, incident: Incident, dep: dict[str, Any]) -> Ev
         healthy=healthy,
         generation=(dep.get("metadata") or {}).get("generation"),
         existing_tags=existing_tags(ctx, incident, dep) if last_healthy is None else [],
+        peer_probes=peer_probes(ctx, incident, dep) if last_healthy is None else [],
+        **beside,
     )
+
+
+def object_evidence(ctx: Context, incident: Incident, workload: dict[str, Any]) -> dict[str, Any]:
+    """For a failure beside the workload, the objects it is about (Evidence fields).
+
+    VolumePending: the claims the pod template mounts (phase, class, volume, their
+    events) and the cluster's StorageClasses. NoEndpoints: the workload's Services that
+    select none of its pods. Nothing is read for other classes.
+    """
+    ctx = ctx.of(incident)
+    ns = incident.workload.namespace
+    if incident.failure_class == "VolumePending":
+        try:
+            classes = ctx.kube.storage_classes()
+        except PermanentError as exc:  # not granted (deploy/app-cluster-rbac-storage.yaml)
+            log.warning("%s storage classes unread: %s", tag(incident), exc.message)
+            classes = None
+        names = sorted(c["metadata"]["name"] for c in classes or [])
+        defaults = sorted(
+            (c["metadata"].get("creationTimestamp") or "", c["metadata"]["name"])
+            for c in classes or []
+            if (c["metadata"].get("annotations") or {}).get(DEFAULT_CLASS_ANNOTATION) == "true"
+        )
+        claims = []
+        for claim in ctx.kube.claims_of(workload):
+            spec, name = claim.get("spec") or {}, claim["metadata"]["name"]
+            cls = spec.get("storageClassName")
+            claims.append(
+                ClaimState(
+                    name=name,
+                    phase=(claim.get("status") or {}).get("phase") or "Pending",
+                    storage_class=cls,
+                    class_exists=(cls in names) if classes is not None else None,
+                    volume_name=spec.get("volumeName"),
+                    events=ctx.kube.events_about(ns, "PersistentVolumeClaim", name),
+                    manifest=manifests.clean(claim),
+                )
+            )
+        return {
+            "claims": claims,
+            "storage_classes": names,
+            "default_storage_class": defaults[-1][1] if defaults else None,
+        }
+    if incident.failure_class == "NoEndpoints":
+        return {
+            "services": [
+                ServiceState(
+                    name=svc["metadata"]["name"],
+                    selector=(svc.get("spec") or {}).get("selector") or {},
+                    last_applied_selector=last_applied_selector(svc),
+                    endpoints=0,
+                    manifest=manifests.clean(svc),
+                )
+                for svc in ctx.kube.services_missing(workload)
+            ]
+        }
+    return {}
+
+
+def peer_probes(ctx: Context, incident: Incident, dep: dict[str, Any]) -> list[PeerProbe]:
+    """For a workload that never ran healthy and has probes: how healthy Deployments of
+    its own namespace that run the same image repository probe it
+    (`playbooks.peer_probes`). A failed read leaves the evidence without it (logged).
+
+    Its own namespace only, and only one aifixer may change (`namespace_refusal`):
+    a peer's probe picks the path or port the kubelet will ask of this workload, so it
+    must come from people who could change this workload anyway. Another namespace,
+    watched or not, is another team or tenant (the same public image runs in many),
+    and kube-system or the farm's own namespace are no application's.
+    """
+    if incident.failure_class not in ("ProbeFailure", "CrashLoop") or not any(
+        probe in container
+        for container in guardrails.pod_spec(dep).get("containers") or []
+        for probe in guardrails.PROBES
+    ):
+        return []
+    namespace = incident.workload.namespace
+    if guardrails.namespace_refusal(namespace, ctx.settings) is not None:
+        return []
+    try:
+        others = ctx.kube.deployments(namespace)
+    except AdapterError as exc:
+        log.warning("%s other Deployments not read: %s", tag(incident), exc)
+        return []
+    healthy = [
+        other
+        for other in others
+        if (other.get("metadata") or {}).get("namespace") == namespace
+        and rollout_status(other).done
+        and ((other.get("status") or {}).get("availableReplicas") or 0)
+    ]
+    return playbooks.peer_probes(dep, healthy)
 
 
 def existing_tags(ctx: Context, incident: Incident, dep: dict[str, Any]) -> list[ExistingTag]:
@@ -415,26 +689,132 @@ def _comparable_template(template: dict[str, Any]) -> dict[str, Any]:
 
 
 def diagnose(ctx: Context, state: IncidentState) -> IncidentState:
+    ctx = ctx.of(state)
     started = time.monotonic()
     inc = state.incident
-    dep = ctx.kube.get_deployment(inc.workload.namespace, inc.workload.name)
+    dep = ctx.kube.get_workload(inc.workload.namespace, inc.workload.kind, inc.workload.name)
     if dep is None:
-        raise PermanentError("kubernetes", f"deployment {inc.workload.key} no longer exists")
+        raise PermanentError(
+            "kubernetes", f"{inc.workload.kind} {inc.workload.key} no longer exists"
+        )
     state.evidence = gather_evidence(ctx, inc, dep)
     if state.evidence.healthy:
         state.outcome = "recovered"
         log.info("%s healthy again before any fix: nothing to do", tag(state))
         return _timed(state, "diagnose", started)
-    with _metered(ctx, state, "diagnose"):
-        state.diagnosis = fixer.diagnose(ctx.model, inc, state.evidence)
+    # Written from the evidence alone: the model's explanation is asked for after the
+    # apply (`explain`), while verify waits for the rollout, not before the fix.
+    state.diagnosis = fixer.playbook_diagnosis(inc, state.evidence)
     log.info("%s diagnosis (%s): %s", tag(state), state.diagnosis.source, state.diagnosis.summary)
     return _timed(state, "diagnose", started)
+
+
+def explain(ctx: Context, state: IncidentState) -> IncidentState:
+    """The model's explanation, then the speech of the call that follows if every planned
+    fix fails: written after the apply, while verify waits for the rollout.
+
+    Off the critical path and never in the way of an outcome: a model that fails leaves
+    the deterministic text (`fixer.diagnose` and `fixer.speech` fall back to it), and
+    `open_pr` and `call_oncall` wait for this at most `explain_wait_s`. The speech is
+    skipped once the fix verified (no call will follow). Returns a copy holding what
+    was written; the caller saves it onto the latest record (`explained_onto`).
+    """
+    if state.evidence is None:
+        return state
+    ctx = ctx.of(state)
+    started = time.monotonic()
+    with _metered(ctx, state, "explain"):
+        # Written from the facts and the change just applied (the pull request checks
+        # it again against the change once verified: `grounding.shown`).
+        applied = state.apply.changes if state.apply is not None else []
+        state.diagnosis = fixer.diagnose(ctx.model, state.incident, state.evidence, applied)
+    state.explained = True
+    log.info("%s explanation (%s): %s", tag(state), state.diagnosis.source,
+             state.diagnosis.summary)  # fmt: skip
+    return _timed(state, "explain", started)
+
+
+def prepare_speech(ctx: Context, state: IncidentState) -> IncidentState:
+    """The speech for the call that follows if every fix planned now fails and is undone.
+
+    Kept with the template it rewords (`prepared_for`): `call_oncall` uses it only if
+    the record's facts, when the call is due, give that same template. When more than
+    one fix is planned, the call says the template, which tells each of them in order:
+    the model is not asked.
+    """
+    if state.proposal is None:
+        return state
+    ctx = ctx.phone_of(state)  # the call's language is the on-call list's
+    started = time.monotonic()
+    failed = all_failed(ctx.settings, state)
+    language = fixer.call_language(ctx.settings.call_language)
+    template = fixer.template_speech(failed, language)
+    state.prepared_for, state.prepared_speech = template, None
+    if failed.attempts:
+        return state  # several fixes: the call says the template, which tells each one
+    with _metered(ctx, state, "speech"):
+        written = fixer.speech(ctx.model, failed, ctx.settings)
+    state.prepared_speech = written if written != template else None
+    return _timed(state, "speech", started)
+
+
+def all_failed(settings: Settings, state: IncidentState) -> IncidentState:
+    """The record as it would be if the current fix and every next one planned failed
+    verification and were rolled back (what the call would then tell). A fix verified
+    on a temporary copy has no next one and nothing to roll back."""
+    failed = state.model_copy(deep=True)
+    applied_at = now()
+    on_copy = failed.verify_copy is not None
+    gone = Verification(
+        ok=False, reason="not verified", checked_at=applied_at, rolled_back=not on_copy
+    )
+    while True:
+        failed.apply = failed.apply or ApplyResult(
+            original=failed.evidence.deployment if failed.evidence else {},
+            applied=failed.proposal.manifest if failed.proposal else {},
+            changes=failed.proposal.changes if failed.proposal else [],
+            generation=0,
+            applied_at=applied_at,
+        )
+        failed.verification = gone
+        nxt = next_fix(failed, settings)
+        if nxt is None or on_copy or len(failed.attempts) + 1 >= settings.fix_attempts:
+            return failed
+        _archive(failed, nxt, replicaset=None)
+
+
+def awaits_explanation(ctx: Context, state: IncidentState, *, speech: bool = False) -> bool:
+    """The pull request (or, with `speech`, the call) should wait a moment for `explain`.
+
+    Only for a fix that was applied (`explain` is sent by the apply), and at most
+    `explain_wait_s` past the verdict: after that, the deterministic text is used.
+    """
+    if state.apply is None and not state.attempts:
+        return False
+    ctx = ctx.of(state)
+    if speech and state.verification is not None and state.verification.ok:
+        return False  # a call after a verified fix (its pull request failed): not prepared
+    done = state.prepared_for is not None if speech else state.explained
+    if done:
+        return False
+    verdict = state.verification.checked_at if state.verification is not None else None
+    if verdict is None:
+        return False
+    return (now() - verdict).total_seconds() < ctx.settings.explain_wait_s
 
 
 def patch(ctx: Context, state: IncidentState) -> IncidentState:
     if state.outcome or state.evidence is None or state.diagnosis is None:
         return state
+    ctx = ctx.of(state)
     started = time.monotonic()
+    refusal = guardrails.rollout_refusal(state.evidence.deployment)
+    if refusal:
+        # No fix could be verified (nor undone) on this workload: none is asked for.
+        state.rejections.append(Rejection(source="guardrails", strategy="any", reasons=[refusal]))
+        state.proposal = None
+        log.warning("%s no fix attempted: %s", tag(state), refusal)
+        return _timed(state, "patch", started)
     with _metered(ctx, state, "patch"):
         proposal, rejections = fixer.propose(
             ctx.model,
@@ -448,7 +828,10 @@ def patch(ctx: Context, state: IncidentState) -> IncidentState:
     state.rejections.extend(rejections)
     if proposal is not None:
         try:
-            ctx.kube.dry_run_apply(proposal.manifest)
+            if proposal.target is not None:
+                ctx.kube.dry_run_object(proposal.manifest)
+            else:
+                ctx.kube.dry_run_apply(proposal.manifest)
         except PermanentError as exc:
             state.rejections.append(
                 Rejection(
@@ -459,6 +842,15 @@ def patch(ctx: Context, state: IncidentState) -> IncidentState:
             )
             proposal = None
     state.proposal = proposal
+    if proposal is not None and ctx.settings.fix_attempts > 1:
+        state.alternatives = [
+            p
+            for p in fixer.fallbacks(
+                state.incident, state.evidence, state.diagnosis, ctx.settings,
+                remembered=state.remembered,
+            )
+            if fix_kind(p) != fix_kind(proposal)
+        ]  # fmt: skip
     if proposal is None:
         log.warning("%s no acceptable fix (%d rejected)", tag(state), len(state.rejections))
     else:
@@ -537,7 +929,10 @@ def apply(ctx: Context, state: IncidentState) -> IncidentState:
     """
     if state.outcome or state.proposal is None or state.apply is not None:
         return state
+    ctx = ctx.of(state)
     started = time.monotonic()
+    if state.proposal.target is not None:
+        return _timed(apply_object(ctx, state), "apply", started)
     inc, proposal = state.incident, state.proposal
     for _ in range(APPLY_ATTEMPTS):
         live = _live(ctx, state)
@@ -566,7 +961,9 @@ def apply(ctx: Context, state: IncidentState) -> IncidentState:
                 "guardrails",
                 f"the fix was refused immediately before writing: {'; '.join(refused[:5])}",
             )
-        pause_gitops(ctx, state, live)
+        unpausable = pause_gitops(ctx, state, live)
+        if unpausable is not None:
+            return _timed(apply_to_copy(ctx, state, snap, unpausable), "apply", started)
         rv = (live.get("metadata") or {}).get("resourceVersion")
         try:
             applied = ctx.kube.apply(proposal.manifest, resource_version=rv)
@@ -592,7 +989,7 @@ APPLY_ATTEMPTS = 5
 # -- GitOps controllers: self-heal paused around the live fix ------------------------------
 
 
-def pause_gitops(ctx: Context, state: IncidentState, live: dict[str, Any]) -> None:
+def pause_gitops(ctx: Context, state: IncidentState, live: dict[str, Any]) -> GitOpsOwner | None:
     """Pause self-heal of the controller that keeps the workload equal to Git, once.
 
     Argo CD (automated sync with self-heal) or Flux would put the live Deployment back
@@ -603,32 +1000,35 @@ def pause_gitops(ctx: Context, state: IncidentState, live: dict[str, Any]) -> No
     twice nor take aifixer's own value for the one to restore. `resume_gitops` puts it
     back once the fix is in Git or undone.
 
-    With `gitops_pause_self_heal` off, a managed workload is not changed at all: the
-    incident stops here (PermanentError, nothing written) and the on-call engineer is
-    called with the reason. Verifying the fix on a temporary copy of the workload
-    instead, leaving the controller alone, is not implemented.
+    With `gitops_pause_self_heal` off, the controller is left alone and the workload is
+    not written: a Deployment's fix is verified on a temporary copy instead
+    (`apply_to_copy`); a StatefulSet or a DaemonSet is not copied, and the incident stops
+    here (nothing written) and the on-call engineer is called with the reason.
+
+    Returns:
+        None when the fix may be written to the workload (no controller reverts it, or
+        its self-heal is paused now); the controller's object when it may not be
+        paused and the fix is to be verified on a copy instead.
 
     Raises:
-        PermanentError: pausing is not allowed, or the controller refused it.
+        PermanentError: pausing is not allowed and the workload is no Deployment, or
+            the controller refused the pause.
         TransientError: as every call.
     """
     inc = state.incident
+    ctx = ctx.of(state)
     owner = ctx.kube.gitops_owner(live)
     if owner is None:
-        return
+        return None
     recorded = ctx.store.gitops_pause(inc.id)
     if recorded is None:
         current = ctx.kube.self_heal_switch(owner)
         if not owner.heals(current):
-            return  # the controller does not revert live changes: nothing to pause
+            return None  # the controller does not revert live changes: nothing to pause
         if not ctx.settings.gitops_pause_self_heal:
-            raise PermanentError(
-                "gitops",
-                f"{inc.workload.key} is managed by the GitOps controller's {owner}, which "
-                "reverts live changes, and aifixer may not pause it "
-                "(AIFIXER_GITOPS_PAUSE_SELF_HEAL=false); aifixer changed nothing, the fix "
-                "must go through Git",
-            )
+            if (live.get("kind") or inc.workload.kind) == "Deployment":
+                return owner
+            raise PermanentError("gitops", _not_pausable(inc, owner, copies.refusal(live)))
         recorded = ctx.store.pause_once(
             inc.id,
             GitOpsPause(
@@ -638,13 +1038,25 @@ def pause_gitops(ctx: Context, state: IncidentState, live: dict[str, Any]) -> No
                 field=owner.field,
                 previous=current,
                 paused_at=time.time(),
+                cluster=inc.workload.cluster,
             ),
         )
     if recorded.restored_at is not None:
-        return  # paused and restored before (a redelivery after a rollback)
+        return None  # paused and restored before (a redelivery after a rollback)
     ctx.kube.pause_self_heal(_owner_of(recorded))
     state.gitops_pause = recorded
     log.info("%s self-heal of the %s paused for the fix", tag(state), _owner_of(recorded))
+    return None
+
+
+def _not_pausable(inc: Incident, owner: GitOpsOwner, why: str | None) -> str:
+    """Why a workload whose controller may not be paused is left as it is."""
+    return (
+        f"{inc.workload.key} is managed by the GitOps controller's {owner}, which reverts "
+        "live changes, and aifixer may not pause it (AIFIXER_GITOPS_PAUSE_SELF_HEAL=false)"
+        + (f"; {why}" if why else "")
+        + "; aifixer changed nothing, the fix must go through Git"
+    )
 
 
 def _owner_of(pause: GitOpsPause) -> GitOpsOwner:
@@ -672,6 +1084,9 @@ def _resume(ctx: Context, incident_id: str, label: str, why: str) -> GitOpsPause
     pause = ctx.store.gitops_pause(incident_id)
     if pause is None or pause.restored_at is not None:
         return pause
+    # The controller is on the incident's cluster (a pause recorded before clusters
+    # were named is on the default one).
+    ctx = ctx.cluster(pause.cluster or ctx.clusters.default)
     result = ctx.kube.resume_self_heal(_owner_of(pause), pause.previous)
     pause = pause.model_copy(update={"restored_at": time.time(), "restore": result})
     ctx.store.resumed(incident_id, pause)
@@ -682,11 +1097,22 @@ def _resume(ctx: Context, incident_id: str, label: str, why: str) -> GitOpsPause
 
 def _resume_quietly(ctx: Context, state: IncidentState, why: str) -> IncidentState:
     """`resume_gitops`, a failure logged and left pending for the watchdog."""
+    return _quietly(resume_gitops, ctx, state, why, "self-heal not restored yet")
+
+
+def _quietly(
+    undo: Callable[[Context, IncidentState, str], IncidentState],
+    ctx: Context,
+    state: IncidentState,
+    why: str,
+    what: str,
+) -> IncidentState:
+    """`undo(ctx, state, why)`, a failure logged as `what` and left to the watchdog,
+    which finds what is pending in the store."""
     try:
-        return resume_gitops(ctx, state, why)
+        return undo(ctx, state, why)
     except (AdapterError, redis_lib.RedisError) as exc:
-        log.warning("%s self-heal not restored yet (%s): the watchdog tries again",
-                    tag(state), exc)  # fmt: skip
+        log.warning("%s %s (%s): the watchdog tries again", tag(state), what, exc)
         return state
 
 
@@ -736,6 +1162,213 @@ def resume_due(ctx: Context) -> int:
     return done
 
 
+# -- a controller that may not be paused: the fix verified on a temporary copy ------------
+#
+# The workload is never written. The copy (`aifixer.copies`) is recorded before it is
+# created, verified by `verify` with the same health rules as a live fix, and removed
+# whatever happens: after the verdict (the verify task), on a rollback, when the
+# incident ends (`finalize`), and by the watchdog for an incident ended or past the
+# copy's deadline (`remove_copies_due`). Verified, the pull request brings the fix to
+# Git and the controller to the workload; not verified, there is nothing to restore.
+
+
+def copy_life_s(settings: Settings) -> float:
+    """How long a verification copy may live at most: verify's hard bound on a fix that
+    keeps flapping (`verify`), and a stability window."""
+    return (
+        2 * (settings.verify_deadline_s + settings.watchdog_stall_s) + settings.verify_stability_s
+    )
+
+
+def apply_to_copy(
+    ctx: Context, state: IncidentState, snap: Snapshot, owner: GitOpsOwner
+) -> IncidentState:
+    """Create the temporary copy of the Deployment the fix is verified on, once.
+
+    Called by `apply` for a Deployment whose controller `owner` reverts live changes
+    and may not be paused, once the fix passed there what a live fix passes
+    immediately before writing (nobody else's change, the guardrails and the dry-run
+    against the live workload). At the point of action, besides: the fixed template
+    may be copied (`copies.refusal`), and no Service of the namespace selects the
+    copy's labels. The copy is recorded (`copy:<id>`, once) before it is created, so a
+    worker lost in between leaves it to the watchdog. A redelivery finds it by its name:
+    this incident's copy running the fix is reused; this incident's copy running
+    anything else is deleted, and the stage retried; a Deployment of that name that is
+    not this incident's copy is never touched.
+
+    Raises:
+        PermanentError: the copy may not be made, or the API server refused it.
+        TransientError: as every call, or an earlier copy is being replaced.
+    """
+    ctx = ctx.of(state)
+    inc, proposal, w = state.incident, state.proposal, state.incident.workload
+    if proposal is None:
+        raise PermanentError("pipeline", "no fix to verify")
+    refusal = copies.refusal(proposal.manifest)
+    if refusal:
+        raise PermanentError("gitops", _not_pausable(inc, owner, refusal))
+    wanted = copies.manifest(proposal.manifest, inc.id)
+    name = wanted["metadata"]["name"]
+    selecting = ctx.kube.services_selecting(w.namespace, copies.labels(inc.id))
+    if selecting:
+        raise PermanentError("gitops", _not_pausable(inc, owner, (
+            f"the Service {', '.join(selecting[:3])} would select the pods of a temporary "
+            "copy (its selector matches aifixer's labels), so the fix is not verified on one"
+        )))  # fmt: skip
+    started = time.time()
+    record = ctx.store.copy_once(
+        inc.id,
+        VerifyCopy(
+            cluster=w.cluster, namespace=w.namespace, name=name, created_at=started,
+            deadline=started + copy_life_s(ctx.settings),
+        ),
+    )  # fmt: skip
+    if record.removed_at is not None or record.name != name:
+        raise PermanentError(
+            "gitops", f"the temporary copy {record.name} of {w.key} was removed already"
+        )
+    current = ctx.kube.get_deployment(w.namespace, name)
+    if current is not None and not copies.owned(current, inc.id):
+        raise PermanentError("gitops", _not_pausable(inc, owner, (
+            f"a Deployment {w.namespace}/{name} that is not this incident's temporary copy "
+            "exists, and is left as it is"
+        )))  # fmt: skip
+    if current is not None and (
+        (current.get("metadata") or {}).get("deletionTimestamp") or _copy_changes(current, wanted)
+    ):
+        ctx.kube.delete_copy(current)
+        raise TransientError("kubernetes", f"an earlier copy {name} of {w.key} is being replaced")
+    if current is None:
+        try:
+            ctx.kube.create_copy(wanted)
+        except Conflict:
+            raise TransientError("kubernetes", f"the copy {name} was created meanwhile") from None
+    state.verify_copy = record
+    state.apply = ApplyResult(
+        original=snap.manifest,
+        applied=proposal.manifest,
+        changes=proposal.changes,
+        generation=snap.generation,
+        applied_at=now(),
+    )
+    log.info("%s the fix is verified on the temporary copy %s (the %s is left to %s)",
+             tag(state), name, w.kind, owner)  # fmt: skip
+    return state
+
+
+def _copy_changes(copy: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Where a live copy does not run what `wanted` says (someone else changed it)."""
+    live = manifests.clean(copy).get("spec") or {}
+    return [
+        f"spec.{part}"
+        for part in ("selector", "template")
+        if not _covers(live.get(part), wanted["spec"][part])
+    ]
+
+
+def _copy_live(ctx: Context, state: IncidentState) -> dict[str, Any] | None:
+    """The incident's copy as it runs now; None once it is gone, removed, or not ours."""
+    record = ctx.store.verify_copy(state.incident.id)
+    if record is None or record.removed_at is not None:
+        return None
+    live = ctx.of(state).kube.get_deployment(record.namespace, record.name)
+    if live is None or not copies.owned(live, state.incident.id):
+        return None
+    return live
+
+
+def _copy_not_verified(
+    ctx: Context, state: IncidentState, why: str, details: dict[str, Any] | None
+) -> IncidentState:
+    """The verdict of a fix that did not verify on its copy: nothing to restore, and no
+    next fix (each would need a copy of its own)."""
+    copy = state.verify_copy
+    where = f"on the temporary copy {copy.name}" if copy else "on a temporary copy"
+    state.verification = Verification(
+        ok=False, checked_at=now(), rolled_back=False, details=details or {},
+        reason=f"{why} ({where}; the {state.incident.workload.kind} itself was never changed)",
+    )  # fmt: skip
+    ctx.store.delete(*_progress_key(state))
+    log.warning("%s fix not verified %s, nothing to restore: %s", tag(state), where, why)
+    return state
+
+
+def remove_copy(ctx: Context, state: IncidentState, why: str) -> IncidentState:
+    """Delete the incident's verification copy, if it has one left; idempotent.
+
+    Raises:
+        TransientError, PermanentError: the copy could not be deleted; it stays pending,
+            and the watchdog tries again.
+    """
+    record = _remove_copy(ctx, state.incident.id, tag(state), why)
+    if record is not None:
+        state.verify_copy = record
+    return state
+
+
+def _remove_copy(ctx: Context, incident_id: str, label: str, why: str) -> VerifyCopy | None:
+    record = ctx.store.verify_copy(incident_id)
+    if record is None or record.removed_at is not None:
+        return record
+    ctx = ctx.cluster(record.cluster or ctx.clusters.default)
+    for _ in range(APPLY_ATTEMPTS):
+        live = ctx.kube.get_deployment(record.namespace, record.name)
+        if live is None:
+            result = "gone"
+        elif not copies.owned(live, incident_id):
+            result = "not ours"  # a Deployment of that name, not this incident's copy
+        else:
+            try:
+                result = "deleted" if ctx.kube.delete_copy(live) else "gone"
+            except Conflict:
+                continue  # it changed since read: read it again
+        break
+    else:
+        raise TransientError("kubernetes", f"the copy {record.name} kept changing; not deleted")
+    record = record.model_copy(update={"removed_at": time.time(), "removal": result})
+    ctx.store.copy_removed(incident_id, record)
+    log.log(logging.ERROR if result == "not ours" else logging.INFO,
+            "%s temporary copy %s: %s (%s)", label, record.name, result, why)  # fmt: skip
+    return record
+
+
+def remove_copy_quietly(ctx: Context, state: IncidentState, why: str) -> IncidentState:
+    """`remove_copy`, a failure logged and left pending for the watchdog."""
+    return _quietly(remove_copy, ctx, state, why, "temporary copy not removed yet")
+
+
+def remove_copies_due(ctx: Context) -> int:
+    """The watchdog's sweep: remove every verification copy whose incident ended, is
+    unknown, or is past the copy's deadline. Returns how many were removed.
+
+    Covers a worker lost between creating the copy and recording the verdict, a
+    finalize that died before removing it, a delete the API server refused for a
+    while, and a verification that never ended.
+    """
+    done = 0
+    for iid in ctx.store.copies():
+        try:
+            record = ctx.store.verify_copy(iid)
+            state = load(ctx, iid)
+            live = state is not None and state.closed_at is None
+            if live and record is not None and time.time() < record.deadline:
+                continue
+            label = tag(state) if state is not None else f"[incident {iid}]"
+            why = "the watchdog: " + ("past its deadline" if live else "the incident ended")
+            record = _remove_copy(ctx, iid, label, why)
+            if record is None:
+                ctx.store.copy_removed(iid, None)
+                continue
+            if state is not None and state.verify_copy != record:
+                state.verify_copy = record
+                save(ctx, state)
+            done += 1
+        except (AdapterError, redis_lib.RedisError) as exc:
+            log.warning("watchdog: temporary copy of incident %s: %s (tried again next round)",
+                        iid, exc)  # fmt: skip
+    return done
+
+
 def recheck(ctx: Context, state: IncidentState, live: dict[str, Any]) -> list[str]:
     """Why the stored proposal may not be written now; empty when it may.
 
@@ -743,9 +1376,11 @@ def recheck(ctx: Context, state: IncidentState, live: dict[str, Any]) -> list[st
     nothing in it is taken on trust at the point of action. The namespace must be one
     aifixer may change, the proposal must be the incident's own Deployment, the
     guardrails run again against the live object and a past re-read from the cluster
-    (not the stored evidence), and the API server dry-runs it again.
+    (revisions, last healthy template and the pods' status; not the stored evidence),
+    and the API server dry-runs it again.
     """
     w, proposal = state.incident.workload, state.proposal
+    ctx = ctx.of(state)  # refused if the record names a cluster the farm does not watch
     refusal = guardrails.namespace_refusal(w.namespace, ctx.settings)
     if refusal:
         return [refusal]
@@ -756,10 +1391,16 @@ def recheck(ctx: Context, state: IncidentState, live: dict[str, Any]) -> list[st
         w.name,
     ):
         return [f"the proposal is not the Deployment {w.key}"]
-    revisions = ctx.kube.revisions(live)
+    # A ReplicaSet an earlier attempt of this incident created never ran healthy: it is
+    # not the workload's past (it could pass for its last healthy revision once scaled down).
+    ours = {a.replicaset for a in state.attempts if a.replicaset}
+    revisions = [r for r in ctx.kube.revisions(live) if r[0].replicaset not in ours]
     past = guardrails.Past(
         revisions=[rev for rev, _ in revisions],
         last_healthy_template=ctx.kube.last_healthy_template(live, revisions),
+        # The runtime's StartError a born-broken removal rests on, as the pods show it
+        # now: not the stored evidence, which a queued message or a stale record carries.
+        pods=ctx.kube.pod_states(live),
     )
     reasons = guardrails.check(live, manifest, past, ctx.settings)
     if reasons:
@@ -773,9 +1414,9 @@ def recheck(ctx: Context, state: IncidentState, live: dict[str, Any]) -> list[st
 
 def _live(ctx: Context, state: IncidentState) -> dict[str, Any]:
     w = state.incident.workload
-    live = ctx.kube.get_deployment(w.namespace, w.name)
+    live = ctx.of(state).kube.get_workload(w.namespace, w.kind, w.name)
     if live is None:
-        raise PermanentError("kubernetes", f"deployment {w.key} no longer exists")
+        raise PermanentError("kubernetes", f"{w.kind} {w.key} no longer exists")
     return live
 
 
@@ -829,26 +1470,54 @@ def verify(ctx: Context, state: IncidentState) -> IncidentState:
     failure reason, no restart since the first healthy check, and no new error line
     from the workload's pods in Loki since the apply. It must hold for the stability
     window. A fix not healthy at the deadline is rolled back (`rollback`).
+
+    A fix verified on a temporary copy (`apply_to_copy`) is held to the same rules, on
+    the copy and its pods; the copy gone (deleted by someone, or by the watchdog past
+    its deadline) or changed by someone else is a fix not verified.
     """
     if state.apply is None or state.verification is not None:
         return state
+    ctx = ctx.of(state)
     s, inc, store = ctx.settings, state.incident, ctx.store
     t = now()
     ns = inc.workload.namespace
-    dep = _live(ctx, state)
-    foreign = (
-        _foreign_changes(state.apply.original, manifests.clean(dep), state.proposal)
-        if state.proposal is not None
-        else []
-    )
+    copy = _copy_live(ctx, state) if state.verify_copy is not None else None
+    if state.verify_copy is not None and copy is None:
+        return rollback(ctx, state, "the copy is gone before the verdict")
+    dep = copy if copy is not None else _live(ctx, state)
+    target = state.proposal.target if state.proposal is not None else None
+    if target is not None:
+        beside, foreign = object_verified(ctx, state)
+    elif copy is not None and state.proposal is not None:
+        beside = None
+        foreign = _copy_changes(copy, copies.manifest(state.proposal.manifest, inc.id))
+    else:
+        beside = None
+        foreign = (
+            _foreign_changes(state.apply.original, manifests.clean(dep), state.proposal)
+            if state.proposal is not None
+            else []
+        )
     if foreign:
         # Someone changed the Deployment after the fix: what runs is no longer what
         # aifixer applied, so there is nothing of ours to verify, and nothing to undo.
+        what = (
+            f"the {target.kind}" if target is not None
+            else "the temporary copy" if copy is not None else "the Deployment"
+        )  # fmt: skip
         return rollback(
-            ctx, state, f"someone else changed the Deployment during verification ({foreign[0]})"
+            ctx, state, f"someone else changed {what} during verification ({foreign[0]})"
         )
-    rollout = rollout_status(dep)
+    pending = store.hgetall("rollback", inc.id)
+    if pending:
+        # The original is back and its rollout still converging (`_rollback`): what
+        # runs is not the fix, so it is never verified; the rollback goes on.
+        return _not_healthy(ctx, state, dep, str(pending.get("why") or "not verified"), {})
+    if ctx.kube.unblock_rollout(dep):  # a StatefulSet's pods stuck on the broken revision
+        dep = _live(ctx, state)
+    rollout = rollout_status(dep)  # the rule of kubectl rollout status for the kind
     pods = ctx.kube.pod_states(dep)
+    off_revision = _off_update_revision(dep, pods)
     restarts = sum(p.restart_count for p in pods)
     since_ns = int(state.apply.applied_at.timestamp() * 1e9)
     errors = ctx.loki.error_count(ns, [p.name for p in pods], since_ns) if pods else 0
@@ -857,21 +1526,31 @@ def verify(ctx: Context, state: IncidentState) -> IncidentState:
         and not rollout.failed
         and bool(pods)
         and all(p.ready and not p.reasons for p in pods)
+        and not off_revision
         and errors == 0
+        and (beside is None or beside[0])
     )
-    progress = store.hgetall("verify", inc.id)
+    key = _progress_key(state)
+    progress = store.hgetall(*key)
     details = {
         "rollout": rollout.message,
         "pods": len(pods),
         "restarts": restarts,
         "new_error_lines": errors,
     }
+    if beside is not None:
+        details[target.kind if target is not None else "object"] = beside[1]
     if healthy:
         if not progress or int(progress.get("restarts", -1)) != restarts:
             progress = {"since": t.timestamp(), "restarts": restarts}
-            store.hset(progress, "verify", inc.id, ttl_s=s.verify_deadline_s * 2 + 600)
+            store.hset(progress, *key, ttl_s=s.verify_deadline_s * 2 + 600)
         healthy_since = datetime.fromtimestamp(float(progress["since"]), UTC)
         if (t - healthy_since).total_seconds() >= s.verify_stability_s:
+            where = (
+                f", on the temporary copy {state.verify_copy.name} (the {inc.workload.kind} "
+                "itself is left as it is until the pull request is merged)"
+                if state.verify_copy is not None else ""
+            )  # fmt: skip
             state.verification = Verification(
                 ok=True,
                 checked_at=t,
@@ -879,14 +1558,15 @@ def verify(ctx: Context, state: IncidentState) -> IncidentState:
                 details=details,
                 reason=(
                     f"rolled out and healthy for {(t - healthy_since).total_seconds():.0f}s: "
-                    f"{len(pods)} pod(s) Ready, no restarts, no new error lines"
+                    f"{len(pods)} pod(s) Ready, no restarts, no new error lines{where}"
                 ),
             )
-            store.delete("verify", inc.id)
+            # The progress is kept (it expires): a check redone after a save that lost
+            # a race finds the window already served.
             log.info("%s verified: %s", tag(state), state.verification.reason)
             return state
     elif progress:
-        store.delete("verify", inc.id)
+        store.delete(*key)
     elapsed = (t - state.apply.applied_at).total_seconds()
     # The deadline is for becoming healthy: a fix healthy at the deadline (or found
     # healthy by a check that came late, after a lost message) gets its stability window.
@@ -894,22 +1574,62 @@ def verify(ctx: Context, state: IncidentState) -> IncidentState:
     late = elapsed >= s.verify_deadline_s and (
         not healthy or elapsed >= 2 * (s.verify_deadline_s + s.watchdog_stall_s)
     )
-    if rollout.failed or late:
+    # A fix beside the workload leaves its spec as it was: a progress deadline it
+    # exceeded before the fix is history until its pods are available again, not a
+    # verdict on the fix (the deadline of the verification decides).
+    failed = rollout.failed and target is None
+    if failed or late:
         why = (
             rollout.message
-            if rollout.failed
+            if failed
             else (
-                f"not healthy within {s.verify_deadline_s:.0f}s: {_unhealthy_reason(pods, errors, rollout.message)}"
+                f"not healthy within {s.verify_deadline_s:.0f}s: {_unhealthy_reason(pods, errors, rollout.message, beside, off_revision)}"
             )
         )
-        return rollback(ctx, state, why, details)
+        return _not_healthy(ctx, state, dep, why, details)
     ctx.store.touch(state)  # progress, for the watchdog, without rewriting the record
     raise NotYet(
         s.verify_poll_s,
         "healthy, within the stability window"
         if healthy
-        else _unhealthy_reason(pods, errors, rollout.message),
+        else _unhealthy_reason(pods, errors, rollout.message, beside, off_revision),
     )
+
+
+def _progress_key(state: IncidentState) -> tuple[str, ...]:
+    """Where verify keeps its progress between checks: one per attempt."""
+    inc = state.incident.id
+    return ("verify", inc) if not state.attempts else ("verify", inc, str(len(state.attempts) + 1))
+
+
+def _not_healthy(
+    ctx: Context, state: IncidentState, dep: dict[str, Any], why: str, details: dict[str, Any]
+) -> IncidentState:
+    """The fix did not become healthy: restore the original, then set up the next fix if
+    one of another kind may still be tried (`try_next_fix`); otherwise the attempts are
+    over and the GitOps controller's self-heal is restored too. Verify comes back here,
+    with the first reason, for as long as a StatefulSet's rollback is converging
+    (`_converged`): the next fix follows only once the set runs the original again.
+    A fix verified on a copy has nothing to restore (`_copy_not_verified`)."""
+    if state.verify_copy is not None:
+        return _copy_not_verified(ctx, state, why, details)
+    replicaset = _created_replicaset(ctx, state, dep) if _may_try_again(ctx, state) else None
+    done = _rollback(ctx, state, why, details)
+    if try_next_fix(ctx, done, replicaset):
+        return done
+    return _resume_quietly(ctx, done, why)
+
+
+def _off_update_revision(workload: dict[str, Any], pods: list[PodState]) -> list[str]:
+    """A StatefulSet's pods that do not run its update revision (the fix's template).
+
+    kubectl's rule is satisfied by a partitioned rollout whose pods below the partition
+    still run the old revision; a fix is proven only by pods that run it.
+    """
+    if workload.get("kind") != "StatefulSet":
+        return []
+    update = (workload.get("status") or {}).get("updateRevision")
+    return [p.name for p in pods if not update or p.revision_hash != update]
 
 
 def rollback(
@@ -918,11 +1638,13 @@ def rollback(
     """Restore the snapshot taken before the fix, unless someone changed the Deployment since.
 
     Then the GitOps controller's self-heal, if this incident paused it, is restored
-    too (`resume_gitops`; a failure there is left to finalize and the watchdog).
+    too (`resume_gitops`), and the temporary copy a fix was verified on instead is
+    removed (`remove_copy`); a failure there is left to finalize and the watchdog.
     """
     done = _rollback(ctx, state, why, details)
     if done.verification is None or not done.verification.ok:
         done = _resume_quietly(ctx, done, why)
+        done = remove_copy_quietly(ctx, done, why)
     return done
 
 
@@ -942,7 +1664,14 @@ def _rollback(
     """
     if state.verification is not None or state.proposal is None:
         return state
+    ctx = ctx.of(state)
+    if state.verify_copy is not None:
+        return _copy_not_verified(ctx, state, why, details)  # the workload was never written
+    if state.proposal.target is not None:
+        return rollback_object(ctx, state, why, details)
     inc = state.incident
+    if state.apply is None and ctx.store.verify_copy(inc.id) is not None:
+        return state  # the fix was to be verified on a copy: the workload was never written
     snap = ctx.store.snapshot(inc.id)
     if snap is None:
         if state.apply is None:
@@ -960,6 +1689,8 @@ def _rollback(
         )
     cleaned = manifests.clean(live)
     if not _spec_changes(original, cleaned):
+        if ctx.store.hgetall("rollback", inc.id):
+            return _converged(ctx, state, live, why, details)  # restored: converging
         if state.apply is None:
             return state  # the failed apply wrote nothing
         return _rolled(ctx, state, True, why, details)  # restored before a crash: done
@@ -974,14 +1705,47 @@ def _rollback(
             details,
         )
     generation = (live.get("metadata") or {}).get("generation")
+    if state.apply is None:
+        why = f"{why}; the partly applied fix was undone"
+    # Kept until the workload converged on the original: a redelivery, a retry or the
+    # watchdog then goes on converging, and verify never takes the original for the fix.
+    ctx.store.hset({"why": why}, "rollback", inc.id, ttl_s=ROLLBACK_PENDING_TTL_S)
     try:
-        ctx.kube.restore(original, expected_generation=generation)
+        restored = ctx.kube.restore(original, expected_generation=generation)
     except Conflict:
         raise TransientError(
             "kubernetes", f"{inc.workload.key} changed during the restore"
         ) from None
-    if state.apply is None:
-        why = f"{why}; the partly applied fix was undone"
+    return _converged(ctx, state, restored, why, details)
+
+
+ROLLBACK_PENDING_TTL_S = 7 * 86400.0
+
+
+def _converged(
+    ctx: Context,
+    state: IncidentState,
+    live: dict[str, Any],
+    why: str,
+    details: dict[str, Any] | None,
+) -> IncidentState:
+    """The rollback is done once the workload runs the original again, not at the write.
+
+    A StatefulSet keeps a member stuck on the fix's revision after its template is
+    reverted: `Kube.rollback_pending` unblocks it again (once the controller observed
+    the restored spec) and says whether every pod is back on the original revision, or
+    on the one it ran before the fix. Until then the rollback is not done: a
+    TransientError, so the task retries it, then the watchdog, every round, and the
+    incident is never recorded as restored while the fix's pods still run.
+    """
+    inc = state.incident
+    before = {p.name: p.revision_hash for p in (state.evidence.pods if state.evidence else [])}
+    pending = ctx.kube.rollback_pending(live, before)
+    if pending is not None:
+        raise TransientError(
+            "kubernetes", f"{inc.workload.key} restored, not converged yet: {pending}"
+        )
+    why = str(ctx.store.hgetall("rollback", inc.id).get("why") or why)  # the first reason
     return _rolled(ctx, state, True, why, details)
 
 
@@ -991,7 +1755,8 @@ def _rolled(
     state.verification = Verification(
         ok=False, checked_at=now(), reason=reason, rolled_back=done, details=details or {}
     )
-    ctx.store.delete("verify", state.incident.id)
+    ctx.store.delete(*_progress_key(state))
+    ctx.store.delete("rollback", state.incident.id)
     if done:
         log.warning("%s fix did not work, original restored: %s", tag(state), reason)
     else:
@@ -1000,6 +1765,105 @@ def _rolled(
 
 
 IGNORED_PATHS = ("spec.replicas",)  # autoscalers own it: not a person's change
+
+
+# -- a second try before the phone -------------------------------------------------------
+
+
+def fix_kind(proposal: FixProposal) -> str:
+    """What kind of fix a proposal is: its playbook, whoever chose it or tuned its amounts
+    ("hybrid:raise-memory-limit" and "raise-memory-limit" are one kind)."""
+    return proposal.strategy.rsplit(":", 1)[-1]
+
+
+def next_fix(state: IncidentState, settings: Settings) -> FixProposal | None:
+    """The best alternative of a kind no attempt tried, changing something none did."""
+    tried = [a.proposal for a in state.attempts] + ([state.proposal] if state.proposal else [])
+    kinds = {fix_kind(p) for p in tried}
+    seen = [manifests.clean(p.manifest) for p in tried]
+    for alternative in state.alternatives:
+        if fix_kind(alternative) in kinds or manifests.clean(alternative.manifest) in seen:
+            continue
+        return alternative
+    return None
+
+
+def _may_try_again(ctx: Context, state: IncidentState) -> bool:
+    """Another fix could follow this one: attempts are left and one of another kind exists."""
+    return len(state.attempts) + 1 < ctx.settings.fix_attempts and (
+        next_fix(state, ctx.settings) is not None
+    )
+
+
+def try_next_fix(ctx: Context, state: IncidentState, replicaset: str | None) -> bool:
+    """After a fix failed verification and the original was restored: make the next fix
+    the incident's proposal, to be applied (by the verify task) and verified like the first.
+
+    Only when the failure was the fix's own (not healthy in time, a failed rollout), the
+    original is back (a person's change is never worked around), attempts are left
+    (`fix_attempts`), an alternative of another kind exists, and its whole verification
+    still fits in the incident's budget (`fix_budget_s` from the first apply). The failed
+    attempt is kept in `attempts`, with the ReplicaSet its apply created. The rollback
+    snapshot stays the one taken before the first write: each attempt starts from, and
+    is undone to, the original. Returns True when a next fix was set up.
+    """
+    s, v = ctx.settings, state.verification
+    if v is None or v.ok or not v.rolled_back or state.apply is None or state.error:
+        return False
+    nxt = next_fix(state, s) if len(state.attempts) + 1 < s.fix_attempts else None
+    if nxt is None:
+        return False
+    first = state.attempts[0].applied_at if state.attempts else state.apply.applied_at
+    spent = (now() - first).total_seconds()
+    if spent + s.verify_deadline_s > s.fix_budget_s:
+        log.warning("%s no time left for another fix: %.0fs of %.0fs spent",
+                    tag(state), spent, s.fix_budget_s)  # fmt: skip
+        return False
+    _archive(state, nxt, replicaset)
+    log.warning("%s fix %d did not verify and was undone; trying %s next",
+                tag(state), len(state.attempts), nxt.strategy)  # fmt: skip
+    return True
+
+
+def _archive(state: IncidentState, nxt: FixProposal, replicaset: str | None) -> None:
+    """The current fix (applied, rolled back) kept in `attempts`; `nxt` becomes the fix."""
+    if state.proposal is None or state.apply is None or state.verification is None:
+        raise ValueError("only an applied and verified fix is archived")
+    state.attempts.append(
+        FixAttempt(
+            number=len(state.attempts) + 1,
+            proposal=state.proposal,
+            applied_at=state.apply.applied_at,
+            generation=state.apply.generation,
+            verification=state.verification,
+            replicaset=replicaset,
+        )
+    )
+    state.proposal, state.apply, state.verification = nxt, None, None
+    for stage in ("apply", "verify", "rollback"):
+        state.retries.pop(stage, None)  # each attempt has its own retry budget
+
+
+def next_fix_pending(state: IncidentState) -> bool:
+    """A next fix was set up after a rollback and is not applied yet."""
+    return (
+        bool(state.attempts)
+        and state.proposal is not None
+        and state.apply is None
+        and state.verification is None
+        and state.error is None
+        and state.outcome is None
+    )
+
+
+def _created_replicaset(ctx: Context, state: IncidentState, dep: dict[str, Any]) -> str | None:
+    """The ReplicaSet the fix's apply created: the current one, unless it existed before
+    the incident (a fix that returned to a revision the workload had)."""
+    current = next((r for r, _ in ctx.kube.revisions(dep) if r.current), None)
+    before = {r.replicaset for r in state.evidence.revisions} if state.evidence else set()
+    if current is None or current.replicaset in before:
+        return None
+    return current.replicaset
 
 
 def _spec_changes(
@@ -1023,14 +1887,222 @@ def _spec_changes(
     ]
 
 
-def _unhealthy_reason(pods, errors: int, rollout_message: str) -> str:
+def _unhealthy_reason(
+    pods,
+    errors: int,
+    rollout_message: str,
+    beside: tuple[bool, str] | None = None,
+    off_revision: list[str] | None = None,
+) -> str:
     reasons = sorted({r for p in pods for r in p.reasons})
     parts = [rollout_message] if rollout_message else []
+    if beside is not None and not beside[0]:
+        parts.append(beside[1])
     if reasons:
         parts.append("pods show " + ", ".join(reasons))
+    if off_revision:
+        parts.append("not running the fix's revision: " + ", ".join(off_revision[:5]))
     if errors:
         parts.append(f"{errors} new error line(s)")
     return "; ".join(parts) or "waiting for pods"
+
+
+# -- a fix to the object beside the workload: a claim, a Service -------------------------
+#
+# The incident is the workload's; the object fixed is `proposal.target`. The same rules
+# as for a Deployment, for that object: the snapshot is taken once before the first
+# write and is what a rollback restores; nothing is written over a change someone else
+# made (the evidence's object must still be the live one); the guardrails and a dry-run
+# run again immediately before writing; verify holds the workload to the same health
+# and, besides, the object to its purpose (the claim Bound, the Service with a ready
+# endpoint).
+
+
+def _targeted(state: IncidentState) -> tuple[FixProposal, ObjectRef]:
+    proposal = state.proposal
+    if proposal is None or proposal.target is None:
+        raise PermanentError("pipeline", "the fix names no object beside the workload")
+    return proposal, proposal.target
+
+
+def _object(ctx: Context, state: IncidentState) -> dict[str, Any] | None:
+    target = state.proposal.target if state.proposal is not None else None
+    if target is None:
+        return None
+    ctx = ctx.of(state)
+    if target.kind == "PersistentVolumeClaim":
+        return ctx.kube.get_claim(target.namespace, target.name)
+    return ctx.kube.get_service(target.namespace, target.name)
+
+
+def _object_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Paths where two versions of a claim or Service differ, as its author wrote them."""
+    return [c.path for c in manifests.diff(guardrails.authored_view(manifests.clean(before)).get("spec"),
+                                           guardrails.authored_view(manifests.clean(after)).get("spec"),
+                                           "spec")]  # fmt: skip
+
+
+def recheck_object(
+    ctx: Context, state: IncidentState, live: dict[str, Any], workload: dict[str, Any]
+) -> list[str]:
+    """`recheck` for a claim or a Service: the guardrails on the live objects and the
+    classes read now, then the API server's dry-run."""
+    proposal = state.proposal
+    if proposal is None or proposal.target is None:
+        return ["no object to fix"]
+    target, w = proposal.target, state.incident.workload
+    if target.namespace != w.namespace:
+        return [f"the {target.kind} is not in the workload's namespace"]
+    classes = (
+        [c["metadata"]["name"] for c in ctx.kube.storage_classes()]
+        if target.kind == "PersistentVolumeClaim"
+        else []
+    )
+    reasons = guardrails.check_object(live, proposal.manifest, workload, classes, ctx.settings)
+    if reasons:
+        return reasons
+    try:
+        ctx.kube.dry_run_object(proposal.manifest)
+    except PermanentError as exc:
+        return [f"server-side dry-run refused it: {exc.message}"]
+    return []
+
+
+def apply_object(ctx: Context, state: IncidentState) -> IncidentState:
+    """Apply a fix to a claim (re-created with an existing class) or a Service (its
+    selector set), once, over exactly what the evidence read.
+
+    A redelivery after the write recognises it: the claim already re-created with the
+    fix's class (or created only, after a delete that landed), the Service's selector
+    already the fix's.
+
+    Raises:
+        Conflict: someone changed the object after the diagnosis; nothing written.
+        PermanentError: the guardrails or the dry-run refused it now.
+        TransientError: as every call.
+    """
+    ctx = ctx.of(state)
+    inc = state.incident
+    proposal, target = _targeted(state)
+    workload = _live(ctx, state)
+    live = _object(ctx, state)
+    snap = ctx.store.snapshot(inc.id)
+    if live is None:
+        if snap is None or target.kind != "PersistentVolumeClaim":
+            raise PermanentError("kubernetes", f"{target.kind} {target.key} no longer exists")
+        ctx.kube.create_claim(proposal.manifest)  # the re-creation's delete had landed
+    elif snap is not None and not _object_changes(proposal.manifest, live):
+        pass  # the fix is already live (a redelivery after the write)
+    else:
+        snap = ctx.store.snapshot_once(inc.id, snapshot_of(live))
+        seen = fixer.object_of(state.evidence, target) if state.evidence else None
+        changed = _object_changes(seen, snap.manifest) if seen is not None else ["unread"]
+        if changed:
+            raise Conflict(
+                "kubernetes",
+                f"{target.kind} {target.key} was changed by someone else after the diagnosis "
+                f"({', '.join(changed[:3])}); aifixer changed nothing",
+            )
+        refused = recheck_object(ctx, state, live, workload)
+        if refused:
+            raise PermanentError(
+                "guardrails",
+                f"the fix was refused immediately before writing: {'; '.join(refused[:5])}",
+            )
+        unpausable = pause_gitops(ctx, state, workload)
+        if unpausable is not None:
+            raise PermanentError("gitops", _not_pausable(
+                inc, unpausable, f"the fix is to the {target.kind} {target.name}, which a "
+                "temporary copy of the Deployment cannot verify",
+            ))  # fmt: skip
+        meta = live["metadata"]
+        if target.kind == "PersistentVolumeClaim":
+            ctx.kube.recreate_claim(live, proposal.manifest)
+        else:
+            selector = (proposal.manifest.get("spec") or {}).get("selector") or {}
+            ctx.kube.set_service_selector(
+                target.namespace, target.name, selector, meta["resourceVersion"]
+            )
+    if snap is None:  # not reached: every branch above read or took it
+        raise PermanentError("store", f"no snapshot of {target.key} was kept")
+    state.apply = ApplyResult(
+        original=snap.manifest,
+        applied=proposal.manifest,
+        changes=proposal.changes,
+        generation=(workload.get("metadata") or {}).get("generation", 0),
+        applied_at=now(),
+    )
+    log.info("%s applied to %s %s", tag(state), target.kind, target.key)
+    return state
+
+
+def object_verified(ctx: Context, state: IncidentState) -> tuple[tuple[bool, str], list[str]]:
+    """((the object serves its purpose, in words), paths someone else changed in it).
+
+    A claim serves once Bound; a Service once it has a ready endpoint.
+    """
+    proposal, target = _targeted(state)
+    live = _object(ctx, state)
+    if live is None:
+        return (False, f"{target.kind} {target.name} is gone"), [f"{target.kind} deleted"]
+    foreign = _object_changes(proposal.manifest, live)
+    if target.kind == "PersistentVolumeClaim":
+        phase = (live.get("status") or {}).get("phase") or "Pending"
+        return (phase == "Bound", f"claim {target.name} {phase}"), foreign
+    _, ready = ctx.of(state).kube.endpoints_of(live)
+    return (ready > 0, f"service {target.name} has {ready} ready endpoint(s)"), foreign
+
+
+def rollback_object(
+    ctx: Context, state: IncidentState, why: str, details: dict[str, Any] | None
+) -> IncidentState:
+    """Restore the claim or the Service the fix changed, unless someone changed it since.
+
+    A re-created claim that got a volume is not deleted again: it may hold data by now,
+    and the original claim held none; it is left as it is and the call says so.
+
+    Raises:
+        TransientError: the API server could not be reached; retry.
+    """
+    ctx = ctx.of(state)
+    proposal, target = _targeted(state)
+    snap = ctx.store.snapshot(state.incident.id)
+    original = snap.manifest if snap is not None else None
+    if original is None:
+        return state if state.apply is None else _rolled(ctx, state, False, why, details)
+    live = _object(ctx, state)
+    if live is None:
+        if target.kind == "PersistentVolumeClaim":
+            ctx.kube.create_claim(original)  # deleted by the fix, not created again
+            return _rolled(ctx, state, True, why, details)
+        return _rolled(ctx, state, False, f"{why}; not rolled back: the Service is gone", details)
+    if not _object_changes(original, live):
+        return _rolled(ctx, state, True, why, details)  # nothing of the fix is live
+    foreign = _object_changes(proposal.manifest, live)
+    if foreign:
+        return _rolled(
+            ctx, state, False,
+            f"{why}; not rolled back: someone else changed the {target.kind} after the fix "
+            f"({', '.join(foreign[:3])}), left as it is", details,
+        )  # fmt: skip
+    try:
+        if target.kind == "PersistentVolumeClaim":
+            if (live.get("spec") or {}).get("volumeName"):
+                return _rolled(
+                    ctx, state, False,
+                    f"{why}; not rolled back: the re-created claim {target.name} is bound to a "
+                    "volume and may hold data by now, left as it is", details,
+                )  # fmt: skip
+            ctx.kube.delete_claim(live)
+            ctx.kube.create_claim(original)
+        else:
+            selector = (original.get("spec") or {}).get("selector") or {}
+            ctx.kube.set_service_selector(
+                target.namespace, target.name, selector, live["metadata"]["resourceVersion"]
+            )
+    except Conflict:
+        raise TransientError("kubernetes", f"{target.key} changed during the restore") from None
+    return _rolled(ctx, state, True, why, details)
 
 
 def open_pr(ctx: Context, state: IncidentState) -> IncidentState:
@@ -1042,6 +2114,7 @@ def open_pr(ctx: Context, state: IncidentState) -> IncidentState:
     """
     if not (state.verification and state.verification.ok) or state.pull_request is not None:
         return state
+    ctx = ctx.of(state)
     started = time.monotonic()
     why = None
     try:
@@ -1077,10 +2150,10 @@ def call_oncall(ctx: Context, state: IncidentState) -> IncidentState:
     """
     if not needs_call(state) or ctx.store.escalation_done(state.incident.id):
         return state
+    ctx = ctx.phone_of(state)
     started = time.monotonic()
     if state.speech is None:
-        with _metered(ctx, state, "call_oncall"):
-            state.speech = fixer.speech(ctx.model, state, ctx.settings)
+        state.speech = _speech(ctx, state)
     placed = place_next_call(ctx, state, 1)
     if placed is None:
         log.error(
@@ -1088,6 +2161,22 @@ def call_oncall(ctx: Context, state: IncidentState) -> IncidentState:
         )
         ctx.store.mark_escalation_done(state.incident.id)
     return _timed(state, "call_oncall", started)
+
+
+def _speech(ctx: Context, state: IncidentState) -> str:
+    """What the call says. After a fix was applied, never a model call on the way to the
+    phone: the speech `explain` prepared while verify waited, if the record's facts are
+    still those it rewords, else the template written from them. Before any apply there
+    was nothing to wait for, and the model writes it now."""
+    if state.apply is None and not state.attempts:
+        with _metered(ctx, state, "call_oncall"):
+            return fixer.speech(ctx.model, state, ctx.settings)
+    template = fixer.template_speech(state, fixer.call_language(ctx.settings.call_language))
+    if state.attempts:
+        return template  # it tells every fix tried, in order; a model's wording may not
+    if state.prepared_speech and state.prepared_for == template:
+        return state.prepared_speech
+    return template
 
 
 PHONE_TRIES = 3  # per number, for Twilio's transient errors
@@ -1107,7 +2196,7 @@ def place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | N
     Returns the CallSid of the call now ringing, or None when nobody is left.
     """
     with ctx.store.dialling(state.incident.id):
-        return _place_next_call(ctx, state, attempt)
+        return _place_next_call(ctx.phone_of(state), state, attempt)
 
 
 def _place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | None:
@@ -1115,7 +2204,7 @@ def _place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | 
 
     inc = state.incident
     ended = {c.attempt for c in state.calls}
-    speech = spoken(state, ctx.settings.call_language)
+    speech = spoken(state, ctx.settings.call_language, ctx.several)
     for index, number in enumerate(ctx.settings.oncall_numbers, start=1):
         if index < attempt or index in ended:
             continue
@@ -1168,13 +2257,14 @@ def _place_next_call(ctx: Context, state: IncidentState, attempt: int) -> str | 
     return None
 
 
-def spoken(state: IncidentState, language: str = "en") -> str:
+def spoken(state: IncidentState, language: str = "en", name_cluster: bool = False) -> str:
     """The speech to dial with, checked again at the point of action.
 
     The record comes from Redis: a speech that is not what aifixer would say in the
     call's language (`fixer.speech_problems`: too long, raw status text, anything
     `redact` would change or `untrusted.findings` names...) is replaced by the
-    template, written from the record's facts.
+    template, written from the record's facts. A farm of several clusters opens it
+    with the incident's cluster (`name_cluster`).
     """
     speech = state.speech or ""
     checked = fixer.clean_speech(speech, state, language)
@@ -1182,8 +2272,8 @@ def spoken(state: IncidentState, language: str = "en") -> str:
         if speech:
             log.warning("%s the stored speech is not fit to be read out: the template instead",
                         tag(state))  # fmt: skip
-        return fixer.template_speech(state, language)
-    return checked
+        checked = fixer.template_speech(state, language)
+    return fixer.naming_cluster(checked, state, language) if name_cluster else checked
 
 
 def _refuse_call(ctx: Context, state: IncidentState, call) -> None:
@@ -1225,7 +2315,6 @@ def check_escalations(ctx: Context) -> list[tuple[str, int]]:
     """
     from .callfile import FINAL_STATUSES, CallFile, finish_call, load_call_context
 
-    numbers = ctx.settings.oncall_numbers
     due: list[tuple[str, int]] = []
     for iid in ctx.store.escalations_due():
         try:
@@ -1233,6 +2322,7 @@ def check_escalations(ctx: Context) -> list[tuple[str, int]]:
             if state is None or ctx.store.escalation_done(iid):
                 ctx.store.mark_escalation_done(iid)
                 continue
+            numbers = ctx.phone_of(state).settings.oncall_numbers
             ctx.store.watch_escalation(iid, _call_window(ctx))  # look again later
             # Each call's context is read once: one that expires during the check cannot
             # be there for one read and gone for the next.
@@ -1327,7 +2417,8 @@ def call_finished(
     if state is None:
         log.error("call %s for unknown incident %s", record.call_sid, incident_id)
         return
-    if not record.can_intervene and record.attempt < len(ctx.settings.oncall_numbers):
+    numbers = ctx.phone_of(state).settings.oncall_numbers
+    if not record.can_intervene and record.attempt < len(numbers):
         if place_next is not None:
             place_next(incident_id, record.attempt + 1)
     else:
@@ -1352,6 +2443,7 @@ def finalize(ctx: Context, state: IncidentState) -> IncidentState:
         return state
     if not awaits_merge(ctx, state):
         state = _resume_quietly(ctx, state, "the incident ends")
+    state = remove_copy_quietly(ctx, state, "the incident ends")
     if state.apply is not None and state.verification is None:
         log.error("%s the unverified fix is still live: restore pending", tag(state))
         save(ctx, state, "restore pending")
@@ -1384,7 +2476,7 @@ def _done_generation(ctx: Context, state: IncidentState) -> int | None:
     """The revision this failure ended on, so the same failure on it is not reopened."""
     w = state.incident.workload
     try:
-        dep = ctx.kube.get_deployment(w.namespace, w.name)
+        dep = ctx.of(state).kube.get_workload(w.namespace, w.kind, w.name)
     except AdapterError as exc:
         log.warning("%s cannot read the final revision (%s): using the last known", tag(state), exc)
         dep = None
@@ -1452,7 +2544,7 @@ def check_pull_requests(ctx: Context) -> int:
             if state.closed_at < horizon:
                 ctx.store.forget_pull(iid)
                 continue
-            fresh = ctx.forge.pull_state(ref)
+            fresh = ctx.of(state).forge.pull_state(ref)
             if fresh.state == "open":
                 ctx.store.checked_pull(iid)
                 continue

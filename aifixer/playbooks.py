@@ -6,10 +6,13 @@ that undo the breakage. They are candidates beside the model's answer and the fa
 when the model fails, so they are conservative on purpose:
 
 - what they restore comes from the workload's own past (the last healthy revision's
-  pod template, the images of revisions that ran) or, for an image without such a
-  past, from its registry (the existing tag of the same repository clearly meant);
-  they never invent a value a person would have to know (node capacity, a Secret,
-  a tag nobody pushed);
+  pod template, the images of revisions that ran) or, for a workload born broken,
+  from facts established outside it: the registry (the existing tag of the same
+  repository clearly meant), the container runtime (an override naming an executable
+  the image does not have is removed, so the image's own entrypoint runs), the
+  container's declared ports and the probes of healthy Deployments of the same image
+  in its own namespace. They never invent a value a person would have to know
+  (node capacity, a Secret, a tag nobody pushed), and never take one from a log line;
 - they change nothing outside the guardrails' allow-list, so a playbook's proposal
   passes `guardrails.check` by construction; placement (nodeSelector, tolerations)
   and missing Secrets are left to a person: no playbook exists for them.
@@ -32,13 +35,15 @@ from . import imageref, manifests
 from .guardrails import (
     MEBIBYTE,
     PROBES,
+    SAFE_PROBE_PATH,
     QuantityError,
     containers_by_name,
     image_repository,
     parse_quantity,
     pod_spec,
+    runtime_cannot_exec,
 )
-from .models import Evidence, FailureClass, FixProposal, Manifest
+from .models import Evidence, FailureClass, FixProposal, Manifest, ObjectRef, PeerProbe
 from .settings import Settings
 
 CONTAINERS = "spec.template.spec.containers"
@@ -289,6 +294,40 @@ def closest_existing_tag(case: _Case) -> FixProposal | None:
     )
 
 
+# -- drop-command-override ------------------------------------------------------------------
+
+
+def drop_command_override(case: _Case) -> FixProposal | None:
+    """For a container whose `command` names an executable its image does not have, and
+    no healthy revision to return to: the command and args removed, so the image's own
+    entrypoint (and its default arguments) runs.
+
+    Only when the container runtime said so in the pod's status (a StartError naming
+    exactly the command's executable, `guardrails.runtime_cannot_exec`, the rule the
+    guardrails hold the removal to): what is removed is the container's own override,
+    never anything a log line names, and nothing is added.
+    """
+    manifest = copy.deepcopy(case.live)
+    dropped = []
+    for index, container in case.containers():
+        command = container.get("command")
+        if case.healthy_of(container) is not None or not isinstance(command, list) or not command:
+            continue
+        if not runtime_cannot_exec(container, case.evidence.pods):
+            continue
+        path = f"{CONTAINERS}[{index}]"
+        manifests.set_path(manifest, f"{path}.command", None)
+        manifests.set_path(manifest, f"{path}.args", None)
+        dropped.append(f"{container['name']}: {command[0]}")
+    return case.proposal(
+        "drop-command-override",
+        "The command override names an executable the image does not have, as the "
+        f"container runtime reports ({'; '.join(dropped)}), and the workload never ran "
+        "healthy; removes the override so the image's own entrypoint runs.",
+        manifest,
+    )
+
+
 # -- raise-memory-limit ------------------------------------------------------------------------
 
 
@@ -415,22 +454,43 @@ def _asks_more(container: dict[str, Any], healthy: dict[str, Any], resource: str
 
 # -- fix-probe-port / fix-probe-path ----------------------------------------------------------
 
+_PROBE_LABELS = {
+    "Readiness": "readinessProbe",
+    "Liveness": "livenessProbe",
+    "Startup": "startupProbe",
+}
+_UNHEALTHY = re.compile(r"^(Readiness|Liveness|Startup) probe failed: (.*)", re.DOTALL)
+MAX_PEER_PROBES = 32
+
 
 def fix_probe_port(case: _Case) -> FixProposal | None:
-    """A probe aimed at a port the container does not declare, aimed back at one it does."""
+    """A probe aimed at a port the container does not serve, aimed back at one it declares.
+
+    With a healthy revision: its port if still declared, else the only declared port.
+    Born broken: the only declared port, or, where the probe's failures show connection
+    refused, the port healthy Deployments of the same image probe, if this container
+    declares it.
+    """
     manifest = copy.deepcopy(case.live)
+    refused = _probe_failures(case.evidence, "refused")
     fixed = []
     for index, container in case.containers():
         numbers = {p.get("containerPort") for p in container.get("ports") or []}
         names = {p.get("name") for p in container.get("ports") or []} - {None}
         for probe, handler, port in _probe_ports(container):
             if port in numbers or port in names:
-                continue
-            target = _declared_probe_port(case, container, probe, handler, numbers | names)
+                target = _served_probe_port(case, container, probe, port, refused)
+            else:
+                target = _declared_probe_port(case, container, probe, handler, numbers | names)
+                if target is None and case.healthy_of(container) is None and probe in refused:
+                    target = _peer_port(case, container, probe, port)
             if target is None:
                 continue
             manifests.set_path(manifest, f"{CONTAINERS}[{index}].{probe}.{handler}.port", target)
-            fixed.append(f"{probe} of {container['name']}: {port} -> {target}")
+            fixed.append(
+                f"{probe} of {container['name']}: {port} -> {target}"
+                + _as_peers(case, container, "port", _port_number(container, target))
+            )
     return case.proposal(
         "fix-probe-port",
         f"The probe checks a port the container does not listen on; points it at the declared "
@@ -463,24 +523,270 @@ def _declared_probe_port(
     return None
 
 
+def _served_probe_port(
+    case: _Case, container: dict[str, Any], probe: str, port: Any, refused: set[str]
+) -> Any:
+    """Born broken, a probe aimed at a declared port that refuses connections: the
+    declared port healthy Deployments of the same image probe instead, if any."""
+    if case.healthy_of(container) is not None or probe not in refused:
+        return None
+    target = _peer_port(case, container, probe, port)
+    return None if _port_number(container, target) == _port_number(container, port) else target
+
+
+def _peer_port(case: _Case, container: dict[str, Any], probe: str, current: Any) -> Any:
+    """The port healthy Deployments of the same image probe, if this container declares
+    it: by its name when the probe names its port, else by its number."""
+    number = _peer_value(case, container, probe, "port")
+    for declared in container.get("ports") or []:
+        if declared.get("containerPort") == number and isinstance(number, int):
+            name = declared.get("name")
+            return name if isinstance(current, str) and isinstance(name, str) else number
+    return None
+
+
+def _port_number(container: dict[str, Any], port: Any) -> int | None:
+    """A probe's port as a number: itself, or the containerPort of that name."""
+    if isinstance(port, int) and not isinstance(port, bool):
+        return port
+    for declared in container.get("ports") or []:
+        if declared.get("name") == port and isinstance(declared.get("containerPort"), int):
+            return int(declared["containerPort"])
+    return None
+
+
 def fix_probe_path(case: _Case) -> FixProposal | None:
-    """An HTTP probe's path, as the last healthy revision had it."""
+    """An HTTP probe's path, as the last healthy revision had it; born broken, where the
+    probe's failures show the path is not served (404), the path healthy Deployments of
+    the same image probe."""
     manifest = copy.deepcopy(case.live)
+    not_served = _probe_failures(case.evidence, "not-found")
     fixed = []
     for index, container in case.containers():
-        healthy = case.healthy_of(container) or {}
+        healthy = case.healthy_of(container)
         for probe in PROBES:
-            path = ((container.get(probe) or {}).get("httpGet") or {}).get("path")
-            before = ((healthy.get(probe) or {}).get("httpGet") or {}).get("path")
-            if path is not None and before is not None and path != before:
-                manifests.set_path(manifest, f"{CONTAINERS}[{index}].{probe}.httpGet.path", before)
-                fixed.append(f"{probe} of {container['name']}: {path} -> {before}")
+            get = (container.get(probe) or {}).get("httpGet")
+            if not isinstance(get, dict):
+                continue
+            path = get.get("path")
+            if healthy is not None:
+                before = ((healthy.get(probe) or {}).get("httpGet") or {}).get("path")
+                if path is None or before is None or path == before:
+                    continue
+            elif probe in not_served:
+                before = _peer_value(case, container, probe, "path")
+                if not isinstance(before, str) or before == (path or "/"):
+                    continue
+            else:
+                continue
+            manifests.set_path(manifest, f"{CONTAINERS}[{index}].{probe}.httpGet.path", before)
+            fixed.append(
+                f"{probe} of {container['name']}: {path} -> {before}"
+                + ("" if healthy is not None else _as_peers(case, container, "path", before))
+            )
+    source = (
+        "the last healthy revision"
+        if case.healthy
+        else "the healthy Deployments that run the same image"
+    )
     return case.proposal(
         "fix-probe-path",
-        f"The probe asks for a path the application does not serve; restores the path of the "
-        f"last healthy revision ({'; '.join(fixed)}).",
+        f"The probe asks for a path the application does not serve; restores the path of "
+        f"{source} ({'; '.join(fixed)}).",
         manifest,
     )
+
+
+def _probe_failures(evidence: Evidence, kind: str) -> set[str]:
+    """The probes (readinessProbe...) whose Unhealthy events show this kind of failure:
+    "refused" (nothing listens on the port) or "not-found" (HTTP 404: the path)."""
+    found = set()
+    for event in evidence.events:
+        match = _UNHEALTHY.match(event.message) if event.reason == "Unhealthy" else None
+        if match is None:
+            continue
+        output = match.group(2)
+        if (kind == "refused" and "connect: connection refused" in output) or (
+            kind == "not-found" and output.strip() == "HTTP probe failed with statuscode: 404"
+        ):
+            found.add(_PROBE_LABELS[match.group(1)])
+    return found
+
+
+def _peer_value(case: _Case, container: dict[str, Any], probe: str, field: str) -> Any:
+    """The one value (path or port) healthy Deployments of this container's image give
+    this probe: those of the same image if any, else of the same repository; the same
+    probe first, else any of their probes. None when they disagree or there are none."""
+    image = container.get("image")
+    repository = image_repository(image)
+    peers = [p for p in case.evidence.peer_probes if image_repository(p.image) == repository]
+    pool = [p for p in peers if p.image == image] or peers
+    for chosen in ([p for p in pool if p.probe == probe], pool):
+        values = {getattr(p, field) for p in chosen} - {None}
+        if values:
+            return values.pop() if len(values) == 1 else None
+    return None
+
+
+def _as_peers(case: _Case, container: dict[str, Any], field: str, value: Any) -> str:
+    """ ", as <the healthy Deployments of the same repository giving it> probe it", or ""."""
+    repository = image_repository(container.get("image"))
+    names = sorted(
+        {
+            p.workload
+            for p in case.evidence.peer_probes
+            if image_repository(p.image) == repository and getattr(p, field) == value
+        }
+    )
+    verb = "probes" if len(names) == 1 else "probe"
+    return f", as {', '.join(names[:3])} {verb} it" if names else ""
+
+
+def peer_probes(deployment: Manifest, healthy: list[Manifest]) -> list[PeerProbe]:
+    """How healthy Deployments of `deployment`'s own namespace running an image
+    repository of it probe it.
+
+    Args:
+        deployment: the failing Deployment.
+        healthy: other Deployments, each already known to run healthy (rolled out, with
+            available replicas); the failing one, and any of another namespace (another
+            team's or tenant's, whose probes may not pick what this one's kubelet asks
+            for), are skipped.
+
+    Paths that are not plain absolute URL paths are left out, named ports resolved to
+    their number; at most MAX_PEER_PROBES, in a stable order.
+    """
+    meta = deployment.get("metadata") or {}
+    me = (meta.get("namespace"), meta.get("name"))
+    repositories = {
+        image_repository(c.get("image")) for c in pod_spec(deployment).get("containers") or []
+    } - {None}
+    found: list[PeerProbe] = []
+    for other in healthy:
+        other_meta = other.get("metadata") or {}
+        where = (other_meta.get("namespace"), other_meta.get("name"))
+        if where == me or where[0] != me[0] or not all(isinstance(x, str) for x in where):
+            continue
+        for container in pod_spec(other).get("containers") or []:
+            image = container.get("image")
+            if not isinstance(image, str) or image_repository(image) not in repositories:
+                continue
+            for probe in PROBES:
+                spec = container.get(probe) or {}
+                get, tcp = spec.get("httpGet"), spec.get("tcpSocket")
+                handler: dict[str, Any]
+                if isinstance(get, dict):
+                    handler, path = get, get.get("path", "/")
+                elif isinstance(tcp, dict):
+                    handler, path = tcp, None
+                else:
+                    continue
+                if path is not None and not (
+                    isinstance(path, str) and SAFE_PROBE_PATH.fullmatch(path)
+                ):
+                    continue
+                found.append(
+                    PeerProbe(
+                        workload=f"{where[0]}/{where[1]}",
+                        image=image,
+                        probe=probe,
+                        path=path,
+                        port=_port_number(container, handler.get("port")),
+                    )
+                )
+    found.sort(key=lambda p: (p.workload, p.image, p.probe))
+    return found[:MAX_PEER_PROBES]
+
+
+# -- the object beside the workload: a claim, a Service ------------------------------------
+
+
+def claim_existing_class(case: _Case) -> FixProposal | None:
+    """A claim that never bound because its storage class does not exist, re-created
+    with a class the cluster has.
+
+    The class is one a fact gives, never a guess: the class the workload's other claims
+    bound with (one class among them), else the cluster's default class. A claim that
+    bound, has a volume, or whose class exists is left alone; so is a cluster with no
+    such class (a person picks one).
+    """
+    ev = case.evidence
+    classes = set(ev.storage_classes)
+    siblings = {
+        c.storage_class
+        for c in ev.claims
+        if c.phase == "Bound" and c.storage_class and c.storage_class in classes
+    }
+    for claim in ev.claims:
+        if claim.phase == "Bound" or claim.volume_name or claim.class_exists is not False:
+            continue
+        if not claim.storage_class or claim.storage_class in classes:
+            continue
+        if len(siblings) == 1:
+            target, why = next(iter(siblings)), "the class the workload's other claims bound with"
+        elif ev.default_storage_class in classes:
+            target, why = ev.default_storage_class, "the cluster's default class"
+        else:
+            continue
+        manifest = copy.deepcopy(claim.manifest)
+        manifest.setdefault("spec", {})["storageClassName"] = target
+        changes = manifests.diff(claim.manifest, manifest)
+        meta = claim.manifest.get("metadata") or {}
+        return FixProposal(
+            source="playbook",
+            strategy="claim-existing-class",
+            rationale=(
+                f"PersistentVolumeClaim {claim.name} never bound: its storage class "
+                f"{claim.storage_class} does not exist. It holds no data, and a claim's class "
+                f"cannot change in place, so it is re-created with {target}, {why}."
+            ),
+            manifest=manifest,
+            changes=changes,
+            target=ObjectRef(
+                kind="PersistentVolumeClaim", namespace=meta.get("namespace", ""), name=claim.name
+            ),
+        )
+    return None
+
+
+def restore_service_selector(case: _Case) -> FixProposal | None:
+    """A Service selecting none of the workload's pods gets a selector that matches them.
+
+    Its own last applied selector when that matches the workload's pod template labels;
+    else its selector's keys with the values the pod template carries (all keys must be
+    there); else the workload's own selector. Every value comes from the Service's or
+    the workload's manifest, never from a log line.
+    """
+    template = manifests.get_path(case.live, "spec.template.metadata.labels") or {}
+    own = manifests.get_path(case.live, "spec.selector.matchLabels") or {}
+    for svc in case.evidence.services:
+        last = svc.last_applied_selector
+        if last and all(template.get(k) == v for k, v in last.items()):
+            selector, why = dict(last), "its last applied selector"
+        elif svc.selector and all(k in template for k in svc.selector):
+            selector = {k: template[k] for k in svc.selector}
+            why = "its own keys with the values the workload's pods carry"
+        elif own and all(template.get(k) == v for k, v in own.items()):
+            selector, why = dict(own), "the workload's own selector"
+        else:
+            continue
+        if selector == svc.selector:
+            continue
+        manifest = copy.deepcopy(svc.manifest)
+        manifest.setdefault("spec", {})["selector"] = selector
+        meta = svc.manifest.get("metadata") or {}
+        return FixProposal(
+            source="playbook",
+            strategy="restore-service-selector",
+            rationale=(
+                f"Service {svc.name} selects none of the workload's pods, so it has no "
+                f"endpoints; its selector is set to {why}."
+            ),
+            manifest=manifest,
+            changes=manifests.diff(svc.manifest, manifest),
+            target=ObjectRef(kind="Service", namespace=meta.get("namespace", ""), name=svc.name),
+        )
+    return None
 
 
 # -- which playbooks for which failure --------------------------------------------------------
@@ -494,10 +800,17 @@ PLAYBOOKS: dict[str, tuple[Playbook, ...]] = {
         restore_env,
         restore_known_good_image,
         revert_to_last_healthy,
+        drop_command_override,
+        # A liveness probe that kills the container shows as a crash loop first.
+        fix_probe_port,
+        fix_probe_path,
     ),
     "OOMKilled": (raise_memory_limit, revert_to_last_healthy),
     "ProbeFailure": (fix_probe_port, fix_probe_path, revert_to_last_healthy),
     "Unschedulable": (fit_requests_to_nodes,),
     "ConfigError": (revert_to_last_healthy,),
     "AppError": (restore_env, revert_to_last_healthy),
+    # The fix is to the object that is wrong, never to the Deployment.
+    "VolumePending": (claim_existing_class,),
+    "NoEndpoints": (restore_service_selector,),
 }

@@ -1,5 +1,6 @@
 """The pull request a reviewer reads: a title that says what changed and why, and a body
-with the diagnosis, the evidence, the diff and how the fix was verified.
+that leads with the facts aifixer established (`aifixer.grounding`), then the diagnosis
+(only if it holds to them), the evidence, the diff and how the fix was verified.
 
 Pure functions of the incident's state (and the file diff, known only once the GitOps
 file is edited), so they are tested without a forge. Everything that comes from the
@@ -13,6 +14,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+from . import grounding
 from .manifests import split_path
 from .models import FieldChange, IncidentState
 from .redact import REDACTED, redact
@@ -43,6 +45,8 @@ _FAILURE_WORDS = {
     "Unschedulable": "FailedScheduling",
     "ConfigError": "CreateContainerConfigError",
     "AppError": "application errors",
+    "VolumePending": "a PersistentVolumeClaim that never binds",
+    "NoEndpoints": "a Service without endpoints",
 }
 
 # -- title ---------------------------------------------------------------------------
@@ -58,6 +62,9 @@ def title(state: IncidentState) -> str:
         else (f"{_describe(changes[0])} and {len(changes) - 1} more fields")
     )
     why = _FAILURE_WORDS[incident.failure_class]
+    target = state.proposal.target if state.proposal is not None else None
+    if target is not None and what:  # the object fixed beside the workload
+        what = f"{what} in {target.kind} {target.name}"
     return redact(f"fix({incident.workload.key}): {what or 'update the manifest'} after {why}")
 
 
@@ -146,11 +153,13 @@ def body(state: IncidentState, file_diff: str, path: str, proof: str | None = No
     sections = [
         workload_marker(state),
         _intro(state, path),
+        _facts(state),
         _diagnosis(state),
         _evidence(state),
         _change(state, file_diff),
         f"## Rendered\n\n{proof}" if proof else "",
         _verification(state),
+        _attempts(state),
         _incident(state),
     ]
     return _bounded(sections)
@@ -168,23 +177,37 @@ def draft_body(
         note_path: the note file the draft adds (it changes no manifest).
     """
     w = state.incident.workload
+    copy = _copy(state)
     intro = (
-        f"aifixer found Deployment `{w.key}` on cluster `{w.cluster}` failing, "
-        f"**applied a fix to the cluster and verified it**, but could not prove an edit of "
-        f"this repository that renders exactly that fix. This draft changes **no manifest**: "
-        f"it only adds `{note_path}`, so nothing unproven can be merged or synced.\n\n"
-        f"> The change is already live, and the next sync may undo it. Make the edits below "
-        f"on this branch, check the render, delete `{note_path}`, then mark the pull request "
-        f"ready for review. If you reject the fix, revert the Deployment in the cluster too."
+        f"aifixer found {w.kind} `{w.key}` on cluster `{w.cluster}` failing, "
+        + (
+            f"**verified a fix on a temporary copy of it** (`{copy}`, removed since)"
+            if copy
+            else "**applied a fix to the cluster and verified it**"
+        )
+        + f", but could not prove an edit of this repository that renders exactly that fix. "
+        f"This draft changes **no manifest**: it only adds `{note_path}`, so nothing "
+        f"unproven can be merged or synced.\n\n"
+        + (
+            f"> The {w.kind} itself was not changed: it stays as it is until the fix is "
+            f"merged and synced. "
+            if copy
+            else "> The change is already live, and the next sync may undo it. "
+        )
+        + f"Make the edits below on this branch, check the render, delete `{note_path}`, then "
+        f"mark the pull request ready for review."
+        + ("" if copy else f" If you reject the fix, revert the {w.kind} in the cluster too.")
     )
     sections = [
         workload_marker(state),
         intro,
         _hand_edits(explanation, hand_edits),
+        _facts(state),
         _diagnosis(state),
         _evidence(state),
         _change(state, None),
         _verification(state),
+        _attempts(state),
         _incident(state),
     ]
     return _bounded(sections)
@@ -196,9 +219,11 @@ def hand_edit_note(state: IncidentState, explanation: str, hand_edits: list[str]
     lines = [
         f"# Hand edit needed: {i.workload.key} (incident {i.id})",
         "",
-        "aifixer applied and verified this change in the cluster, but could not prove an",
-        "edit of this repository that renders it. Make the edits below on this branch,",
-        "check the render, and delete this file in the same commit.",
+        "aifixer verified this change on a temporary copy of the workload,"
+        if _copy(state)
+        else "aifixer applied and verified this change in the cluster,",
+        "but could not prove an edit of this repository that renders it. Make the edits",
+        "below on this branch, check the render, and delete this file in the same commit.",
         "",
         _hand_edits(explanation, hand_edits),
         "",
@@ -238,19 +263,47 @@ def _hand_edits(explanation: str, hand_edits: list[str]) -> str:
 
 def _intro(state: IncidentState, path: str) -> str:
     w = state.incident.workload
+    copy = _copy(state)
+    if copy:
+        return (
+            f"aifixer found {w.kind} `{w.key}` on cluster `{w.cluster}` failing, and "
+            f"**verified this fix on a temporary copy of it** (`{copy}`: one replica of the "
+            f"fixed pod template that no Service selected, removed since), since its GitOps "
+            f"controller reverts live changes and may not be paused. This pull request "
+            f"brings the fix to `{path}`.\n\n"
+            f"> The fix is **not live**: the {w.kind} itself was not changed, and stays as "
+            f"it is until this pull request is merged and the controller syncs it."
+        )
     return (
-        f"aifixer found Deployment `{w.key}` on cluster `{w.cluster}` failing, "
+        f"aifixer found {w.kind} `{w.key}` on cluster `{w.cluster}` failing, "
         f"**applied this fix to the cluster and verified it**. This pull request brings "
         f"`{path}` in line with what now runs, so the next sync does not revert the fix.\n\n"
         f"> The change is already live. Review it as you would any change; if you reject "
-        f"it, revert the Deployment in the cluster too."
+        f"it, revert the {w.kind} in the cluster too."
+    )
+
+
+def _facts(state: IncidentState) -> str:
+    """What aifixer established without the model: the section a reviewer reads first."""
+    facts = grounding.of_state(state)
+    return "\n".join(
+        [
+            "## Facts",
+            "",
+            "Established by aifixer from the cluster, its revision history and the verified "
+            "change; the diagnosis below may state nothing else.",
+            "",
+            *[f"- {_md(_clip(line, 600))}" for line in facts.lines[1:]],
+        ]
     )
 
 
 def _diagnosis(state: IncidentState) -> str:
-    d = state.diagnosis
-    if d is None:
+    if state.diagnosis is None:
         return ""
+    # Checked again here, against the change that verified: a diagnosis written before
+    # the fix may contradict it, and then the one written from the facts is shown.
+    d, refused = grounding.shown(state)
     lines = [
         "## Diagnosis",
         "",
@@ -260,9 +313,19 @@ def _diagnosis(state: IncidentState) -> str:
         "",
     ]
     facts = f"Failure class: `{d.failure_class}` · diagnosed by: {d.source}"
+    if refused and state.diagnosis.source == "model":
+        facts += " (the model's explanation stated what the facts do not, and is not shown)"
     if d.fields:
         facts += f" · fields: {', '.join(f'`{f}`' for f in d.fields)}"
     return "\n".join([*lines, facts])
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|#~!])")
+
+
+def _md(text: str) -> str:
+    """Plain text shown as such in Markdown: no link, emphasis, HTML or code span."""
+    return _MD_SPECIAL.sub(r"\\\1", text)
 
 
 def _evidence(state: IncidentState) -> str:
@@ -304,7 +367,10 @@ def _evidence(state: IncidentState) -> str:
 
 def _change(state: IncidentState, file_diff: str | None) -> str:
     """The live change, the strategy, and (unless None) the diff of the GitOps file."""
-    out = ["## Change" if file_diff is not None else "## Verified live change"]
+    verified = (
+        "## Change verified on a temporary copy" if _copy(state) else "## Verified live change"
+    )
+    out = ["## Change" if file_diff is not None else verified]
     changes = _changes(state)
     if changes:
         out.append("")
@@ -328,8 +394,12 @@ def _verification(state: IncidentState) -> str:
     out = ["## Verification", "", f"**{'Passed' if v.ok else 'Failed'}:** {_clip(v.reason, 1000)}"]
     out.append("")
     out.append("")
+    copy = _copy(state)
     out.append(
-        "Checked: the rollout completed, the new pods became Ready and stayed so without "
+        f"Checked on the temporary copy `{copy}`: its rollout completed, its pod became "
+        f"Ready and stayed so without restarts, and no new error lines from it reached Loki."
+        if copy
+        else "Checked: the rollout completed, the new pods became Ready and stayed so without "
         "restarts, and no new error lines for the workload reached Loki."
     )
     if v.healthy_since is not None:
@@ -340,6 +410,33 @@ def _verification(state: IncidentState) -> str:
         )
     else:
         out.append(f"Last check: {_iso(v.checked_at)}.")
+    return "\n".join(out)
+
+
+def _attempts(state: IncidentState) -> str:
+    """The fixes tried before this one, each applied, not verified and undone."""
+    if not state.attempts:
+        return ""
+    n = len(state.attempts) + 1
+    out = [
+        "## Earlier attempts",
+        "",
+        f"This fix is attempt {n} of {n}. Each earlier one was applied, did not verify, and "
+        f"the Deployment was restored to its original (the state before aifixer's first "
+        f"write) before the next was tried:",
+    ]
+    for a in state.attempts:
+        changes = ", ".join(
+            f"`{c.path}` {_value(c.before)} → {_value(c.after)}" for c in a.proposal.changes[:5]
+        )
+        more = f" and {len(a.proposal.changes) - 5} more" if len(a.proposal.changes) > 5 else ""
+        undone = "rolled back" if a.verification.rolled_back else "not rolled back"
+        out += [
+            "",
+            f"{a.number}. {a.proposal.source} / {a.proposal.strategy}, applied "
+            f"{_iso(a.applied_at)}: {changes}{more}. **Not verified:** "
+            f"{_clip(a.verification.reason, 500)} ({undone}).",
+        ]
     return "\n".join(out)
 
 
@@ -358,6 +455,11 @@ def _incident(state: IncidentState) -> str:
 
 
 # -- helpers -------------------------------------------------------------------------
+
+
+def _copy(state: IncidentState) -> str | None:
+    """The temporary copy the fix was verified on (its name), or None: verified live."""
+    return state.verify_copy.name if state.verify_copy is not None else None
 
 
 def _clip(text: str, limit: int = MAX_LINE) -> str:

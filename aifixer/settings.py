@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     # put into the URL (`redis_dsn`) unless the URL carries a password already.
     redis_password: SecretStr | None = None
     cluster_name: str = "app"  # part of every fingerprint: one farm may watch several clusters
+    # Several clusters from one farm: a YAML file describing each (aifixer.clusters). Set,
+    # it replaces the single-cluster settings below (kubeconfig, Loki, GitOps repository
+    # and paths, on-call numbers) with each cluster's own; unset, those settings are one
+    # implicit cluster named `cluster_name`.
+    clusters_file: Path | None = None
     # The farm's own namespace where it runs in a cluster: never watched, never changed.
     own_namespace: str = "aifixer"
     state_dir: Path = Path("/var/lib/aifixer")
@@ -46,11 +51,17 @@ class Settings(BaseSettings):
     # -- detection
     loki_url: str = "http://127.0.0.1:3100"
     loki_org_id: str | None = None  # X-Scope-OrgID for multi-tenant Loki
+    loki_username: str | None = None  # basic auth (a gateway, Grafana Cloud), with the password
+    loki_password: SecretStr | None = None
     loki_query: str = (
         '{namespace=~".+"} |~ "(?i)(error|fatal|panic|exception|traceback|not found|killed)"'
     )
     loki_lookback_s: float = 300.0  # how far back the first poll looks
     poll_interval_s: float = 15.0
+    # Services without endpoints are found by listing every Service and EndpointSlice of
+    # the watched namespaces: on a large cluster that is the poll's heaviest read, and no
+    # event hurries it, so it runs once in this many seconds rather than every poll.
+    service_poll_interval_s: float = Field(default=60.0, gt=0)
     incident_cooldown_s: float = (
         6 * 3600
     )  # an incident that ended is not reopened for the same revision within this
@@ -95,6 +106,19 @@ class Settings(BaseSettings):
     verify_deadline_s: float = 300.0  # the fix must be healthy by then, else it is rolled back
     verify_stability_s: float = 30.0  # ... and stay healthy (no restarts, no new errors) this long
     verify_poll_s: float = 3.0  # countdown between non-blocking checks
+    # A fix that does not verify is rolled back, and the next candidate of another kind
+    # (the whole last healthy revision after a resized limit) is tried: at most this
+    # many fixes per incident, each verified and rolled back if it fails...
+    fix_attempts: int = Field(default=2, ge=1, le=3)
+    # ... all of them within this many seconds from the first apply to the last verdict
+    # (None: fix_attempts x (verify_deadline_s + verify_stability_s)). A next fix is
+    # tried only if its whole verification still fits.
+    fix_deadline_s: float | None = Field(default=None, gt=0)
+    # The model's explanation (the diagnosis read in the pull request) and the call's
+    # speech are written after the apply, while verify waits for the rollout; the pull
+    # request and the call wait for them at most this long past the verdict, then use
+    # the deterministic text.
+    explain_wait_s: float = Field(default=30.0, ge=0)
 
     # -- the GitOps repository
     github_api_url: str = "https://api.github.com"
@@ -108,6 +132,9 @@ class Settings(BaseSettings):
     # Where a workload's manifest lives when the Deployment has no aifixer.io/source
     # annotation: "namespace/name=path/in/repo.yaml", comma-separated.
     gitops_paths: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # The repository path of every workload AIFIXER_GITOPS_PATHS does not name (with several
+    # clusters, each cluster's own: its kustomize overlay, say). Unset: found by scanning.
+    gitops_path: str | None = None
     # The tools that render kustomize and Helm layouts, as the team's pipeline would:
     # `kubectl kustomize` (or a standalone `kustomize build` when AIFIXER_KUSTOMIZE_BIN is
     # set) and `helm template`. Names are looked up on PATH.
@@ -119,8 +146,11 @@ class Settings(BaseSettings):
     # Kustomization) would have its live fix reverted mid-verification: aifixer pauses
     # self-heal of that one Application (selfHeal: false) or Kustomization (suspend:
     # true) before its first write, and restores it once the fix is in Git (the pull
-    # request merged or closed) or undone. Off: such a workload is not changed, and the
-    # on-call engineer is called instead. Only objects in these namespaces are touched.
+    # request merged or closed) or undone. Off: the controller and the workload are left
+    # as they are, and a Deployment's fix is verified on a temporary copy no Service
+    # selects (`aifixer.copies`), removed afterwards, then proposed as a pull request; a
+    # StatefulSet or DaemonSet is not changed, and the on-call engineer is called. Only
+    # objects in these namespaces are touched.
     gitops_pause_self_heal: bool = True
     gitops_argocd_namespace: str = "argocd"
     gitops_flux_namespaces: Annotated[list[str], NoDecode] = Field(
@@ -271,6 +301,13 @@ class Settings(BaseSettings):
     def lock_ttl_s(self) -> float:
         """A workload lock's life without progress (every save renews it)."""
         return self.watchdog_stall_s * 2 + self.verify_deadline_s
+
+    @property
+    def fix_budget_s(self) -> float:
+        """How long all the fixes of one incident may take, from the first apply on."""
+        if self.fix_deadline_s is not None:
+            return self.fix_deadline_s
+        return self.fix_attempts * (self.verify_deadline_s + self.verify_stability_s)
 
     @property
     def redis_dsn(self) -> str:

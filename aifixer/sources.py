@@ -46,8 +46,8 @@ from typing import Any, Literal
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from .manifests import apply_changes, get_path, split_path
-from .models import FieldChange, Workload
+from .manifests import apply_changes, diff, get_path, split_path
+from .models import FieldChange, Subject
 from .yamledit import EditError, edit_document, edit_manifest_file
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
@@ -193,9 +193,20 @@ class FieldProof:
 
 
 @dataclass(frozen=True)
+class SiblingRender:
+    """Another top kustomization that includes a file the fix edits, rendered before and
+    after the edit: `fields` are the ones of its own copy of the workload that moved
+    (path, before, after), each to the verified value; empty when it renders the same."""
+
+    command: str
+    fields: tuple[tuple[str, Any, Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class Proof:
     command: str  # the render, as the pipeline runs it
     fields: tuple[FieldProof, ...]
+    siblings: tuple[SiblingRender, ...] = ()
 
     def markdown(self) -> str:
         lines = [
@@ -209,6 +220,20 @@ class Proof:
         for f in self.fields:
             cells = [f.path, f.source, _short(f.rendered_before), _short(f.rendered_after)]
             lines.append("| " + " | ".join(f"`{c}`" for c in cells) + " |")
+        if self.siblings:
+            lines += [
+                "",
+                "Other kustomizations include an edited file; rendered before and after:",
+                "",
+            ]
+            for sib in self.siblings:
+                if not sib.fields:
+                    lines.append(f"- `{sib.command}`: renders the same.")
+                    continue
+                moved = ", ".join(f"`{p}` `{_short(b)}` → `{_short(a)}`" for p, b, a in sib.fields)
+                lines.append(
+                    f"- `{sib.command}`: the same fix reaches it, on the same fields only: {moved}."
+                )
         return "\n".join(lines)
 
 
@@ -284,9 +309,19 @@ def rendered_layouts(root: Path, *, release: str, namespace: str) -> list[Layout
     out += [
         Layout("helm", str(d.relative_to(root)), release=release, namespace=namespace)
         for d in sorted(charts)
-        if "charts" not in d.relative_to(root).parts[:-1]
+        if not _vendored(root, d)
     ]
     return out
+
+
+def _vendored(root: Path, chart: Path) -> bool:
+    """Whether `chart` sits in another chart's charts/ directory (a dependency, rendered
+    by its parent), not in a repository's own charts/ folder of top charts."""
+    parts = chart.relative_to(root).parts
+    return any(
+        parts[i] == "charts" and (root.joinpath(*parts[:i]) / CHART_FILE).is_file()
+        for i in range(len(parts) - 1)
+    )
 
 
 def parts_of_layouts(root: Path, layouts: list[Layout]) -> set[Path]:
@@ -303,7 +338,7 @@ def parts_of_layouts(root: Path, layouts: list[Layout]) -> set[Path]:
     return out
 
 
-def renders_workload(text: str, workload: Workload, layout: Layout) -> bool:
+def renders_workload(text: str, workload: Subject, layout: Layout) -> bool:
     return _find_workload(_objects(text), workload, layout) is not None
 
 
@@ -311,7 +346,7 @@ def renders_workload(text: str, workload: Workload, layout: Layout) -> bool:
 
 
 def change_source(
-    root: Path, layout: Layout, workload: Workload, changes: list[FieldChange], render: Render
+    root: Path, layout: Layout, workload: Subject, changes: list[FieldChange], render: Render
 ) -> SourceChange:
     """Edit, in the checkout at `root`, the source of every changed field, and prove it.
 
@@ -331,7 +366,7 @@ def change_source(
 
 
 def _change_plain(
-    root: Path, layout: Layout, workload: Workload, changes: list[FieldChange]
+    root: Path, layout: Layout, workload: Subject, changes: list[FieldChange]
 ) -> SourceChange:
     file = inside(root, layout.path)
     before = _read(root, file)
@@ -351,7 +386,7 @@ class _Candidate:
 class _Prover:
     root: Path
     layout: Layout
-    workload: Workload
+    workload: Subject
     changes: list[FieldChange]
     render: Render
     originals: dict[Path, str] = field(default_factory=dict)
@@ -397,6 +432,7 @@ class _Prover:
         except BaseException:
             self._restore()
             raise
+        siblings = self._siblings(d0) if self.layout.kind == "kustomize" else ()
         d1 = after_objs[index]
         edits = tuple(
             FileEdit(str(f.relative_to(self.root)), text, f.read_text(encoding="utf-8"))
@@ -414,8 +450,65 @@ class _Prover:
                 )
                 for c in self.changes
             ),
+            siblings,
         )
         return SourceChange(self.layout, edits, proof)
+
+    def _siblings(self, d0: dict[str, Any]) -> tuple[SiblingRender, ...]:
+        """What the edits do to the other top kustomizations that include an edited file
+        (a base shared by several overlays): each is rendered before and after, and may
+        change only on the fixed fields of its own copy of the workload, each to the
+        verified value; anything else (another object or field moved, a render broken)
+        raises Unproven, files restored."""
+        edited = {
+            f: f.read_text(encoding="utf-8")
+            for f, text in self.originals.items()
+            if f.read_text(encoding="utf-8") != text
+        }
+        dirs = {f.parent for f in edited}
+        top = (self.root / self.layout.path).resolve()
+        others: list[Layout] = []
+        for lay in rendered_layouts(self.root, release="", namespace=""):
+            where = (self.root / lay.path).resolve()
+            if lay.kind != "kustomize" or where == top:
+                continue
+            layers = list(_layers(self.root, where))
+            files = {f for layer in layers for f in _resource_files(self.root, layer)}
+            if dirs & set(layers) or files & set(edited):
+                others.append(lay)
+        if not others:
+            return ()
+        try:
+            for f in edited:
+                _write(self.root, f, self.originals[f])
+            before: dict[str, list[Any]] = {}
+            for lay in others:
+                try:
+                    before[lay.path] = _objects(self.render(lay))
+                except SourceError:
+                    continue  # it does not render today: nothing of it to keep
+        finally:
+            for f, text in edited.items():
+                _write(self.root, f, text)
+        out: list[SiblingRender] = []
+        by_path = {c.path: c for c in self.changes}
+        hand = [_hand_edit(c, d0, "in this overlay only") for c in self.changes]
+        for lay in others:
+            if lay.path not in before:
+                continue
+            try:
+                after = _objects(self.render(lay))
+            except SourceError as exc:
+                raise self._fail(f"the edit breaks `{lay.describe()}`: {exc}", hand) from None
+            problem = _sibling_problem(before[lay.path], after, self.workload, by_path)
+            if isinstance(problem, str):
+                raise self._fail(f"the edit changes `{lay.describe()}` too: {problem}", hand)
+            out.append(SiblingRender(lay.describe(), problem))
+        return tuple(out)
+
+    def _fail(self, why: str, hand: list[str]) -> Unproven:
+        self._restore()
+        return Unproven(f"{self.layout.describe()}: {why}", hand)
 
     # -- trying candidates
 
@@ -533,6 +626,35 @@ def _compare(
             meta = a.get("metadata") or {} if isinstance(a, dict) else {}
             return f"{a.get('kind') if isinstance(a, dict) else a} {meta.get('name')} changed too"
     return None
+
+
+def _sibling_problem(
+    before: list[Any], after: list[Any], workload: Subject, changes: dict[str, FieldChange]
+) -> str | tuple[tuple[str, Any, Any], ...]:
+    """The fields of another render's copy of the workload that moved (each a changed
+    field, now its verified value), or why the render moved otherwise."""
+    if len(before) != len(after):
+        return f"it renders {len(after)} objects instead of {len(before)}"
+    moved: list[tuple[str, Any, Any]] = []
+    for b, a in zip(before, after, strict=True):
+        if a == b:
+            continue
+        meta = (b.get("metadata") or {}) if isinstance(b, dict) else {}
+        same = (
+            isinstance(b, dict)
+            and isinstance(a, dict)
+            and b.get("kind") == workload.kind
+            and meta.get("name") == workload.name
+        )
+        if not same:
+            kind = b.get("kind") if isinstance(b, dict) else b
+            return f"{kind} {meta.get('name')} changed"
+        for d in diff(b, a):
+            change = changes.get(d.path)
+            if change is None or d.after != change.after:
+                return f"{d.path} renders {_short(d.after)}"
+            moved.append((d.path, d.before, d.after))
+    return tuple(moved)
 
 
 # -- kustomize -------------------------------------------------------------------------
@@ -1132,7 +1254,7 @@ def _objects(text: str) -> list[Any]:
     return [copy.deepcopy(d) for d in docs if d is not None]
 
 
-def _find_workload(objs: list[Any], workload: Workload, layout: Layout) -> int | None:
+def _find_workload(objs: list[Any], workload: Subject, layout: Layout) -> int | None:
     """The index of the workload in a render. An object without a namespace is in the
     release's namespace (Helm) or the one the pipeline deploys to (kustomize: any)."""
     for i, obj in enumerate(objs):

@@ -17,10 +17,16 @@ Keys, under `aifixer:`:
 - `snapshot:<id>` — the Deployment before aifixer's first write (SET NX: taken once);
 - `gitops:<id>` — the GitOps controller's self-heal paused for the fix (SET NX: once);
   `gitops-paused` — the ids whose pause is not restored yet (the watchdog's view);
+- `copy:<id>` — the temporary copy of the Deployment the fix is verified on where
+  self-heal may not be paused (SET NX: once); `copies` — the ids whose copy is not
+  removed yet, by deadline (the watchdog's view);
 - `dialed:<id>:<number>` — a number dialled for this incident (SET NX: dialled once);
-- `lock:<cluster>:<ns>:<name>` — the one open incident of a workload (its id);
+- `lock:<cluster>:<ns>:<name>` — the one open incident of a workload (its id); the name is
+  <Kind>/<name> for a StatefulSet or DaemonSet; on the default cluster, one under its
+  previous name (`previous_cluster`) counts too;
 - `done:<fingerprint>` — the generation an incident of this failure ended on (cooldown);
-- `cursor:loki`, `cursor:events` — where the polls resume;
+- `cursor:loki:<cluster>`, `cursor:events:<cluster>` — where each cluster's polls resume
+  (`cursor:loki`, `cursor:events` before: read once for the default cluster);
 - `verify:<id>` — verification progress between non-blocking checks;
 - `escalated:<id>` — the phone escalation ended (someone said yes, or nobody is left).
 
@@ -43,7 +49,18 @@ from typing import Any, ParamSpec, TypeVar, cast
 import redis as redis_lib
 
 from .adapters.errors import TransientError
-from .models import STORED, CallRecord, GitOpsPause, IncidentState, Manifest, Snapshot
+from .models import (
+    DEFAULT_CLUSTER,
+    STORED,
+    CallRecord,
+    GitOpsPause,
+    IncidentState,
+    Manifest,
+    Record,
+    Snapshot,
+    VerifyCopy,
+    stored,
+)
 
 PREFIX = "aifixer:"
 _INCIDENT_ID = re.compile(r"[0-9a-f]{16}-[0-9]{13}")  # fingerprint-openedms, see models
@@ -53,6 +70,7 @@ KEEP_S = 7 * 86400  # how long per-incident keys outlive the incident
 
 P = ParamSpec("P")
 T = TypeVar("T")
+R = TypeVar("R", bound=Record)
 
 
 def _translated(fn: Callable[P, T]) -> Callable[P, T]:
@@ -85,14 +103,28 @@ class Store:
         redis: a `redis.Redis` with `decode_responses=True`.
         lock_ttl_s: how long a workload's lock lives without progress; every save
             renews it, so a slow incident never loses its lock to a twin.
+        default_cluster: the cluster a record stored without one is about.
+        previous_cluster: the name the default cluster had in a farm of one cluster,
+            when the clusters file names it otherwise: a workload's lock taken under
+            that name (an incident open at the switch) also holds the workload on the
+            default cluster, so it is never worked on twice.
 
     The client decodes, so its replies are strings: redis-py types them `bytes | str`
     (one type for both kinds of client), hence the casts.
     """
 
-    def __init__(self, redis: redis_lib.Redis, lock_ttl_s: float) -> None:
+    def __init__(
+        self,
+        redis: redis_lib.Redis,
+        lock_ttl_s: float,
+        default_cluster: str = DEFAULT_CLUSTER,
+        previous_cluster: str | None = None,
+    ) -> None:
         self.redis = redis
         self.lock_ttl_s = int(lock_ttl_s)
+        self.stored = stored(default_cluster)
+        self.default_cluster = default_cluster
+        self.previous_cluster = previous_cluster if previous_cluster != default_cluster else None
 
     @staticmethod
     def key(*parts: str) -> str:
@@ -106,6 +138,9 @@ class Store:
 
         `lock` is the workload's lock key; its value is the incident id.
         """
+        w = state.incident.workload
+        if self.held(w.cluster, [(w.namespace, w.kind, w.name)]):
+            return False  # also under the default cluster's previous name
         if not self.redis.set(lock, state.incident.id, nx=True, ex=self.lock_ttl_s):
             return False
         state.updated_at = time.time()
@@ -169,7 +204,7 @@ class Store:
 
     def lock_key(self, state: IncidentState) -> str:
         w = state.incident.workload
-        return self.key("lock", w.cluster, w.namespace, w.name)
+        return self.key("lock", w.cluster, w.namespace, locked_name(w.kind, w.name))
 
     @_translated
     def load(self, incident_id: str) -> IncidentState | None:
@@ -181,7 +216,7 @@ class Store:
         raw = self.redis.get(self.key("incident", incident_id))
         if not raw:
             return None
-        state = IncidentState.model_validate_json(raw, context=STORED)
+        state = IncidentState.model_validate_json(raw, context=self.stored)
         calls: dict[str, CallRecord] = {}
         for item in self.redis.lrange(self.key("calls", incident_id), 0, -1):
             call = CallRecord.model_validate_json(item, context=STORED)
@@ -265,37 +300,72 @@ class Store:
         Recorded before the controller is touched, and listed as pending until
         `resumed`: a worker lost right after pausing leaves it for the watchdog.
         """
-        key = self.key("gitops", incident_id)
-        with self.redis.pipeline() as pipe:
-            pipe.set(key, pause.model_dump_json(), nx=True, ex=KEEP_S)
-            pipe.zadd(self.key("gitops-paused"), {incident_id: time.time()}, nx=True)
-            first, _ = pipe.execute()
-        if first:
-            return pause
-        return GitOpsPause.model_validate_json(cast("str", self.redis.get(key)), context=STORED)
+        return self._once("gitops", "gitops-paused", incident_id, pause, time.time())
 
-    @_translated
     def gitops_pause(self, incident_id: str) -> GitOpsPause | None:
-        raw = self.redis.get(self.key("gitops", incident_id))
-        return None if raw is None else GitOpsPause.model_validate_json(raw, context=STORED)
+        return self._recorded("gitops", incident_id, GitOpsPause)
 
-    @_translated
     def resumed(self, incident_id: str, pause: GitOpsPause) -> None:
         """The pause is over (`pause.restored_at` set): recorded, no longer pending."""
+        self._ended("gitops", "gitops-paused", incident_id, pause)
+
+    def resumed_nothing(self, incident_id: str) -> None:
+        """A pending id without a pause record (expired): no longer pending."""
+        self._ended("gitops", "gitops-paused", incident_id, None)
+
+    def paused(self) -> list[str]:
+        """The incidents whose paused self-heal is not restored yet, oldest first."""
+        return self._pending("gitops-paused")
+
+    def copy_once(self, incident_id: str, record: VerifyCopy) -> VerifyCopy:
+        """The incident's verification copy: `record` if none was recorded yet, else the first.
+
+        Recorded before the copy is created, and listed as pending (by its deadline)
+        until `copy_removed`: a worker lost right after creating it leaves it for the
+        watchdog, which finds it by this record.
+        """
+        return self._once("copy", "copies", incident_id, record, record.deadline)
+
+    def verify_copy(self, incident_id: str) -> VerifyCopy | None:
+        return self._recorded("copy", incident_id, VerifyCopy)
+
+    def copy_removed(self, incident_id: str, record: VerifyCopy | None) -> None:
+        """The copy is gone (`record.removed_at` set): recorded, no longer pending."""
+        self._ended("copy", "copies", incident_id, record)
+
+    def copies(self) -> list[str]:
+        """The incidents whose verification copy is not removed yet, earliest deadline first."""
+        return self._pending("copies")
+
+    # -- a side effect outside the farm, recorded once and pending until undone
+
+    @_translated
+    def _once(self, kind: str, pending: str, incident_id: str, record: R, score: float) -> R:
+        key = self.key(kind, incident_id)
         with self.redis.pipeline() as pipe:
-            pipe.set(self.key("gitops", incident_id), pause.model_dump_json(), xx=True, ex=KEEP_S)
-            pipe.zrem(self.key("gitops-paused"), incident_id)
+            pipe.set(key, record.model_dump_json(), nx=True, ex=KEEP_S)
+            pipe.zadd(self.key(pending), {incident_id: score}, nx=True)
+            first, _ = pipe.execute()
+        if first:
+            return record
+        return type(record).model_validate_json(cast("str", self.redis.get(key)), context=STORED)
+
+    @_translated
+    def _recorded(self, kind: str, incident_id: str, model: type[R]) -> R | None:
+        raw = self.redis.get(self.key(kind, incident_id))
+        return None if raw is None else model.model_validate_json(raw, context=STORED)
+
+    @_translated
+    def _ended(self, kind: str, pending: str, incident_id: str, record: Record | None) -> None:
+        with self.redis.pipeline() as pipe:
+            if record is not None:
+                pipe.set(self.key(kind, incident_id), record.model_dump_json(), xx=True, ex=KEEP_S)
+            pipe.zrem(self.key(pending), incident_id)
             pipe.execute()
 
     @_translated
-    def resumed_nothing(self, incident_id: str) -> None:
-        """A pending id without a pause record (expired): no longer pending."""
-        self.redis.zrem(self.key("gitops-paused"), incident_id)
-
-    @_translated
-    def paused(self) -> list[str]:
-        """The incidents whose paused self-heal is not restored yet, oldest first."""
-        return cast("list[str]", self.redis.zrange(self.key("gitops-paused"), 0, _PAGE - 1))
+    def _pending(self, pending: str) -> list[str]:
+        return cast("list[str]", self.redis.zrange(self.key(pending), 0, _PAGE - 1))
 
     @_translated
     def take_call_slot(self, incident_id: str, number: str, per_hour: int) -> bool:
@@ -404,6 +474,13 @@ class Store:
         self.redis.set(self.key(*parts), value, ex=int(ttl_s) if ttl_s else None)
 
     @_translated
+    def take_turn(self, every_s: float, *parts: str) -> bool:
+        """True for the first caller in each `every_s` window, across every worker (SET
+        NX with that expiry): a periodic chore shared by the farm runs once a window."""
+        key = self.key("turn", *parts)
+        return bool(self.redis.set(key, "1", nx=True, px=max(1, int(every_s * 1000))))
+
+    @_translated
     def delete(self, *parts: str) -> None:
         self.redis.delete(self.key(*parts))
 
@@ -421,18 +498,35 @@ class Store:
         pipe.execute()
 
     @_translated
-    def lock_holder(self, cluster: str, namespace: str, name: str) -> str | None:
-        return cast("str | None", self.redis.get(self.key("lock", cluster, namespace, name)))
+    def lock_holder(
+        self, cluster: str, namespace: str, name: str, kind: str = "Deployment"
+    ) -> str | None:
+        key = self.key("lock", cluster, namespace, locked_name(kind, name))
+        return cast("str | None", self.redis.get(key))
 
     @_translated
     def held(
-        self, cluster: str, workloads: list[tuple[str, str]]
-    ) -> builtins.set[tuple[str, str]]:  # `set` here is the method above
-        """Those (namespace, name) whose workload lock an open incident holds: one MGET."""
+        self, cluster: str, workloads: list[tuple[str, str, str]]
+    ) -> builtins.set[tuple[str, str, str]]:  # `set` here is the method above
+        """Those (namespace, kind, name) whose workload lock an open incident holds: one MGET.
+
+        On the default cluster, a lock under its previous name (`previous_cluster`) holds
+        the workload too.
+        """
         if not workloads:
             return set()
-        holders = self.redis.mget([self.key("lock", cluster, ns, n) for ns, n in workloads])
-        return {w for w, holder in zip(workloads, holders, strict=True) if holder is not None}
+        names = [cluster]
+        if cluster == self.default_cluster and self.previous_cluster is not None:
+            names.append(self.previous_cluster)
+        keys = [
+            self.key("lock", c, ns, locked_name(kind, n))
+            for c in names
+            for ns, kind, n in workloads
+        ]
+        holders = self.redis.mget(keys)
+        return {
+            workloads[i % len(workloads)] for i, holder in enumerate(holders) if holder is not None
+        }
 
     @_translated
     def locks(self) -> dict[str, str]:
@@ -447,6 +541,13 @@ class Store:
     @_translated
     def drop_lock(self, key: str, incident_id: str) -> None:
         self.redis.eval(_DELETE_IF_EQUAL, 1, key, incident_id)
+
+
+def locked_name(kind: str, name: str) -> str:
+    """A workload's part of its lock key: the name for a Deployment (the keys of records
+    from before other kinds were watched), <Kind>/<name> for the others, so a Deployment
+    and a StatefulSet of one name never share a lock."""
+    return name if kind == "Deployment" else f"{kind}/{name}"
 
 
 class Busy(TransientError):

@@ -202,10 +202,20 @@ def _attempt(
 
 # The stages before verify, in order: a stage whose result the record already holds is
 # not run again (a redelivery, or a chain the watchdog resumed beside a slow one).
-ORDER = {"opened": 0, "diagnosed": 1, "recalled": 2, "patched": 3, "applied": 4}
+ORDER = {
+    "opened": 0, "diagnosed": 1, "recalled": 2, "patched": 3, "applied": 4,
+    "applied to a copy": 4,  # the fix is verified on a temporary copy of the Deployment
+}  # fmt: skip
 
 
-def _stage(task, name: str, step: Step, incident_id: str, reached: str) -> str:
+def _stage(
+    task,
+    name: str,
+    step: Step,
+    incident_id: str,
+    reached: str,
+    then: Callable[[IncidentState], None] | None = None,
+) -> str:
     state = _load(task, incident_id)
     if state is None:
         log.error("incident %s has no record: %s skipped", incident_id, name)
@@ -215,7 +225,13 @@ def _stage(task, name: str, step: Step, incident_id: str, reached: str) -> str:
     if ORDER.get(state.stage, len(ORDER)) >= ORDER[reached]:
         return incident_id  # done already
     state = _attempt(task, name, step, state)
-    _save(task, state, reached if state.error is None else f"{name} failed")
+    if state.error is not None:
+        reached = f"{name} failed"
+    elif reached == "applied" and state.verify_copy is not None:
+        reached = "applied to a copy"
+    _save(task, state, reached)
+    if then is not None and state.error is None:
+        then(state)
     return incident_id
 
 
@@ -238,7 +254,84 @@ def patch(self, incident_id: str) -> str:
 def apply(self, incident_id: str) -> str:
     # Safe to redeliver: the snapshot is taken once, and the live object must still be
     # the snapshot (or the snapshot plus this fix) for anything to be written.
-    return _stage(self, "apply", pipeline.apply, incident_id, "applied")
+    return _stage(self, "apply", pipeline.apply, incident_id, "applied", then=_explain_later)
+
+
+def _explain_later(state: IncidentState) -> None:
+    """The fix is live: the model writes its explanation while verify waits for it."""
+    if state.apply is not None and not state.explained:
+        explain.apply_async(args=[state.incident.id])
+
+
+@app.task(bind=True, name="aifixer.tasks.explain", acks_late=True, ignore_result=True)
+def explain(self, incident_id: str) -> None:
+    """The model's explanation, then the speech of the call if every planned fix fails.
+
+    Sent by apply, on the model queue (ahead of new incidents, behind the steps of those
+    under way), so the model works while verify waits for the rollout instead of before
+    the fix. Never in the way of an outcome: nothing here raises into the incident, a
+    model that fails leaves the deterministic text, and `open_pr` and `call_oncall` wait
+    for it at most `explain_wait_s`. Safe to redeliver: a record already explained is
+    left alone.
+    """
+    ctx = context()
+    state = _load(self, incident_id)
+    if state is None or state.closed_at is not None or state.explained:
+        return
+    try:
+        written = pipeline.explain(ctx, state.model_copy(deep=True))
+    except Exception:  # noqa: BLE001 - the explanation is optional: the incident goes on
+        log.exception("%s explanation failed: the deterministic diagnosis stays",
+                      pipeline.tag(state))  # fmt: skip
+        written = None
+
+    def explained(latest: IncidentState) -> bool:
+        latest.explained = True
+        if written is not None:
+            # Only while nothing was said with the other text yet (the pull request, the
+            # call): what the record holds is what was published.
+            if latest.pull_request is None and latest.speech is None:
+                latest.diagnosis = written.diagnosis
+            latest.model_usage.update(written.model_usage)
+            latest.timings.update(written.timings)
+        return True
+
+    latest = _merge(self, incident_id, explained)
+    verified = latest is not None and latest.verification is not None and latest.verification.ok
+    if latest is None or latest.closed_at is not None or verified or latest.speech is not None:
+        return  # no call to prepare for
+    try:
+        prepared = pipeline.prepare_speech(ctx, latest.model_copy(deep=True))
+    except Exception:  # noqa: BLE001 - the call then says the template
+        log.exception("%s speech not prepared: the call says the template", pipeline.tag(latest))
+        prepared = None
+
+    def speech(record: IncidentState) -> bool:
+        record.prepared_for = "" if prepared is None else prepared.prepared_for
+        if prepared is not None:
+            record.prepared_speech = prepared.prepared_speech
+            record.model_usage.update(prepared.model_usage)
+            record.timings.update(prepared.timings)
+        return True
+
+    _merge(self, incident_id, speech)
+
+
+def _merge(task, incident_id: str, change: Callable[[IncidentState], bool]) -> IncidentState | None:
+    """`change` made on the latest record and saved (other stages save beside it)."""
+    for _ in range(5):
+        state = _load(task, incident_id)
+        if state is None or not change(state):
+            return state
+        try:
+            pipeline.save(context(), state)
+            return state
+        except StaleRecord:
+            continue  # another stage saved meanwhile: change its record
+        except (TransientError, redis_lib.RedisError) as exc:
+            _retry_unrecorded(task, _transient(exc))
+    _retry_unrecorded(task, TransientError("redis", f"incident {incident_id} kept changing"))
+    return None
 
 
 @app.task(bind=True, name="aifixer.tasks.verify", acks_late=True, max_retries=MAX_RETRIES)
@@ -247,11 +340,18 @@ def verify(self, incident_id: str) -> str:
 
     Any failure of verification — its deadline, an error that outlived its retries, a
     bug, a stage before it that failed after the apply — restores the original first.
+    A temporary copy the fix was verified on is removed once the verdict is recorded
+    (a redelivery after the verdict removes it too).
     """
     state = _load(self, incident_id)
-    if state is None or state.closed_at is not None or state.verification is not None:
+    if state is None or state.closed_at is not None:
         return incident_id
-    if state.apply is None and state.error is None:
+    if state.verification is not None:
+        return _copy_removed(self, state)
+    pending = pipeline.next_fix_pending(state)
+    if pending:
+        state = _apply_next(self, state)  # a redelivery after the choice of the next fix
+    elif state.apply is None and state.error is None:
         return incident_id  # nothing applied: on to the call
     if state.error is None:
         try:
@@ -261,17 +361,54 @@ def verify(self, incident_id: str) -> str:
         if state.verification is not None and state.apply is not None:
             seconds = (state.verification.checked_at - state.apply.applied_at).total_seconds()
             metrics.stage_done(context().redis, "verify", seconds)
+        if pipeline.next_fix_pending(state):
+            # Rolled back, and another kind of fix may be tried: the choice is recorded
+            # before the next write, so a redelivery applies that one, not a new one.
+            _save(self, state, "retrying")
+            pending = True
+            state = _apply_next(self, state)
     if state.error is not None and state.verification is None:
         # Failed after the apply (or during it, after a write landed): restore first.
         state = _rollback(self, state)
     if state.verification is None and state.apply is None:
+        if pending:
+            _save(self, state, "apply failed")
         return incident_id  # the failed apply had written nothing
     ok = state.verification is not None and state.verification.ok
     stage = (
         "verified" if ok else "restore pending" if state.verification is None else "not verified"
     )
+    if state.verify_copy is not None:
+        stage += " on a copy"
     _save(self, state, stage)
-    return incident_id
+    return _copy_removed(self, state)
+
+
+def _copy_removed(task, state: IncidentState) -> str:
+    """The verification copy removed once the verdict is saved, and the record saved
+    again; a failure is logged and left to finalize and the watchdog."""
+    copy = state.verify_copy
+    if copy is None or copy.removed_at is not None:
+        return state.incident.id
+    done = pipeline.remove_copy_quietly(context(), state, "the verification is over")
+    if done.verify_copy is not None and done.verify_copy.removed_at is not None:
+        _save(task, done, done.stage)
+    return state.incident.id
+
+
+def _apply_next(task, state: IncidentState) -> IncidentState:
+    """Apply the next fix (`pipeline.apply`: the same checks as the first, against the
+    original restored) and verify it from the next check on; or return the record with
+    the failure recorded, for the restore and the call.
+
+    Raises:
+        Retry: applied; verify checks it after `verify_poll_s`.
+    """
+    state = _attempt(task, "apply", pipeline.apply, state)
+    if state.error is not None or state.apply is None:
+        return state
+    _save(task, state, "applied")
+    raise task.retry(countdown=context().settings.verify_poll_s, max_retries=_decided(task))
 
 
 def _rollback(task, state: IncidentState) -> IncidentState:
@@ -308,6 +445,9 @@ def open_pr(self, incident_id: str) -> str:
         return _call(self, incident_id)  # a redelivery after the pull request failed: call
     if not (state.verification and state.verification.ok) or state.pull_request:
         return incident_id
+    if pipeline.awaits_explanation(context(), state):
+        # The model's explanation is still being written: a moment, bounded.
+        raise self.retry(countdown=EXPLAIN_POLL_S, max_retries=_decided(self))
     done = _attempt(self, "open_pr", pipeline.open_pr, state)
     if done.pull_request is None:
         done.pr_error, done.error = done.error or "no pull request", None
@@ -333,10 +473,15 @@ def call_oncall(self, incident_id: str) -> str:
     return _call(self, incident_id)
 
 
-def _call(task, incident_id: str) -> str:
+EXPLAIN_POLL_S = 1.0
+
+
+def _call(task, incident_id: str, *, wait: bool = True) -> str:
     state = _load(task, incident_id)
     if state is None or state.closed_at is not None or not pipeline.needs_call(state):
         return incident_id
+    if wait and state.speech is None and pipeline.awaits_explanation(context(), state, speech=True):
+        raise task.retry(countdown=EXPLAIN_POLL_S, max_retries=_decided(task))
     called = _attempt(task, "call_oncall", pipeline.call_oncall, state)
     fields = {"speech": called.speech, "timings": called.timings,
               "model_usage": called.model_usage}  # fmt: skip
@@ -434,7 +579,7 @@ def conclude(self, *_ignored, incident_id: str) -> None:
         tail(incident_id).apply_async()
         return
     log.error("%s concluded inline after %d broken chords", pipeline.tag(state), n - 1)
-    _call(self, incident_id)
+    _call(self, incident_id, wait=False)
     finalize(incident_id)
 
 
@@ -471,6 +616,10 @@ def watchdog(self) -> int:
         pipeline.resume_due(ctx)  # self-heal paused by an incident that no longer needs it
     except (TransientError, PermanentError, redis_lib.RedisError) as exc:
         log.warning("watchdog: paused self-heal: %s", exc)
+    try:
+        pipeline.remove_copies_due(ctx)  # verification copies of ended or overdue incidents
+    except (TransientError, PermanentError, redis_lib.RedisError) as exc:
+        log.warning("watchdog: temporary copies: %s", exc)
     return len(stalled)
 
 
@@ -536,33 +685,64 @@ def start_remediations(incidents) -> list[str]:
 
 
 @app.task(bind=True, name="aifixer.tasks.poll_loki", acks_late=False, ignore_result=True)
-def poll_loki(self) -> int:
-    return _poll(pipeline.poll_loki)
+def poll_loki(self, cluster: str | None = None) -> int:
+    """One cluster's Loki (beat sends one per cluster); without a name, every cluster's."""
+    return _poll(pipeline.poll_loki, cluster)
 
 
 @app.task(bind=True, name="aifixer.tasks.poll_events", acks_late=False, ignore_result=True)
-def poll_events(self) -> int:
-    return _poll(pipeline.poll_events)
+def poll_events(self, cluster: str | None = None) -> int:
+    """One cluster's events and pods (beat sends one per cluster); without a name, every
+    cluster's."""
+    return _poll(pipeline.poll_events, cluster)
 
 
-def _poll(fn) -> int:
-    """Polls are cheap and periodic: a failure is logged and the next beat tries again."""
+def _poll(fn, cluster: str | None = None) -> int:
+    """Polls are cheap and periodic: a failure is logged and the next beat tries again.
+
+    Each runs in its cluster's Context, so it reaches that cluster's endpoints only. The
+    message's cluster name is checked against the configuration: an unknown one polls
+    nothing.
+    """
+    ctx = context()
     try:
-        incidents = fn(context())
-    except (TransientError, PermanentError, redis_lib.RedisError) as exc:
-        log.warning("poll failed: %s", exc)
+        names = [cluster] if cluster is not None else ctx.clusters.names
+    except ValueError as exc:  # the clusters file cannot be used
+        log.error("poll: %s", exc)
         return 0
-    start_remediations(incidents)
-    return len(incidents)
+    opened = 0
+    for name in names:
+        try:
+            if not isinstance(name, str):
+                raise PermanentError("config", "a poll names no cluster")
+            incidents = fn(ctx.cluster(name))
+        except (TransientError, PermanentError, redis_lib.RedisError) as exc:
+            log.warning("poll of cluster %.60s failed: %s", name, exc)
+            continue
+        start_remediations(incidents)
+        opened += len(incidents)
+    return opened
 
 
 @app.task(bind=True, name="aifixer.tasks.ingest_signals", acks_late=False, ignore_result=True)
 def ingest_signals(self, signals: list[dict]) -> int:
-    """Signals from a push source (Alertmanager), deduplicated like the polls'."""
+    """Signals from a push source (Alertmanager), deduplicated like the polls'.
+
+    Each goes to the cluster it names (an alert's `cluster` label), else the default one;
+    a cluster the farm does not watch opens nothing.
+    """
     from .models import Signal
 
-    return _poll(
-        lambda ctx: pipeline.open_incidents(ctx, [Signal.model_validate(s) for s in signals])
+    ctx = context()
+    by_cluster: dict[str, list[Signal]] = {}
+    for raw in signals:
+        sig = Signal.model_validate(raw)
+        if not ctx.clusters.from_file:  # one implicit cluster: whatever the alert's label says
+            sig = sig.model_copy(update={"cluster": None})
+        by_cluster.setdefault(sig.cluster or ctx.clusters.default, []).append(sig)
+    return sum(
+        _poll(lambda c, sigs=sigs: pipeline.open_incidents(c, sigs), name)
+        for name, sigs in by_cluster.items()
     )
 
 

@@ -77,7 +77,9 @@ def findings(text: str, known: Iterable[str] = ()) -> list[str]:
         known: strings the workload itself uses (its images, names), ignored.
     """
     for word in sorted({k for k in known if k}, key=len, reverse=True):
-        text = text.replace(word, " ")
+        # Whole references only: the workload's name inside another image
+        # ("shop/web" in "evil.example/shop/web:1") does not make that image known.
+        text = re.sub(rf"(?<![\w./:@-]){re.escape(word)}(?![\w/:@-]|\.\w)", " ", text)
     text = _DATE.sub(" ", text)
     found = []
     for label, pattern in (

@@ -37,6 +37,7 @@ import redis
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from aifixer import clusters
 from aifixer import metrics as farm_metrics
 from aifixer.adapters.errors import bounded
 from aifixer.adapters.phone import (
@@ -49,7 +50,7 @@ from aifixer.adapters.phone import (
 from aifixer.answers import parse_answer
 from aifixer.callfile import FINAL_STATUSES, CallFile, finish_call, store_answer
 from aifixer.guardrails import namespace_refusal
-from aifixer.models import CallRecord, Signal
+from aifixer.models import CallRecord, Signal, WorkloadKind
 from aifixer.redact import redact
 from aifixer.scaling import levels
 from aifixer.settings import Settings
@@ -155,26 +156,43 @@ def parse_alerts(payload: Any) -> list[_Alert]:
     return parsed.alerts
 
 
+# An alert's label naming the workload, and the workload's kind.
+_WORKLOAD_LABELS: tuple[tuple[str, WorkloadKind], ...] = (
+    ("deployment", "Deployment"),
+    ("statefulset", "StatefulSet"),
+    ("daemonset", "DaemonSet"),
+)
+
+
 def alert_signals(alerts: list[_Alert]) -> list[Signal]:
     """The incident signals among `alerts`.
 
-    Only firing alerts with a `namespace` label and a `pod` or `deployment` label make a
-    signal: the farm fixes Deployments, and needs to know which one.
+    Only firing alerts with a `namespace` label and a `pod`, `deployment`,
+    `statefulset` or `daemonset` label (kube-state-metrics' names) make a signal: the
+    farm fixes those workloads, and needs to know which one.
     """
     signals = []
     for alert in alerts:
         labels = alert.labels
-        pod, deployment = labels.get("pod"), labels.get("deployment")
-        if alert.status != "firing" or "namespace" not in labels or not (pod or deployment):
+        pod = labels.get("pod")
+        kind: WorkloadKind = "Deployment"
+        workload = None
+        for label, label_kind in _WORKLOAD_LABELS:
+            if labels.get(label):
+                kind, workload = label_kind, labels[label]
+                break
+        if alert.status != "firing" or "namespace" not in labels or not (pod or workload):
             continue
         alertname = labels.get("alertname", "Alert")
         summary = alert.annotations.get("summary") or alert.annotations.get("description")
         signals.append(
             Signal(
                 source="alertmanager",
+                cluster=labels.get("cluster"),
                 namespace=labels["namespace"],
                 pod=pod,
-                workload=deployment,
+                workload=workload,
+                workload_kind=kind,
                 reason=alertname,
                 message=redact(bounded(summary or alertname)),
                 observed_at=alert.startsAt,
@@ -199,6 +217,8 @@ class Web:
     on_signals: SignalsReceived
     on_levels: LevelsReceived
     metrics: Metrics
+    # With a clusters file, the default cluster's name: CPU levels act on it alone.
+    level_cluster: str | None = None
 
     def signed(self, request: web.Request, params: Any) -> bool:
         signature = request.headers.get(SIGNATURE_HEADER)
@@ -239,10 +259,12 @@ def make_app(
         on_levels: called with the pods whose CPU level alerts were recorded.
 
     Raises:
-        ValueError: no Twilio Auth Token is configured (no callback could be verified).
+        ValueError: no Twilio Auth Token is configured (no callback could be verified),
+            or the clusters file cannot be used (`clusters.ClustersError`).
     """
     if not settings.twilio_auth_token.get_secret_value():
         raise ValueError("AIFIXER_TWILIO_AUTH_TOKEN is required to verify Twilio's callbacks")
+    level_cluster = clusters.default_name(settings)
     app = web.Application()
     app[WEB] = Web(
         settings=settings,
@@ -253,6 +275,7 @@ def make_app(
         on_signals=on_signals,
         on_levels=on_levels,
         metrics=_metrics(),
+        level_cluster=level_cluster,
     )
     app.router.add_post(GATHER_PATH, gather)
     app.router.add_post(STATUS_PATH, status)
@@ -336,12 +359,25 @@ async def alertmanager(request: web.Request) -> web.Response:
     for alert in alerts:
         state.metrics.inc(ALERTS, status=alert.status)
     settings = state.settings
-    level_alerts, others, unnamed = levels.split(alerts, settings)
+    here, elsewhere = _levels_of_other_clusters(alerts, settings, state.level_cluster)
+    if elsewhere:
+        # A pod name (db-0) exists in every cluster: acting would label another's pod.
+        state.metrics.inc(ALERTS_IGNORED, elsewhere, reason="level alert from another cluster")
+        log.info("/alertmanager: %d CPU level alert(s) of another cluster than %s ignored "
+                 "(levels act on the default cluster only)", elsewhere, state.level_cluster)  # fmt: skip
+    level_alerts, others, unnamed = levels.split(here, settings)
     if unnamed:
         state.metrics.inc(ALERTS_IGNORED, unnamed, reason="level alert without a valid pod")
     watched_levels = [a for a in level_alerts if namespace_refusal(a.namespace, settings) is None]
     signals = alert_signals(others)
-    watched = [s for s in signals if namespace_refusal(s.namespace, settings) is None]
+    # With several clusters, an alert naming its cluster is checked against that
+    # cluster's namespaces when it opens an incident (pipeline.open_incidents).
+    several = settings.clusters_file is not None
+    watched = [
+        s
+        for s in signals
+        if (several and s.cluster is not None) or namespace_refusal(s.namespace, settings) is None
+    ]
     unwatched = len(level_alerts) - len(watched_levels) + len(signals) - len(watched)
     if unwatched:
         state.metrics.inc(ALERTS_IGNORED, unwatched, reason="namespace aifixer does not change")
@@ -357,6 +393,23 @@ async def alertmanager(request: web.Request) -> web.Response:
     if watched:
         await asyncio.to_thread(state.on_signals, watched)
     return web.json_response({"alerts": len(alerts), "signals": len(watched), "levels": len(pods)})
+
+
+def _levels_of_other_clusters(
+    alerts: list[_Alert], settings: Settings, level_cluster: str | None
+) -> tuple[list[_Alert], int]:
+    """(`alerts` without the CPU level alerts whose `cluster` label names another cluster
+    than `level_cluster`, how many were left out). Without a clusters file
+    (`level_cluster` None) every alert is kept, whatever its label says."""
+    if level_cluster is None:
+        return alerts, 0
+    kept = [
+        a
+        for a in alerts
+        if a.labels.get("alertname") not in settings.cpu_levels
+        or (a.labels.get("cluster") or level_cluster) == level_cluster
+    ]
+    return kept, len(alerts) - len(kept)
 
 
 def _list(value: Any) -> list[Any]:

@@ -11,23 +11,39 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from aifixer.sandbox import scenario as scenario_mod
-from aifixer.sandbox.harness import start_redis
+from aifixer_sandbox import scenario as scenario_mod
+from aifixer_sandbox.harness import start_redis
 
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory) -> Iterator[str]:
-    """AIFIXER_TEST_REDIS_URL if given, else a private redis-server on a free port."""
+    """AIFIXER_TEST_REDIS_URL if given, else a private redis-server on a free port.
+
+    Under pytest-xdist the workers share the given server, each in a database of its
+    own (gw0 in 0, gw1 in 1, ...), so one worker's clean-up never touches another's keys.
+    """
     given = os.environ.get("AIFIXER_TEST_REDIS_URL")
     if given:
-        yield given
+        yield _worker_database(given, os.environ.get("PYTEST_XDIST_WORKER", ""))
         return
     url, proc = start_redis(tmp_path_factory.mktemp("redis"))
     yield url
     proc.stop()
+
+
+def _worker_database(url: str, worker: str) -> str:
+    """The URL with the database of xdist worker `worker` (gwN -> N); as given outside xdist."""
+    if not worker:
+        return url
+    index = int(worker.removeprefix("gw"))
+    if index > 15:
+        raise pytest.UsageError(f"at most 16 test workers share one Redis (worker {worker})")
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{index}"))
 
 
 @pytest.fixture
@@ -46,7 +62,7 @@ def clean_redis(redis_url):
 @pytest.fixture
 def make_world(tmp_path) -> Iterator[Callable]:
     """make_world(scenario=None, speed=30, load=True, apply_change=True) -> started World."""
-    from aifixer.sandbox.world import World
+    from aifixer_sandbox.world import World
 
     worlds = []
 
@@ -89,3 +105,12 @@ def kubectl(tmp_path) -> Callable[..., subprocess.CompletedProcess]:
         return proc
 
     return run
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under `--dist loadgroup`, a test without an xdist group runs with the rest of its
+    file (as `--dist loadfile` would place it): a file's module fixtures start once."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))

@@ -70,7 +70,7 @@ from github.Repository import Repository
 from urllib3.util.retry import Retry
 
 from aifixer import prbody, sources
-from aifixer.models import FieldChange, IncidentState, PullRequestRef, Workload
+from aifixer.models import FieldChange, IncidentState, PullRequestRef, Subject
 from aifixer.redact import redact
 from aifixer.settings import Settings
 from aifixer.sources import FileEdit, Layout, SourceChange
@@ -167,8 +167,14 @@ class Forge:
         if state.apply is None:
             raise PermanentError(SYSTEM, "no applied change to propose")
         source, release = _origin(state)
+        subject: Subject = state.incident.workload
+        target = state.proposal.target if state.proposal is not None else None
+        if target is not None:
+            # The claim or Service fixed: wherever the repository defines it (the
+            # workload's source annotation names the workload's file).
+            subject, source = target, None
         ref = self.propose(
-            state.incident.workload,
+            subject,
             state.apply.changes,
             incident_id=state.incident.id,
             title=prbody.title(state),
@@ -315,7 +321,7 @@ class Forge:
 
     def propose(
         self,
-        workload: Workload,
+        workload: Subject,
         changes: list[FieldChange],
         *,
         incident_id: str,
@@ -373,7 +379,7 @@ class Forge:
 
     # -- where the manifest lives ----------------------------------------------------
 
-    def _target(self, workload: Workload, source: str | None) -> tuple[str, str | None]:
+    def _target(self, workload: Subject, source: str | None) -> tuple[str, str | None]:
         """(owner/repo, path or None to search) from the annotation, then the settings."""
         if source:
             repo_name, sep, path = source.strip().rpartition(":")
@@ -386,7 +392,8 @@ class Forge:
                     f"'<owner>/<repo>:<path>', got {bounded(source, 200)!r}",
                 )
             return repo_name, path
-        return self.settings.github_repo, self.settings.gitops_paths.get(workload.key)
+        s = self.settings
+        return s.github_repo, s.gitops_paths.get(workload.key) or s.gitops_path
 
     def _clone_url(self, repo_name: str) -> str:
         """The clone URL of `repo_name`: the configured one, or its sibling on the same host."""
@@ -400,7 +407,7 @@ class Forge:
             )
         return url[: -len(own)] + f"/{repo_name}.git"
 
-    def _layout(self, root: Path, path: str | None, workload: Workload, release: str) -> Layout:
+    def _layout(self, root: Path, path: str | None, workload: Subject, release: str) -> Layout:
         """What defines the workload: the configured path's layout, else the scan's."""
         if path:
             try:
@@ -438,7 +445,7 @@ class Forge:
             return found[0]
         return Layout("plain", self._one(workload, [f.path for f in found]))  # raises
 
-    def _find_file(self, root: Path, workload: Workload) -> str:
+    def _find_file(self, root: Path, workload: Subject) -> str:
         """The one manifest file in the repository that defines the workload."""
         found = [
             str(p.relative_to(root))
@@ -447,10 +454,10 @@ class Forge:
         ]
         return self._one(workload, found)
 
-    def _one(self, workload: Workload, found: list[str]) -> str:
+    def _one(self, workload: Subject, found: list[str]) -> str:
         if len(found) == 1:
             return found[0]
-        where = f"{SOURCE_ANNOTATION} on the Deployment or AIFIXER_GITOPS_PATHS"
+        where = f"{SOURCE_ANNOTATION} on the Deployment, AIFIXER_GITOPS_PATHS or the cluster's path"
         if not found:
             raise PermanentError(
                 SYSTEM,
@@ -464,7 +471,7 @@ class Forge:
         )
 
     def _change(
-        self, root: Path, layout: Layout, workload: Workload, changes: list[FieldChange]
+        self, root: Path, layout: Layout, workload: Subject, changes: list[FieldChange]
     ) -> SourceChange:
         """Edit the checkout where the layout defines each changed field (and prove it)."""
         if layout.kind == "plain":
@@ -485,7 +492,7 @@ class Forge:
             raise PermanentError(SYSTEM, f"{layout.describe()}: {bounded(str(exc), 500)}") from None
 
     def _edit(
-        self, root: Path, path: str, workload: Workload, changes: list[FieldChange]
+        self, root: Path, path: str, workload: Subject, changes: list[FieldChange]
     ) -> FileEdit:
         file = (root / path).resolve()
         if not file.is_relative_to(root.resolve()) or not file.is_file():
@@ -724,7 +731,7 @@ def _touched_by_people(pull: PullRequest, incident_id: str) -> bool:
     return any(trailer not in (c.commit.message or "") for c in pull.get_commits())
 
 
-def _release(workload: Workload, release: str | None) -> str:
+def _release(workload: Subject, release: str | None) -> str:
     """The Helm release to render: the Deployment's, if it is a release name Helm
     accepts (the annotation is the workload's, not to be trusted), else its name."""
     if release and sources.valid_release(release):
@@ -783,7 +790,7 @@ def _manifest_files(root: Path) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
-def _defines_workload(path: Path, workload: Workload) -> bool:
+def _defines_workload(path: Path, workload: Subject) -> bool:
     try:
         text = path.read_text(encoding="utf-8")
         return defines(text, workload.kind, workload.namespace, workload.name)

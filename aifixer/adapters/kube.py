@@ -22,13 +22,22 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from aifixer.models import EventRecord, Manifest, PodState, Revision, Signal
+from aifixer.models import (
+    NO_ENDPOINTS,
+    UNBOUND_CLAIMS,
+    EventRecord,
+    Manifest,
+    PodState,
+    Revision,
+    Signal,
+    WorkloadKind,
+)
 from aifixer.settings import Settings
 
 from .errors import Conflict, PermanentError, TransientError, bounded, is_transient_status
@@ -41,10 +50,28 @@ APPLY_PATCH = "application/apply-patch+yaml"
 JSON_PATCH = "application/json-patch+json"
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 HASH_LABEL = "pod-template-hash"
+# StatefulSets and DaemonSets label each pod with the ControllerRevision it runs: the
+# revision's name (StatefulSet) or its hash (DaemonSet).
+REVISION_HASH_LABEL = "controller-revision-hash"
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 WATCH_WINDOW_S = 1  # how long one poll listens for events after catching up
 OWNER_CACHE_S = 60.0  # pod/ReplicaSet owners do not change; the cache only bounds memory
 MAX_EVENTS = 50  # events kept as evidence, newest
 RESTORE_ATTEMPTS = 5
+# The scheduler's VolumeBinding message for a pod whose claims are not bound.
+_UNBOUND_MESSAGE = re.compile(r"unbound immediate PersistentVolumeClaims")
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # an EndpointSlice's Service
+DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
+# Annotations the persistentvolume-controller writes on a claim it binds or provisions:
+# not the claim's author's, so a re-created claim starts without them.
+CLAIM_CONTROLLER_ANNOTATIONS = (
+    "pv.kubernetes.io/bind-completed",
+    "pv.kubernetes.io/bound-by-controller",
+    "volume.kubernetes.io/storage-provisioner",
+    "volume.beta.kubernetes.io/storage-provisioner",
+    "volume.kubernetes.io/selected-node",
+)
 # Waiting reasons that are a normal start, not a failure.
 _STARTING = ("ContainerCreating", "PodInitializing")
 
@@ -111,7 +138,13 @@ def _findings(pod: Manifest) -> list[tuple[str, str, dict[str, Any]]]:
     status = pod.get("status") or {}
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-            out.append((cond.get("reason") or "Unschedulable", cond.get("message") or "", {}))
+            message = cond.get("message") or ""
+            reason = cond.get("reason") or "Unschedulable"
+            if _UNBOUND_MESSAGE.search(message):
+                # The scheduler waits for the pod's claims to bind: the volume is the
+                # failure, not the nodes (kubectl shows Pending, describe the message).
+                reason = UNBOUND_CLAIMS
+            out.append((reason, message, {}))
     statuses = (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
     for cs in statuses:
         container = {"container": cs.get("name")}
@@ -154,7 +187,9 @@ def pod_state(pod: Manifest) -> PodState:
         reasons=pod_reasons(pod),
         restart_count=sum(cs.get("restartCount") or 0 for cs in statuses),
         last_termination=_last_termination(statuses),
-        revision_hash=(meta.get("labels") or {}).get(HASH_LABEL),
+        revision_hash=(meta.get("labels") or {}).get(HASH_LABEL)
+        or (meta.get("labels") or {}).get(REVISION_HASH_LABEL),
+        deleting=bool(meta.get("deletionTimestamp")),
     )
 
 
@@ -174,7 +209,95 @@ def _last_termination(statuses: list[dict[str, Any]]) -> dict[str, Any] | None:
 # ---------------------------------------------------------------- Deployment rules, pure
 
 
-def rollout_status(deployment: Manifest) -> RolloutStatus:
+def rollout_status(workload: Manifest) -> RolloutStatus:
+    """`kubectl rollout status <kind>/<name>`'s verdict on one workload object.
+
+    Each kind has its own rule, kubectl's status viewer for it: Deployment, StatefulSet,
+    DaemonSet. Only a Deployment can fail by itself (its progress deadline); a rollout
+    kubectl cannot follow (an OnDelete StatefulSet or DaemonSet) counts as failed too,
+    since it will never finish without someone deleting pods.
+    """
+    kind = workload.get("kind") or "Deployment"
+    if kind == "StatefulSet":
+        return statefulset_rollout_status(workload)
+    if kind == "DaemonSet":
+        return daemonset_rollout_status(workload)
+    return deployment_rollout_status(workload)
+
+
+def statefulset_rollout_status(sts: Manifest) -> RolloutStatus:
+    """kubectl's StatefulSetStatusViewer: RollingUpdate only; the spec observed; every
+    replica ready; with a partition, the pods at or above it updated; else the current
+    revision equal to the update revision."""
+    spec, status = sts.get("spec") or {}, sts.get("status") or {}
+    strategy = spec.get("updateStrategy") or {}
+    if strategy.get("type", "RollingUpdate") != "RollingUpdate":
+        return RolloutStatus(
+            False, True, "rollout status is only available for RollingUpdate strategy type"
+        )
+    observed = status.get("observedGeneration") or 0
+    if observed == 0 or sts["metadata"].get("generation", 0) > observed:
+        return RolloutStatus(False, False, "Waiting for statefulset spec update to be observed...")
+    replicas = spec.get("replicas")
+    ready = status.get("readyReplicas") or 0
+    if replicas is not None and ready < replicas:
+        return RolloutStatus(False, False, f"Waiting for {replicas - ready} pods to be ready...")
+    updated = status.get("updatedReplicas") or 0
+    rolling = strategy.get("rollingUpdate")
+    if rolling is not None:
+        partition = rolling.get("partition")
+        if replicas is not None and partition is not None and updated < replicas - partition:
+            return RolloutStatus(
+                False,
+                False,
+                "Waiting for partitioned roll out to finish: "
+                f"{updated} out of {replicas - partition} new pods have been updated...",
+            )
+        return RolloutStatus(
+            True, False, f"partitioned roll out complete: {updated} new pods have been updated..."
+        )
+    if status.get("updateRevision") != status.get("currentRevision"):
+        return RolloutStatus(
+            False,
+            False,
+            f"waiting for statefulset rolling update to complete {updated} pods at revision "
+            f"{status.get('updateRevision')}...",
+        )
+    return RolloutStatus(
+        True,
+        False,
+        f"statefulset rolling update complete {status.get('currentReplicas') or 0} pods at "
+        f"revision {status.get('currentRevision')}...",
+    )
+
+
+def daemonset_rollout_status(ds: Manifest) -> RolloutStatus:
+    """kubectl's DaemonSetStatusViewer: RollingUpdate only; the spec observed; every
+    scheduled pod updated, then available."""
+    name = ds["metadata"]["name"]
+    spec, status = ds.get("spec") or {}, ds.get("status") or {}
+    if (spec.get("updateStrategy") or {}).get("type", "RollingUpdate") != "RollingUpdate":
+        return RolloutStatus(
+            False, True, "rollout status is only available for RollingUpdate strategy type"
+        )
+    if ds["metadata"].get("generation", 0) > (status.get("observedGeneration") or 0):
+        return RolloutStatus(False, False, "Waiting for daemon set spec update to be observed...")
+    desired = status.get("desiredNumberScheduled") or 0
+    updated = status.get("updatedNumberScheduled") or 0
+    waiting = f'Waiting for daemon set "{name}" rollout to finish: '
+    if updated < desired:
+        return RolloutStatus(
+            False, False, waiting + f"{updated} out of {desired} new pods have been updated..."
+        )
+    available = status.get("numberAvailable") or 0
+    if available < desired:
+        return RolloutStatus(
+            False, False, waiting + f"{available} of {desired} updated pods are available..."
+        )
+    return RolloutStatus(True, False, f'daemon set "{name}" successfully rolled out')
+
+
+def deployment_rollout_status(deployment: Manifest) -> RolloutStatus:
     """`kubectl rollout status deployment/<name>`'s verdict on one Deployment object.
 
     The same checks in the same order as kubectl's DeploymentStatusViewer: spec change
@@ -305,6 +428,28 @@ def _template_of(rs: Manifest) -> Manifest:
     return template
 
 
+def _revision_template(revision: Manifest) -> Manifest:
+    """The pod template a StatefulSet's or DaemonSet's ControllerRevision holds.
+
+    The controllers store it as a strategic merge patch replacing the template,
+    `{"spec": {"template": {..., "$patch": "replace"}}}`.
+    """
+    data = revision.get("data") or {}
+    template = json.loads(json.dumps(((data.get("spec") or {}).get("template")) or {}))
+    template.pop("$patch", None)
+    return template
+
+
+def _normalized(value: Any) -> Any:
+    """JSON with absent, null, empty maps and empty lists alike (as the API server reads them)."""
+    if isinstance(value, dict):
+        out = {k: _normalized(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v not in (None, {}, [])}
+    if isinstance(value, list):
+        return [_normalized(v) for v in value]
+    return value
+
+
 def _revision(obj: Manifest) -> int:
     try:
         return int((obj["metadata"].get("annotations") or {}).get(REVISION_ANNOTATION, 0))
@@ -344,7 +489,7 @@ def gitops_owner(
     tracking = annotations.get(ARGO_TRACKING_ANNOTATION)
     if isinstance(tracking, str) and tracking:
         app, _, target = tracking.partition(":")
-        if target != f"apps/Deployment:{ns}/{name}":
+        if target != f"apps/{deployment.get('kind') or 'Deployment'}:{ns}/{name}":
             return None
         app_ns, sep, app_name = app.partition("_")
         if not sep:
@@ -383,18 +528,17 @@ def claims(owner: GitOpsOwner, obj: Manifest, deployment: Manifest) -> bool:
     """
     meta = deployment.get("metadata") or {}
     ns, name = meta.get("namespace"), meta.get("name")
+    kind = deployment.get("kind") or "Deployment"
     status = obj.get("status") or {}
     if owner.controller == "argocd":
         return any(
             isinstance(r, dict)
             and (r.get("group"), r.get("kind"), r.get("namespace"), r.get("name"))
-            == ("apps", "Deployment", ns, name)
+            == ("apps", kind, ns, name)
             for r in status.get("resources") or []
         )
     entries = (status.get("inventory") or {}).get("entries") or []
-    return any(
-        isinstance(e, dict) and e.get("id") == f"{ns}_{name}_apps_Deployment" for e in entries
-    )
+    return any(isinstance(e, dict) and e.get("id") == f"{ns}_{name}_apps_{kind}" for e in entries)
 
 
 def _pointer_get(obj: Any, pointer: str) -> Any:
@@ -403,6 +547,86 @@ def _pointer_get(obj: Any, pointer: str) -> Any:
             return None
         obj = obj.get(part)
     return obj
+
+
+# ---------------------------------------------------------------- Services and claims, pure
+
+
+def _labels_text(labels: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def last_applied_selector(service: Manifest) -> dict[str, str] | None:
+    """The selector `kubectl apply` last wrote for the Service (its last-applied
+    annotation), when it is a map of strings; None otherwise."""
+    text = ((service.get("metadata") or {}).get("annotations") or {}).get(LAST_APPLIED)
+    if not isinstance(text, str) or len(text) > 262144:
+        return None
+    try:
+        selector = ((json.loads(text) or {}).get("spec") or {}).get("selector")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(selector, dict) or not selector:
+        return None
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in selector.items()):
+        return None
+    return selector
+
+
+def _matches(selector: dict[str, Any], labels: dict[str, Any]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def service_names(service: Manifest, workload: Manifest) -> str | None:
+    """Why the Service is the workload's and selects none of its pods, or None.
+
+    It is the workload's when it has the workload's name, or when its last-applied
+    selector matches the workload's pod template labels; it selects none of its pods
+    when its live selector does not match those labels.
+    """
+    selector = (service.get("spec") or {}).get("selector") or {}
+    template = ((workload.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    labels = template.get("labels") or {}
+    if not selector or _matches(selector, labels):
+        return None
+    smeta, wmeta = service.get("metadata") or {}, workload.get("metadata") or {}
+    if smeta.get("namespace") != wmeta.get("namespace"):
+        return None
+    if smeta.get("name") == wmeta.get("name"):
+        return "it carries the workload's name"
+    last = last_applied_selector(service)
+    if last is not None and _matches(last, labels):
+        return "its last applied selector matched them"
+    return None
+
+
+def _new_claim_body(manifest: Manifest) -> Manifest:
+    """A claim to create: the manifest without server-owned fields, status, the volume
+    and the annotations the volume controller wrote."""
+    body = _apply_body(manifest)
+    body["spec"] = {k: v for k, v in (body.get("spec") or {}).items() if k != "volumeName"}
+    meta = body["metadata"]
+    annotations = {
+        k: v for k, v in (meta.get("annotations") or {}).items()
+        if k not in CLAIM_CONTROLLER_ANNOTATIONS
+    }  # fmt: skip
+    meta.pop("annotations", None)
+    if annotations:
+        meta["annotations"] = annotations
+    meta.pop("finalizers", None)
+    meta.pop("deletionTimestamp", None)
+    return body
+
+
+def _event_record(e: Manifest) -> EventRecord:
+    return EventRecord(
+        type=e.get("type") or "",
+        reason=e.get("reason") or "",
+        message=bounded(e.get("message") or ""),
+        object=f"{e['involvedObject'].get('kind')}/{e['involvedObject'].get('name')}",
+        count=e.get("count") or 1,
+        last_seen=_event_time(e) or None,
+    )
 
 
 # ---------------------------------------------------------------- the adapter
@@ -417,7 +641,9 @@ class Kube:
         self.api_client = _api_client(settings)
         self.core = client.CoreV1Api(self.api_client)
         self.apps = client.AppsV1Api(self.api_client)
-        self._owners: dict[tuple[str, str, str], tuple[float, str | None]] = {}
+        self.storage = client.StorageV1Api(self.api_client)
+        self.discovery = client.DiscoveryV1Api(self.api_client)
+        self._owners: dict[tuple[str, str, str], tuple[float, tuple[str, str] | None]] = {}
 
     def close(self) -> None:
         self.api_client.close()
@@ -465,13 +691,14 @@ class Kube:
             ):
                 meta = pod["metadata"]
                 findings = [f for f in _findings(pod) if f[0] != "NotReady"]
-                workload = self._pod_owner(meta["namespace"], pod) if findings else None
+                owner = self._pod_owner(meta["namespace"], pod) if findings else None
                 signals.extend(
                     Signal(
                         source="pods",
                         namespace=meta["namespace"],
                         pod=meta["name"],
-                        workload=workload,
+                        workload=owner[1] if owner else None,
+                        workload_kind=cast(WorkloadKind, owner[0] if owner else "Deployment"),
                         reason=reason,
                         message=bounded(message),
                         observed_at=now,
@@ -481,11 +708,16 @@ class Kube:
                 )
         return signals
 
-    def owner_deployment(self, namespace: str, pod_name: str) -> str | None:
-        """The Deployment that owns a pod (pod → ReplicaSet → Deployment), if any.
+    def owner_of_pod(self, namespace: str, pod_name: str) -> tuple[str, str] | None:
+        """The workload that owns a pod: (kind, name), if any.
+
+        Pod → ReplicaSet → Deployment, or pod → StatefulSet / DaemonSet directly, by
+        controller ownerReferences. A pod already gone is traced by the name its
+        controller gave it: `<replicaset>-<5 characters>`, `<daemonset>-<5
+        characters>` or `<statefulset>-<ordinal>`, each confirmed by reading the owner.
 
         Returns:
-            The Deployment's name; None when the pod is gone or not owned by one.
+            (kind, name); None when the pod is gone or not owned by one of these.
 
         Raises:
             TransientError, PermanentError.
@@ -494,8 +726,18 @@ class Kube:
             ("Pod", namespace, pod_name), lambda: self._pod_owner_uncached(namespace, pod_name)
         )
 
-    def owner_of_event(self, event: Manifest) -> str | None:
-        """The Deployment an event is about: on the Deployment, one of its ReplicaSets or pods.
+    def owner_deployment(self, namespace: str, pod_name: str) -> str | None:
+        """The Deployment that owns a pod (pod → ReplicaSet → Deployment), if any.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        owner = self.owner_of_pod(namespace, pod_name)
+        return owner[1] if owner and owner[0] == "Deployment" else None
+
+    def owner_of_event(self, event: Manifest) -> tuple[str, str] | None:
+        """The workload an event is about, (kind, name): the workload itself, one of a
+        Deployment's ReplicaSets, or one of their pods.
 
         Raises:
             TransientError, PermanentError.
@@ -505,12 +747,12 @@ class Kube:
         kind, name = obj.get("kind"), obj.get("name")
         if not name:
             return None
-        if kind == "Deployment":
-            return name
+        if kind in WORKLOAD_KINDS:
+            return kind, name
         if kind == "ReplicaSet":
             return self._rs_owner(namespace, name)
         if kind == "Pod":
-            return self.owner_deployment(namespace, name)
+            return self.owner_of_pod(namespace, name)
         return None
 
     # -- reads for diagnosis and verification ------------------------------------------
@@ -522,6 +764,15 @@ class Kube:
             TransientError, PermanentError.
         """
         return self._read(self.apps.read_namespaced_deployment, name, namespace)
+
+    def get_workload(self, namespace: str, kind: str, name: str) -> Manifest | None:
+        """The live Deployment, StatefulSet or DaemonSet, or None when it does not exist.
+
+        Raises:
+            ValueError: another kind.
+            TransientError, PermanentError.
+        """
+        return self._read(self._apps_call("read", kind), name, namespace)
 
     def get_pod(self, namespace: str, name: str) -> Manifest | None:
         """The live pod, or None when it does not exist.
@@ -639,20 +890,25 @@ class Kube:
         """Events about the Deployment, its ReplicaSets and these pods, newest last.
 
         ReplicaSets are recognised by the name the Deployment controller gives them,
-        `<deployment>-<pod-template-hash>`. At most MAX_EVENTS, the newest.
+        `<deployment>-<pod-template-hash>` (a StatefulSet's or DaemonSet's events are on
+        the workload itself and its pods). At most MAX_EVENTS, the newest.
 
         Raises:
             TransientError, PermanentError.
         """
         meta = deployment["metadata"]
-        name = meta["name"]
+        name, workload_kind = meta["name"], deployment.get("kind") or "Deployment"
         pod_names = {p["metadata"]["name"] for p in pods}
 
         def concerns(obj: dict[str, Any]) -> bool:
             kind, n = obj.get("kind"), obj.get("name") or ""
             return (
-                (kind == "Deployment" and n == name)
-                or (kind == "ReplicaSet" and n.startswith(name + "-"))
+                (kind == workload_kind and n == name)
+                or (
+                    workload_kind == "Deployment"
+                    and kind == "ReplicaSet"
+                    and n.startswith(name + "-")
+                )
                 or (kind == "Pod" and n in pod_names)
             )
 
@@ -713,6 +969,8 @@ class Kube:
         Raises:
             TransientError, PermanentError.
         """
+        if (deployment.get("kind") or "Deployment") != "Deployment":
+            return self._controller_revisions(deployment)
         meta = deployment["metadata"]
         current = _revision(deployment)
         owned = [
@@ -743,6 +1001,192 @@ class Kube:
             for rs in owned
         ]
 
+    def _controller_revisions(self, workload: Manifest) -> list[tuple[Revision, Manifest]]:
+        """A StatefulSet's or DaemonSet's ControllerRevisions, newest revision first.
+
+        Owned by the workload's uid; each revision's ready pods are those labelled
+        with it (`controller-revision-hash`: the revision's name for a StatefulSet,
+        its hash for a DaemonSet). The current one is the StatefulSet's
+        status.updateRevision, or the DaemonSet's revision holding its template.
+        """
+        meta, kind = workload["metadata"], workload.get("kind")
+        selector = label_selector(workload["spec"]["selector"])
+        owned = [
+            cr
+            for cr in self._list(
+                self.apps.list_namespaced_controller_revision,
+                None,
+                meta["namespace"],
+                label_selector=selector,
+            )
+            if any(
+                ref.get("uid") == meta.get("uid") and ref.get("controller")
+                for ref in cr["metadata"].get("ownerReferences") or []
+            )
+        ]
+        owned.sort(key=lambda cr: int(cr.get("revision") or 0), reverse=True)
+        ready: dict[str, int] = {}
+        for pod in self.pods_of(workload):
+            if pod_state(pod).ready:
+                key = (pod["metadata"].get("labels") or {}).get(REVISION_HASH_LABEL, "")
+                ready[key] = ready.get(key, 0) + 1
+        template = _normalized(_comparable((workload.get("spec") or {}).get("template") or {}))
+        if kind == "StatefulSet":
+            update = (workload.get("status") or {}).get("updateRevision")
+            current = next((cr for cr in owned if cr["metadata"]["name"] == update), None)
+        else:
+            current = next(
+                (
+                    cr
+                    for cr in owned
+                    if _normalized(_comparable(_revision_template(cr))) == template
+                ),
+                None,
+            )
+        out = []
+        for cr in owned:
+            labels = cr["metadata"].get("labels") or {}
+            key = (
+                cr["metadata"]["name"]
+                if kind == "StatefulSet"
+                else labels.get(REVISION_HASH_LABEL, "")
+            )
+            tmpl = _revision_template(cr)
+            out.append(
+                (
+                    Revision(
+                        revision=int(cr.get("revision") or 0),
+                        replicaset=cr["metadata"]["name"],
+                        images=[
+                            c.get("image", "")
+                            for c in (tmpl.get("spec") or {}).get("containers") or []
+                        ],
+                        ready_replicas=ready.get(key, 0) if key else 0,
+                        current=cr is current,
+                    ),
+                    tmpl,
+                )
+            )
+        return out
+
+    def unblock_rollout(self, workload: Manifest) -> list[str]:
+        """A StatefulSet's forced rollback: delete the one member stuck on another revision.
+
+        With the default OrderedReady policy, a StatefulSet whose rollout stalled on a
+        broken pod never replaces that pod, even once the template is corrected: the
+        controller waits for it to become ready first. Kubernetes documents the way
+        out — delete it, and the controller recreates it from the current template.
+
+        Deleted, once the controller has observed the current spec, and only for the
+        RollingUpdate strategy (an OnDelete set would recreate the pod from whatever
+        template is current, and never replace it again): at most one pod, the
+        highest-ordinal one at or above the partition (below it the controller
+        recreates the old revision) that this StatefulSet controls (its uid), is not
+        being deleted, is labelled with a revision other than status.updateRevision, is
+        not ready and shows a failure reason other than plain NotReady (a member only
+        briefly not ready while the controller replaces a neighbour is left alone). One
+        at a time, so two members of a quorum never go down together. Nothing for other
+        kinds (a Deployment's new ReplicaSet and a DaemonSet's rolling update replace
+        such pods by themselves) or the Parallel policy.
+
+        Returns:
+            The names of the pods deleted (one at most).
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        if workload.get("kind") != "StatefulSet":
+            return []
+        meta, spec = workload["metadata"], workload.get("spec") or {}
+        status = workload.get("status") or {}
+        update = status.get("updateRevision")
+        strategy = spec.get("updateStrategy") or {}
+        if (
+            strategy.get("type", "RollingUpdate") != "RollingUpdate"
+            or spec.get("podManagementPolicy") == "Parallel"
+            or not update
+            or meta.get("generation", 0) > (status.get("observedGeneration") or 0)
+        ):
+            return []
+        partition = _int_or((strategy.get("rollingUpdate") or {}).get("partition"), 0)
+        stuck: list[tuple[int, Manifest]] = []
+        for pod in self.pods_of(workload):
+            pmeta = pod["metadata"]
+            ordinal = _ordinal(meta["name"], pmeta.get("name", ""))
+            state = pod_state(pod)
+            if (
+                ordinal is None
+                or ordinal < partition
+                or (pmeta.get("labels") or {}).get(REVISION_HASH_LABEL) == update
+                or pmeta.get("deletionTimestamp")
+                or state.ready
+                or not [r for r in state.reasons if r != "NotReady"]
+                or not any(
+                    r.get("uid") == meta.get("uid") and r.get("controller")
+                    for r in pmeta.get("ownerReferences") or []
+                )
+            ):
+                continue
+            stuck.append((ordinal, pod))
+        if not stuck:
+            return []
+        pmeta = max(stuck, key=lambda item: item[0])[1]["metadata"]
+        try:
+            self._call(
+                self.core.delete_namespaced_pod,
+                pmeta["name"],
+                pmeta["namespace"],
+                body={"preconditions": {"uid": pmeta["uid"]}},
+                _preload_content=False,
+            )
+        except PermanentError as exc:
+            if exc.status in (404, 409):
+                return []  # gone or replaced meanwhile
+            raise
+        except Conflict:
+            return []
+        log.info("kubernetes: %s pod %s deleted: stuck on revision %s, the set now at %s",
+                 _ref(workload), pmeta["name"],
+                 (pmeta.get("labels") or {}).get(REVISION_HASH_LABEL), update)  # fmt: skip
+        return [pmeta["name"]]
+
+    def rollback_pending(self, workload: Manifest, before: dict[str, str | None]) -> str | None:
+        """What still keeps a restored StatefulSet from running its original revision.
+
+        Reverting a StatefulSet's template does not replace a member stuck on the fix's
+        revision (the controller waits for it to become ready first): each call unblocks
+        the set again (`unblock_rollout`, one member at a time), then reads its pods.
+        The set has converged when the controller observed the restored spec and every
+        pod runs either status.updateRevision (the original template's) or the revision
+        that same pod ran before the fix (`before`: pod name to revision; a member the
+        original's own stalled rollout never reached). None then; else why not, in
+        words. None at once for the other kinds: a Deployment's and a DaemonSet's own
+        controllers replace the fix's pods.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        if workload.get("kind") != "StatefulSet":
+            return None
+        name = workload["metadata"]["name"]
+        status = workload.get("status") or {}
+        if workload["metadata"].get("generation", 0) > (status.get("observedGeneration") or 0):
+            return f"the controller has not observed the restored spec of {_ref(workload)} yet"
+        update = status.get("updateRevision")
+        self.unblock_rollout(workload)
+        for pod in sorted(self.pods_of(workload), key=lambda p: p["metadata"].get("name", "")):
+            pmeta = pod["metadata"]
+            revision = (pmeta.get("labels") or {}).get(REVISION_HASH_LABEL)
+            if _ordinal(name, pmeta.get("name", "")) is None:
+                continue
+            if pmeta.get("deletionTimestamp"):
+                return f"pod {pmeta['name']} is still terminating"
+            if revision != update and revision != before.get(pmeta.get("name", "")):
+                return (
+                    f"pod {pmeta['name']} still runs revision {revision}, not the original {update}"
+                )
+        return None
+
     def last_healthy_template(
         self, deployment: Manifest, revisions: list[tuple[Revision, Manifest]] | None = None
     ) -> Manifest | None:
@@ -770,18 +1214,18 @@ class Kube:
         chosen = serving or history
         return chosen[0][1] if chosen else None
 
-    def rollout(self, deployment_name: str, namespace: str) -> RolloutStatus:
+    def rollout(
+        self, deployment_name: str, namespace: str, kind: str = "Deployment"
+    ) -> RolloutStatus:
         """`kubectl rollout status` for one Deployment, read once (no waiting).
 
         Raises:
             PermanentError: the Deployment does not exist (or other 4xx).
             TransientError: as every call.
         """
-        dep = self.get_deployment(namespace, deployment_name)
+        dep = self.get_workload(namespace, kind, deployment_name)
         if dep is None:
-            raise PermanentError(
-                SYSTEM, f'deployments.apps "{deployment_name}" not found', status=404
-            )
+            raise PermanentError(SYSTEM, _not_found(kind, deployment_name), status=404)
         return rollout_status(dep)
 
     # -- writes ----------------------------------------------------------------------------
@@ -827,7 +1271,7 @@ class Kube:
             ops.insert(0, {"op": "test", "path": "/metadata/resourceVersion", "value": rv})
         try:
             return self._json(
-                self.apps.patch_namespaced_deployment,
+                self._apps_call("patch", manifest.get("kind")),
                 meta["name"],
                 meta["namespace"],
                 ops,
@@ -858,12 +1302,12 @@ class Kube:
             PermanentError: the Deployment is gone, or the replace is refused.
             TransientError: as every call, or conflicts that never settled.
         """
-        meta = original["metadata"]
+        meta, kind = original["metadata"], original.get("kind") or "Deployment"
         name, namespace = meta["name"], meta["namespace"]
         for _ in range(RESTORE_ATTEMPTS):
-            live = self.get_deployment(namespace, name)
+            live = self.get_workload(namespace, kind, name)
             if live is None:
-                raise PermanentError(SYSTEM, f'deployments.apps "{name}" not found', status=404)
+                raise PermanentError(SYSTEM, _not_found(kind, name), status=404)
             generation = live["metadata"].get("generation")
             if expected_generation is not None and generation != expected_generation:
                 raise Conflict(
@@ -877,7 +1321,7 @@ class Kube:
             body.pop("status", None)
             try:
                 return self._json(
-                    self.apps.replace_namespaced_deployment,
+                    self._apps_call("replace", kind),
                     name,
                     namespace,
                     body,
@@ -888,6 +1332,378 @@ class Kube:
         raise TransientError(
             SYSTEM, f"{_ref(original)} kept changing; restore not done", status=409
         )
+
+    # -- objects beside the workload: its claims and its Services ------------------------
+
+    def claims_of(self, workload: Manifest) -> list[Manifest]:
+        """The PersistentVolumeClaims the workload's pod template mounts, that exist.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        namespace = workload["metadata"]["namespace"]
+        template = ((workload.get("spec") or {}).get("template") or {}).get("spec") or {}
+        names = [
+            v["persistentVolumeClaim"].get("claimName")
+            for v in template.get("volumes") or []
+            if isinstance(v, dict) and isinstance(v.get("persistentVolumeClaim"), dict)
+        ]
+        out = []
+        for name in dict.fromkeys(n for n in names if isinstance(n, str) and n):
+            claim = self.get_claim(namespace, name)
+            if claim is not None:
+                out.append(claim)
+        return out
+
+    def get_claim(self, namespace: str, name: str) -> Manifest | None:
+        """The live claim, or None when it does not exist.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        return self._read(self.core.read_namespaced_persistent_volume_claim, name, namespace)
+
+    def storage_classes(self) -> list[Manifest]:
+        """The cluster's StorageClasses.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        return self._list(self.storage.list_storage_class, None, "")
+
+    def events_about(self, namespace: str, kind: str, name: str) -> list[EventRecord]:
+        """Events about one object (a claim), newest last, at most MAX_EVENTS.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        selector = f"involvedObject.kind={kind},involvedObject.name={name}"
+        events = self._list(
+            self.core.list_namespaced_event, None, namespace, field_selector=selector
+        )
+        events.sort(key=_event_time)
+        return [_event_record(e) for e in events[-MAX_EVENTS:]]
+
+    def get_service(self, namespace: str, name: str) -> Manifest | None:
+        """The live Service, or None when it does not exist.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        return self._read(self.core.read_namespaced_service, name, namespace)
+
+    def endpoints_of(self, service: Manifest) -> tuple[int, int]:
+        """(endpoints, ready endpoints) in the Service's EndpointSlices.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        meta = service["metadata"]
+        slices = self._list(
+            self.discovery.list_namespaced_endpoint_slice,
+            None,
+            meta["namespace"],
+            label_selector=f"{SERVICE_NAME_LABEL}={meta['name']}",
+        )
+        endpoints = [e for s in slices for e in s.get("endpoints") or []]
+        ready = [e for e in endpoints if (e.get("conditions") or {}).get("ready") is not False]
+        return len(endpoints), len(ready)
+
+    def services_missing(self, workload: Manifest) -> list[Manifest]:
+        """The Services of the workload that select none of its pods and have no endpoint.
+
+        A Service is the workload's when it carries the workload's name, or when the
+        selector `kubectl apply` last wrote for it (its last-applied annotation) matches
+        the workload's pod template: nothing else ties a Service to a workload.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        meta = workload["metadata"]
+        namespace = meta["namespace"]
+        services = self._list(self.core.list_namespaced_service, None, namespace)
+        for svc in services:  # a list's items carry no kind: each is a Service manifest
+            svc.setdefault("apiVersion", "v1")
+            svc.setdefault("kind", "Service")
+        return [
+            svc
+            for svc in services
+            if service_names(svc, workload) and self.endpoints_of(svc)[0] == 0
+        ]
+
+    def service_signals(self, workloads: dict[str, list[Manifest]] | None = None) -> list[Signal]:
+        """A Service that selects none of a running workload's pods, as a signal about
+        that workload (no event exists for it: `describe service` shows no endpoints).
+
+        Only when the workload runs (a ready replica) and the Service has no endpoint at
+        all, so a workload still starting or a Service briefly between selectors opens
+        nothing; `open_incidents` checks again on the live objects.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        signals: list[Signal] = []
+        now = datetime.now(tz=UTC)
+        for ns in self.settings.namespaces or [""]:
+            services = self._list(
+                self.core.list_namespaced_service, self.core.list_service_for_all_namespaces, ns
+            )
+            selecting = [s for s in services if (s.get("spec") or {}).get("selector")]
+            if not selecting:
+                continue
+            slices = self._list(
+                self.discovery.list_namespaced_endpoint_slice,
+                self.discovery.list_endpoint_slice_for_all_namespaces,
+                ns,
+            )
+            served = {
+                (s["metadata"].get("namespace"), (s["metadata"].get("labels") or {}).get(
+                    SERVICE_NAME_LABEL))
+                for s in slices
+                if s.get("endpoints")
+            }  # fmt: skip
+            empty = [
+                s
+                for s in selecting
+                if (s["metadata"]["namespace"], s["metadata"]["name"]) not in served
+            ]
+            if not empty:
+                continue
+            deployments = self._list(
+                self.apps.list_namespaced_deployment,
+                self.apps.list_deployment_for_all_namespaces,
+                ns,
+            )
+            for svc in empty:
+                meta = svc["metadata"]
+                for dep in deployments:
+                    if dep["metadata"]["namespace"] != meta["namespace"]:
+                        continue
+                    why = service_names(svc, dep)
+                    if not why or not (dep.get("status") or {}).get("readyReplicas"):
+                        continue
+                    signals.append(
+                        Signal(
+                            source="services",
+                            namespace=meta["namespace"],
+                            workload=dep["metadata"]["name"],
+                            workload_kind="Deployment",
+                            reason=NO_ENDPOINTS,
+                            message=bounded(
+                                f"Service {meta['name']} has no endpoints: its selector "
+                                f"{_labels_text(svc['spec']['selector'])} matches none of the "
+                                f"pods of Deployment {dep['metadata']['name']} ({why})"
+                            ),
+                            observed_at=now,
+                            raw={"service": meta["name"]},
+                        )
+                    )
+        return signals
+
+    def dry_run_object(self, manifest: Manifest) -> None:
+        """Have the API server judge a corrected claim or Service without changing it.
+
+        A Service: server-side apply with dryRun=All. A claim, whose spec cannot change
+        in place, is re-created by a fix: the create is dry-run, and a refusal only
+        because the name is taken (409 AlreadyExists, which the server decides after
+        admission and validation) is the expected answer.
+
+        Raises:
+            PermanentError: the API server refused it, with its message.
+            TransientError: as every call.
+        """
+        meta = manifest.get("metadata") or {}
+        kind, name, namespace = manifest.get("kind"), meta.get("name"), meta.get("namespace")
+        if kind == "Service":
+            self._json(
+                self.core.patch_namespaced_service, name, namespace, _apply_body(manifest),
+                field_manager=FIELD_MANAGER, force=True, dry_run="All",
+                _content_type=APPLY_PATCH,
+            )  # fmt: skip
+            return
+        if kind != "PersistentVolumeClaim":
+            raise ValueError(f"no dry-run for a {kind}")
+        try:
+            self._json(
+                self.core.create_namespaced_persistent_volume_claim,
+                namespace,
+                _new_claim_body(manifest),
+                field_manager=FIELD_MANAGER,
+                dry_run="All",
+            )
+        except PermanentError as exc:
+            if exc.status != 409:
+                raise
+
+    def recreate_claim(self, live: Manifest, desired: Manifest) -> Manifest:
+        """Replace a claim that never bound by `desired` (same name, another spec).
+
+        The claim's spec is immutable, and a claim that never bound holds no data:
+        deleting it and creating the corrected one is the fix. The delete carries the
+        live claim's uid and resourceVersion as preconditions, so a claim that changed
+        (or bound) since it was read is refused by the API server, never deleted; the
+        adapter refuses a claim with a volume itself.
+
+        Returns:
+            The claim as created.
+
+        Raises:
+            Conflict: the claim changed since `live` was read.
+            PermanentError: `live` has a volume or is Bound; or the server refused.
+            TransientError: as every call.
+        """
+        meta = live["metadata"]
+        name, namespace = meta["name"], meta["namespace"]
+        if (live.get("spec") or {}).get("volumeName") or (live.get("status") or {}).get(
+            "phase"
+        ) not in (None, "Pending"):
+            raise PermanentError(SYSTEM, f"claim {namespace}/{name} has a volume: not re-created")
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "preconditions": {"uid": meta["uid"], "resourceVersion": meta["resourceVersion"]},
+        }
+        try:
+            self._call(
+                self.core.delete_namespaced_persistent_volume_claim, name, namespace, body=body,
+                _preload_content=False,
+            )  # fmt: skip
+        except PermanentError as exc:
+            if exc.status == 404:
+                raise Conflict(SYSTEM, f"claim {namespace}/{name} is gone") from None
+            raise
+        return self.create_claim(desired)
+
+    def create_claim(self, desired: Manifest) -> Manifest:
+        """Create a claim (the second half of `recreate_claim`, or a redelivery of it).
+
+        Raises:
+            Conflict: a claim of that name exists (someone else's, or not deleted yet).
+            PermanentError, TransientError.
+        """
+        namespace = desired["metadata"]["namespace"]
+        try:
+            return self._json(
+                self.core.create_namespaced_persistent_volume_claim,
+                namespace,
+                _new_claim_body(desired),
+                field_manager=FIELD_MANAGER,
+            )
+        except PermanentError as exc:
+            if exc.status == 409:
+                raise Conflict(SYSTEM, exc.message) from None
+            raise
+
+    def delete_claim(self, claim: Manifest) -> None:
+        """Delete exactly this claim (uid and resourceVersion as preconditions).
+
+        Raises:
+            Conflict: it changed or is gone since it was read.
+            PermanentError, TransientError.
+        """
+        meta = claim["metadata"]
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "preconditions": {"uid": meta["uid"], "resourceVersion": meta["resourceVersion"]},
+        }
+        try:
+            self._call(
+                self.core.delete_namespaced_persistent_volume_claim, meta["name"],
+                meta["namespace"], body=body, _preload_content=False,
+            )  # fmt: skip
+        except PermanentError as exc:
+            if exc.status == 404:
+                raise Conflict(SYSTEM, f"claim {_ref(claim)} is gone") from None
+            raise
+
+    def set_service_selector(
+        self, namespace: str, name: str, selector: dict[str, str], resource_version: str
+    ) -> Manifest:
+        """Set a Service's selector, only on the version read (a JSON patch `test` of
+        the resourceVersion, then `replace` of the selector: nothing else changes).
+
+        Raises:
+            Conflict: the Service changed since it was read.
+            PermanentError, TransientError.
+        """
+        ops = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+            {"op": "replace", "path": "/spec/selector", "value": selector},
+        ]
+        try:
+            return self._json(
+                self.core.patch_namespaced_service, name, namespace, ops,
+                field_manager=FIELD_MANAGER, _content_type=JSON_PATCH,
+            )  # fmt: skip
+        except PermanentError as exc:
+            if exc.status in (409, 422):
+                raise Conflict(
+                    SYSTEM, f"service {namespace}/{name} changed: {exc.message}"
+                ) from None
+            raise
+
+    # -- a temporary copy of a Deployment, to verify a fix on ------------------------------
+
+    def services_selecting(self, namespace: str, labels: dict[str, str]) -> list[str]:
+        """The names of the namespace's Services whose selector matches `labels`.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        services = self._list(self.core.list_namespaced_service, None, namespace)
+        return sorted(
+            svc["metadata"]["name"]
+            for svc in services
+            if _matches((svc.get("spec") or {}).get("selector") or {}, labels)
+        )
+
+    def create_copy(self, manifest: Manifest) -> Manifest:
+        """Create a Deployment (a verification copy; `aifixer.copies` builds it).
+
+        A create, never an apply: it cannot land on an object that exists.
+
+        Raises:
+            Conflict: a Deployment of that name exists.
+            PermanentError: the API server refused it (invalid, forbidden...).
+            TransientError: as every call.
+        """
+        if manifest.get("kind") != "Deployment":
+            raise ValueError("only a Deployment is created as a copy")
+        meta = manifest["metadata"]
+        return self._json(
+            self.apps.create_namespaced_deployment, meta["namespace"], _apply_body(manifest),
+            field_manager=FIELD_MANAGER,
+        )  # fmt: skip
+
+    def delete_copy(self, deployment: Manifest) -> bool:
+        """Delete exactly this Deployment (its uid and resourceVersion as preconditions),
+        its ReplicaSets and pods with it (background propagation).
+
+        Returns:
+            True when deleted now; False when it was already gone.
+
+        Raises:
+            Conflict: it changed since it was read (read it again and judge again).
+            PermanentError, TransientError.
+        """
+        meta = deployment["metadata"]
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "propagationPolicy": "Background",
+            "preconditions": {"uid": meta["uid"], "resourceVersion": meta["resourceVersion"]},
+        }
+        try:
+            self._call(
+                self.apps.delete_namespaced_deployment, meta["name"], meta["namespace"],
+                body=body, _preload_content=False,
+            )  # fmt: skip
+        except PermanentError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     # -- GitOps controllers ----------------------------------------------------------------
 
@@ -1022,18 +1838,19 @@ class Kube:
     ) -> Manifest:
         meta = manifest.get("metadata") or {}
         if (
-            manifest.get("kind") != "Deployment"
+            manifest.get("kind") not in WORKLOAD_KINDS
             or not meta.get("name")
             or not meta.get("namespace")
         ):
             raise ValueError(
-                "expected a Deployment manifest with metadata.name and metadata.namespace"
+                "expected a Deployment, StatefulSet or DaemonSet manifest with "
+                "metadata.name and metadata.namespace"
             )
         body = _apply_body(manifest)
         if resource_version is not None:
             body["metadata"]["resourceVersion"] = resource_version  # a precondition
         return self._json(
-            self.apps.patch_namespaced_deployment,
+            self._apps_call("patch", manifest.get("kind")),
             meta["name"],
             meta["namespace"],
             body,
@@ -1103,39 +1920,65 @@ class Kube:
             source="events",
             namespace=namespace,
             pod=obj.get("name") if obj.get("kind") == "Pod" else None,
-            workload=self.owner_of_event(event),
+            workload=owner[1] if (owner := self.owner_of_event(event)) else None,
+            workload_kind=cast(WorkloadKind, owner[0] if owner else "Deployment"),
             reason=event.get("reason") or "",
             message=bounded(event.get("message") or ""),
             observed_at=_event_datetime(event) or datetime.now(tz=UTC),
             raw=event,
         )
 
-    def _pod_owner(self, namespace: str, pod: Manifest) -> str | None:
+    def _pod_owner(self, namespace: str, pod: Manifest) -> tuple[str, str] | None:
         return self._cached(
             ("Pod", namespace, pod["metadata"]["name"]), lambda: self._owner_from_pod(pod)
         )
 
-    def _pod_owner_uncached(self, namespace: str, pod_name: str) -> str | None:
+    def _pod_owner_uncached(self, namespace: str, pod_name: str) -> tuple[str, str] | None:
         pod = self._read(self.core.read_namespaced_pod, pod_name, namespace)
         if pod is not None:
             return self._owner_from_pod(pod)
         # The pod is gone (replaced, or a crash loop's victim of a rollout) but its events
-        # remain: a ReplicaSet names its pods `<replicaset>-<5 characters>`.
-        rs_name, sep, suffix = pod_name.rpartition("-")
-        return self._rs_owner(namespace, rs_name) if sep and len(suffix) == 5 else None
+        # remain: a ReplicaSet or a DaemonSet names its pods `<owner>-<5 characters>`,
+        # a StatefulSet `<statefulset>-<ordinal>`.
+        prefix, sep, suffix = pod_name.rpartition("-")
+        if not sep:
+            return None
+        if len(suffix) == 5:
+            owner = self._rs_owner(namespace, prefix)
+            if owner is None and self.get_workload(namespace, "DaemonSet", prefix) is not None:
+                owner = ("DaemonSet", prefix)
+            return owner
+        if suffix.isdigit() and self.get_workload(namespace, "StatefulSet", prefix) is not None:
+            return "StatefulSet", prefix
+        return None
 
-    def _owner_from_pod(self, pod: Manifest) -> str | None:
+    def _owner_from_pod(self, pod: Manifest) -> tuple[str, str] | None:
+        for kind in ("StatefulSet", "DaemonSet"):
+            name = _controller(pod, kind)
+            if name:
+                return kind, name
         rs = _controller(pod, "ReplicaSet")
         return self._rs_owner(pod["metadata"]["namespace"], rs) if rs else None
 
-    def _rs_owner(self, namespace: str, rs_name: str) -> str | None:
-        def lookup() -> str | None:
+    def _rs_owner(self, namespace: str, rs_name: str) -> tuple[str, str] | None:
+        def lookup() -> tuple[str, str] | None:
             rs = self._read(self.apps.read_namespaced_replica_set, rs_name, namespace)
-            return _controller(rs, "Deployment") if rs else None
+            name = _controller(rs, "Deployment") if rs else None
+            return ("Deployment", name) if name else None
 
         return self._cached(("ReplicaSet", namespace, rs_name), lookup)
 
-    def _cached(self, key: tuple[str, str, str], lookup: Callable[[], str | None]) -> str | None:
+    def _apps_call(self, verb: str, kind: Any) -> Callable:
+        """The AppsV1Api method `<verb>_namespaced_<kind>` of a workload kind."""
+        if kind not in WORKLOAD_KINDS:
+            raise ValueError(f"not a workload kind aifixer changes: {kind!r}")
+        snake = {"Deployment": "deployment", "StatefulSet": "stateful_set",
+                 "DaemonSet": "daemon_set"}[kind]  # fmt: skip
+        return getattr(self.apps, f"{verb}_namespaced_{snake}")
+
+    def _cached(
+        self, key: tuple[str, str, str], lookup: Callable[[], tuple[str, str] | None]
+    ) -> tuple[str, str] | None:
         now = time.monotonic()
         hit = self._owners.get(key)
         if hit and hit[0] > now:
@@ -1196,11 +2039,13 @@ class Kube:
 
 
 def _api_client(settings: Settings) -> client.ApiClient:
-    """The client for settings.kubeconfig/context; else in-cluster; else ~/.kube/config."""
+    """The client for settings.kubeconfig/context; with neither, in-cluster, else
+    ~/.kube/config. A context alone is one of ~/.kube/config ($KUBECONFIG): never the
+    in-cluster configuration, which has no contexts and would be another cluster."""
     cfg = client.Configuration()
     cfg.retries = False  # no hidden retries: TransientError goes to the task's backoff
     try:
-        if settings.kubeconfig is None:
+        if settings.kubeconfig is None and settings.kube_context is None:
             try:
                 config.load_incluster_config(client_configuration=cfg)
                 return client.ApiClient(cfg)
@@ -1262,6 +2107,33 @@ def _epoch(timestamp: str) -> float:
     if not timestamp:
         return 0.0
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+def _ordinal(set_name: str, pod_name: str) -> int | None:
+    """A StatefulSet member's ordinal, from the name its controller gave it (<set>-<n>)."""
+    prefix, _, number = pod_name.rpartition("-")
+    return int(number) if prefix == set_name and number.isdigit() else None
+
+
+def _int_or(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _not_found(kind: str, name: str) -> str:
+    """The API server's 404 message: `statefulsets.apps "db" not found`."""
+    plural = {"StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}.get(kind, "deployments")
+    return f'{plural}.apps "{name}" not found'
+
+
+def _comparable(template: Manifest) -> Manifest:
+    """A pod template without the labels controllers add to each revision's pods."""
+    out = json.loads(json.dumps(template or {}))
+    labels = (out.get("metadata") or {}).get("labels")
+    if labels:
+        labels.pop(HASH_LABEL, None)
+        labels.pop(REVISION_HASH_LABEL, None)
+    (out.get("metadata") or {}).pop("creationTimestamp", None)
+    return out
 
 
 def _ref(manifest: Manifest) -> str:

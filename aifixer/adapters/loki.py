@@ -49,6 +49,8 @@ class Loki:
         self.http = requests.Session()
         if settings.loki_org_id:
             self.http.headers["X-Scope-OrgID"] = settings.loki_org_id
+        if settings.loki_username and settings.loki_password is not None:
+            self.http.auth = (settings.loki_username, settings.loki_password.get_secret_value())
         self.selector, self.error_filter = split_query(settings.loki_query)
 
     def close(self) -> None:

@@ -58,8 +58,9 @@ from celery import Celery
 
 from aifixer import pipeline
 from aifixer.models import IncidentState
-from aifixer.sandbox import scenario as scenario_mod
-from aifixer.sandbox.harness import (
+from aifixer.settings import Settings
+from aifixer_sandbox import scenario as scenario_mod
+from aifixer_sandbox.harness import (
     FAST_FARM,
     farm_env,
     free_port,
@@ -67,8 +68,7 @@ from aifixer.sandbox.harness import (
     start_model_stub,
     start_redis,
 )
-from aifixer.sandbox.world import World
-from aifixer.settings import Settings
+from aifixer_sandbox.world import World
 
 GOAL_OVERHEAD_MS = 50.0
 POLL_INTERVAL_S = float(FAST_FARM["AIFIXER_POLL_INTERVAL_S"])

@@ -34,11 +34,11 @@ NAMESPACES = 10
 
 def serve(pods: int) -> None:
     """Child process: fill a store, serve it, print the URL, run until stdin closes."""
-    from aifixer.sandbox.kube.podlogs import PodLogs
-    from aifixer.sandbox.kube.resources import core
-    from aifixer.sandbox.kube.server import make_app
-    from aifixer.sandbox.kube.store import Store
-    from aifixer.sandbox.serve import serve_in_thread
+    from aifixer_sandbox.kube.podlogs import PodLogs
+    from aifixer_sandbox.kube.resources import core
+    from aifixer_sandbox.kube.server import make_app
+    from aifixer_sandbox.kube.store import Store
+    from aifixer_sandbox.serve import serve_in_thread
 
     store = Store()
     for n in range(NAMESPACES):

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import requests
 
-from aifixer.sandbox.loki import LogStore, make_app
-from aifixer.sandbox.serve import serve_in_thread
+from aifixer_sandbox.loki import LogStore, make_app
+from aifixer_sandbox.serve import serve_in_thread
 
 TIME_BUDGET_S = 5.0
 NS = 1_000_000_000

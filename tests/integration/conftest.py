@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aifixer.sandbox import browser
+from aifixer_sandbox import browser
 
 KEPT = pytest.StashKey[list[str]]()
 

@@ -30,12 +30,13 @@ from aifixer.models import (
     Verification,
     Workload,
 )
-from aifixer.sandbox import scenario as scenario_mod
 from aifixer.settings import Settings
+from aifixer_sandbox import scenario as scenario_mod
+from aifixer_sandbox.scenario import bundled_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-SCENARIOS = Path(__file__).parents[1] / "scenarios"
+SCENARIOS = bundled_dir()
 OOM = SCENARIOS / "oom-report-api.yaml"
 
 

@@ -17,12 +17,13 @@ import pytest
 from aifixer import detect
 from aifixer.adapters.errors import PermanentError, TransientError
 from aifixer.adapters.kube import Kube
-from aifixer.sandbox import scenario as scenario_mod
 from aifixer.settings import Settings
+from aifixer_sandbox import scenario as scenario_mod
+from aifixer_sandbox.scenario import bundled_dir
 
 pytestmark = pytest.mark.integration
 
-SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
+SCENARIOS = bundled_dir()
 SPEED = 40
 
 
@@ -110,12 +111,22 @@ def test_pod_signals_and_pod_states_show_the_oom(oom):
     assert kube.owner_deployment("shop", "no-such-pod") is None
 
     dep = kube.get_deployment("shop", "report-api")
-    states = kube.pod_states(dep)
-    broken = [p for p in states if "OOMKilled" in p.reasons]
+    # A pod's first OOM shows in its state; its last termination, once it has restarted.
+    broken = _until(
+        lambda: [p for p in kube.pod_states(dep) if "OOMKilled" in p.reasons and p.last_termination]
+    )
     assert broken and broken[0].last_termination["reason"] == "OOMKilled"
+    states = kube.pod_states(dep)
     assert any(p.ready for p in states), "the old ReplicaSet keeps serving"
-    events = kube.events_of(dep, kube.pods_of(dep))
-    assert any(e.reason == "BackOff" and e.object.startswith("Pod/report-api-") for e in events)
+    # The kubelet's BackOff event follows the restart it delays.
+    backoff = _until(
+        lambda: [
+            e
+            for e in kube.events_of(dep, kube.pods_of(dep))
+            if e.reason == "BackOff" and e.object.startswith("Pod/report-api-")
+        ]
+    )
+    assert backoff
     logs = kube.pod_logs("shop", broken[0].name, "report-api", previous=True)
     assert logs is None or isinstance(logs, str)
     assert kube.pod_logs("shop", "no-such-pod", "report-api") is None

@@ -16,9 +16,9 @@ import requests
 from aifixer import fixer
 from aifixer.adapters.errors import PermanentError, TransientError
 from aifixer.adapters.llm import Model, grammar_subset
-from aifixer.sandbox.model_stub import MODEL_ID, make_app
-from aifixer.sandbox.serve import serve_in_thread
 from aifixer.settings import Settings
+from aifixer_sandbox.model_stub import MODEL_ID, make_app
+from aifixer_sandbox.serve import serve_in_thread
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -16,14 +16,15 @@ import requests
 
 from aifixer.adapters.errors import PermanentError, TransientError
 from aifixer.adapters.loki import Loki
-from aifixer.sandbox import loki as loki_stand_in
-from aifixer.sandbox import scenario as scenario_mod
-from aifixer.sandbox.serve import serve_in_thread
 from aifixer.settings import Settings
+from aifixer_sandbox import loki as loki_stand_in
+from aifixer_sandbox import scenario as scenario_mod
+from aifixer_sandbox.scenario import bundled_dir
+from aifixer_sandbox.serve import serve_in_thread
 
 pytestmark = pytest.mark.integration
 
-SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
+SCENARIOS = bundled_dir()
 NS = 1_000_000_000
 PANIC = "panic: assignment to entry in nil map"
 

@@ -1,4 +1,4 @@
-"""aifixer.sandbox.browser: headless Chromium against a page on loopback behind basic auth.
+"""aifixer_sandbox.browser: headless Chromium against a page on loopback behind basic auth.
 
 The page fills itself in from script: after a timer, an XHR to the same origin (behind
 the same login) brings the rows and turns the page green. Seeing the rows in the DOM
@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from aifixer.sandbox import browser
+from aifixer_sandbox import browser
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

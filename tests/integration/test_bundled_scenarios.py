@@ -14,24 +14,29 @@ import requests
 import yaml
 from kubernetes import client, config
 
-from aifixer.sandbox import scenario as scenario_mod
-from aifixer.sandbox.world import pod_symptoms
+from aifixer_sandbox import scenario as scenario_mod
+from aifixer_sandbox.world import pod_symptoms
 
 SCENARIOS = [*scenario_mod.bundled(), *scenario_mod.bundled_injection()]
 pytestmark = [pytest.mark.integration, pytest.mark.scenario]
 
 
-def _workloads(sc) -> list[tuple[str, str]]:
-    out = []
-    for mf in sc.change or sc.manifests:
-        for doc in mf.documents():
-            if doc["kind"] == "Deployment":
-                out.append((doc["metadata"].get("namespace", "default"), doc["metadata"]["name"]))
-    return out
+KINDS = {"Deployment": "deployment", "StatefulSet": "stateful_set", "DaemonSet": "daemon_set"}
 
 
-def _observe(api: client.CoreV1Api, apps: client.AppsV1Api, namespace: str, name: str):
-    dep = apps.read_namespaced_deployment(name, namespace)
+def _workloads(sc) -> list[tuple[str, str, str]]:
+    """The failing workloads (`Scenario.failing_workloads`), each with its kind."""
+    kinds = {
+        (doc["metadata"].get("namespace", "default"), doc["metadata"]["name"]): doc["kind"]
+        for mf in [*sc.manifests, *sc.change]
+        for doc in mf.documents()
+        if doc["kind"] in KINDS
+    }
+    return [(ns, name, kinds[(ns, name)]) for ns, name in sc.failing_workloads()]
+
+
+def _observe(api: client.CoreV1Api, apps: client.AppsV1Api, namespace: str, name: str, kind: str):
+    dep = getattr(apps, f"read_namespaced_{KINDS[kind]}")(name, namespace)
     selector = ",".join(f"{k}={v}" for k, v in dep.spec.selector.match_labels.items())
     pods = api.list_namespaced_pod(namespace, label_selector=selector)
     reasons = set()
@@ -73,13 +78,13 @@ def test_scenario_breaks_then_heals(path, make_world, kubectl, tmp_path):
     api, apps = client.CoreV1Api(kube), client.AppsV1Api(kube)
     want = sc.expect.symptoms
 
-    for namespace, name in _workloads(sc):
+    for namespace, name, kind in _workloads(sc):
         seen_reasons: set[str] = set()
         seen_events: set[str] = set()
         found_logs: set[str] = set()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            reasons, events = _observe(api, apps, namespace, name)
+            reasons, events = _observe(api, apps, namespace, name, kind)
             seen_reasons |= reasons
             seen_events |= events
             found_logs |= {
@@ -121,16 +126,37 @@ def test_scenario_breaks_then_heals(path, make_world, kubectl, tmp_path):
         str(fix),
         check=True,
     )
-    for namespace, name in _workloads(sc):
+    for namespace, name, kind in _workloads(sc):
+        if kind == "StatefulSet":
+            # The documented forced rollback: a StatefulSet stalled on a broken pod waits
+            # for it to become ready, so the person deletes it once the template is good.
+            _delete_stuck_members(api, apps, namespace, name)
         done = kubectl(
             world.endpoints.kubeconfig,
             "rollout",
             "status",
-            f"deployment/{name}",
+            f"{kind.lower()}/{name}",
             "-n",
             namespace,
             "--timeout=90s",
             timeout=120,
         )
         assert done.returncode == 0, done.stdout + done.stderr
-        assert "successfully rolled out" in done.stdout
+        assert "successfully rolled out" in done.stdout or "roll out complete" in done.stdout
+
+
+def _delete_stuck_members(api, apps, namespace: str, name: str) -> None:
+    """Delete the StatefulSet's pods that are not ready on another revision than its
+    update revision, once the controller has seen the good template."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        sts = apps.read_namespaced_stateful_set(name, namespace)
+        if (sts.status.observed_generation or 0) >= sts.metadata.generation:
+            break
+        time.sleep(0.1)
+    selector = ",".join(f"{k}={v}" for k, v in sts.spec.selector.match_labels.items())
+    for pod in api.list_namespaced_pod(namespace, label_selector=selector).items:
+        ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+        revision = (pod.metadata.labels or {}).get("controller-revision-hash")
+        if not ready and revision != sts.status.update_revision:
+            api.delete_namespaced_pod(pod.metadata.name, namespace)

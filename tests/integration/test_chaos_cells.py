@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from aifixer.sandbox import chaos
+from aifixer_sandbox import chaos
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-SCENARIO = Path(__file__).parents[1] / "scenarios" / "oom-report-api.yaml"
+from aifixer_sandbox.scenario import bundled_dir
+
+SCENARIO = bundled_dir() / "oom-report-api.yaml"
 SCRIPT = Path(sys.executable).parent / "aifixer"
 AIFIXER = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "aifixer.cli"]
 READY = "Ctrl-C to stop."
@@ -31,7 +33,7 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **extra}
 
 
-def aifixer(*args: str, cwd: Path, timeout: float = 30, **env: str) -> subprocess.CompletedProcess:
+def aifixer(*args: str, cwd: Path, timeout: float = 90, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*AIFIXER, *args],
         cwd=cwd,
@@ -65,7 +67,7 @@ class Up:
                 text=True,
             )
 
-    def wait_ready(self, timeout: float = 30) -> None:
+    def wait_ready(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         while READY not in self.out.read_text():
             assert self.proc.poll() is None, self.out.read_text()
@@ -93,7 +95,7 @@ def _commits(state: Path) -> list[str]:
     return out.stdout.splitlines()
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_sandbox_up_again_fresh_or_reused_and_refused_while_running(tmp_path):
     state = tmp_path / "state"
     args = ("--scenario", str(SCENARIO), "--speed", "60", "--state-dir", str(state))
@@ -125,7 +127,7 @@ def test_sandbox_up_again_fresh_or_reused_and_refused_while_running(tmp_path):
     assert "no sandbox is running" in error_line(after)
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(180)
 def test_sandbox_up_refuses_a_port_in_use_and_a_foreign_directory(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -178,7 +180,7 @@ REDIS_DOWN = {"AIFIXER_REDIS_URL": f"redis://127.0.0.1:{_closed_port()}/0"}
 CASES = [
     (["sandbox", "up", "--scenario", "{bad_yaml}"], {}, 1, ["not valid YAML at line 2"]),
     (["sandbox", "up", "--scenario", "{invalid}"], {}, 1, ["manifests: Field required",
-                                                          "see tests/scenarios/"]),
+                                                          "see the bundled scenarios"]),
     (["sandbox", "up", "--scenario", "{missing}"], {}, 2, ["does not exist"]),
     (["sandbox", "up", "--speed", "0"], {}, 2, ["finite number above 0"]),
     (["sandbox", "up", "--speed", "nan"], {}, 2, ["finite number above 0"]),
@@ -211,7 +213,7 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(180)
 @pytest.mark.parametrize(
     ("args", "env", "code", "says"),
     CASES,

@@ -19,9 +19,9 @@ import requests
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from aifixer.sandbox import promstack
-from aifixer.sandbox import scenario as scenario_mod
-from aifixer.sandbox.harness import FarmRun
+from aifixer_sandbox import promstack
+from aifixer_sandbox import scenario as scenario_mod
+from aifixer_sandbox.harness import FarmRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -58,7 +58,13 @@ def scenario() -> scenario_mod.Scenario:
                 {"path": f"apps/{ns}/api.yaml", "yaml": DEPLOYMENT % {"ns": ns}}
                 for ns in ("shop", "kube-system")
             ],
-            "expect": {"outcome": "fixed"},
+            # What this test checks itself: shop's pod goes low, high, low; kube-system's
+            # twin is never labelled.
+            "expect": {
+                "levels": [
+                    {"namespace": "shop", "deployment": "api", "sequence": ["low", "high", "low"]}
+                ]
+            },
         }
     )
 

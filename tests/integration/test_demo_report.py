@@ -26,12 +26,13 @@ import pytest
 from html_tree import parse, select
 from PIL import Image
 
-from aifixer.sandbox import browser
+from aifixer_sandbox import browser
+from aifixer_sandbox.scenario import bundled_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.scenario, pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = ROOT / "tests" / "scenarios"
+SCENARIOS = bundled_dir()
 PLAYED = [SCENARIOS / "injection" / "injection-review-api.yaml",
           SCENARIOS / "unfixable-ghost-image.yaml"]  # fmt: skip
 OUT = ROOT / "aifixer-demo" / "test-report"

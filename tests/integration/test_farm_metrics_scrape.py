@@ -9,20 +9,20 @@ panel reads is in the scrape.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from aifixer import metrics
-from aifixer.sandbox import scenario as scenario_mod
-from aifixer.sandbox.harness import FarmRun
+from aifixer_sandbox import scenario as scenario_mod
+from aifixer_sandbox.harness import FarmRun
+from aifixer_sandbox.scenario import bundled_dir
 from tests.dashboard_queries import dashboard, metric_names, panel_queries
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
-SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "oom-report-api.yaml"
+SCENARIO = bundled_dir() / "oom-report-api.yaml"
 FIXED_STAGES = ("diagnose", "patch", "apply", "verify", "open_pr", "finalize")
 
 
@@ -65,7 +65,7 @@ def test_a_fixed_incident_shows_on_the_farms_metrics(tmp_path):
         assert value(samples, "aifixer_stage_duration_seconds_count", stage=stage) >= 1, stage
     assert value(samples, "aifixer_stage_duration_seconds_count", stage="call_oncall") == 0
     assert value(samples, "aifixer_pull_requests_total", result="opened") == 1
-    assert value(samples, "aifixer_model_requests_total", stage="diagnose") >= 1
+    assert value(samples, "aifixer_model_requests_total", stage="explain") >= 1
     for queue in metrics.QUEUES:
         assert ("aifixer_queue_depth", frozenset({"queue": queue}.items())) in samples
     assert value(samples, "aifixer_incidents_open") == 0

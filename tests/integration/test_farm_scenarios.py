@@ -3,7 +3,9 @@ and web processes, the sandbox's servers, and the real clients in between.
 
 For each scenario: the outcome matches `expect`; after a fix the cluster is healthy
 and the GitOps repository holds one pull request whose change is exactly the fix;
-every call has its line in the call file with the four fields; and nothing happened
+every call has its line in the call file with the four fields, and its speech, as the
+phone said it, passes the speech check; a pull request leads with the facts and its
+diagnosis passes the diagnosis check; and nothing happened
 twice (one incident per broken workload, one PR, no number dialled twice, one line
 per call).
 """
@@ -19,8 +21,9 @@ import pytest
 import yaml
 
 from aifixer import manifests
-from aifixer.sandbox import scenario as scenario_mod
-from aifixer.sandbox.harness import FarmRun, changed_workloads
+from aifixer_sandbox import bench
+from aifixer_sandbox import scenario as scenario_mod
+from aifixer_sandbox.harness import FarmRun, changed_workloads
 
 SCENARIOS = scenario_mod.bundled()
 pytestmark = [pytest.mark.integration, pytest.mark.scenario]
@@ -33,11 +36,14 @@ def _file_at(clone: str, ref: str, path: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(text) if d]
 
 
-def _deployment(docs: list[dict], namespace: str, name: str) -> dict:
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+
+
+def _document(docs: list[dict], kinds: tuple[str, ...], namespace: str, name: str) -> dict:
     return next(
         d
         for d in docs
-        if d["kind"] == "Deployment"
+        if d["kind"] in kinds
         and d["metadata"]["name"] == name
         and d["metadata"].get("namespace", "default") == namespace
     )
@@ -46,15 +52,28 @@ def _deployment(docs: list[dict], namespace: str, name: str) -> dict:
 # The scenarios play side by side, a few at a time: each farm mostly waits (polls,
 # rollouts, the verification window), so three share two cores without slowing down.
 PARALLEL = 3
+# And in shards, played in turn, so that the first test of each shard carries a third of
+# the time under its own timeout (the xdist groups matter only under --dist loadgroup).
+SHARDS = 3
+_TEST = "test_farm_reaches_the_expected_outcome"
+_PLAYED: dict[int, dict[str, str | None]] = {}
 
 
-@pytest.fixture(scope="module")
+def _shard(item) -> int:
+    return item.callspec.params["shard"]
+
+
+@pytest.fixture
 def played(request, tmp_path_factory) -> dict[str, str | None]:
-    """Every selected scenario played and checked: its failure (traceback), or None."""
+    """The selected scenarios of this test's shard, played and checked once: each
+    one's failure (traceback), or None."""
+    shard = _shard(request.node)
+    if shard in _PLAYED:
+        return _PLAYED[shard]
     selected = [
         item.callspec.params["path"]
         for item in request.session.items
-        if getattr(item, "originalname", "") == "test_farm_reaches_the_expected_outcome"
+        if getattr(item, "originalname", "") == _TEST and _shard(item) == shard
     ]
 
     # Made here, not in the threads: pytest's temporary directories are not thread-safe.
@@ -68,12 +87,23 @@ def played(request, tmp_path_factory) -> dict[str, str | None]:
         return path.stem, None
 
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-        return dict(pool.map(one, selected))
+        _PLAYED[shard] = dict(pool.map(one, selected))
+    return _PLAYED[shard]
 
 
-@pytest.mark.timeout(1200)
-@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
-def test_farm_reaches_the_expected_outcome(path, played):
+def _params():
+    for i, path in enumerate(SCENARIOS):
+        shard = i % SHARDS
+        yield pytest.param(
+            path, shard, id=path.stem, marks=pytest.mark.xdist_group(f"farm-scenarios-{shard}")
+        )
+
+
+# The first test of a shard plays the whole shard (about a minute per scenario, three
+# at a time); the timeout grows with the shard.
+@pytest.mark.timeout(600 + 60 * (len(SCENARIOS) // SHARDS + 1))
+@pytest.mark.parametrize(("path", "shard"), list(_params()))
+def test_farm_reaches_the_expected_outcome(path, shard, played):
     failure = played[path.stem]
     assert failure is None, failure
 
@@ -140,16 +170,33 @@ def play_and_check(path, tmp_path) -> None:
             pr = state.pull_request
             assert [p["number"] for p in prs if p["head"] == pr.branch] == [pr.number]
             ns, name = state.incident.workload.namespace, state.incident.workload.name
+            # The object fixed: the workload, or the claim or Service beside it.
+            target = state.proposal.target
+            kinds = (target.kind,) if target is not None else WORKLOAD_KINDS
+            name = target.name if target is not None else name
             path = next(
                 mf.path
                 for mf in (sc.change or sc.manifests)
                 for d in mf.documents()
-                if d["kind"] == "Deployment" and d["metadata"]["name"] == name
+                if d["kind"] in kinds
+                and (d["metadata"].get("namespace", "default"), d["metadata"]["name"]) == (ns, name)
             )
-            before = _deployment(_file_at(clone, "origin/main", path), ns, name)
-            after = _deployment(_file_at(clone, f"origin/{pr.branch}", path), ns, name)
+            before = _document(_file_at(clone, "origin/main", path), kinds, ns, name)
+            after = _document(_file_at(clone, f"origin/{pr.branch}", path), kinds, ns, name)
             # The PR changes exactly the fields the verified fix changed, nothing else.
             assert sorted(manifests.changed_paths(before, after)) == sorted(sc.expect.changed)
+            # It leads with the facts, and its diagnosis states nothing they do not.
+            body = next(p["body"] for p in prs if p["head"] == pr.branch)
+            assert body.index("## Facts") < body.index("## Diagnosis"), body
+            assert bench.diagnosis_problems(state, body) == [], body
+
+        # Every call said, as the phone heard it, is fit to be heard at night.
+        heard = bench.heard_calls(world.phone.calls())
+        for state in states:
+            checks = bench.call_checks(state, "en", heard)
+            picked_up = [c for c in state.calls if c.call_sid and c.status == "completed"]
+            assert len(checks) == len(picked_up), (state.calls, heard)
+            assert all(c["problems"] == [] for c in checks), (checks, heard)
 
         # Every call has its one line with the four fields; no number dialled twice.
         recorded = [(c["incident_id"], c["number"]) for c in calls_file]

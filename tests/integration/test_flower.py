@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from aifixer.sandbox.harness import free_port
+from aifixer_sandbox.harness import free_port
 
 pytestmark = pytest.mark.integration
 

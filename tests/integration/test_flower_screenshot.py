@@ -24,14 +24,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from aifixer.sandbox import browser, harness
-from aifixer.sandbox import scenario as scenario_mod
-from aifixer.sandbox.harness import FarmRun, Process, free_port, spawn
+from aifixer_sandbox import browser, harness
+from aifixer_sandbox import scenario as scenario_mod
+from aifixer_sandbox.harness import FarmRun, Process, free_port, spawn
+from aifixer_sandbox.scenario import bundled_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.scenario]
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIO = ROOT / "tests" / "scenarios" / "image-typo-storefront.yaml"
+SCENARIO = bundled_dir() / "image-typo-storefront.yaml"
 SCREENSHOT = ROOT / "aifixer-demo" / "flower-tasks.png"
 USER = "ops"
 CANVAS = [

@@ -20,8 +20,8 @@ import pytest
 import requests
 from github import Auth, BadCredentialsException, Github, GithubException, UnknownObjectException
 
-from aifixer.sandbox.forge import Forge, make_app
-from aifixer.sandbox.serve import LoopThread, Site, serve_in_thread, start_site, stop_site
+from aifixer_sandbox.forge import Forge, make_app
+from aifixer_sandbox.serve import LoopThread, Site, serve_in_thread, start_site, stop_site
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

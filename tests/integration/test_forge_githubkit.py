@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 from githubkit import GitHub, TokenAuthStrategy
 
-from aifixer.sandbox.forge import Forge, make_app
-from aifixer.sandbox.serve import LoopThread, Site, start_site, stop_site
+from aifixer_sandbox.forge import Forge, make_app
+from aifixer_sandbox.serve import LoopThread, Site, start_site, stop_site
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

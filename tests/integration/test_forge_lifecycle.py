@@ -16,7 +16,7 @@ from aifixer import prbody
 from aifixer.adapters.errors import Unproven
 from aifixer.adapters.forge import NOTE_DIR, SOURCE_ANNOTATION, Forge
 from aifixer.models import FieldChange
-from aifixer.sandbox.forge import Forge as SandboxForge
+from aifixer_sandbox.forge import Forge as SandboxForge
 from tests.gitops_fixtures import CHART, HELM, KUBECTL
 from tests.integration.test_adapter_forge import OOM, fixed_state, fixed_world, github, settings_for
 from tests.integration.test_forge_gitops_layouts import commit, render, state_for

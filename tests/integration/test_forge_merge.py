@@ -15,8 +15,8 @@ import pytest
 import requests
 from github import GithubException
 
-from aifixer.sandbox.forge import Forge, make_app
-from aifixer.sandbox.serve import LoopThread, Site, start_site, stop_site
+from aifixer_sandbox.forge import Forge, make_app
+from aifixer_sandbox.serve import LoopThread, Site, start_site, stop_site
 from tests.integration.test_forge import (
     MANIFEST,
     MANIFEST_TEXT,

@@ -16,7 +16,7 @@ from ruamel.yaml import YAML
 from aifixer.adapters.render import Renderer
 from aifixer.manifests import apply_changes, get_path
 from aifixer.models import FieldChange, Workload
-from aifixer.sources import Layout, Unproven, change_source, layout_of
+from aifixer.sources import Layout, Unproven, change_source, layout_of, rendered_layouts
 from tests.gitops_fixtures import CHART, KUSTOMIZE, tool_settings, write
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -232,3 +232,92 @@ def test_the_tools_are_found_through_a_relative_path_entry(kustomize_repo, monke
     renderer = Renderer(Settings(_env_file=None, kubectl_bin="kubectl", helm_bin="helm"))
     dep = deployment(renderer, kustomize_repo, layout_of(kustomize_repo, "overlays/prod"))
     assert dep["metadata"]["name"] == "web"
+
+
+def test_a_base_edit_shows_what_each_sibling_overlay_renders(renderer, kustomize_repo):
+    """Staging takes its memory and liveness path from the base; prod patches its memory.
+
+    Fixing staging's memory edits the base, and prod (its own patch wins) renders the
+    same; fixing staging's liveness path edits the base, and prod, which takes it from
+    the base too, gets the same fix on that field only. The proof says so, and real
+    renders of prod before and after agree.
+    """
+    root = kustomize_repo
+    staging = Layout("kustomize", "overlays/staging")
+    prod = Layout("kustomize", "overlays/prod")
+    staging_web = Workload(cluster="staging", namespace="shop-staging", name="web")
+
+    def fix(changes: list[FieldChange]):
+        prod_before = deployment(renderer, root, prod)
+        change = change_source(
+            root, staging, staging_web, changes, lambda lay: renderer.render(root, lay)
+        )
+        return change, prod_before, deployment(renderer, root, prod)
+
+    memory = FieldChange(path=f"{C0}.resources.limits.memory", before="128Mi", after="160Mi")
+    change, prod_before, prod_after = fix([memory])
+    assert [e.path for e in change.edits] == ["base/deployment.yaml"]
+    (sibling,) = change.proof.siblings
+    assert (sibling.command, sibling.fields) == ("kubectl kustomize overlays/prod", ())
+    assert prod_after == prod_before
+    assert "`kubectl kustomize overlays/prod`: renders the same." in change.proof.markdown()
+
+    probe = FieldChange(path=f"{C0}.livenessProbe.httpGet.path", before="/healthz", after="/livez")
+    change, prod_before, prod_after = fix([probe])
+    assert [e.path for e in change.edits] == ["base/deployment.yaml"]
+    (sibling,) = change.proof.siblings
+    assert sibling.fields == ((probe.path, "/healthz", "/livez"),)
+    assert prod_after == apply_changes(prod_before, [probe])
+    assert "the same fix reaches it, on the same fields only" in change.proof.markdown()
+
+
+def test_a_base_edit_that_moves_another_field_of_a_sibling_is_unproven(renderer, kustomize_repo):
+    """Prod's readiness probe follows the liveness path through a replacement: a base
+    edit of the liveness path that staging needs would move prod's readiness path too.
+    That is not the verified fix anywhere: nothing is edited, and the hand edit says so."""
+    root = kustomize_repo
+    (root / "overlays/prod/kustomization.yaml").write_text(
+        KUSTOMIZE["overlays/prod/kustomization.yaml"]
+        + """replacements:
+  - source: {kind: Deployment, name: web, fieldPath: spec.template.spec.containers.0.livenessProbe.httpGet.path}
+    targets:
+      - select: {kind: Deployment, name: web}
+        fieldPaths: [spec.template.spec.containers.0.readinessProbe.httpGet.path]
+"""
+    )
+    before = snapshot(root)
+    prod_before = deployment(renderer, root, Layout("kustomize", "overlays/prod"))
+    probe = FieldChange(path=f"{C0}.livenessProbe.httpGet.path", before="/healthz", after="/livez")
+    with pytest.raises(Unproven) as err:
+        change_source(
+            root,
+            Layout("kustomize", "overlays/staging"),
+            Workload(cluster="staging", namespace="shop-staging", name="web"),
+            [probe],
+            lambda lay: renderer.render(root, lay),
+        )
+    assert snapshot(root) == before
+    assert "kubectl kustomize overlays/prod" in err.value.explanation
+    assert "readinessProbe.httpGet.path" in err.value.explanation
+    assert err.value.hand_edits == [
+        f"{probe.path}: renders /healthz, must render /livez (in this overlay only)"
+    ]
+    assert deployment(renderer, root, Layout("kustomize", "overlays/prod")) == prod_before
+
+
+def test_charts_kept_in_a_charts_folder_are_found_and_their_dependencies_are_not(tmp_path):
+    """`charts/web` is a repository's own chart (many keep theirs in charts/); a chart
+    vendored in web's own charts/ directory is a dependency its parent renders."""
+    write(tmp_path, CHART)
+    write(
+        tmp_path,
+        {"charts/web/charts/cache/Chart.yaml": "apiVersion: v2\nname: cache\nversion: 1.0.0\n"},
+    )
+    write(
+        tmp_path, {"platform/charts/api/Chart.yaml": "apiVersion: v2\nname: api\nversion: 0.1.0\n"}
+    )
+    layouts = rendered_layouts(tmp_path, release="web", namespace="shop")
+    assert [(lay.kind, lay.path) for lay in layouts] == [
+        ("helm", "charts/web"),
+        ("helm", "platform/charts/api"),
+    ]

@@ -15,7 +15,7 @@ import requests
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from aifixer.sandbox import scenario as scenario_mod
+from aifixer_sandbox import scenario as scenario_mod
 
 pytestmark = [pytest.mark.integration]
 

@@ -20,8 +20,8 @@ from injection_corpus import INJECTIONS
 from kube_events import post_warnings
 
 from aifixer import fixer, localmodel, untrusted
-from aifixer.sandbox import scenario as scenario_mod
-from aifixer.sandbox.harness import FarmRun
+from aifixer_sandbox import scenario as scenario_mod
+from aifixer_sandbox.harness import FarmRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 

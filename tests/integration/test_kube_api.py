@@ -19,12 +19,12 @@ import requests
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from aifixer.sandbox.kube.podlogs import PodLogs
-from aifixer.sandbox.kube.resources import core
-from aifixer.sandbox.kube.server import make_app
-from aifixer.sandbox.kube.store import Store
-from aifixer.sandbox.serve import LoopThread, Site, start_site, stop_site
-from aifixer.sandbox.world import kubeconfig_text
+from aifixer_sandbox.kube.podlogs import PodLogs
+from aifixer_sandbox.kube.resources import core
+from aifixer_sandbox.kube.server import make_app
+from aifixer_sandbox.kube.store import Store
+from aifixer_sandbox.serve import LoopThread, Site, start_site, stop_site
+from aifixer_sandbox.world import kubeconfig_text
 
 pytestmark = pytest.mark.timeout(60)
 

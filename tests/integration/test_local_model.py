@@ -17,13 +17,14 @@ import pytest
 
 from aifixer import localmodel
 from aifixer.adapters.llm import Model
-from aifixer.sandbox import scenario as scenario_mod
-from aifixer.sandbox.harness import FarmRun
 from aifixer.settings import Settings
+from aifixer_sandbox import scenario as scenario_mod
+from aifixer_sandbox.harness import FarmRun
+from aifixer_sandbox.scenario import bundled_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
-SCENARIOS = Path(__file__).parents[1] / "scenarios"
+SCENARIOS = bundled_dir()
 COMPLETIONS = "POST /v1/chat/completions"
 
 OOM_SCHEMA = {

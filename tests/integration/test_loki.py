@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 import pytest
 import requests
 
-from aifixer.sandbox.loki import LogStore, make_app
-from aifixer.sandbox.serve import serve_in_thread
+from aifixer_sandbox.loki import LogStore, make_app
+from aifixer_sandbox.serve import serve_in_thread
 
 NS = 1_000_000_000
 pytestmark = pytest.mark.timeout(60)

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from aifixer.sandbox.loki import LogStore, make_app
-from aifixer.sandbox.serve import serve_in_thread
+from aifixer_sandbox.loki import LogStore, make_app
+from aifixer_sandbox.serve import serve_in_thread
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,6 +12,7 @@ shows: task arguments, results, errors).
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import threading
@@ -25,8 +26,8 @@ from kube_events import post_warnings
 from secret_corpus import SECRETS
 
 from aifixer import redact
-from aifixer.sandbox import scenario as scenario_mod
-from aifixer.sandbox.harness import FarmRun
+from aifixer_sandbox import scenario as scenario_mod
+from aifixer_sandbox.harness import FarmRun
 
 pytestmark = [pytest.mark.integration]
 
@@ -155,10 +156,16 @@ def test_no_planted_secret_leaves_the_farm(name, tmp_path):
         }
     found = {sink: leaks(text) for sink, text in sinks.items()}
     assert all(not v for v in found.values()), found
-    # The secrets did reach the farm's outputs, as [redacted]: the test saw real traffic.
-    assert redact.REDACTED in sinks["model prompts"]
+    # The secrets did reach the farm (the evidence it gathered holds them), and what it
+    # sent out showed them as [redacted]: the test saw real traffic.
+    evidence = "".join(s.evidence.model_dump_json() for s in states if s.evidence)
+    assert leaks(evidence), "the farm never read the planted secrets"
     assert events.seen, "no Celery event was received"
     if SCENARIOS[name] == "fixed":
+        # The diagnosis prompt (the `explain` stage, after apply) carries the logs.
+        assert redact.REDACTED in sinks["model prompts"]
         assert prs and redact.REDACTED in sinks["pull request"]
     else:
+        # Nothing could be tried: the speech prompt carries facts only, never log text.
+        assert json.loads(prompts), "the model was never asked for the speech"
         assert calls and sinks["call file"]

@@ -22,9 +22,9 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from aifixer.sandbox.clock import Clock
-from aifixer.sandbox.phone import Phone, make_app, sign
-from aifixer.sandbox.serve import LoopThread, Site, start_site, stop_site
+from aifixer_sandbox.clock import Clock
+from aifixer_sandbox.phone import Phone, make_app, sign
+from aifixer_sandbox.serve import LoopThread, Site, start_site, stop_site
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

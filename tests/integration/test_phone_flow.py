@@ -27,8 +27,8 @@ from aifixer.adapters.errors import PermanentError, TransientError
 from aifixer.adapters.phone import DEFAULT_QUESTION, QUESTIONS, THANKS, Phone, rest_error
 from aifixer.callfile import CallContext, CallFile, store_call_context
 from aifixer.models import CallRecord
-from aifixer.sandbox.serve import serve_in_thread
 from aifixer.settings import Settings
+from aifixer_sandbox.serve import serve_in_thread
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from aifixer.sandbox.clock import Clock
-from aifixer.sandbox.phone import Phone, make_app
-from aifixer.sandbox.serve import LoopThread, Site, start_site, stop_site
+from aifixer_sandbox.clock import Clock
+from aifixer_sandbox.phone import Phone, make_app
+from aifixer_sandbox.serve import LoopThread, Site, start_site, stop_site
 
 pytestmark = [
     pytest.mark.integration,

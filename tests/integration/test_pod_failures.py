@@ -8,18 +8,16 @@ and container logs are checked in the Loki stand-in's LogStore too.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
+from kube_cluster import served_cluster, until
 from kubernetes import client
 
-from aifixer.sandbox import logql
-from aifixer.sandbox.clock import Clock
-from aifixer.sandbox.kube import server
-from aifixer.sandbox.kube.cluster import Cluster
-from aifixer.sandbox.loki import LogStore
-from aifixer.sandbox.scenario import Image, Node, Taint
-from aifixer.sandbox.serve import LoopThread, Site, start_site, stop_site
+from aifixer_sandbox import logql
+from aifixer_sandbox.kube.cluster import Cluster
+from aifixer_sandbox.loki import LogStore
+from aifixer_sandbox.scenario import Image, Node, Taint
 
 NS = "shop"
 IMAGES = {
@@ -57,42 +55,27 @@ class Env:
         selector = f"involvedObject.name={name},reason={reason}"
         return self.api.list_namespaced_event(NS, field_selector=selector).items
 
-    def until(self, what: str, pred: Callable[[], object], timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while not pred():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            time.sleep(0.05)
+    until = staticmethod(until)
 
 
 @pytest.fixture
 def env() -> Iterator[Env]:
-    loop = LoopThread().start()
     logstore = LogStore()
-    cluster = Cluster(Clock(40), IMAGES.get, logstore.push)
-
-    def setup() -> None:
-        cluster.start()
-        cluster.register_nodes(
-            [
-                Node(name="node-1", memory_mib=4096),
-                Node(name="batch-1", taints=[Taint(key="dedicated", value="batch")]),
-            ]
-        )
-        cluster.ensure_namespace(NS)
-
-    loop.call_soon(setup)
-    site = loop.call(start_site, Site("kubernetes", server.make_app(cluster.store, cluster.logs)))
-    cfg = client.Configuration()
-    cfg.host = site.url
-    api_client = client.ApiClient(cfg)
-    try:
-        yield Env(client.CoreV1Api(api_client), cluster, logstore)
-    finally:
-        api_client.close()
-        loop.call(stop_site, site)
-        loop.call(cluster.stop)
-        loop.stop()
+    nodes = [
+        Node(name="node-1", memory_mib=4096),
+        Node(name="batch-1", taints=[Taint(key="dedicated", value="batch")]),
+    ]
+    with served_cluster(IMAGES.get, nodes, logs=logstore.push, namespaces=[NS]) as (
+        cluster,
+        url,
+    ):
+        cfg = client.Configuration()
+        cfg.host = url
+        api_client = client.ApiClient(cfg)
+        try:
+            yield Env(client.CoreV1Api(api_client), cluster, logstore)
+        finally:
+            api_client.close()
 
 
 def waiting_reason(c: client.V1ContainerStatus | None) -> str | None:

@@ -21,9 +21,10 @@ from pydantic import SecretStr
 from aifixer import imageref
 from aifixer.adapters.errors import PermanentError, TransientError
 from aifixer.adapters.registry import Registry
-from aifixer.sandbox.registry import RegistryStore, make_app
-from aifixer.sandbox.serve import LoopThread, Site, start_site, stop_site
 from aifixer.settings import Settings
+from aifixer_sandbox.registry import RegistryStore, make_app
+from aifixer_sandbox.scenario import Image
+from aifixer_sandbox.serve import LoopThread, Site, start_site, stop_site
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -178,3 +179,27 @@ def test_oras_reads_the_sandbox_registry(served: Served) -> None:
     layer = manifest["layers"][0]
     resp = client.get_blob(container, layer["digest"])
     assert "sha256:" + hashlib.sha256(resp.content).hexdigest() == layer["digest"]
+
+
+def test_an_image_config_holds_its_own_entrypoint_and_cmd(loop) -> None:
+    """What runs without a command override, as a distribution client reads it."""
+    catalog = {
+        "tools/static-api:1.0.0": Image(entrypoint=["/usr/local/bin/static-api"], cmd=["--serve"]),
+        "tools/plain:1.0.0": Image(),
+    }
+    store = RegistryStore.of(catalog)
+    site = Site("registry", make_app(store, lambda: site.url))
+    loop.call(start_site, site)
+    try:
+        host = site.url.removeprefix("http://")
+        client = oras.provider.Registry(hostname=host, insecure=True, auth_backend="token")
+        configs = {}
+        for ref in catalog:
+            manifest = client.get_manifest(f"{host}/{ref}")
+            blob = client.get_blob(f"{host}/{ref}", manifest["config"]["digest"])
+            configs[ref] = json.loads(blob.content)["config"]
+    finally:
+        loop.call(stop_site, site)
+    assert configs["tools/static-api:1.0.0"]["Entrypoint"] == ["/usr/local/bin/static-api"]
+    assert configs["tools/static-api:1.0.0"]["Cmd"] == ["--serve"]
+    assert "Entrypoint" not in configs["tools/plain:1.0.0"]

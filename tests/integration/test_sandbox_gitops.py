@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from aifixer.sandbox import gitops, scenario
-from aifixer.sandbox.scenario import Node
-from aifixer.sandbox.world import World
+from aifixer_sandbox import gitops, scenario
+from aifixer_sandbox.scenario import Node
+from aifixer_sandbox.world import World
 from tests.integration.test_forge import github_client
 
 KUBECTL = shutil.which("kubectl")

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from aifixer.sandbox import scalingbench
+from aifixer_sandbox import scalingbench
 
 pytestmark = [pytest.mark.integration]
 

@@ -24,9 +24,9 @@ from pydantic import SecretStr
 from aifixer import web
 from aifixer.callfile import CallContext, CallFile, store_call_context
 from aifixer.models import CallRecord, Signal
-from aifixer.sandbox.phone import sign
-from aifixer.sandbox.serve import serve_in_thread
 from aifixer.settings import Settings
+from aifixer_sandbox.phone import sign
+from aifixer_sandbox.serve import serve_in_thread
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -248,6 +248,7 @@ def test_alertmanager_firing_alerts_become_signals(served: Served) -> None:
         [
             alert("firing", namespace="shop", pod="checkout-7d9f-abcde"),
             alert("firing", namespace="shop", deployment="orders-api"),
+            alert("firing", namespace="shop", statefulset="ledger-db"),
             alert("resolved", namespace="shop", pod="search-1"),
             alert("firing", namespace="shop"),  # neither pod nor deployment: not ours to fix
             alert("firing", pod="node-exporter-x"),  # no namespace
@@ -255,9 +256,9 @@ def test_alertmanager_firing_alerts_become_signals(served: Served) -> None:
     )
     resp = post_alerts(served, payload)
     assert resp.status_code == 200, resp.text
-    assert resp.json() == {"alerts": 5, "signals": 2, "levels": 0}
+    assert resp.json() == {"alerts": 6, "signals": 3, "levels": 0}
     [signals] = served.signals
-    pod, deployment = signals
+    pod, deployment, statefulset = signals
     assert (pod.source, pod.namespace, pod.pod, pod.workload, pod.reason) == (
         "alertmanager", "shop", "checkout-7d9f-abcde", None, "KubePodCrashLooping",
     )  # fmt: skip
@@ -265,7 +266,9 @@ def test_alertmanager_firing_alerts_become_signals(served: Served) -> None:
     assert pod.observed_at == datetime(2026, 3, 1, 10, 0, 0, 123000, tzinfo=UTC)
     assert pod.raw == {}  # the payload is not carried along
     assert (deployment.pod, deployment.workload) == (None, "orders-api")
-    assert served.metric('aifixer_alerts_received_total{status="firing"}') == 4
+    assert deployment.workload_kind == "Deployment"
+    assert (statefulset.workload, statefulset.workload_kind) == ("ledger-db", "StatefulSet")
+    assert served.metric('aifixer_alerts_received_total{status="firing"}') == 5
     assert served.metric('aifixer_alerts_received_total{status="resolved"}') == 1
 
 
@@ -426,3 +429,63 @@ def datetime_to_epoch(text: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+CLUSTERS = """\
+default: prod
+clusters:
+  - name: staging
+    kubeconfig: staging.kubeconfig
+    loki: {url: "http://127.0.0.1:9"}
+  - name: prod
+    kubeconfig: prod.kubeconfig
+    loki: {url: "http://127.0.0.1:9"}
+"""
+
+
+def test_cpu_level_alerts_of_another_cluster_are_dropped(tmp_path: Path, redis_url: str) -> None:
+    """Levels act on the default cluster only, and a StatefulSet's pod name (db-0) exists
+    in every cluster: staging's alert must not label prod's db-0."""
+    (tmp_path / "clusters.yaml").write_text(CLUSTERS)
+    settings = Settings(
+        _env_file=None, redis_url=redis_url, twilio_account_sid=ACCOUNT,
+        twilio_auth_token=SecretStr(TOKEN), call_file=tmp_path / "calls.jsonl",
+        web_token=SecretStr(WEB_TOKEN), clusters_file=tmp_path / "clusters.yaml",
+    )  # fmt: skip
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    client.delete("aifixer:cpulevel:shop/db-0", "aifixer:cpulevel:shop/db-1")
+    state = Served("", settings, client)
+    app = web.make_app(settings, client, print, state.signals.append, on_levels=state.levels.extend)
+    state.url, stop = serve_in_thread(app, "web")
+    try:
+
+        def level(pod: str, **labels: str) -> dict:
+            return alert("firing", namespace="shop", pod=pod, **labels) | {
+                "labels": {"alertname": "PodCpuFailure", "namespace": "shop", "pod": pod, **labels}
+            }
+
+        payload = alertmanager_payload(
+            [
+                level("db-0", cluster="staging"),  # another cluster's pod
+                level("db-0", cluster="prod"),
+                level("db-1"),  # no label: the default cluster's
+                alert("firing", namespace="shop", pod="db-2", cluster="staging"),  # an incident
+            ]
+        )
+        resp = post_alerts(state, payload)
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == {"alerts": 4, "signals": 1, "levels": 2}
+        assert sorted(state.levels) == ["shop/db-0", "shop/db-1"]
+        started = str(datetime_to_epoch("2026-03-01T10:00:00.123Z")).encode()
+        assert client.hgetall("aifixer:cpulevel:shop/db-0") == {b"PodCpuFailure": started}
+        [[signal]] = state.signals
+        assert signal.cluster == "staging"  # incidents go to the cluster they name
+        assert state.metric('aifixer_alerts_ignored_total{reason="level alert from another') == 1
+        # A bad clusters file stops the web at start, as it stops beat.
+        (tmp_path / "clusters.yaml").write_text(CLUSTERS.replace("default: prod", "default: qa"))
+        with pytest.raises(ValueError, match="default: 'qa' is none of the clusters"):
+            web.make_app(settings, client, print, print, on_levels=print)
+    finally:
+        stop()
+        client.delete("aifixer:cpulevel:shop/db-0", "aifixer:cpulevel:shop/db-1")
+        client.close()

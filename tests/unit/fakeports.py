@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -68,15 +69,25 @@ def deployment(image: str = "registry.local/web:2", generation: int = 2) -> dict
 
 
 class FakeKube(Faults):
-    """One Deployment, shop/web; writes bump generation and resourceVersion like a server."""
+    """One Deployment, shop/web; writes bump generation and resourceVersion like a server.
+
+    Besides it, the Deployments aifixer creates to verify a fix on (`copies`, by name,
+    created and deleted like a server would) and the namespace's Services (`services`:
+    name -> selector).
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.live = deployment()
         self.healthy = True
+        # When set, health is decided by the live Deployment (a fix that works or not).
+        self.healthy_when: Callable[[dict[str, Any]], bool] | None = None
         self.writes: list[dict[str, Any]] = []
+        self.converging: list[str] = []
         # The Argo CD Application argocd/web managing shop/web (`managed_by_argo`), or None.
         self.application: dict[str, Any] | None = None
+        self.copies: dict[str, dict[str, Any]] = {}
+        self.services: dict[str, dict[str, str]] = {"web": {"app": "web"}}
 
     def _bump(self, spec_changed: bool) -> None:
         meta = self.live["metadata"]
@@ -91,11 +102,25 @@ class FakeKube(Faults):
     def status_moves(self) -> None:
         self._bump(False)
 
+    @property
+    def is_healthy(self) -> bool:
+        return self.healthy_when(self.live) if self.healthy_when is not None else self.healthy
+
+    def healthy_of(self, dep: dict[str, Any]) -> bool:
+        """A copy's health, by the same rule as the live Deployment's."""
+        return self.healthy_when(dep) if self.healthy_when is not None else self.healthy
+
     def get_deployment(self, namespace: str, name: str):
         self.hit("get_deployment")
-        out = copy.deepcopy(self.live)
+        if name != self.live["metadata"]["name"]:
+            return self._with_status(self.copies[name]) if name in self.copies else None
+        return self._with_status(self.live)
+
+    def _with_status(self, dep: dict[str, Any]) -> dict[str, Any]:
+        out = copy.deepcopy(dep)
         n = out["spec"]["replicas"]
-        ready = n if self.healthy else 0
+        healthy = self.is_healthy if dep is self.live else self.healthy_of(dep)
+        ready = n if healthy else 0
         out["status"] = {
             "observedGeneration": out["metadata"]["generation"],
             "replicas": n, "updatedReplicas": n, "readyReplicas": ready,
@@ -103,12 +128,28 @@ class FakeKube(Faults):
         }  # fmt: skip
         return out
 
+    def get_workload(self, namespace: str, kind: str, name: str):
+        """The one Deployment (there is no StatefulSet or DaemonSet here)."""
+        return self.get_deployment(namespace, name) if kind == "Deployment" else None
+
+    def unblock_rollout(self, workload):
+        return []
+
+    def rollback_pending(self, workload, before):
+        """Why the restored workload has not converged yet: the next of `self.converging`
+        (a StatefulSet's member still on the fix's revision), else None."""
+        self.hit("rollback_pending")
+        return self.converging.pop(0) if self.converging else None
+
     def pod_states(self, dep):
         self.hit("pod_states")
-        reasons = [] if self.healthy else ["CrashLoopBackOff"]
+        name = dep["metadata"]["name"]
+        copied = self.copies.get(name)
+        healthy = self.healthy_of(copied) if copied is not None else self.is_healthy
+        reasons = [] if healthy else ["CrashLoopBackOff"]
         return [
             PodState(
-                name="web-1", phase="Running", ready=self.healthy, reasons=reasons,
+                name=f"{name}-1", phase="Running", ready=healthy, reasons=reasons,
                 restart_count=0,
             )
         ]  # fmt: skip
@@ -164,6 +205,38 @@ class FakeKube(Faults):
     @property
     def image(self) -> str:
         return self.live["spec"]["template"]["spec"]["containers"][0]["image"]
+
+    # -- verification copies and the Services that could select them
+
+    def services_selecting(self, namespace, labels):
+        self.hit("services_selecting")
+        return sorted(
+            name for name, selector in self.services.items()
+            if selector and all(labels.get(k) == v for k, v in selector.items())
+        )  # fmt: skip
+
+    def create_copy(self, manifest):
+        self.hit("create_copy")
+        name = manifest["metadata"]["name"]
+        if name in self.copies:
+            raise Conflict("kubernetes", f"deployments.apps {name!r} already exists")
+        created = copy.deepcopy(manifest)
+        created["metadata"].update(generation=1, resourceVersion="1", uid=f"uid-{name}")
+        self.copies[name] = created
+        self.writes.append({"op": "create", "name": name})
+        return copy.deepcopy(created)
+
+    def delete_copy(self, dep):
+        self.hit("delete_copy")
+        meta = dep["metadata"]
+        live = self.copies.get(meta["name"])
+        if live is None:
+            return False
+        if live["metadata"]["uid"] != meta.get("uid"):
+            raise Conflict("kubernetes", "Precondition failed: UID")
+        del self.copies[meta["name"]]
+        self.writes.append({"op": "delete", "name": meta["name"]})
+        return True
 
     # -- a GitOps controller: the Argo CD Application argocd/web, as the adapter sees it
 
@@ -307,7 +380,12 @@ class FakeModel(Faults):
     total = SimpleNamespace(prompt_tokens=0, completion_tokens=0, seconds=0.0)
 
     def chat_text(self, *args, **kwargs):
+        self.hit("chat_text")
         raise PermanentError("model", "no model in unit tests: the template speech is used")
+
+    def chat_json(self, *args, **kwargs):
+        self.hit("chat_json")
+        raise PermanentError("model", "no model in unit tests: the evidence's diagnosis is used")
 
 
 def settings(redis_url: str, tmp_path, **overrides) -> Settings:
@@ -372,3 +450,35 @@ def open_incident(ctx: pipeline.Context, *, fixed_image: str = "registry.local/w
 
 
 __all__ = ["AdapterError", "FakeKube", "context", "open_incident", "settings"]
+
+
+def eager_context(redis_url: str, tmp_path, monkeypatch) -> Iterator[pipeline.Context]:
+    """For a `ctx` fixture: a fake-ports context the tasks use, with no aifixer key left
+    in Redis and the canvas run eagerly. The incidents come diagnosed and patched
+    (open_incident), so diagnose and patch pass them through; the fixer itself is
+    tested in test_fixer.py."""
+    import redis as redis_lib
+
+    from aifixer import tasks
+    from aifixer.app import app
+
+    client = redis_lib.Redis.from_url(redis_url)
+    stale = list(client.scan_iter(match="aifixer:*", count=1000))
+    if stale:
+        client.delete(*stale)
+    c = context(redis_url, tmp_path)
+    monkeypatch.setattr(tasks, "context", lambda: c)
+    monkeypatch.setattr(pipeline, "PHONE_BACKOFF_S", 0.0)
+    monkeypatch.setattr(pipeline, "diagnose", lambda c, s: s)
+    monkeypatch.setattr(pipeline, "patch", lambda c, s: s)
+    app.conf.task_always_eager = True
+    yield c
+    app.conf.task_always_eager = False
+
+
+def run_canvas(ctx: pipeline.Context, incident_id: str):
+    """The whole canvas, eagerly; returns the final record."""
+    from aifixer import tasks
+
+    tasks.remediation(incident_id).apply()
+    return ctx.store.load(incident_id)

@@ -16,9 +16,11 @@ import pytest
 from click.testing import CliRunner
 from test_playbooks import SETTINGS, evidence_of
 
-from aifixer import bench, manifests, playbooks
+from aifixer import fixer, manifests, playbooks, prbody
 from aifixer.models import (
     ApplyResult,
+    CallRecord,
+    Diagnosis,
     Incident,
     IncidentState,
     ModelUsage,
@@ -27,6 +29,7 @@ from aifixer.models import (
     Verification,
     Workload,
 )
+from aifixer_sandbox import bench
 
 OPENED = datetime(2026, 1, 1, 3, 0, tzinfo=UTC)
 
@@ -152,23 +155,112 @@ def test_incident_record_adds_up_model_usage_and_time_to_outcome():
     assert rec["workload"] == "shop/api"
 
 
-def test_the_calls_speech_is_checked_and_counted():
-    from aifixer import fixer
+def placed(speech: str, sid: str, attempt: int = 1) -> CallRecord:
+    return CallRecord(time=OPENED, number="+33600000001", speech=speech, can_intervene=False,
+                      fingerprint="fp-1", status="completed", call_sid=sid, attempt=attempt)  # fmt: skip
 
-    good = state(outcome="called", speech="x")
-    good.speech = fixer.template_speech(good)
-    bad = state(outcome="called", speech="The deployment api failed: OOMKilled, 0 of 1...")
+
+def test_every_call_is_checked_as_the_phone_heard_it():
+    good = state(outcome="called")
+    said = fixer.template_speech(good)
+    good.calls = [placed(said, "CA1"), placed(said, "CA2", 2)]
+    bad = state(outcome="called")
+    bad.calls = [placed(said, "CA3")]
+    heard = bench.heard_calls(
+        [
+            {"sid": "CA1", "says": [{"text": said, "language": "en-US"}, {"text": "Can you?"}]},
+            {"sid": "CA2", "says": [{"text": said, "language": "fr-FR"}]},
+            # What the phone said is what counts, whatever the record says was sent.
+            {"sid": "CA3", "says": [{"text": "The deployment api failed: OOMKilled, 0 of 1...",
+                                     "language": "en-US"}]},
+            {"sid": "CA9", "says": [{"text": said, "language": "en-US"}]},
+        ]
+    )  # fmt: skip
     records = [
-        bench.incident_record(s, "called", SETTINGS) for s in (good, bad, state(outcome="fixed"))
+        bench.incident_record(s, "called", SETTINGS, heard=heard)
+        for s in (good, bad, state(outcome="fixed"))
     ]
-    assert records[0]["speech_problems"] == [] and records[2]["speech_problems"] is None
-    assert "an ellipsis" in records[1]["speech_problems"]
-    run = record(incidents=records)
+    assert [c["problems"] for c in records[0]["calls"]] == [[], ["said in fr-FR, not en-US"]]
+    assert "an ellipsis" in records[1]["calls"][0]["problems"]
+    assert records[2]["calls"] == []
+    run = record(incidents=records, orphan_calls=1)  # CA9: placed for no incident
     [row, _] = bench.summarize([run])
-    assert (row.speeches, row.speeches_ok) == (2, 1)
-    assert bench.cell(row, "speeches_ok") == "1/2"
+    assert (row.speeches, row.speeches_ok) == (4, 1)
+    assert bench.cell(row, "speeches_ok") == "1/4"
     [old_row, _] = bench.summarize([record(incidents=[inc("fixed", True)])])
     assert bench.cell(old_row, "speeches_ok") == "-"  # records written before the check
+
+
+def test_a_call_no_one_picked_up_said_nothing_to_check():
+    said = fixer.template_speech(state(outcome="called"))
+    s = state(outcome="called", calls=[placed("x", "CA1"), placed(said, "CA2", 2)])
+    heard = bench.heard_calls(
+        [
+            {"sid": "CA1", "status": "busy", "says": []},
+            {"sid": "CA2", "status": "completed", "says": [{"text": "", "language": ""}]},
+        ]
+    )
+    [check] = bench.incident_record(s, "called", SETTINGS, heard=heard)["calls"]
+    # The busy line is not judged; a call answered in silence is.
+    assert check["attempt"] == 2 and "too short (0 words)" in check["problems"]
+
+
+def test_a_call_the_phone_never_placed_fails_its_check():
+    s = state(outcome="called", calls=[placed("x", "CA1")])
+    [check] = bench.incident_record(s, "called", SETTINGS, heard={})["calls"]
+    assert check["problems"] == ["the phone never placed it"]
+
+
+MEMORY = "spec.template.spec.containers[0].resources.limits.memory"
+
+
+def fixed_state(evidence, summary: str, cause: str) -> IncidentState:
+    fix = copy.deepcopy(evidence.deployment)
+    fix["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] = "128Mi"
+    return state(
+        outcome="fixed",
+        evidence=evidence,
+        apply=applied(evidence, fix),
+        verification=verification(True),
+        pull_request=PullRequestRef(number=1, url="u", branch="aifixer/a", created=True),
+        diagnosis=Diagnosis(
+            summary=summary, root_cause=cause, failure_class="OOMKilled", source="model"
+        ),  # fmt: skip
+    )
+
+
+def test_the_diagnosis_a_fixed_incidents_pr_shows_is_checked_against_the_facts(evidence):
+    [change] = applied(evidence, fixed_state(evidence, "x", "y").apply.applied).changes
+    assert change.path == MEMORY
+    true = fixed_state(evidence, "The report API is OOMKilled.", "Its memory limit was too low.")
+    false = fixed_state(
+        evidence, "The report API is OOMKilled.", "Its memory limit of 512Mi is set too high."
+    )
+    vague = fixed_state(evidence, "The report API keeps crashing.", "The pods are restarted.")
+    body = prbody.body(true, "", "apps/shop/api.yaml")
+    assert bench.pr_diagnosis(body) == "The report API is OOMKilled.\nIts memory limit was too low."
+    rec = bench.incident_record(true, "fixed", SETTINGS, pr_body=body)
+    assert rec["diagnosis_problems"] == [] and rec["diagnosis_source"] == "model"
+    # Checked as the forge holds it: a body whose diagnosis was edited to a false one fails.
+    forged = body.replace("Its memory limit was too low.", "Its memory limit of 512Mi is too high.")
+    problems = bench.incident_record(true, "fixed", SETTINGS, pr_body=forged)["diagnosis_problems"]
+    assert any("512Mi" in p for p in problems)
+    assert bench.incident_record(true, "fixed", SETTINGS, pr_body="no such section")[
+        "diagnosis_problems"
+    ] == ["the pull request shows no diagnosis"]
+    # The PR of the false and the vague ones shows the diagnosis written from the facts.
+    for s in (false, vague):
+        rec = bench.incident_record(s, "fixed", SETTINGS, pr_body=prbody.body(s, "", "a.yaml"))
+        assert rec["diagnosis_problems"] == [] and rec["diagnosis_source"] == "playbook"
+    assert (
+        bench.incident_record(state(outcome="called"), "called", SETTINGS)["diagnosis_problems"]
+        is None
+    )
+    good = bench.incident_record(true, "fixed", SETTINGS, pr_body=body)
+    bad = bench.incident_record(true, "fixed", SETTINGS, pr_body=forged)
+    [row, _] = bench.summarize([record(incidents=[good, bad])])
+    assert (row.diagnoses, row.diagnoses_ok, row.model_diagnoses) == (2, 1, 1)
+    assert bench.cell(row, "diagnoses_ok") == "1/2"
 
 
 def test_an_unfinished_incident_has_no_time_to_outcome():

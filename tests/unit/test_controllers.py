@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import pytest
 
-from aifixer.sandbox.clock import Clock, rfc3339
-from aifixer.sandbox.kube import defaults
-from aifixer.sandbox.kube.controllers import (
+from aifixer_sandbox.clock import Clock, rfc3339
+from aifixer_sandbox.kube import defaults
+from aifixer_sandbox.kube.controllers import (
     DESIRED_REPLICAS,
     HASH_LABEL,
     MAX_REPLICAS,
@@ -28,9 +28,9 @@ from aifixer.sandbox.kube.controllers import (
     scaled_value,
     set_condition,
 )
-from aifixer.sandbox.kube.events import EventRecorder
-from aifixer.sandbox.kube.resources import core
-from aifixer.sandbox.kube.store import Store
+from aifixer_sandbox.kube.events import EventRecorder
+from aifixer_sandbox.kube.resources import core
+from aifixer_sandbox.kube.store import Store
 
 DEPLOYMENTS, REPLICASETS, PODS, EVENTS = (
     core("deployments"),
@@ -107,7 +107,7 @@ class Harness:
                 self.store.update(PODS, pod, subresource="status")
             await asyncio.sleep(0.002)
 
-    async def until(self, what: Callable[[], object], timeout: float = 5.0) -> None:
+    async def until(self, what: Callable[[], object], timeout: float = 15.0) -> None:
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while not what():
@@ -349,12 +349,13 @@ def test_replicaset_creates_owned_pods_and_reports_status():
 
 def test_min_ready_seconds_delays_availability_in_simulated_time():
     async def body(h: Harness):
-        h.store.create(DEPLOYMENTS, deployment(replicas=1, minReadySeconds=20))  # 200 ms wall
+        # 2 s of wall time: long enough that a loaded machine still sees it unavailable first.
+        h.store.create(DEPLOYMENTS, deployment(replicas=1, minReadySeconds=200))
         await h.until(lambda: h.deploy().get("status", {}).get("readyReplicas") == 1)
         ready_at = h.clock.sim()
         assert h.deploy()["status"].get("availableReplicas", 0) == 0
         await h.until(lambda: h.deploy()["status"].get("availableReplicas") == 1)
-        assert h.clock.sim() - ready_at >= 19
+        assert h.clock.sim() - ready_at >= 199
         await h.until(h.complete)
 
     run(body)

@@ -35,7 +35,7 @@ from aifixer.models import (
     Verification,
     Workload,
 )
-from aifixer.sandbox import report, timeline
+from aifixer_sandbox import report, timeline
 
 HOSTILE = [
     "<script>document.title='pwned'</script>",

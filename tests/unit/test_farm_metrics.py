@@ -14,8 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aifixer import metrics, pipeline, tasks
 from aifixer.adapters.errors import PermanentError, TransientError
-from aifixer.app import app
-from tests.unit.fakeports import context, open_incident
+from tests.unit.fakeports import eager_context, open_incident
 
 
 def scrape(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -150,18 +149,11 @@ def timed(stage: str):
 
 @pytest.fixture
 def ctx(redis_url, tmp_path, monkeypatch):
-    client = redis_lib.Redis.from_url(redis_url)
-    stale = list(client.scan_iter(match="aifixer:*", count=1000))
-    if stale:
-        client.delete(*stale)
-    c = context(redis_url, tmp_path)
-    monkeypatch.setattr(tasks, "context", lambda: c)
-    monkeypatch.setattr(pipeline, "PHONE_BACKOFF_S", 0.0)
-    monkeypatch.setattr(pipeline, "diagnose", timed("diagnose"))
-    monkeypatch.setattr(pipeline, "patch", timed("patch"))
-    app.conf.task_always_eager = True
-    yield c
-    app.conf.task_always_eager = False
+    """The tasks' eager context, whose diagnose and patch say how long they took."""
+    for c in eager_context(redis_url, tmp_path, monkeypatch):
+        monkeypatch.setattr(pipeline, "diagnose", timed("diagnose"))
+        monkeypatch.setattr(pipeline, "patch", timed("patch"))
+        yield c
 
 
 def test_a_fixed_incident_records_its_stages_pr_and_outcome(ctx, monkeypatch):

@@ -31,6 +31,7 @@ from aifixer.models import (
     Revision,
     Signal,
     Verification,
+    VerifyCopy,
     Workload,
 )
 from aifixer.settings import Settings
@@ -227,7 +228,7 @@ def test_diagnose_uses_a_valid_model_answer_redacted():
     assert result.source == "model"
     # The fields it names come from the revision diff, not from the model's words.
     assert result.failure_class == "ImagePull"
-    assert result.fields == [c.path for c in evidence.template_diff]
+    assert result.fields == [IMAGE]
     assert TOKEN not in result.summary and BAD_IMAGE in result.summary
 
 
@@ -606,7 +607,15 @@ CHANGES = {
     ),
     "ConfigError": FieldChange(path="spec.template.spec.containers[0].env", before=[], after=[]),
     "AppError": FieldChange(path="spec.replicas", before=3, after=2),
+    # Fixes to the object beside the workload: a claim's class, a Service's selector.
+    "VolumePending": FieldChange(path="spec.storageClassName", before="fast-ssd", after="standard"),
+    "NoEndpoints": FieldChange(path="spec.selector.app", before="web-v2", after="web"),
 }
+
+
+COPY = VerifyCopy(
+    namespace="web", name="storefront-verify-0a1b2c3d4e", created_at=0.0, deadline=600.0
+)
 
 
 def outcome_state(failure_class: str, outcome: str) -> IncidentState:
@@ -639,21 +648,28 @@ def outcome_state(failure_class: str, outcome: str) -> IncidentState:
     elif outcome == "person_before":
         state.verification = None
         state.error = "apply: web/storefront was changed by someone else after the diagnosis"
+    elif outcome == "copy_failed":
+        state.verify_copy = COPY
+        state.verification = Verification(ok=False, reason=raw, checked_at=SHORTLY)
     return state
 
 
-OUTCOMES = ("rolled_back", "nothing_safe", "draft_pr", "person_after", "person_before")
+OUTCOMES = (
+    "rolled_back", "nothing_safe", "draft_pr", "person_after", "person_before", "copy_failed",
+)  # fmt: skip
 SAYS = {
     ("en", "rolled_back"): "undone",
     ("en", "nothing_safe"): "nothing was changed",
     ("en", "draft_pr"): "hand edit",
     ("en", "person_after"): "Someone changed the deployment",
     ("en", "person_before"): "Someone changed the deployment",
+    ("en", "copy_failed"): "did not work there",
     ("fr", "rolled_back"): "annulé",
     ("fr", "nothing_safe"): "rien n'a été modifié",
     ("fr", "draft_pr"): "à la main",
     ("fr", "person_after"): "Quelqu'un a modifié le déploiement",
     ("fr", "person_before"): "Quelqu'un a modifié le déploiement",
+    ("fr", "copy_failed"): "n'y a pas fonctionné",
 }
 
 
@@ -772,6 +788,45 @@ def test_the_other_outcomes_pass_the_check_too(overrides, outcome):
     )
 
 
+@pytest.mark.parametrize("language", fixer.LANGUAGES)
+@pytest.mark.parametrize(
+    ("overrides", "outcome", "says"),
+    [
+        ({}, "copy_failed", {"en": "left as it was", "fr": "laissé tel quel"}),
+        (
+            {
+                "verification": Verification(ok=True, reason="ok", checked_at=SHORTLY),
+                "pr_error": "open_pr: forge down",
+            },
+            "pr_failed",
+            {"en": "until the fix is in Git", "fr": "tant que le correctif n'est pas dans Git"},
+        ),
+        (
+            {
+                "verification": Verification(ok=True, reason="ok", checked_at=SHORTLY),
+                "pr_error": "open_pr: a draft",
+                "pull_request": PullRequestRef(
+                    number=7, url="http://forge/pr/7", branch="aifixer/x", created=True,
+                    draft=True,
+                ),
+            },
+            "draft_pr",
+            {"en": "hand edit", "fr": "à la main"},
+        ),
+    ],
+)  # fmt: skip
+def test_a_fix_tried_on_a_temporary_copy_is_told_as_such(overrides, outcome, says, language):
+    """The workload itself was never changed: no "undone", no "live", no "next sync"."""
+    state = failed_state(verify_copy=COPY, **overrides)
+    assert fixer.speech_outcome(state) == outcome
+    text = fixer.template_speech(state, language)
+    assert fixer.speech_problems(text, state, language) == [], text
+    assert ("temporary copy" if language == "en" else "copie temporaire") in text
+    assert says[language] in text
+    for wrong in ("undone", "annulé", "is live", "en place", "next sync", "synchronisation"):
+        assert wrong not in text, text
+
+
 @pytest.mark.parametrize("language", ["en-US", "FR_fr", "fr"])
 def test_the_call_language_is_read_from_a_locale_too(language):
     assert Settings(call_language=language, _env_file=None).call_language == language[:2].lower()
@@ -852,3 +907,21 @@ def test_a_model_rationale_relaying_an_injection_is_withheld():
     assert fixer._rationale("Restores the tag that ran.", make_incident(), evidence) == (
         "Restores the tag that ran."
     )
+
+
+@pytest.mark.parametrize(
+    ("kind", "en", "fr"),
+    [
+        ("StatefulSet", "stateful set", "composant"),
+        ("DaemonSet", "daemon set", "composant"),
+    ],
+)
+@pytest.mark.parametrize("outcome", ["rolled_back", "person_after"])
+def test_the_template_names_a_statefulset_or_daemonset_by_its_spoken_kind(kind, en, fr, outcome):
+    state = outcome_state("OOMKilled", outcome)
+    state.incident.workload.kind = kind
+    for language, word in (("en", en), ("fr", fr)):
+        text = fixer.template_speech(state, language)
+        assert fixer.speech_problems(text, state, language) == []
+        assert word in text.lower() and "deployment" not in text and "déploiement" not in text
+        assert kind not in text

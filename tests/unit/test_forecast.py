@@ -253,9 +253,9 @@ def test_one_bad_deployment_does_not_stop_the_pass(r):
 
 
 def test_the_forecaster_bench_scores_what_it_should():
-    from aifixer.sandbox import forecastbench as fb
-    from aifixer.sandbox.scenario import Cycle, LoadProfile
     from aifixer.scaling.forecast import Holt
+    from aifixer_sandbox import forecastbench as fb
+    from aifixer_sandbox.scenario import Cycle, LoadProfile
 
     periodic = LoadProfile(base=400, cycles=[Cycle(period_seconds=3600, amplitude=200)])
     options = {"step_s": 60.0, "history": 120, "horizon": 5, "origins": 6, "every": 7}

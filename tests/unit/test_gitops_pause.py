@@ -171,16 +171,16 @@ def test_a_persons_change_to_the_application_meanwhile_is_not_overwritten(ctx, m
     assert state.gitops_pause.restore == "changed"
 
 
-def test_not_allowed_to_pause_changes_nothing_and_calls(ctx):
+def test_not_allowed_to_pause_leaves_the_controller_and_the_workload_alone(ctx):
+    """The fix is verified on a temporary copy instead (tests/unit/test_verify_copy.py)."""
     iid = open_incident(ctx)
     ctx.settings.gitops_pause_self_heal = False
     state = run(ctx, iid)
-    assert ctx.kube.writes == []  # neither the Application nor the Deployment
+    assert ops(ctx) == ["create", "delete"]  # the copy's, nothing of the Application's
     assert ctx.kube.self_heal is True
-    assert state.outcome == "error"
-    assert "managed by the GitOps controller" in state.error
-    assert "Argo CD Application argocd/web" in state.error
-    assert len(ctx.phone.dialled) == 1
+    assert ctx.kube.image == BAD
+    assert state.outcome == "fixed"
+    assert state.gitops_pause is None
     assert ctx.store.paused() == []
 
 

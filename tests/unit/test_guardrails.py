@@ -14,8 +14,8 @@ import pytest
 from test_playbooks import FIXED, SETTINGS, evidence_of, failure_class, scenario_evidence
 
 from aifixer import guardrails, playbooks
-from aifixer.sandbox.scenario import load
 from aifixer.settings import Settings
+from aifixer_sandbox.scenario import load
 
 POD = ("spec", "template", "spec")
 
@@ -663,8 +663,13 @@ def test_the_last_healthy_command_is_accepted(billing):
     assert billing_reasons(billing, lambda c: c.update(command=command)) == []
 
 
-def test_removing_the_command_gives_the_image_entrypoint_back(billing):
-    assert billing_reasons(billing, lambda c: c.pop("command")) == []
+def test_removing_a_command_the_healthy_revision_had_is_refused(billing):
+    """The healthy revision ran an override: the fix restores it, and never hands the
+    container to the image's own entrypoint, which it never ran."""
+    assert_refused(
+        billing_reasons(billing, lambda c: (c.pop("command"), c.pop("args", None))),
+        "does not restore the last healthy revision",
+    )
 
 
 @pytest.mark.parametrize(

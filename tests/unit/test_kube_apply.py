@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from aifixer.sandbox.kube.apply import (
+from aifixer_sandbox.kube.apply import (
     ApplyConflict,
     fieldset_of,
     from_fields_v1,

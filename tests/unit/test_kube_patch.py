@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from aifixer.sandbox.kube.patch import (
+from aifixer_sandbox.kube.patch import (
     REJECTED,
     PatchError,
     json_patch,

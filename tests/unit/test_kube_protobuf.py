@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aifixer.sandbox.kube import protobuf
+from aifixer_sandbox.kube import protobuf
 
 # `kubectl create configmap x --from-literal=a=b` (v1.32), byte for byte as it was sent.
 CONFIGMAP = bytes.fromhex(

@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from aifixer.sandbox.kube import schema
-from aifixer.sandbox.kube.quantity import (
+from aifixer_sandbox.kube import schema
+from aifixer_sandbox.kube.quantity import (
     QuantityError,
     cpu_millicores,
     format_binary,

@@ -13,13 +13,13 @@ from collections.abc import Callable
 
 import pytest
 
-from aifixer.sandbox.clock import Clock
-from aifixer.sandbox.kube.cluster import Cluster
-from aifixer.sandbox.kube.defaults import apply_defaults
-from aifixer.sandbox.kube.kubelet import Backoff, go_duration, image_id, normalize_image
-from aifixer.sandbox.kube.resources import core
-from aifixer.sandbox.kube.scheduler import fit_error
-from aifixer.sandbox.scenario import CrashSpec, Image, Node, Taint
+from aifixer_sandbox.clock import Clock
+from aifixer_sandbox.kube.cluster import Cluster
+from aifixer_sandbox.kube.defaults import apply_defaults
+from aifixer_sandbox.kube.kubelet import Backoff, go_duration, image_id, normalize_image
+from aifixer_sandbox.kube.resources import core
+from aifixer_sandbox.kube.scheduler import fit_error
+from aifixer_sandbox.scenario import CrashSpec, Image, Node, Taint
 
 PODS, EVENTS, CONFIGMAPS, SECRETS = (
     core("pods"),
@@ -42,6 +42,13 @@ IMAGES = {
     "shop/cfg:1.0": Image(requires_files=["/etc/app/config.yaml"], logs=["config loaded"]),
     "shop/bad:1.0": Image(crash=CrashSpec(after_seconds=3, exit_code=2, logs=["panic: nil map"])),
     "shop/slow:1.0": Image(port=9000, start_seconds=60),
+    # A static binary with its own entrypoint and default arguments, and nothing else.
+    "shop/static:1.0": Image(
+        entrypoint=["/usr/local/bin/static-api"],
+        cmd=["--listen=:8080"],
+        binaries=["static-api"],
+        logs=["static-api listening"],
+    ),
 }
 
 
@@ -80,7 +87,7 @@ class Harness:
             if e["involvedObject"]["name"] == name and (reason is None or e["reason"] == reason)
         ]
 
-    async def until(self, what: str, pred: Callable[[], bool], timeout: float = 10) -> None:
+    async def until(self, what: str, pred: Callable[[], bool], timeout: float = 25) -> None:
         deadline = time.monotonic() + timeout
         while not pred():
             if time.monotonic() > deadline:
@@ -300,7 +307,11 @@ def test_env_from_secret_satisfies_the_image():
             )
         )
         await h.until("Ready", lambda: h.container("api").get("ready") is True)
+        # Without a readiness probe the container is Ready as it starts; its first line
+        # is written by the process after that, as with a real runtime.
+        await h.until("the first line", lambda: h.cluster.logs.read("default", "api", "app"))
         assert h.cluster.logs.read("default", "api", "app") == "api 2.0\n"
+        assert h.container("api").get("restartCount") == 0
 
     run(t)
 
@@ -342,6 +353,53 @@ def test_missing_executable_is_a_start_error():
         assert not h.events("exec", "Started")
 
     run(t)
+
+
+@pytest.mark.timeout(30)
+def test_an_image_entrypoint_runs_without_an_override_and_with_args_only():
+    async def t(h: Harness) -> None:
+        h.create(pod("own", "shop/static:1.0"))
+        # Arguments alone go to the image's entrypoint: no executable is looked up in them.
+        h.create(pod("flags", "shop/static:1.0", args=["serve", "--debug"]))
+        # An override naming an executable the image has still runs.
+        h.create(pod("named", "shop/static:1.0", command=["/usr/local/bin/static-api"]))
+        for name in ("own", "flags", "named"):
+            await h.until(f"{name} ready", lambda name=name: h.container(name).get("ready"))
+            assert h.events(name, "Started") and not h.events(name, "Failed")
+        assert any("static-api listening" in str(entries) for _, entries in h.sink)
+
+    run(t)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "command,detail",
+    [
+        (["python3", "app.py"], 'exec: "python3": executable file not found in $PATH'),
+        (["/bin/bash", "-c", "exec static-api"], 'exec: "/bin/bash": stat /bin/bash: no such'),
+    ],
+)
+def test_an_override_the_image_cannot_exec_never_starts(command, detail):
+    async def t(h: Harness) -> None:
+        h.create(pod("py", "shop/static:1.0", command=command))
+        await h.until(
+            "StartError",
+            lambda: (h.container("py").get("lastState") or {}).get("terminated"),
+        )
+        last = h.container("py")["lastState"]["terminated"]
+        assert (last["reason"], last["exitCode"]) == ("StartError", 128)
+        assert detail in last["message"]
+        assert waiting(h.container("py"))["reason"] in ("RunContainerError", "CrashLoopBackOff")
+        assert not h.events("py", "Started")
+
+    run(t)
+
+
+def test_an_image_catalog_entry_runs_only_what_it_has():
+    with pytest.raises(ValueError, match="not among its binaries"):
+        Image(entrypoint=["/usr/bin/python3"], binaries=["app"])
+    with pytest.raises(ValueError, match="non-empty"):
+        Image(entrypoint=[])
 
 
 @pytest.mark.timeout(30)

