@@ -385,6 +385,7 @@ class PullRequestRef(Record):
     state: Literal["open", "merged", "closed"] = "open"
     merged_at: datetime | None = None
     closed_at: datetime | None = None
+    merge_commit: str | None = None  # the merge's commit sha, as the forge reports it
 
 
 class CallRecord(Record):

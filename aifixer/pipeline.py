@@ -1126,11 +1126,43 @@ def awaits_merge(ctx: Context, state: IncidentState) -> bool:
     """
     verified = state.verification is not None and state.verification.ok
     pr = state.pull_request
-    if not verified or pr is None or pr.state != "open":
+    if not verified or pr is None:
+        return False
+    if pr.state == "merged":
+        return _awaits_fetch(ctx, state)
+    if pr.state != "open":
         return False
     if state.closed_at is None:
         return True
     return state.closed_at >= now() - timedelta(days=ctx.settings.pr_check_days)
+
+
+def _awaits_fetch(ctx: Context, state: IncidentState) -> bool:
+    """Merged, and self-heal still paused: it waits for the controller to fetch the merge
+    commit (`check_pull_requests` looks), at most `gitops_merge_wait_s` after the merge."""
+    pr, pause = state.pull_request, state.gitops_pause
+    if pr is None or pr.merged_at is None or pause is None or pause.restored_at is not None:
+        return False
+    return now() - pr.merged_at < timedelta(seconds=ctx.settings.gitops_merge_wait_s)
+
+
+def _controller_has_merge(ctx: Context, state: IncidentState) -> bool:
+    """Whether self-heal may be restored after the merge: the controller has fetched the
+    merge commit (asked to look when not), or the wait is over (logged)."""
+    pr, pause = state.pull_request, state.gitops_pause
+    if pr is None or pause is None or pause.restored_at is not None or not pr.merge_commit:
+        return True
+    kube = ctx.cluster(pause.cluster or ctx.clusters.default).kube
+    if kube.gitops_has_commit(_owner_of(pause), pr.merge_commit):
+        return True
+    if not _awaits_fetch(ctx, state):
+        log.warning("%s the %s has not fetched merge commit %s within %.0fs: self-heal is "
+                    "restored all the same", tag(state), _owner_of(pause), pr.merge_commit[:12],
+                    ctx.settings.gitops_merge_wait_s)  # fmt: skip
+        return True
+    log.info("%s the %s has not fetched merge commit %s yet: asked to, self-heal stays "
+             "paused", tag(state), _owner_of(pause), pr.merge_commit[:12])  # fmt: skip
+    return False
 
 
 def resume_due(ctx: Context) -> int:
@@ -2535,7 +2567,11 @@ def check_pull_requests(ctx: Context) -> int:
         try:
             state = load(ctx, iid)
             ref = state.pull_request if state is not None else None
-            if state is None or ref is None or ref.state != "open":
+            if (
+                state is None
+                or ref is None
+                or (ref.state != "open" and not _awaits_fetch(ctx, state))
+            ):
                 ctx.store.forget_pull(iid)
                 continue
             if state.closed_at is None:  # finalize has not run yet
@@ -2544,23 +2580,30 @@ def check_pull_requests(ctx: Context) -> int:
             if state.closed_at < horizon:
                 ctx.store.forget_pull(iid)
                 continue
-            fresh = ctx.of(state).forge.pull_state(ref)
-            if fresh.state == "open":
-                ctx.store.checked_pull(iid)
+            if ref.state == "open":
+                fresh = ctx.of(state).forge.pull_state(ref)
+                if fresh.state == "open":
+                    ctx.store.checked_pull(iid)
+                    continue
+                state.pull_request = fresh
+                save(ctx, state)
+                changed += 1
+                log.info("%s pull request #%d %s", tag(state), fresh.number,
+                         f"merged at {fresh.merged_at}" if fresh.merged_at else "closed unmerged")  # fmt: skip
+                try:
+                    append_incident_line(ctx, state)
+                except OSError as exc:
+                    log.error("%s incidents file not written: %s", tag(state), exc)
+            pr = state.pull_request or ref
+            # The fix is in Git's hands now (merged: once the controller has fetched it),
+            # or a person decided against it (closed): the controller may keep the
+            # workload equal to Git again.
+            if pr.state == "merged" and not _controller_has_merge(ctx.of(state), state):
+                ctx.store.checked_pull(iid)  # looked at again next round
                 continue
-            state.pull_request = fresh
-            # The fix is in Git's hands now (merged), or a person decided against it
-            # (closed): the controller may keep the workload equal to Git again.
-            state = _resume_quietly(ctx, state, f"pull request #{fresh.number} {fresh.state}")
+            state = _resume_quietly(ctx, state, f"pull request #{pr.number} {pr.state}")
             save(ctx, state)
             ctx.store.forget_pull(iid)
-            changed += 1
-            log.info("%s pull request #%d %s", tag(state), fresh.number,
-                     f"merged at {fresh.merged_at}" if fresh.merged_at else "closed unmerged")  # fmt: skip
-            try:
-                append_incident_line(ctx, state)
-            except OSError as exc:
-                log.error("%s incidents file not written: %s", tag(state), exc)
         except TransientError as exc:
             log.warning("pull request check: incident %s: %s (next round)", iid, exc)
             if exc.system != "redis":  # the forge: end the round (a stale record just waits)

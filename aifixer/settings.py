@@ -156,6 +156,11 @@ class Settings(BaseSettings):
     gitops_flux_namespaces: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["flux-system"]
     )
+    # After the merge, self-heal is restored only once the controller has fetched the
+    # merge commit (it is asked to look at once): restored sooner, it would put the
+    # revision it fetched before — Git's broken version — back over the fix. At most
+    # this long after the merge; then restored all the same, with a warning.
+    gitops_merge_wait_s: float = Field(default=600.0, gt=0)
     # What became of the pull requests (merged, closed unmerged) is read every
     # AIFIXER_PR_CHECK_INTERVAL_S for incidents closed within AIFIXER_PR_CHECK_DAYS, at
     # most AIFIXER_PR_CHECK_MAX pull requests a round (one API call each).

@@ -357,7 +357,10 @@ def verify(self, incident_id: str) -> str:
         try:
             state = _attempt(self, "verify", pipeline.verify, state)
         except pipeline.NotYet as wait:
-            raise self.retry(countdown=wait.countdown, max_retries=_decided(self)) from None
+            # The reason in the worker log: "Retry in 1s: 1/2 pod(s) Ready..."
+            raise self.retry(
+                exc=wait, countdown=wait.countdown, max_retries=_decided(self)
+            ) from None
         if state.verification is not None and state.apply is not None:
             seconds = (state.verification.checked_at - state.apply.applied_at).total_seconds()
             metrics.stage_done(context().redis, "verify", seconds)

@@ -94,6 +94,7 @@ SOURCE_ANNOTATION = "aifixer.io/source"  # "<path>" or "<owner>/<repo>:<path>"
 RELEASE_ANNOTATION = "meta.helm.sh/release-name"
 RELEASE_LABEL = "app.kubernetes.io/instance"
 BRANCH_PREFIX = "aifixer/"
+_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a commit id, SHA-1 or SHA-256
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 # Where a draft pull request's note of hand edits goes: a hidden directory, which no
 # kustomization, chart or manifest scan reads.
@@ -311,9 +312,13 @@ class Forge:
             pull = self._github.get_repo(repo_name).get_pull(ref.number)
             merged, state = pull.merged, pull.state
             merged_at, closed_at = pull.merged_at, pull.closed_at
+            sha = pull.merge_commit_sha if merged else None
         if merged:
             when = merged_at or closed_at or datetime.now(UTC)
-            return ref.model_copy(update={"state": "merged", "merged_at": when, "closed_at": when})
+            return ref.model_copy(
+                update={"state": "merged", "merged_at": when, "closed_at": when,
+                        "merge_commit": sha if isinstance(sha, str) and _SHA.fullmatch(sha) else None}
+            )  # fmt: skip
         if state == "closed":
             when = closed_at or datetime.now(UTC)
             return ref.model_copy(update={"state": "closed", "closed_at": when})

@@ -1799,6 +1799,55 @@ class Kube:
                 return "restored"
         raise TransientError(SYSTEM, f"{owner} kept changing; self-heal not restored", status=409)
 
+    def gitops_has_commit(self, owner: GitOpsOwner, sha: str) -> bool:
+        """Whether the controller has fetched the commit `sha` (a merged fix) from Git.
+
+        Restoring self-heal before it has would have the controller put the revision
+        it fetched last — Git's broken version — back over the verified fix. Flux: the
+        Kustomization's GitRepository artifact names the commit (`main@sha1:<sha>`);
+        Argo CD: the Application is synced to it (`status.sync.revision`, or one of
+        `revisions` for several sources). When not yet, the controller is asked to look
+        now, as `flux reconcile source git` and the Refresh button do (the annotations
+        `reconcile.fluxcd.io/requestedAt` and `argocd.argoproj.io/refresh`), and False
+        is returned: ask again later. A source of another kind (an OCI repository, a
+        bucket) cannot name the commit: True.
+
+        Raises:
+            PermanentError (the object gone, or the patch refused), TransientError.
+        """
+        obj = self._gitops_object(owner)
+        if obj is None:
+            raise PermanentError(SYSTEM, f"{owner} not found", status=404)
+        api = client.CustomObjectsApi(self.api_client)
+        if owner.controller == "argocd":
+            sync = (obj.get("status") or {}).get("sync") or {}
+            if sha == sync.get("revision") or sha in (sync.get("revisions") or []):
+                return True
+            target = ("argoproj.io", "v1alpha1", owner.namespace, "applications", owner.name)
+            request = {"argocd.argoproj.io/refresh": "normal"}
+        else:
+            ref = (obj.get("spec") or {}).get("sourceRef") or {}
+            if ref.get("kind") != "GitRepository" or not ref.get("name"):
+                return True
+            namespace = ref.get("namespace") or owner.namespace
+            target = ("source.toolkit.fluxcd.io", "v1", namespace, "gitrepositories", ref["name"])
+            try:
+                source = self._json(api.get_namespaced_custom_object, *target)
+            except PermanentError as exc:
+                if exc.status == 404:
+                    return True  # nothing to wait for: the Kustomization reports it
+                raise
+            artifact = (source.get("status") or {}).get("artifact") or {}
+            if sha in str(artifact.get("revision") or ""):
+                return True
+            now = datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            request = {"reconcile.fluxcd.io/requestedAt": now}
+        self._json(
+            api.patch_namespaced_custom_object, *target, {"metadata": {"annotations": request}},
+            field_manager=FIELD_MANAGER, _content_type="application/merge-patch+json",
+        )  # fmt: skip
+        return False
+
     def _gitops_object(self, owner: GitOpsOwner) -> Manifest | None:
         group, version, plural = _GITOPS[owner.controller][:3]
         api = client.CustomObjectsApi(self.api_client)

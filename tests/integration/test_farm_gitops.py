@@ -225,10 +225,16 @@ def test_flux_kustomization_is_suspended_for_the_fix_and_resumed_after_the_merge
             gh = github_client(
                 world.endpoints.github_api.removesuffix("/api/v3"), world.endpoints.github_token
             )
+            # Every version of the Deployment from the merge on: the suspension is lifted
+            # only once the source has fetched the merge commit, so the Kustomization
+            # never applies the revision it fetched before (Git's 64Mi) over the fix.
+            after_merge = Recorded(str(world.endpoints.kubeconfig), "deployments", "shop")
             merged = gh.get_repo(sc.gitops.repo).get_pull(state.pull_request.number).merge()
             assert merged.merged
 
             wait_for("suspension lifted", lambda: not kustomization()["spec"].get("suspend"))
+            artifact = source()["status"]["artifact"]["revision"]
+            assert merged.sha in artifact, artifact
             wait_for(
                 "the merge applied",
                 lambda: (
@@ -242,11 +248,16 @@ def test_flux_kustomization_is_suspended_for_the_fix_and_resumed_after_the_merge
             assert manifests.get_path(live(), memory) == fixed
             assert world.rolled_out("shop", "report-api")
 
+            after_merge.stop()
+            seen = [manifests.get_path(o, memory) for _, _, o in after_merge.of("report-api")]
+            assert set(seen) <= {fixed}, seen
+
             final = run.incidents()
             # Nothing reopened, nothing done twice.
             assert len(final) == 1, json.dumps(run.report(final), indent=2)
             assert final[0].gitops_pause.restore == "restored"
             assert final[0].pull_request.state == "merged"
+            assert final[0].pull_request.merge_commit == merged.sha
         finally:
             api.close()
 

@@ -245,6 +245,8 @@ class FakeKube(Faults):
     def managed_by_argo(self, self_heal: bool | None = True) -> None:
         automated = {} if self_heal is None else {"selfHeal": self_heal}
         self.application = {"spec": {"syncPolicy": {"automated": automated}}}
+        self.fetched: set[str] = set()  # the commits the controller has fetched
+        self.refreshes: list[str] = []  # the refreshes asked, by commit
 
     @property
     def self_heal(self) -> Any:
@@ -281,6 +283,14 @@ class FakeKube(Faults):
         self._set_self_heal(owner.paused)
         self.writes.append({"op": "pause", "selfHeal": owner.paused})
         return True, before
+
+    def gitops_has_commit(self, owner, sha):
+        """As the adapter: True once the controller fetched `sha`; else a refresh asked."""
+        self.hit("gitops_has_commit")
+        if sha in self.fetched:
+            return True
+        self.refreshes.append(sha)
+        return False
 
     def resume_self_heal(self, owner, previous):
         """As the adapter: only while the switch is still aifixer's value."""
@@ -342,8 +352,9 @@ class FakeForge(Faults):
         )  # fmt: skip
         return self.prs[branch]
 
-    def merge(self, number: int, at: datetime) -> None:
-        self.fate[number] = {"state": "merged", "merged_at": at, "closed_at": at}
+    def merge(self, number: int, at: datetime, sha: str | None = None) -> None:
+        self.fate[number] = {"state": "merged", "merged_at": at, "closed_at": at,
+                             "merge_commit": sha}  # fmt: skip
 
     def close(self, number: int, at: datetime) -> None:
         self.fate[number] = {"state": "closed", "closed_at": at}

@@ -80,6 +80,45 @@ def test_paused_once_before_the_apply_and_restored_when_the_pr_is_merged(ctx):
     assert ops(ctx) == ["pause", "apply", "resume"]
 
 
+def test_after_the_merge_restored_only_once_the_controller_has_fetched_it(ctx):
+    """Restored earlier, the controller would apply the revision it fetched before —
+    Git's broken version — over the verified fix."""
+    iid = open_incident(ctx)
+    state = run(ctx, iid)
+    sha = "ab" * 20
+    ctx.forge.merge(state.pull_request.number, datetime.now(UTC), sha)
+    for _ in range(2):  # rounds of the check, and the watchdog, wait
+        pipeline.check_pull_requests(ctx)
+        tasks.watchdog.apply()
+        assert ctx.kube.self_heal is False
+    state = ctx.store.load(iid)
+    assert (state.pull_request.state, state.pull_request.merge_commit) == ("merged", sha)
+    assert state.gitops_pause.restored_at is None
+    assert ctx.kube.refreshes == [sha, sha]  # asked to look, each round
+    assert ops(ctx) == ["pause", "apply"]
+
+    ctx.kube.fetched.add(sha)
+    pipeline.check_pull_requests(ctx)
+    assert ctx.kube.self_heal is True
+    assert ctx.store.load(iid).gitops_pause.restore == "restored"
+    assert ops(ctx) == ["pause", "apply", "resume"]
+    pipeline.check_pull_requests(ctx)  # nothing more to look at
+    assert ctx.kube.refreshes == [sha, sha]
+
+
+def test_after_the_merge_restored_all_the_same_once_the_wait_is_over(ctx, caplog):
+    iid = open_incident(ctx)
+    state = run(ctx, iid)
+    ctx.forge.merge(state.pull_request.number, datetime.now(UTC), "cd" * 20)
+    pipeline.check_pull_requests(ctx)
+    assert ctx.kube.self_heal is False
+    ctx.settings.gitops_merge_wait_s = 0.001
+    tasks.watchdog.apply()  # the watchdog's sweep no longer waits either
+    pipeline.check_pull_requests(ctx)
+    assert ctx.kube.self_heal is True
+    assert ctx.store.load(iid).gitops_pause.restore == "restored"
+
+
 def test_restored_when_the_pr_is_closed_unmerged(ctx):
     iid = open_incident(ctx)
     state = run(ctx, iid)

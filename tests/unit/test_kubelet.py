@@ -419,6 +419,32 @@ def test_memory_limit_below_working_set_is_oom_killed():
 
 
 @pytest.mark.timeout(30)
+def test_a_server_over_its_memory_limit_is_never_ready():
+    """Killed while its working set grows: it never answers its readiness probe, at any
+    restart (were it Ready a moment, a Deployment would count it available)."""
+
+    async def t(h: Harness) -> None:
+        probe = {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}
+        h.create(
+            pod("web", "shop/web:1.0", readinessProbe=probe,
+                resources={"limits": {"memory": "32Mi"}})
+        )  # fmt: skip
+        ready_seen: list[bool] = []
+
+        def restarted_twice() -> bool:
+            c = h.container("web")
+            ready_seen.append(bool(c.get("ready")))
+            return (c.get("restartCount") or 0) >= 2
+
+        await h.until("two restarts", restarted_twice)
+        assert h.container("web")["lastState"]["terminated"]["reason"] == "OOMKilled"
+        assert not any(ready_seen)
+        assert any(e["message"].startswith("Readiness probe failed") for e in h.events("web"))
+
+    run(t)
+
+
+@pytest.mark.timeout(30)
 def test_crashing_release_exits_with_its_code_and_logs():
     async def t(h: Harness) -> None:
         h.create(pod("bad", "shop/bad:1.0"))

@@ -665,7 +665,8 @@ def test_rbac_cluster_wide_never_grants_pod_deletes_nor_set_writes(rbac):
 
 
 def test_gitops_rbac_is_get_and_patch_on_the_controllers_objects_in_their_namespaces(rbac):
-    """Argo CD Applications in argocd, Flux Kustomizations in flux-system: Roles only."""
+    """Argo CD Applications in argocd, Flux Kustomizations and GitRepositories in
+    flux-system: Roles only."""
     gitops = _load_all((DEPLOY / "app-cluster-rbac-gitops.yaml").read_text())
     for obj in gitops:
         _assert_valid(obj)
@@ -685,6 +686,9 @@ def test_gitops_rbac_is_get_and_patch_on_the_controllers_objects_in_their_namesp
         ("argocd", "argoproj.io", "applications", "patch"),
         ("flux-system", "kustomize.toolkit.fluxcd.io", "kustomizations", "get"),
         ("flux-system", "kustomize.toolkit.fluxcd.io", "kustomizations", "patch"),
+        # After a merge: has the source fetched it (and a request that it look now).
+        ("flux-system", "source.toolkit.fluxcd.io", "gitrepositories", "get"),
+        ("flux-system", "source.toolkit.fluxcd.io", "gitrepositories", "patch"),
     }
     accounts = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in rbac
                 if o["kind"] == "ServiceAccount"}  # fmt: skip

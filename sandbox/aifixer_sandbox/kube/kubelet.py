@@ -1220,7 +1220,14 @@ class _Instance:
         """(success, output, errored) of one probe against this process right now."""
         image, spec = self.image, self.r.spec
         host = self.r.w.pod_ip or ""
-        listening = image.port is not None and self._elapsed() >= image.start_seconds
+        # A working set over the memory limit is killed as it grows, while the process
+        # starts: it never listens (the kill and the first answer are due at the same
+        # moment, and the kill wins, as the kernel's does).
+        limit = memory_limit_bytes(spec)
+        oom_bound = limit is not None and limit < image.memory_mib * 1024 * 1024
+        listening = (
+            image.port is not None and self._elapsed() >= image.start_seconds and not oom_bound
+        )
         for kind in ("httpGet", "tcpSocket", "grpc"):
             action = probe.get(kind)
             if not isinstance(action, dict):
