@@ -90,10 +90,12 @@ def test_the_hpa_scales_out_and_in_as_documented(make_world):
     assert status.current_metrics[0].resource.current.average_utilization == 50
     # 1,000m: 250 % of the request per pod -> ceil(2 × 5) = 10, but a sync adds at most
     # max(100 %, 4 pods): 2 -> 6 first; the new pods (20 s to start) count as 0 % then.
+    # (The next sync comes 0.5 s later: a busy machine's poll may see 10 already; the
+    # events below say which sizes were set, in order.)
     set_load(world, 1000)
     seen = []
     until(lambda: seen.append(replicas()) or seen[-1] > 2, 10)
-    assert seen[-1] == 6, seen
+    assert seen[-1] in (6, 10), seen
     final = until(lambda: replicas() if replicas() == math.ceil(1000 / 100) else None, 30)
     assert final == 10
     # Load back to 200m: 10 % per pod, a recommendation of 2, held for the 300 s window.
@@ -121,7 +123,10 @@ def test_the_hpa_scales_out_and_in_as_documented(make_world):
         "AGE",
     ]
     assert re.fullmatch(r"api +Deployment/api +cpu: \d+%/50% +1 +10 +2 +\S+", row), row
+    events.sort(key=lambda e: int(e.metadata.resource_version))
     rescales = [e.message for e in events if e.reason == "SuccessfulRescale"]
+    sizes = [int(m.split(";")[0].removeprefix("New size: ")) for m in rescales]
+    assert sizes[0] == 6 and max(sizes) == 10 and sizes[-1] == 2, rescales
     assert (
         "New size: 6; reason: cpu resource utilization (percentage of request) above target"
         in rescales
