@@ -1046,7 +1046,35 @@ def pause_gitops(ctx: Context, state: IncidentState, live: dict[str, Any]) -> Gi
     ctx.kube.pause_self_heal(_owner_of(recorded))
     state.gitops_pause = recorded
     log.info("%s self-heal of the %s paused for the fix", tag(state), _owner_of(recorded))
+    _await_pass_in_flight(ctx, state, _owner_of(recorded))
     return None
+
+
+GITOPS_IN_FLIGHT_WAIT_S = 20.0  # how long apply waits, in the task, for a pass to end
+GITOPS_IN_FLIGHT_POLL_S = 0.5
+
+
+def _await_pass_in_flight(ctx: Context, state: IncidentState, owner: GitOpsOwner) -> None:
+    """Wait for a pass the controller decided before the pause to end, before writing.
+
+    A sync or reconciliation already under way when self-heal was turned off still
+    writes Git's version at its end: a fix written before that end would be put back
+    by it, and verify would judge the broken revision. Waits up to
+    `GITOPS_IN_FLIGHT_WAIT_S` here, then hands the wait to Celery's retry (the pause is
+    recorded, so the redelivered apply comes straight back here).
+
+    Raises:
+        TransientError: the pass is still running.
+    """
+    deadline = time.monotonic() + GITOPS_IN_FLIGHT_WAIT_S
+    while True:
+        busy = ctx.kube.gitops_in_flight(owner)
+        if busy is None:
+            return
+        if time.monotonic() >= deadline:
+            raise TransientError("gitops", f"{busy}; the fix waits for it to end", retry_after=5)
+        log.info("%s waiting before the write: %s", tag(state), busy)
+        time.sleep(GITOPS_IN_FLIGHT_POLL_S)
 
 
 def _not_pausable(inc: Incident, owner: GitOpsOwner, why: str | None) -> str:
@@ -1472,6 +1500,23 @@ def _foreign_changes(snapshot: dict[str, Any], live: dict[str, Any], proposal: F
     return foreign
 
 
+def _reverted(
+    live: dict[str, Any], original: dict[str, Any], proposal: FixProposal | None
+) -> list[str]:
+    """The paths this fix changed whose live value is the original's again, not the fix's."""
+    if proposal is None:
+        return []
+    reverted = []
+    for c in proposal.changes:
+        now_, fixed = (
+            manifests.get_path(live, c.path),
+            manifests.get_path(proposal.manifest, c.path),
+        )
+        if not _covers(now_, fixed) and _covers(now_, manifests.get_path(original, c.path)):
+            reverted.append(c.path)
+    return reverted
+
+
 def _covers(live: Any, wanted: Any) -> bool:
     """`live` holds everything `wanted` says (the server may have added defaults)."""
     if isinstance(wanted, dict) and isinstance(live, dict):
@@ -1545,6 +1590,13 @@ def verify(ctx: Context, state: IncidentState) -> IncidentState:
         # The original is back and its rollout still converging (`_rollback`): what
         # runs is not the fix, so it is never verified; the rollback goes on.
         return _not_healthy(ctx, state, dep, str(pending.get("why") or "not verified"), {})
+    if target is None and copy is None:
+        reverted = _reverted(manifests.clean(dep), state.apply.original, state.proposal)
+        if reverted:
+            # The earlier values are back (a GitOps pass, or a person's undo): what runs
+            # is not the fix, so it cannot be verified; the original stays, as it is.
+            why = f"the fix is no longer live ({reverted[0]} was put back)"
+            return rollback(ctx, state, why)
     if ctx.kube.unblock_rollout(dep):  # a StatefulSet's pods stuck on the broken revision
         dep = _live(ctx, state)
     rollout = rollout_status(dep)  # the rule of kubectl rollout status for the kind

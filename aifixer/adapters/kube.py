@@ -1799,6 +1799,34 @@ class Kube:
                 return "restored"
         raise TransientError(SYSTEM, f"{owner} kept changing; self-heal not restored", status=409)
 
+    def gitops_in_flight(self, owner: GitOpsOwner) -> str | None:
+        """What the controller is applying now, if a pass it decided earlier still runs.
+
+        Turning self-heal off stops the passes the controller decides after it; one
+        already deciding goes on to the end and writes Git's version, over a live fix
+        written meanwhile. Argo CD records such a sync as `status.operationState.phase:
+        Running`; Flux's kustomize-controller sets the condition `Reconciling` True for
+        the length of a pass. None when no pass is in flight (or the object is gone).
+
+        Raises:
+            PermanentError, TransientError: as every call.
+        """
+        obj = self._gitops_object(owner)
+        status = (obj or {}).get("status") or {}
+        if owner.controller == "argocd":
+            op = status.get("operationState") or {}
+            if op.get("phase") in ("Running", "Terminating"):
+                return f"{owner}: a sync is {str(op['phase']).lower()}"
+            return None
+        for cond in status.get("conditions") or []:
+            if (
+                cond.get("type") == "Reconciling"
+                and cond.get("status") == "True"
+                and cond.get("reason") != "ProgressingWithRetry"  # failed, retried later
+            ):
+                return f"{owner}: {cond.get('message') or 'a reconciliation is in progress'}"
+        return None
+
     def gitops_has_commit(self, owner: GitOpsOwner, sha: str) -> bool:
         """Whether the controller has fetched the commit `sha` (a merged fix) from Git.
 

@@ -448,6 +448,7 @@ class _AppState:
     checked_at: float = -1e9
     synced_revision: str = ""
     generation: int = 0
+    key: tuple[str, str] = ("", "")  # the Application's namespace and name
 
 
 def resource_result(d: Desired, status: str, message: str, **extra: str) -> dict[str, Any]:
@@ -623,9 +624,16 @@ class ArgoController(_Controller):
             await self.reconcile(app)
 
     async def reconcile(self, app: Obj) -> None:
+        # Read again: an earlier Application's pass awaited, and its spec may have changed.
+        latest = self.store.try_get(
+            self.resource, app["metadata"]["namespace"], app["metadata"]["name"]
+        )
+        if latest is None:
+            return
+        app = latest
         meta, spec = app["metadata"], app.get("spec") or {}
         key = (meta["namespace"], meta["name"])
-        state = self._apps.setdefault(key, _AppState())
+        state = self._apps.setdefault(key, _AppState(key=key))
         source = spec.get("source") or {}
         dest_ns = (spec.get("destination") or {}).get("namespace") or ""
         policy = spec.get("syncPolicy") or {}
@@ -721,6 +729,16 @@ class ArgoController(_Controller):
         automated: bool,
     ) -> dict[str, Any]:
         started = rfc3339(self.clock.now())
+        operation_spec = {
+            "sync": {"revision": state.revision},
+            "initiatedBy": {"automated": True} if automated else {"username": "admin"},
+        }
+        # The operation is Running from its decision to its end, as Argo CD records it:
+        # written before the first await, so whoever turns self-heal off after this line
+        # can see that a sync already decided is still applying Git's version.
+        self._set_operation(state.key, {"operation": operation_spec, "phase": "Running",
+                                   "message": "one or more tasks are running",
+                                   "startedAt": started})  # fmt: skip
         options = policy.get("syncOptions") or []
         if "CreateNamespace=true" in options:
             from .kube.resources import core
@@ -758,6 +776,17 @@ class ArgoController(_Controller):
                 "source": {},
             },
         }
+
+    def _set_operation(self, key: tuple[str, str], operation_state: dict[str, Any]) -> None:
+        current = self.store.try_get(self.resource, key[0], key[1])
+        if current is None:
+            return
+        status = {**(current.get("status") or {}), "operationState": operation_state}
+        try:
+            self.store.update(self.resource, {**current, "status": status})
+        except errors.ApiError as exc:
+            if exc.code not in (404, 409):
+                raise
 
     def _write_status(
         self,
@@ -914,9 +943,13 @@ class FluxController(_Controller):
             ):
                 continue
             await self._reconcile_repo(repo)
-        for ks in self.store.list(self.kustomizations):
-            spec = ks.get("spec") or {}
-            if spec.get("suspend"):
+        for listed in self.store.list(self.kustomizations):
+            # Read again: an earlier pass awaited, and a suspension may have landed since.
+            ks = self.store.try_get(
+                self.kustomizations, listed["metadata"]["namespace"], listed["metadata"]["name"]
+            )
+            spec = (ks or {}).get("spec") or {}
+            if ks is None or spec.get("suspend"):
                 continue
             source = self._source(ks)
             revision = ((source or {}).get("status") or {}).get("artifact", {}).get("revision", "")
@@ -1008,6 +1041,17 @@ class FluxController(_Controller):
                  f"Source artifact not found, retrying in 30s ({ref.get('kind')}/{ref.get('name')})")]},
             )  # fmt: skip
             return
+        # As kustomize-controller does before any work: `Reconciling` True for as long as
+        # this pass runs (its end writes the conditions without it). Set before the first
+        # await, so a suspension written after this line can still see a pass in flight.
+        self._set_status(
+            self.kustomizations, ks,
+            {"conditions": [*_other_conditions(ks, "Reconciling"), {
+                "type": "Reconciling", "status": "True", "reason": "Progressing",
+                "message": f"Fetching manifests for revision {revision}",
+                "observedGeneration": meta.get("generation", 1),
+                "lastTransitionTime": rfc3339(self.clock.now())}]},
+        )  # fmt: skip
         url = (source.get("spec") or {}).get("url", "")
         sha = revision.rsplit(":", 1)[-1]
         try:
@@ -1064,3 +1108,9 @@ class FluxController(_Controller):
             }
         status["observedGeneration"] = meta.get("generation", 1)
         self._set_status(self.kustomizations, ks, status)
+
+
+def _other_conditions(obj: Obj, kind: str) -> list[dict[str, Any]]:
+    """The object's current status conditions, but the one of type `kind`."""
+    current = (obj.get("status") or {}).get("conditions") or []
+    return [c for c in current if c.get("type") != kind]

@@ -7,12 +7,13 @@ apply --server-side` and judged by `kubectl rollout status`.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 import requests
 import yaml
-from kubernetes import client, config
+from kubernetes import client, config, watch
 
 from aifixer_sandbox import scenario as scenario_mod
 from aifixer_sandbox.world import pod_symptoms
@@ -52,6 +53,32 @@ def _observe(api: client.CoreV1Api, apps: client.AppsV1Api, namespace: str, name
     return reasons, events
 
 
+class _PodWatch:
+    """A watch on the workload's pods, in a thread, adding each version's reasons to `into`."""
+
+    def __init__(self, kube, api, apps, namespace: str, name: str, kind: str, into: set[str]):
+        dep = getattr(apps, f"read_namespaced_{KINDS[kind]}")(name, namespace)
+        selector = ",".join(f"{k}={v}" for k, v in dep.spec.selector.match_labels.items())
+        self._watch = watch.Watch()
+        serialize = client.ApiClient().sanitize_for_serialization
+
+        def run() -> None:
+            try:
+                for ev in self._watch.stream(
+                    api.list_namespaced_pod, namespace, label_selector=selector,
+                    timeout_seconds=70,
+                ):  # fmt: skip
+                    into.update(pod_symptoms(serialize(ev["object"])))
+            except Exception:  # noqa: BLE001 - stopped, or the world went down: the polls go on
+                return
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._watch.stop()
+
+
 def _loki_has(loki: str, namespace: str, text: str) -> bool:
     resp = requests.get(
         f"{loki}/loki/api/v1/query_range",
@@ -83,6 +110,9 @@ def test_scenario_breaks_then_heals(path, make_world, kubectl, tmp_path):
         seen_events: set[str] = set()
         found_logs: set[str] = set()
         deadline = time.monotonic() + 60
+        # Every version of the pods, as `kubectl get pods -w` shows them: a reason held
+        # for a moment only (RunContainerError until the next sync) is seen too.
+        watcher = _PodWatch(kube, api, apps, namespace, name, kind, seen_reasons)
         while time.monotonic() < deadline:
             reasons, events = _observe(api, apps, namespace, name, kind)
             seen_reasons |= reasons
@@ -99,6 +129,7 @@ def test_scenario_breaks_then_heals(path, make_world, kubectl, tmp_path):
             ):
                 break
             time.sleep(0.25)
+        watcher.stop()
         assert set(want.pod_reasons) <= seen_reasons, f"pod reasons seen: {sorted(seen_reasons)}"
         assert set(want.events) <= seen_events, f"warning events seen: {sorted(seen_events)}"
         assert set(want.logs) <= found_logs, f"log lines found in Loki: {sorted(found_logs)}"

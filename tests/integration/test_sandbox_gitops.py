@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client, config, watch
 
+from aifixer.adapters.kube import GitOpsOwner, Kube
+from aifixer.settings import Settings
 from aifixer_sandbox import gitops, scenario
 from aifixer_sandbox.scenario import Node
 from aifixer_sandbox.world import World
@@ -470,6 +472,67 @@ def test_flux_applies_corrects_drift_and_honours_suspend(env_factory):
     wait_for("the resume", lambda: image_of(env, "web", "default") == "shop/web:2.0", timeout=20)
     new = env.branch_sha()
     wait_for("the revision", lambda: ks_status(env)["lastAppliedRevision"] == f"main@sha1:{new}")
+
+
+def _versions(env: Env, group: str, version: str, ns: str, plural: str, until) -> list[dict]:
+    """Every version of the namespace's objects of a kind, as a watch sees them, until `until`."""
+    seen: list[dict] = []
+    w = watch.Watch()
+    for ev in w.stream(
+        env.objects.list_namespaced_custom_object, group, version, ns, plural, timeout_seconds=30
+    ):
+        seen.append(ev["object"])
+        if until(seen):
+            w.stop()
+    return seen
+
+
+def test_a_pass_in_flight_is_visible_as_flux_records_it(env_factory):
+    """Flux's `Reconciling` condition and Argo CD's Running operation bracket the pass that
+    writes Git's version: the adapter reads them (`Kube.gitops_in_flight`) to wait for a
+    pass already decided before its pause, which would put Git's version over a fix."""
+    env = env_factory("flux", PLAIN)
+    flux(env, interval="2s")
+    kube = Kube(Settings(_env_file=None, kubeconfig=env.kubeconfig, state_dir=env.tmp))
+    owner = GitOpsOwner("flux", "flux-system", "web")
+
+    def reconciling(obj: dict) -> bool:
+        return any(
+            c["type"] == "Reconciling" and c["status"] == "True"
+            for c in (obj.get("status") or {}).get("conditions") or []
+        )
+
+    flux_seen = _versions(
+        env, "kustomize.toolkit.fluxcd.io", "v1", "flux-system", "kustomizations",
+        lambda seen: any(reconciling(o) for o in seen)
+        and (seen[-1].get("status") or {}).get("lastAppliedRevision")
+        and not reconciling(seen[-1]),
+    )  # fmt: skip
+    first = next(i for i, o in enumerate(flux_seen) if reconciling(o))
+    assert any(not reconciling(o) and o["status"].get("lastAppliedRevision")
+               for o in flux_seen[first:])  # fmt: skip
+    wait_for("no pass in flight", lambda: kube.gitops_in_flight(owner) is None, timeout=10)
+
+
+def test_a_sync_in_flight_is_visible_as_argo_cd_records_it(env_factory):
+    argo = env_factory("argocd", PLAIN, self_heal_seconds=SELF_HEAL)
+    application(argo, "web", "apps/web")
+
+    def phases(seen: list[dict]) -> list[str]:
+        return [
+            ((o.get("status") or {}).get("operationState") or {}).get("phase", "") for o in seen
+        ]
+
+    argo_seen = _versions(
+        argo, "argoproj.io", "v1alpha1", "argocd", "applications",
+        lambda seen: "Succeeded" in phases(seen),
+    )  # fmt: skip
+    got = [p for p in phases(argo_seen) if p]
+    assert got.index("Running") < got.index("Succeeded"), got
+    running = next(o for o in argo_seen if phases([o]) == ["Running"])
+    assert running["status"]["operationState"]["operation"]["initiatedBy"] == {"automated": True}
+    argo_kube = Kube(Settings(_env_file=None, kubeconfig=argo.kubeconfig, state_dir=argo.tmp))
+    assert argo_kube.gitops_in_flight(GitOpsOwner("argocd", "argocd", "web")) is None
 
 
 # -- scenarios ----------------------------------------------------------------------------------

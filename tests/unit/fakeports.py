@@ -246,6 +246,7 @@ class FakeKube(Faults):
         automated = {} if self_heal is None else {"selfHeal": self_heal}
         self.application = {"spec": {"syncPolicy": {"automated": automated}}}
         self.fetched: set[str] = set()  # the commits the controller has fetched
+        self.in_flight: list[str] = []  # answers of gitops_in_flight, one per call, then None
         self.refreshes: list[str] = []  # the refreshes asked, by commit
 
     @property
@@ -283,6 +284,11 @@ class FakeKube(Faults):
         self._set_self_heal(owner.paused)
         self.writes.append({"op": "pause", "selfHeal": owner.paused})
         return True, before
+
+    def gitops_in_flight(self, owner):
+        """As the adapter: what a pass decided before the pause still applies, if any."""
+        self.hit("gitops_in_flight")
+        return self.in_flight.pop(0) if self.in_flight else None
 
     def gitops_has_commit(self, owner, sha):
         """As the adapter: True once the controller fetched `sha`; else a refresh asked."""

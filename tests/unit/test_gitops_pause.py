@@ -14,7 +14,7 @@ import pytest
 import redis as redis_lib
 
 from aifixer import pipeline, tasks
-from aifixer.adapters.errors import PermanentError
+from aifixer.adapters.errors import PermanentError, TransientError
 from aifixer.adapters.kube import GitOpsOwner, claims, gitops_owner
 from aifixer.app import app
 from tests.unit.fakeports import context, deployment, open_incident
@@ -117,6 +117,49 @@ def test_after_the_merge_restored_all_the_same_once_the_wait_is_over(ctx, caplog
     pipeline.check_pull_requests(ctx)
     assert ctx.kube.self_heal is True
     assert ctx.store.load(iid).gitops_pause.restore == "restored"
+
+
+def test_the_write_waits_for_a_sync_the_controller_decided_before_the_pause(ctx, monkeypatch):
+    """A pass already under way writes Git's version at its end: a fix written before
+    that end would be put back, and verify would judge the broken revision."""
+    monkeypatch.setattr(pipeline, "GITOPS_IN_FLIGHT_POLL_S", 0.0)
+    ctx.kube.in_flight = ["Argo CD Application argocd/web: a sync is running"] * 3
+    iid = open_incident(ctx)
+    state = run(ctx, iid)
+    assert state.outcome == "fixed"
+    assert ops(ctx) == ["pause", "apply"]
+    assert ctx.kube.calls["gitops_in_flight"] == 4  # three answers "running", then none
+
+
+def test_a_sync_that_outlasts_the_wait_is_waited_for_by_a_retry(ctx, monkeypatch):
+    monkeypatch.setattr(pipeline, "GITOPS_IN_FLIGHT_WAIT_S", 0.0)
+    iid = open_incident(ctx)
+    state = ctx.store.load(iid)
+    ctx.kube.in_flight = ["Argo CD Application argocd/web: a sync is running"]
+    with pytest.raises(TransientError, match="a sync is running"):
+        pipeline.apply(ctx, state)
+    assert ops(ctx) == ["pause"]  # nothing written to the workload
+    state = pipeline.apply(ctx, ctx.store.load(iid))  # the retry: paused once, then written
+    assert ops(ctx) == ["pause", "apply"]
+    assert state.apply is not None
+
+
+def test_a_fix_the_controller_put_back_is_never_verified(ctx, monkeypatch):
+    """The earlier values are live again: what runs is not the fix, whatever its health."""
+    iid = open_incident(ctx)
+    real = pipeline.verify
+
+    def verify_after_a_revert(c, s):
+        ctx.kube.person_sets_image(BAD)  # Git's version, put back by a pass of the controller
+        return real(c, s)
+
+    monkeypatch.setattr(pipeline, "verify", verify_after_a_revert)
+    state = run(ctx, iid)
+    assert state.outcome != "fixed"
+    assert "the fix is no longer live" in state.verification.reason
+    assert ctx.forge.prs == {}
+    assert len(ctx.phone.dialled) == 1
+    assert ctx.kube.self_heal is True
 
 
 def test_restored_when_the_pr_is_closed_unmerged(ctx):
