@@ -44,3 +44,45 @@ def _task_ids_in_logs(logger: logging.Logger, *args, **kwargs) -> None:
         handler.addFilter(TaskIdFilter())
         handler.addFilter(RedactingFilter())
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
+
+
+# -- incident memory's model, loaded as a memory worker starts ----------------------------
+
+_queues: set[str] | None = None  # the queues this worker consumes (None: all of them)
+
+
+@signals.celeryd_after_setup.connect
+def _note_queues(sender, instance, **kwargs) -> None:
+    global _queues
+    consume_from = instance.app.amqp.queues.consume_from
+    _queues = set(consume_from) if consume_from else None
+
+
+@signals.worker_process_init.connect
+def _warm_memory(**kwargs) -> None:
+    """Load the embedding model in the background as a pool process starts.
+
+    Loading it (importing PyTorch) takes seconds; left to the first `recall`, they
+    are spent on an incident's way to its fix. Only in workers serving the `memory`
+    queue, with incident memory on; a failure here is logged, and the first recall
+    reports it as it would have.
+    """
+    if _queues is not None and "memory" not in _queues:
+        return
+    from aifixer.settings import get_settings
+
+    settings = get_settings()
+    if not settings.memory_enabled:
+        return
+
+    def load() -> None:
+        from aifixer.adapters import embed
+
+        try:
+            embed.preload(settings)
+        except Exception:  # noqa: BLE001 - the first recall meets (and reports) it again
+            logging.getLogger(__name__).exception("embedding model not preloaded")
+
+    import threading
+
+    threading.Thread(target=load, name="embedder-preload", daemon=True).start()

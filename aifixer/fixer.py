@@ -841,6 +841,12 @@ def _model_choice(
             )
             if schema is not None:
                 typed.setdefault(change.path, schema)
+    if len(candidates) == 1 and not typed:
+        # Nothing the answer could change: "0" applies the candidate, and "none" falls
+        # back to it (the model cannot veto). Not asked: its seconds are before the fix.
+        log.info("[%s] one candidate, no value to tune: the model is not asked",
+                 incident.workload.key)  # fmt: skip
+        return None
     schema = {
         "type": "object",
         "additionalProperties": False,

@@ -42,6 +42,7 @@ from .models import (
     ApplyResult,
     CallRecord,
     ClaimState,
+    Diagnosis,
     Evidence,
     ExistingTag,
     FixAttempt,
@@ -714,8 +715,9 @@ def explain(ctx: Context, state: IncidentState) -> IncidentState:
     fix fails: written after the apply, while verify waits for the rollout.
 
     Off the critical path and never in the way of an outcome: a model that fails leaves
-    the deterministic text (`fixer.diagnose` and `fixer.speech` fall back to it), and
-    `open_pr` and `call_oncall` wait for this at most `explain_wait_s`. The speech is
+    the deterministic text (`fixer.diagnose` and `fixer.speech` fall back to it); the
+    pull request does not wait for it (`explain_pull_request` edits it in later), and
+    `call_oncall` waits for the speech at most `explain_wait_s`. The speech is
     skipped once the fix verified (no call will follow). Returns a copy holding what
     was written; the caller saves it onto the latest record (`explained_onto`).
     """
@@ -783,19 +785,20 @@ def all_failed(settings: Settings, state: IncidentState) -> IncidentState:
         _archive(failed, nxt, replicaset=None)
 
 
-def awaits_explanation(ctx: Context, state: IncidentState, *, speech: bool = False) -> bool:
-    """The pull request (or, with `speech`, the call) should wait a moment for `explain`.
+def awaits_speech(ctx: Context, state: IncidentState) -> bool:
+    """The call should wait a moment for the speech `explain` prepares.
 
-    Only for a fix that was applied (`explain` is sent by the apply), and at most
-    `explain_wait_s` past the verdict: after that, the deterministic text is used.
+    Only after a fix was applied (`explain` is sent by the apply) and did not verify,
+    and at most `explain_wait_s` past the verdict: after that, the call says the
+    template. (The pull request never waits: it shows the diagnosis written from the
+    facts, and `explain` puts the model's words in when they come.)
     """
     if state.apply is None and not state.attempts:
         return False
     ctx = ctx.of(state)
-    if speech and state.verification is not None and state.verification.ok:
+    if state.verification is not None and state.verification.ok:
         return False  # a call after a verified fix (its pull request failed): not prepared
-    done = state.prepared_for is not None if speech else state.explained
-    if done:
+    if state.prepared_for is not None:
         return False
     verdict = state.verification.checked_at if state.verification is not None else None
     if verdict is None:
@@ -2216,6 +2219,40 @@ def open_pr(ctx: Context, state: IncidentState) -> IncidentState:
     log.info("%s %spull request #%d %s", tag(state), "draft " if ref.draft else "",
              ref.number, ref.url)  # fmt: skip
     return _timed(state, "open_pr", started)
+
+
+def may_explain_pr(state: IncidentState) -> bool:
+    """The model's explanation may still go into the record's pull request: a verified
+    fix's pull request (no draft) that was opened and nothing said on the phone."""
+    pr = state.pull_request
+    return (
+        pr is not None
+        and not pr.draft
+        and pr.state == "open"
+        and state.speech is None
+        and state.verification is not None
+        and state.verification.ok
+    )
+
+
+def explain_pull_request(ctx: Context, state: IncidentState, written: Diagnosis) -> bool:
+    """Put the model's explanation into the pull request opened with the facts' one.
+
+    Never in the way of anything: a forge error is logged and the pull request keeps
+    the diagnosis written from the facts. Returns True when the pull request shows
+    `written` (the record may then hold it).
+    """
+    if not may_explain_pr(state):
+        return False
+    try:
+        shown = ctx.of(state).forge.explain_pr(state, written)
+    except AdapterError as exc:
+        log.warning("%s the pull request keeps the facts' diagnosis: %s", tag(state), exc)
+        return False
+    if shown:
+        log.info("%s the model's explanation is in pull request #%d", tag(state),
+                 state.pull_request.number if state.pull_request else 0)  # fmt: skip
+    return shown
 
 
 def needs_call(state: IncidentState) -> bool:

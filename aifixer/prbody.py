@@ -298,6 +298,11 @@ def _facts(state: IncidentState) -> str:
     )
 
 
+def diagnosis_section(state: IncidentState) -> str:
+    """The Diagnosis section exactly as `body` writes it (redacted), to find it there later."""
+    return redact(_diagnosis(state))
+
+
 def _diagnosis(state: IncidentState) -> str:
     if state.diagnosis is None:
         return ""

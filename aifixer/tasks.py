@@ -270,13 +270,17 @@ def explain(self, incident_id: str) -> None:
     Sent by apply, on the model queue (ahead of new incidents, behind the steps of those
     under way), so the model works while verify waits for the rollout instead of before
     the fix. Never in the way of an outcome: nothing here raises into the incident, a
-    model that fails leaves the deterministic text, and `open_pr` and `call_oncall` wait
-    for it at most `explain_wait_s`. Safe to redeliver: a record already explained is
-    left alone.
+    model that fails leaves the deterministic text. The pull request is opened without
+    waiting for it (with the diagnosis written from the facts); when the explanation
+    comes after, it goes into the pull request's Diagnosis section, unless a person
+    edited it (`pipeline.explain_pull_request`). `call_oncall` waits for the speech at
+    most `explain_wait_s`. Safe to redeliver: a record already explained is left alone.
     """
     ctx = context()
     state = _load(self, incident_id)
-    if state is None or state.closed_at is not None or state.explained:
+    if state is None or state.explained:
+        return
+    if state.closed_at is not None and not pipeline.may_explain_pr(state):
         return
     try:
         written = pipeline.explain(ctx, state.model_copy(deep=True))
@@ -288,8 +292,9 @@ def explain(self, incident_id: str) -> None:
     def explained(latest: IncidentState) -> bool:
         latest.explained = True
         if written is not None:
-            # Only while nothing was said with the other text yet (the pull request, the
-            # call): what the record holds is what was published.
+            # Only while nothing was published with the other text yet (the pull request,
+            # the call): what the record holds is what was published. A pull request
+            # opened meanwhile gets it below.
             if latest.pull_request is None and latest.speech is None:
                 latest.diagnosis = written.diagnosis
             latest.model_usage.update(written.model_usage)
@@ -297,6 +302,19 @@ def explain(self, incident_id: str) -> None:
         return True
 
     latest = _merge(self, incident_id, explained)
+    model_text = written.diagnosis if written is not None else None
+    if (
+        model_text is not None
+        and latest is not None
+        and latest.diagnosis != model_text
+        and pipeline.explain_pull_request(ctx, latest, model_text)
+    ):
+
+        def shown(record: IncidentState) -> bool:
+            record.diagnosis = model_text
+            return True
+
+        latest = _merge(self, incident_id, shown)
     verified = latest is not None and latest.verification is not None and latest.verification.ok
     if latest is None or latest.closed_at is not None or verified or latest.speech is not None:
         return  # no call to prepare for
@@ -448,9 +466,8 @@ def open_pr(self, incident_id: str) -> str:
         return _call(self, incident_id)  # a redelivery after the pull request failed: call
     if not (state.verification and state.verification.ok) or state.pull_request:
         return incident_id
-    if pipeline.awaits_explanation(context(), state):
-        # The model's explanation is still being written: a moment, bounded.
-        raise self.retry(countdown=EXPLAIN_POLL_S, max_retries=_decided(self))
+    # Not waiting for the model's explanation: the pull request shows the diagnosis
+    # written from the facts, and `explain` puts the model's words in when they come.
     done = _attempt(self, "open_pr", pipeline.open_pr, state)
     if done.pull_request is None:
         done.pr_error, done.error = done.error or "no pull request", None
@@ -483,7 +500,7 @@ def _call(task, incident_id: str, *, wait: bool = True) -> str:
     state = _load(task, incident_id)
     if state is None or state.closed_at is not None or not pipeline.needs_call(state):
         return incident_id
-    if wait and state.speech is None and pipeline.awaits_explanation(context(), state, speech=True):
+    if wait and state.speech is None and pipeline.awaits_speech(context(), state):
         raise task.retry(countdown=EXPLAIN_POLL_S, max_retries=_decided(task))
     called = _attempt(task, "call_oncall", pipeline.call_oncall, state)
     fields = {"speech": called.speech, "timings": called.timings,

@@ -81,6 +81,16 @@ class Embedder:
         return vectors.tolist()
 
 
+def preload(settings: Settings) -> None:
+    """Load the model now (as a memory worker starts), not at the first incident.
+
+    Raises:
+        PermanentError: as `Embedder.embed` would.
+    """
+    # One text too: the first encode pays for allocations and lazy set-up of its own.
+    _model(settings.embedding_package).encode(["warm up"], show_progress_bar=False)
+
+
 def _model(package: str) -> Any:
     """The loaded model for `package`, loading it once per process."""
     model = _models.get(package)

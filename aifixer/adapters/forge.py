@@ -70,7 +70,7 @@ from github.Repository import Repository
 from urllib3.util.retry import Retry
 
 from aifixer import prbody, sources
-from aifixer.models import FieldChange, IncidentState, PullRequestRef, Subject
+from aifixer.models import Diagnosis, FieldChange, IncidentState, PullRequestRef, Subject
 from aifixer.redact import redact
 from aifixer.settings import Settings
 from aifixer.sources import FileEdit, Layout, SourceChange
@@ -323,6 +323,42 @@ class Forge:
             when = closed_at or datetime.now(UTC)
             return ref.model_copy(update={"state": "closed", "closed_at": when})
         return ref
+
+    def explain_pr(self, state: IncidentState, written: Diagnosis) -> bool:
+        """Show `written` (the model's explanation) in the incident's open pull request.
+
+        The pull request was opened as soon as the fix verified, with the diagnosis
+        written from the facts; the model's words, checked against the same facts
+        (`grounding.shown`), replace that one section later. Only while the body still
+        holds the section as aifixer wrote it, and the pull request is open: a person's
+        edit is never overwritten. Safe to repeat.
+
+        Returns:
+            True when the pull request shows the new section (now, or already); False
+            when it is left as it is (nothing would change, a person edited it, or it
+            is no longer open).
+
+        Raises:
+            TransientError, PermanentError: as `pull_state`.
+        """
+        ref = state.pull_request
+        if ref is None or ref.draft:
+            return False
+        before = prbody.diagnosis_section(state)
+        after = prbody.diagnosis_section(state.model_copy(update={"diagnosis": written}))
+        if after == before:
+            return False
+        repo_name = ref.repo or self.settings.github_repo
+        with self._translated(f"pull request #{ref.number}"):
+            pull = self._github.get_repo(repo_name).get_pull(ref.number)
+            body, open_ = pull.body or "", pull.state == "open"
+        if after in body:
+            return True
+        if before not in body or not open_:
+            return False
+        with self._translated(f"editing pull request #{ref.number}"):
+            pull.edit(body=body.replace(before, after, 1))
+        return True
 
     def propose(
         self,

@@ -592,7 +592,7 @@ def play(
     env = {"AIFIXER_FIX_STRATEGY": strategy, **model_env}
     try:
         with FarmRun(sc, workdir, speed=speed, model=model, extra_env=env) as farm:
-            states = farm.wait(timeout)
+            states = farm.settle(farm.wait(timeout))
             complete = farm.finished(states)
             prs = farm.world.call(farm.world.forge.prs)
             heard = heard_calls(farm.world.phone.calls())

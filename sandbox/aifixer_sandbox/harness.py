@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from aifixer import grounding
+from aifixer import grounding, pipeline
 from aifixer.models import IncidentState
 
 from . import timeline
@@ -686,6 +686,22 @@ class FarmRun:
                     )
             time.sleep(0.5)
 
+    def settle(self, states: list[IncidentState], timeout: float = 120.0) -> list[IncidentState]:
+        """Wait (bounded) for the work an outcome leaves behind: the model's explanation,
+        which goes into a fixed incident's pull request after it was opened.
+
+        Time to outcome is not touched (the records' `closed_at` is when each ended);
+        this only lets the pull requests be read as their reviewers will read them, and
+        keeps a model still writing from running into the next scenario.
+        """
+        deadline = time.monotonic() + timeout
+        while any(not s.explained and pipeline.may_explain_pr(s) for s in states):
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+            states = self.incidents()
+        return states
+
     def report(self, states: list[IncidentState]) -> dict[str, Any]:
         expect = self.scenario.expect
         return {
@@ -727,7 +743,7 @@ def run_scenario(
     with FarmRun(
         sc, workdir, speed=speed, model=model, workers=workers, extra_env=extra_env
     ) as run:
-        states = run.wait(timeout, progress)
+        states = run.settle(run.wait(timeout, progress))
         report = run.report(states)
         if keep is not None:
             keep(run, states, report)

@@ -319,3 +319,38 @@ def test_git_down_is_transient(make_world):
     settings = settings_for(world, git_clone_url=f"http://127.0.0.1:{port}/acme/gitops.git")
     with pytest.raises(TransientError, match="git clone failed"):
         Forge(settings).open_fix_pr(fixed_state(sc, "fpgitdown"))
+
+
+def test_the_models_explanation_replaces_the_diagnosis_section_only(make_world):
+    """Opened with the facts' diagnosis; the model's explanation, come later, replaces that
+    section and nothing else, and never a section a person has edited."""
+    sc, world = fixed_world(make_world)
+    state = fixed_state(sc, "fpexplain")
+    state.pull_request = Forge(settings_for(world)).open_fix_pr(state)
+    pull = github(world).get_repo(world.endpoints.gitops_repo).get_pull(state.pull_request.number)
+    before = pull.body
+    assert "diagnosed by: playbook" in before
+    written = Diagnosis(
+        summary="The pods were killed for going over their memory limit.",
+        root_cause="The memory limit (resources.limits.memory) is below what the API uses.",
+        failure_class="OOMKilled",
+        source="model",
+    )
+
+    assert Forge(settings_for(world)).explain_pr(state, written)
+    after = github(world).get_repo(world.endpoints.gitops_repo).get_pull(pull.number).body
+    assert written.summary in after and "diagnosed by: model" in after
+    head, _, rest = before.partition("## Diagnosis")
+    assert after.startswith(head)  # the facts before it, as they were
+    assert after.endswith(rest[rest.index("\n## ") :])  # and every section after it
+    assert Forge(settings_for(world)).explain_pr(state, written)  # again: already shown
+    assert github(world).get_repo(world.endpoints.gitops_repo).get_pull(pull.number).body == after
+
+    # A person rewrote the diagnosis: their words stay.
+    other = fixed_state(sc, "fpexplain2")
+    other.pull_request = Forge(settings_for(world)).open_fix_pr(other)
+    mine = github(world).get_repo(world.endpoints.gitops_repo).get_pull(other.pull_request.number)
+    edited = mine.body.replace("Killed for exceeding its memory limit.", "Month-end reports.")
+    mine.edit(body=edited)
+    assert not Forge(settings_for(world)).explain_pr(other, written)
+    assert github(world).get_repo(world.endpoints.gitops_repo).get_pull(mine.number).body == edited

@@ -330,6 +330,8 @@ class FakeForge(Faults):
         self.unproven: tuple[str, list[str]] | None = None
         self.drafts: dict[str, tuple[str, list[str]]] = {}  # branch -> what the body says
         self.fate: dict[int, dict[str, Any]] = {}  # number -> what a reviewer did
+        self.explained: dict[int, Any] = {}  # number -> the diagnosis its body shows now
+        self.edited: set[int] = set()  # numbers whose body a person edited
 
     def open_fix_pr(self, state: IncidentState) -> PullRequestRef:
         self.hit("open_fix_pr")
@@ -364,6 +366,15 @@ class FakeForge(Faults):
 
     def close(self, number: int, at: datetime) -> None:
         self.fate[number] = {"state": "closed", "closed_at": at}
+
+    def explain_pr(self, state: IncidentState, written) -> bool:
+        """As the adapter: the section replaced unless a person edited it (`edited`)."""
+        self.hit("explain_pr")
+        ref = state.pull_request
+        if ref is None or ref.draft or ref.number in self.edited:
+            return False
+        self.explained[ref.number] = written
+        return True
 
     def pull_state(self, ref: PullRequestRef) -> PullRequestRef:
         self.hit("pull_state")

@@ -367,26 +367,73 @@ def test_diagnose_asks_no_model_and_the_explanation_comes_after_the_apply(ctx, m
     assert "explain" in state.model_usage or state.timings.get("explain") is not None
 
 
-def test_the_pull_request_waits_for_the_explanation_only_a_bounded_moment(ctx):
+def _fixed_before_the_explanation(ctx, monkeypatch):
+    """An incident fixed, its pull request opened, its explanation not written yet (the
+    model slower than verify): `explain` is sent by the apply but runs after."""
+    order: list[str] = []
+    ctx.model = AnsweringModel(order)
+    monkeypatch.undo()
+    monkeypatch.setattr(tasks, "context", lambda: ctx)
+    iid = open_incident(ctx)
+    state = ctx.store.load(iid)
+    state.diagnosis = None
+    ctx.store.save(state, "opened")
+    ctx.settings.fix_strategy = "playbooks"
+    monkeypatch.setattr(pipeline, "patch", lambda c, s: s)
+    monkeypatch.setattr(pipeline, "gather_evidence", lambda c, inc, dep: state.evidence)
+    later: list[str] = []
+    monkeypatch.setattr(tasks, "_explain_later", lambda s: later.append(s.incident.id))
+    state = run(ctx, iid)
+    assert later == [iid]
+    assert state.outcome == "fixed" and state.closed_at is not None
+    assert state.diagnosis.source == "playbook" and not state.explained
+    return iid, state
+
+
+def test_the_pull_request_does_not_wait_and_gets_the_explanation_after(ctx, monkeypatch):
+    iid, state = _fixed_before_the_explanation(ctx, monkeypatch)
+    assert ctx.forge.explained == {}  # opened with the facts' diagnosis
+    tasks.explain.apply(args=[iid])
+    state = ctx.store.load(iid)
+    assert ctx.forge.explained[state.pull_request.number].source == "model"
+    assert state.explained and state.diagnosis.source == "model"  # as the PR shows it
+    tasks.explain.apply(args=[iid])  # a redelivery: nothing more
+    assert ctx.forge.calls["explain_pr"] == 1
+
+
+def test_a_persons_edit_of_the_pull_request_is_not_overwritten(ctx, monkeypatch):
+    iid, state = _fixed_before_the_explanation(ctx, monkeypatch)
+    ctx.forge.edited.add(state.pull_request.number)
+    tasks.explain.apply(args=[iid])
+    state = ctx.store.load(iid)
+    assert ctx.forge.explained == {}
+    # The record holds what the pull request shows: the facts' diagnosis.
+    assert state.explained and state.diagnosis.source == "playbook"
+
+
+def test_the_call_waits_for_the_speech_only_a_bounded_moment(ctx):
     iid = open_incident(ctx)
     state = ctx.store.load(iid)
     t = datetime.now(UTC)
     state.apply = pipeline.ApplyResult(
         original={}, applied={}, changes=[], generation=3, applied_at=t
     )
-    state.verification = Verification(ok=True, reason="ok", checked_at=t)
+    state.verification = Verification(ok=False, reason="not healthy", checked_at=t)
     ctx.settings.explain_wait_s = 30.0
-    assert pipeline.awaits_explanation(ctx, state)
+    assert pipeline.awaits_speech(ctx, state)
     state.verification.checked_at = t - timedelta(seconds=31)
-    assert not pipeline.awaits_explanation(ctx, state)  # past the bound: deterministic text
+    assert not pipeline.awaits_speech(ctx, state)  # past the bound: the template
     state.verification.checked_at = t
-    state.explained = True
-    assert not pipeline.awaits_explanation(ctx, state)
-    # A call after a verified fix has no prepared speech to wait for.
-    assert not pipeline.awaits_explanation(ctx, state, speech=True)
+    state.prepared_for = "the template"
+    assert not pipeline.awaits_speech(ctx, state)
+    # A call after a verified fix (its pull request failed) has no prepared speech.
+    state.prepared_for = None
+    state.verification = Verification(ok=True, reason="ok", checked_at=t)
+    assert not pipeline.awaits_speech(ctx, state)
     # Nothing applied: nothing was sent to explain, nothing to wait for.
-    state.apply, state.explained = None, False
-    assert not pipeline.awaits_explanation(ctx, state)
+    state.apply = None
+    state.verification = Verification(ok=False, reason="not healthy", checked_at=t)
+    assert not pipeline.awaits_speech(ctx, state)
 
 
 def test_the_prepared_speech_is_said_only_if_the_facts_it_rewords_still_hold(attempts):

@@ -394,16 +394,49 @@ def test_model_edits_that_change_nothing_are_refused():
 # -- propose: hybrid ----------------------------------------------------------------------
 
 
-def test_hybrid_applies_the_chosen_candidate():
-    model = FakeModel({"choice": 0, "edits": []})
+@pytest.fixture
+def second_candidate(monkeypatch):
+    """A second candidate beside the image restore (more replicas): the model has a choice."""
+    from aifixer import playbooks
+
+    other = manifests.clean(deployment())
+    manifests.set_path(other, "spec.replicas", 4)
+    more = FixProposal(
+        source="playbook",
+        strategy="more-replicas",
+        rationale="More replicas.",
+        manifest=other,
+        changes=[FieldChange(path="spec.replicas", before=3, after=4)],
+    )
+    real = playbooks.candidates
+    monkeypatch.setattr(playbooks, "candidates", lambda *a: [*real(*a), more])
+    return more
+
+
+@pytest.mark.parametrize("choice", [0, 1])
+def test_hybrid_applies_the_chosen_candidate(second_candidate, choice):
+    model = FakeModel({"choice": choice, "edits": []})
     proposal, rejections = fixer.propose(
         model, make_incident(), make_evidence(), diagnosis(), settings("hybrid")
     )
     assert rejections == []
     assert proposal is not None and proposal.source == "model"
     assert proposal.strategy.startswith("hybrid:")
+    want = {IMAGE: GOOD_IMAGE} if choice == 0 else {"spec.replicas": 4}
+    assert changed(proposal) == want
+    assert "[1] more-replicas" in model.calls[0]["user"]
+    assert model.calls[0]["name"] == "fix_choice"
+
+
+def test_hybrid_asks_no_model_when_its_answer_could_change_nothing():
+    """One candidate, no value to tune: "0" applies it and "none" falls back to it."""
+    model = FakeModel({"choice": None, "edits": []})
+    proposal, rejections = fixer.propose(
+        model, make_incident(), make_evidence(), diagnosis(), settings("hybrid")
+    )
+    assert model.calls == [] and rejections == []
+    assert proposal is not None and proposal.source == "playbook"
     assert changed(proposal) == {IMAGE: GOOD_IMAGE}
-    assert "[0]" in model.calls[0]["user"] and model.calls[0]["name"] == "fix_choice"
 
 
 def oom_evidence() -> Evidence:
@@ -477,10 +510,12 @@ def test_hybrid_drops_edits_beyond_the_chosen_candidate(monkeypatch, edit):
     ],
     ids=[*HOSTILE_EDITS, "not json", "no such candidate", "no choice", "model down"],
 )
-def test_hybrid_falls_back_to_the_best_playbook_candidate(reply):
+def test_hybrid_falls_back_to_the_best_playbook_candidate(reply, second_candidate):
+    model = FakeModel(reply)
     proposal, rejections = fixer.propose(
-        FakeModel(reply), make_incident(), make_evidence(), diagnosis(), settings()
+        model, make_incident(), make_evidence(), diagnosis(), settings()
     )
+    assert len(model.calls) == 1
     assert proposal is not None and proposal.source == "playbook"
     assert changed(proposal) == {IMAGE: GOOD_IMAGE}
     assert "registry.evil" not in json.dumps(proposal.manifest)
