@@ -386,6 +386,9 @@ class PullRequestRef(Record):
     merged_at: datetime | None = None
     closed_at: datetime | None = None
     merge_commit: str | None = None  # the merge's commit sha, as the forge reports it
+    # SHA-256 of the Diagnosis section aifixer last wrote into the body: it replaces that
+    # section later (the model's explanation) only while the body still holds it as is.
+    diagnosis_sha: str | None = None
 
 
 class CallRecord(Record):
@@ -432,10 +435,13 @@ class IncidentState(Record):
     pull_request: PullRequestRef | None = None
     calls: list[CallRecord] = Field(default_factory=list)
     speech: str | None = None  # what the call said
-    # Written after the apply, beside verify (the `explain` task): the diagnosis is the
-    # model's once `explained`; the speech is prepared for the call that follows if every
-    # planned fix fails, and used only if the call's facts are still those it rewords
+    # Written after the apply, beside verify (the `explain` task): the model's
+    # explanation, kept in `explanation` until it is shown — `diagnosis` is what was
+    # published (the pull request, when one is open, shows it); `explained` once that
+    # work is over. The speech is prepared for the call that follows if every planned
+    # fix fails, and used only if the call's facts are still those it rewords
     # (`prepared_for`: the template speech it was written from).
+    explanation: Diagnosis | None = None
     explained: bool = False
     prepared_speech: str | None = None
     prepared_for: str | None = None

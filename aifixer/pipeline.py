@@ -21,7 +21,7 @@ from typing import Any
 
 import redis as redis_lib
 
-from . import copies, detect, fixer, guardrails, imageref, manifests, metrics, playbooks
+from . import copies, detect, fixer, guardrails, imageref, manifests, metrics, playbooks, prbody
 from .adapters.errors import (
     AdapterError,
     Conflict,
@@ -42,7 +42,6 @@ from .models import (
     ApplyResult,
     CallRecord,
     ClaimState,
-    Diagnosis,
     Evidence,
     ExistingTag,
     FixAttempt,
@@ -716,7 +715,7 @@ def explain(ctx: Context, state: IncidentState) -> IncidentState:
 
     Off the critical path and never in the way of an outcome: a model that fails leaves
     the deterministic text (`fixer.diagnose` and `fixer.speech` fall back to it); the
-    pull request does not wait for it (`explain_pull_request` edits it in later), and
+    pull request does not wait for it (`show_explanation` puts it in later), and
     `call_oncall` waits for the speech at most `explain_wait_s`. The speech is
     skipped once the fix verified (no call will follow). Returns a copy holding what
     was written; the caller saves it onto the latest record (`explained_onto`).
@@ -1049,33 +1048,38 @@ def pause_gitops(ctx: Context, state: IncidentState, live: dict[str, Any]) -> Gi
     ctx.kube.pause_self_heal(_owner_of(recorded))
     state.gitops_pause = recorded
     log.info("%s self-heal of the %s paused for the fix", tag(state), _owner_of(recorded))
-    _await_pass_in_flight(ctx, state, _owner_of(recorded))
+    _await_pass_in_flight(ctx, state, _owner_of(recorded), live, recorded.paused_at)
     return None
 
 
-GITOPS_IN_FLIGHT_WAIT_S = 20.0  # how long apply waits, in the task, for a pass to end
+GITOPS_IN_FLIGHT_WAIT_S = 20.0  # from the pause: how long the write waits for a pass to end
 GITOPS_IN_FLIGHT_POLL_S = 0.5
 
 
-def _await_pass_in_flight(ctx: Context, state: IncidentState, owner: GitOpsOwner) -> None:
-    """Wait for a pass the controller decided before the pause to end, before writing.
+def _await_pass_in_flight(
+    ctx: Context, state: IncidentState, owner: GitOpsOwner, live: dict[str, Any], paused_at: float
+) -> None:
+    """Wait a moment for a pass the controller decided before the pause, before writing.
 
     A sync or reconciliation already under way when self-heal was turned off still
-    writes Git's version at its end: a fix written before that end would be put back
-    by it, and verify would judge the broken revision. Waits up to
-    `GITOPS_IN_FLIGHT_WAIT_S` here, then hands the wait to Celery's retry (the pause is
-    recorded, so the redelivered apply comes straight back here).
-
-    Raises:
-        TransientError: the pass is still running.
+    writes Git's version: a fix written before that write would be put back, and
+    verify would judge the broken revision. So the write waits while the controller
+    says a pass is in flight and has not written the workload yet
+    (`Kube.gitops_in_flight`), at most `GITOPS_IN_FLIGHT_WAIT_S` from the pause (across
+    retries and redeliveries). Past that it goes ahead: such a pass is most likely
+    waiting on the health of the very workload being fixed (Flux's `wait`, Argo CD's
+    sync waves and hooks), after its write; if it writes Git's version over the fix
+    all the same, verify sees the fix put back (`_reverted`) and rolls back.
     """
-    deadline = time.monotonic() + GITOPS_IN_FLIGHT_WAIT_S
+    deadline = paused_at + GITOPS_IN_FLIGHT_WAIT_S
     while True:
-        busy = ctx.kube.gitops_in_flight(owner)
+        busy = ctx.kube.gitops_in_flight(owner, live)
         if busy is None:
             return
-        if time.monotonic() >= deadline:
-            raise TransientError("gitops", f"{busy}; the fix waits for it to end", retry_after=5)
+        if time.time() >= deadline:
+            log.warning("%s writing the fix while %s (waited %.0fs since the pause)",
+                        tag(state), busy, GITOPS_IN_FLIGHT_WAIT_S)  # fmt: skip
+            return
         log.info("%s waiting before the write: %s", tag(state), busy)
         time.sleep(GITOPS_IN_FLIGHT_POLL_S)
 
@@ -1511,6 +1515,8 @@ def _reverted(
         return []
     reverted = []
     for c in proposal.changes:
+        if c.path in IGNORED_PATHS:
+            continue  # an autoscaler's to set back (spec.replicas), not a revert of the fix
         now_, fixed = (
             manifests.get_path(live, c.path),
             manifests.get_path(proposal.manifest, c.path),
@@ -2235,24 +2241,38 @@ def may_explain_pr(state: IncidentState) -> bool:
     )
 
 
-def explain_pull_request(ctx: Context, state: IncidentState, written: Diagnosis) -> bool:
-    """Put the model's explanation into the pull request opened with the facts' one.
+def show_explanation(ctx: Context, state: IncidentState) -> str | None:
+    """Bring the model's explanation (`state.explanation`) into the open pull request.
 
-    Never in the way of anything: a forge error is logged and the pull request keeps
-    the diagnosis written from the facts. Returns True when the pull request shows
-    `written` (the record may then hold it).
+    The one step that keeps the record and the pull request in agreement, run by
+    `explain` once the explanation is written and by `open_pr` once the pull request is
+    recorded (whichever comes last does it); idempotent. Never in the way of anything:
+    a forge error is logged, and the pull request keeps the diagnosis written from the
+    facts.
+
+    Returns:
+        The `diagnosis_sha` the pull request now has, when it was just brought to show
+        the explanation (the caller records it, with the explanation as `diagnosis`);
+        None when there is nothing to do, or it could not be done.
     """
-    if not may_explain_pr(state):
-        return False
+    written = state.explanation
+    if written is None or not may_explain_pr(state) or state.pull_request is None:
+        return None
+    after = prbody.digest(prbody.diagnosis_section(state.model_copy(update={"diagnosis": written})))
+    if state.pull_request.diagnosis_sha == after:
+        return None  # shown already
     try:
         shown = ctx.of(state).forge.explain_pr(state, written)
     except AdapterError as exc:
         log.warning("%s the pull request keeps the facts' diagnosis: %s", tag(state), exc)
-        return False
-    if shown:
-        log.info("%s the model's explanation is in pull request #%d", tag(state),
-                 state.pull_request.number if state.pull_request else 0)  # fmt: skip
-    return shown
+        return None
+    if not shown:
+        log.info("%s the pull request's diagnosis is left as it is (edited, or closed)",
+                 tag(state))  # fmt: skip
+        return None
+    log.info("%s the model's explanation is in pull request #%d", tag(state),
+             state.pull_request.number)  # fmt: skip
+    return after
 
 
 def needs_call(state: IncidentState) -> bool:

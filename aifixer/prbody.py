@@ -11,6 +11,7 @@ a pull request may be read by many more people than the cluster.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -301,6 +302,21 @@ def _facts(state: IncidentState) -> str:
 def diagnosis_section(state: IncidentState) -> str:
     """The Diagnosis section exactly as `body` writes it (redacted), to find it there later."""
     return redact(_diagnosis(state))
+
+
+def digest(section: str) -> str:
+    """What a pull request records of the section it was opened with (`diagnosis_sha`)."""
+    return hashlib.sha256(section.encode()).hexdigest()
+
+
+def find_diagnosis(body: str) -> str | None:
+    """The Diagnosis section of a body `body` wrote: from its heading to the next one."""
+    start = body.find("\n\n## Diagnosis\n")
+    if start < 0:
+        return None
+    start += 2
+    end = body.find("\n\n## ", start)
+    return body[start:] if end < 0 else body[start:end]
 
 
 def _diagnosis(state: IncidentState) -> str:

@@ -115,9 +115,9 @@ class Settings(BaseSettings):
     # tried only if its whole verification still fits.
     fix_deadline_s: float | None = Field(default=None, gt=0)
     # The model's explanation (the diagnosis read in the pull request) and the call's
-    # speech are written after the apply, while verify waits for the rollout; the pull
-    # request and the call wait for them at most this long past the verdict, then use
-    # the deterministic text.
+    # speech are written after the apply, while verify waits for the rollout. The pull
+    # request never waits (the explanation goes into it after); the call waits for the
+    # speech at most this long past the verdict, then says the template.
     explain_wait_s: float = Field(default=30.0, ge=0)
 
     # -- the GitOps repository

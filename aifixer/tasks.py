@@ -282,39 +282,34 @@ def explain(self, incident_id: str) -> None:
         return
     if state.closed_at is not None and not pipeline.may_explain_pr(state):
         return
-    try:
-        written = pipeline.explain(ctx, state.model_copy(deep=True))
-    except Exception:  # noqa: BLE001 - the explanation is optional: the incident goes on
-        log.exception("%s explanation failed: the deterministic diagnosis stays",
-                      pipeline.tag(state))  # fmt: skip
-        written = None
+    if state.explanation is None:  # a redelivery after it was written does not ask again
+        try:
+            written = pipeline.explain(ctx, state.model_copy(deep=True))
+        except Exception:  # noqa: BLE001 - the explanation is optional: the incident goes on
+            log.exception("%s explanation failed: the deterministic diagnosis stays",
+                          pipeline.tag(state))  # fmt: skip
+            written = None
 
-    def explained(latest: IncidentState) -> bool:
-        latest.explained = True
-        if written is not None:
-            # Only while nothing was published with the other text yet (the pull request,
-            # the call): what the record holds is what was published. A pull request
-            # opened meanwhile gets it below.
+        def keep(latest: IncidentState) -> bool:
+            if written is None or written.diagnosis is None:
+                return False
+            latest.explanation = written.diagnosis
+            # Published at once only while nothing was published with the other text
+            # (the pull request, the call); a pull request gets it below.
             if latest.pull_request is None and latest.speech is None:
                 latest.diagnosis = written.diagnosis
             latest.model_usage.update(written.model_usage)
             latest.timings.update(written.timings)
+            return True
+
+        _merge(self, incident_id, keep)
+    _show_explanation(self, incident_id)
+
+    def explained(latest: IncidentState) -> bool:
+        latest.explained = True
         return True
 
     latest = _merge(self, incident_id, explained)
-    model_text = written.diagnosis if written is not None else None
-    if (
-        model_text is not None
-        and latest is not None
-        and latest.diagnosis != model_text
-        and pipeline.explain_pull_request(ctx, latest, model_text)
-    ):
-
-        def shown(record: IncidentState) -> bool:
-            record.diagnosis = model_text
-            return True
-
-        latest = _merge(self, incident_id, shown)
     verified = latest is not None and latest.verification is not None and latest.verification.ok
     if latest is None or latest.closed_at is not None or verified or latest.speech is not None:
         return  # no call to prepare for
@@ -333,6 +328,25 @@ def explain(self, incident_id: str) -> None:
         return True
 
     _merge(self, incident_id, speech)
+
+
+def _show_explanation(task, incident_id: str) -> None:
+    """The model's explanation into the open pull request, and the record to match."""
+    state = _load(task, incident_id)
+    if state is None:
+        return
+    sha = pipeline.show_explanation(context(), state)
+    if sha is None:
+        return
+
+    def shown(record: IncidentState) -> bool:
+        if record.pull_request is None or record.explanation is None:
+            return False
+        record.pull_request.diagnosis_sha = sha
+        record.diagnosis = record.explanation
+        return True
+
+    _merge(task, incident_id, shown)
 
 
 def _merge(task, incident_id: str, change: Callable[[IncidentState], bool]) -> IncidentState | None:
@@ -482,6 +496,7 @@ def open_pr(self, incident_id: str) -> str:
         metrics.inc(context().redis, metrics.PULL_REQUESTS, result="draft")
         return _call(self, incident_id)
     _update(self, incident_id, pull_request=done.pull_request, timings=done.timings)
+    _show_explanation(self, incident_id)  # an explanation written while it was opened
     result = "opened" if done.pull_request.created else "existing"
     metrics.inc(context().redis, metrics.PULL_REQUESTS, result=result)
     return incident_id

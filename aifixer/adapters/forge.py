@@ -186,7 +186,10 @@ class Forge:
             release=release,
         )
         self.supersede(state, ref)
-        return ref
+        # What the body says in its Diagnosis section: `explain_pr` replaces only that.
+        return ref.model_copy(
+            update={"diagnosis_sha": prbody.digest(prbody.diagnosis_section(state))}
+        )
 
     def open_draft_pr(
         self, state: IncidentState, explanation: str, hand_edits: list[str]
@@ -329,14 +332,16 @@ class Forge:
 
         The pull request was opened as soon as the fix verified, with the diagnosis
         written from the facts; the model's words, checked against the same facts
-        (`grounding.shown`), replace that one section later. Only while the body still
-        holds the section as aifixer wrote it, and the pull request is open: a person's
-        edit is never overwritten. Safe to repeat.
+        (`grounding.shown`), replace that one section later. Only while the section is
+        still the one aifixer wrote (`PullRequestRef.diagnosis_sha`) and the pull
+        request is open: a person's edit of it is never overwritten (GitHub's PATCH
+        takes no precondition: an edit landing between this read and this write is the
+        one case left). Safe to repeat.
 
         Returns:
             True when the pull request shows the new section (now, or already); False
-            when it is left as it is (nothing would change, a person edited it, or it
-            is no longer open).
+            when it is left as it is (a person edited it, it is no longer open, or its
+            body has no section of aifixer's).
 
         Raises:
             TransientError, PermanentError: as `pull_state`.
@@ -344,20 +349,21 @@ class Forge:
         ref = state.pull_request
         if ref is None or ref.draft:
             return False
-        before = prbody.diagnosis_section(state)
         after = prbody.diagnosis_section(state.model_copy(update={"diagnosis": written}))
-        if after == before:
-            return False
+        ours = ref.diagnosis_sha or prbody.digest(prbody.diagnosis_section(state))
         repo_name = ref.repo or self.settings.github_repo
         with self._translated(f"pull request #{ref.number}"):
             pull = self._github.get_repo(repo_name).get_pull(ref.number)
             body, open_ = pull.body or "", pull.state == "open"
-        if after in body:
+        current = prbody.find_diagnosis(body)
+        if current is None:
+            return False
+        if current == after:
             return True
-        if before not in body or not open_:
+        if prbody.digest(current) != ours or not open_:
             return False
         with self._translated(f"editing pull request #{ref.number}"):
-            pull.edit(body=body.replace(before, after, 1))
+            pull.edit(body=body.replace(current, after, 1))
         return True
 
     def propose(

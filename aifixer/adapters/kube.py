@@ -1799,30 +1799,47 @@ class Kube:
                 return "restored"
         raise TransientError(SYSTEM, f"{owner} kept changing; self-heal not restored", status=409)
 
-    def gitops_in_flight(self, owner: GitOpsOwner) -> str | None:
-        """What the controller is applying now, if a pass it decided earlier still runs.
+    def gitops_in_flight(self, owner: GitOpsOwner, workload: Manifest) -> str | None:
+        """What the controller is about to write over `workload`, if a pass it decided
+        before self-heal was paused is still under way.
 
         Turning self-heal off stops the passes the controller decides after it; one
-        already deciding goes on to the end and writes Git's version, over a live fix
-        written meanwhile. Argo CD records such a sync as `status.operationState.phase:
-        Running`; Flux's kustomize-controller sets the condition `Reconciling` True for
-        the length of a pass. None when no pass is in flight (or the object is gone).
+        already decided goes on and writes Git's version, over a live fix written
+        before that write. Argo CD: an operation requested on the Application (its
+        `operation`, before the controller picks it up) or running
+        (`status.operationState.phase` Running or Terminating) whose results do not
+        yet list the workload as synced. Flux: the Kustomization's condition
+        `Reconciling` True (kustomize-controller sets it for the length of a pass; a
+        failed pass waiting for its retry says ProgressingWithRetry, and writes
+        nothing until then). None when no such pass is known (or the object is gone).
 
         Raises:
             PermanentError, TransientError: as every call.
         """
         obj = self._gitops_object(owner)
-        status = (obj or {}).get("status") or {}
-        if owner.controller == "argocd":
-            op = status.get("operationState") or {}
-            if op.get("phase") in ("Running", "Terminating"):
-                return f"{owner}: a sync is {str(op['phase']).lower()}"
+        if obj is None:
             return None
+        status = obj.get("status") or {}
+        if owner.controller == "argocd":
+            if obj.get("operation"):
+                return f"{owner}: a sync is requested"
+            op = status.get("operationState") or {}
+            if op.get("phase") not in ("Running", "Terminating"):
+                return None
+            meta = workload.get("metadata") or {}
+            done = any(
+                r.get("kind") == workload.get("kind")
+                and r.get("name") == meta.get("name")
+                and r.get("namespace") == meta.get("namespace")
+                and r.get("status") == "Synced"
+                for r in ((op.get("syncResult") or {}).get("resources") or [])
+            )
+            return None if done else f"{owner}: a sync is {str(op['phase']).lower()}"
         for cond in status.get("conditions") or []:
             if (
                 cond.get("type") == "Reconciling"
                 and cond.get("status") == "True"
-                and cond.get("reason") != "ProgressingWithRetry"  # failed, retried later
+                and cond.get("reason") != "ProgressingWithRetry"
             ):
                 return f"{owner}: {cond.get('message') or 'a reconciliation is in progress'}"
         return None

@@ -728,6 +728,25 @@ class ArgoController(_Controller):
         *,
         automated: bool,
     ) -> dict[str, Any]:
+        try:
+            return await self._sync_once(name, state, policy, extra, operation, automated=automated)
+        except BaseException as exc:
+            # Cut short (an error, the world stopping): ended as an error, never left
+            # Running for whoever waits on it.
+            self._set_operation(state.key, {"phase": "Error", "message": str(exc)[:500],
+                                            "finishedAt": rfc3339(self.clock.now())})  # fmt: skip
+            raise
+
+    async def _sync_once(
+        self,
+        name: str,
+        state: _AppState,
+        policy: Obj,
+        extra: list[Desired],
+        operation: Obj | None,
+        *,
+        automated: bool,
+    ) -> dict[str, Any]:
         started = rfc3339(self.clock.now())
         operation_spec = {
             "sync": {"revision": state.revision},
@@ -958,7 +977,17 @@ class FluxController(_Controller):
             if moved or self._is_due(
                 "Kustomization", ks, parse_duration(spec.get("interval"), 600)
             ):
-                await self._reconcile_kustomization(ks, source)
+                try:
+                    await self._reconcile_kustomization(ks, source)
+                except BaseException as exc:
+                    # A pass cut short (an error, the world stopping) ends as failed,
+                    # never left `Reconciling` for whoever waits on it.
+                    self._set_status(
+                        self.kustomizations, ks,
+                        {"conditions": [self._ready(ks, False, "ReconciliationFailed",
+                                                    f"{type(exc).__name__}: {exc}"[:500])]},
+                    )  # fmt: skip
+                    raise
 
     def _source(self, ks: Obj) -> Obj | None:
         ref = (ks.get("spec") or {}).get("sourceRef") or {}

@@ -56,7 +56,7 @@ def _observe(api: client.CoreV1Api, apps: client.AppsV1Api, namespace: str, name
 class _PodWatch:
     """A watch on the workload's pods, in a thread, adding each version's reasons to `into`."""
 
-    def __init__(self, kube, api, apps, namespace: str, name: str, kind: str, into: set[str]):
+    def __init__(self, api, apps, namespace: str, name: str, kind: str, into: set[str]):
         dep = getattr(apps, f"read_namespaced_{KINDS[kind]}")(name, namespace)
         selector = ",".join(f"{k}={v}" for k, v in dep.spec.selector.match_labels.items())
         self._watch = watch.Watch()
@@ -76,7 +76,9 @@ class _PodWatch:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop at the next event (a pod changes often; the stream's timeout bounds it)."""
         self._watch.stop()
+        self._thread.join(timeout=75)
 
 
 def _loki_has(loki: str, namespace: str, text: str) -> bool:
@@ -112,7 +114,7 @@ def test_scenario_breaks_then_heals(path, make_world, kubectl, tmp_path):
         deadline = time.monotonic() + 60
         # Every version of the pods, as `kubectl get pods -w` shows them: a reason held
         # for a moment only (RunContainerError until the next sync) is seen too.
-        watcher = _PodWatch(kube, api, apps, namespace, name, kind, seen_reasons)
+        watcher = _PodWatch(api, apps, namespace, name, kind, seen_reasons)
         while time.monotonic() < deadline:
             reasons, events = _observe(api, apps, namespace, name, kind)
             seen_reasons |= reasons

@@ -511,7 +511,8 @@ def test_a_pass_in_flight_is_visible_as_flux_records_it(env_factory):
     first = next(i for i, o in enumerate(flux_seen) if reconciling(o))
     assert any(not reconciling(o) and o["status"].get("lastAppliedRevision")
                for o in flux_seen[first:])  # fmt: skip
-    wait_for("no pass in flight", lambda: kube.gitops_in_flight(owner) is None, timeout=10)
+    web = env.api.sanitize_for_serialization(env.apps.read_namespaced_deployment("web", "default"))
+    wait_for("no pass in flight", lambda: kube.gitops_in_flight(owner, web) is None, timeout=10)
 
 
 def test_a_sync_in_flight_is_visible_as_argo_cd_records_it(env_factory):
@@ -532,7 +533,8 @@ def test_a_sync_in_flight_is_visible_as_argo_cd_records_it(env_factory):
     running = next(o for o in argo_seen if phases([o]) == ["Running"])
     assert running["status"]["operationState"]["operation"]["initiatedBy"] == {"automated": True}
     argo_kube = Kube(Settings(_env_file=None, kubeconfig=argo.kubeconfig, state_dir=argo.tmp))
-    assert argo_kube.gitops_in_flight(GitOpsOwner("argocd", "argocd", "web")) is None
+    web = argo.api.sanitize_for_serialization(argo.apps.read_namespaced_deployment("web", "shop"))
+    assert argo_kube.gitops_in_flight(GitOpsOwner("argocd", "argocd", "web"), web) is None
 
 
 # -- scenarios ----------------------------------------------------------------------------------

@@ -285,7 +285,7 @@ class FakeKube(Faults):
         self.writes.append({"op": "pause", "selfHeal": owner.paused})
         return True, before
 
-    def gitops_in_flight(self, owner):
+    def gitops_in_flight(self, owner, workload):
         """As the adapter: what a pass decided before the pause still applies, if any."""
         self.hit("gitops_in_flight")
         return self.in_flight.pop(0) if self.in_flight else None

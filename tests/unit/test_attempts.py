@@ -367,7 +367,7 @@ def test_diagnose_asks_no_model_and_the_explanation_comes_after_the_apply(ctx, m
     assert "explain" in state.model_usage or state.timings.get("explain") is not None
 
 
-def _fixed_before_the_explanation(ctx, monkeypatch):
+def _fixed_before_the_explanation(ctx, monkeypatch, closed=True, open_pr=None):
     """An incident fixed, its pull request opened, its explanation not written yet (the
     model slower than verify): `explain` is sent by the apply but runs after."""
     order: list[str] = []
@@ -383,10 +383,13 @@ def _fixed_before_the_explanation(ctx, monkeypatch):
     monkeypatch.setattr(pipeline, "gather_evidence", lambda c, inc, dep: state.evidence)
     later: list[str] = []
     monkeypatch.setattr(tasks, "_explain_later", lambda s: later.append(s.incident.id))
+    if open_pr is not None:
+        monkeypatch.setattr(pipeline, "open_pr", open_pr)
     state = run(ctx, iid)
     assert later == [iid]
     assert state.outcome == "fixed" and state.closed_at is not None
-    assert state.diagnosis.source == "playbook" and not state.explained
+    if closed:
+        assert state.diagnosis.source == "playbook" and not state.explained
     return iid, state
 
 
@@ -401,6 +404,24 @@ def test_the_pull_request_does_not_wait_and_gets_the_explanation_after(ctx, monk
     assert ctx.forge.calls["explain_pr"] == 1
 
 
+def test_an_explanation_written_while_the_pull_request_opens_still_reaches_it(ctx, monkeypatch):
+    """`open_pr` read the record before the explanation came, and opens the pull request
+    with the facts' diagnosis: it then brings the explanation in itself."""
+    real_open = pipeline.open_pr
+
+    def open_while_explained(c, s):
+        tasks.explain.apply(args=[s.incident.id])  # written now: no pull request yet
+        assert ctx.forge.explained == {}
+        return real_open(c, s)  # with the record it read before
+
+    iid, state = _fixed_before_the_explanation(
+        ctx, monkeypatch, closed=False, open_pr=open_while_explained
+    )
+    state = ctx.store.load(iid)
+    assert ctx.forge.explained[state.pull_request.number].source == "model"
+    assert state.diagnosis.source == "model" and state.explained
+
+
 def test_a_persons_edit_of_the_pull_request_is_not_overwritten(ctx, monkeypatch):
     iid, state = _fixed_before_the_explanation(ctx, monkeypatch)
     ctx.forge.edited.add(state.pull_request.number)
@@ -409,6 +430,7 @@ def test_a_persons_edit_of_the_pull_request_is_not_overwritten(ctx, monkeypatch)
     assert ctx.forge.explained == {}
     # The record holds what the pull request shows: the facts' diagnosis.
     assert state.explained and state.diagnosis.source == "playbook"
+    assert state.explanation.source == "model"  # kept, not published
 
 
 def test_the_call_waits_for_the_speech_only_a_bounded_moment(ctx):

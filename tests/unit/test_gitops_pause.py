@@ -14,7 +14,7 @@ import pytest
 import redis as redis_lib
 
 from aifixer import pipeline, tasks
-from aifixer.adapters.errors import PermanentError, TransientError
+from aifixer.adapters.errors import PermanentError
 from aifixer.adapters.kube import GitOpsOwner, claims, gitops_owner
 from aifixer.app import app
 from tests.unit.fakeports import context, deployment, open_incident
@@ -131,17 +131,17 @@ def test_the_write_waits_for_a_sync_the_controller_decided_before_the_pause(ctx,
     assert ctx.kube.calls["gitops_in_flight"] == 4  # three answers "running", then none
 
 
-def test_a_sync_that_outlasts_the_wait_is_waited_for_by_a_retry(ctx, monkeypatch):
+def test_a_pass_that_outlasts_the_wait_does_not_hold_the_fix(ctx, monkeypatch, caplog):
+    """A pass still running long after the pause most likely waits on the health of the
+    very workload (Flux's `wait`, Argo CD's hooks), after its write: the fix goes ahead,
+    and verify catches a revert if it comes all the same."""
     monkeypatch.setattr(pipeline, "GITOPS_IN_FLIGHT_WAIT_S", 0.0)
     iid = open_incident(ctx)
-    state = ctx.store.load(iid)
-    ctx.kube.in_flight = ["Argo CD Application argocd/web: a sync is running"]
-    with pytest.raises(TransientError, match="a sync is running"):
-        pipeline.apply(ctx, state)
-    assert ops(ctx) == ["pause"]  # nothing written to the workload
-    state = pipeline.apply(ctx, ctx.store.load(iid))  # the retry: paused once, then written
+    ctx.kube.in_flight = ["Flux Kustomization flux-system/web: Running health checks"] * 9
+    state = pipeline.apply(ctx, ctx.store.load(iid))
     assert ops(ctx) == ["pause", "apply"]
     assert state.apply is not None
+    assert "writing the fix while" in caplog.text and "health checks" in caplog.text
 
 
 def test_a_fix_the_controller_put_back_is_never_verified(ctx, monkeypatch):
@@ -334,3 +334,47 @@ def test_the_controller_must_list_the_workload_itself():
     flux = GitOpsOwner("flux", "flux-system", "apps")
     inventory = {"status": {"inventory": {"entries": [{"id": "shop_web_apps_Deployment"}]}}}
     assert claims(flux, inventory, dep) and not claims(flux, listed, dep)
+
+
+ARGO, FLUX_KS = GitOpsOwner("argocd", "argocd", "web"), GitOpsOwner("flux", "flux-system", "apps")
+WEB = {"kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"}}
+
+
+def _op(phase, resources=()):
+    state = {"phase": phase, "syncResult": {"resources": list(resources)}}
+    return {"status": {"operationState": state}}
+
+
+def _synced(name, status="Synced"):
+    return {"kind": "Deployment", "namespace": "shop", "name": name, "status": status}
+
+
+def _reconciling(reason):
+    cond = {"type": "Reconciling", "status": "True", "reason": reason, "message": "applying"}
+    return {"status": {"conditions": [cond]}}
+
+
+@pytest.mark.parametrize(
+    ("owner", "obj", "busy"),
+    [
+        (ARGO, {"operation": {"sync": {}}}, "requested"),  # decided, not picked up yet
+        (ARGO, _op("Running"), "running"),
+        (ARGO, _op("Terminating"), "terminating"),
+        (ARGO, _op("Running", [_synced("api")]), "running"),  # another object so far
+        (ARGO, _op("Running", [_synced("web")]), None),  # this one written: hooks remain
+        (ARGO, _op("Running", [_synced("web", "SyncFailed")]), "running"),
+        (ARGO, _op("Succeeded"), None),
+        (ARGO, {"status": {}}, None),
+        (FLUX_KS, _reconciling("Progressing"), "applying"),
+        (FLUX_KS, _reconciling("ProgressingWithRetry"), None),  # failed, retried later
+        (FLUX_KS, {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}, None),
+        (FLUX_KS, None, None),  # gone
+    ],
+)  # fmt: skip
+def test_what_counts_as_a_pass_in_flight(owner, obj, busy):
+    from aifixer.adapters.kube import Kube
+
+    kube = object.__new__(Kube)  # the reading only: no API server needed
+    kube._gitops_object = lambda o: obj
+    found = kube.gitops_in_flight(owner, WEB)
+    assert (found is None) if busy is None else (busy in found)

@@ -688,12 +688,7 @@ class ContainerRunner:
             )
             if not restart:
                 return end.exit_code == 0
-            # A process that exited is noticed at the next relist; a start that failed
-            # failed the pod worker's sync, retried after its back-off period: until then
-            # the container stays waiting with RunContainerError.
-            await self.clock.sleep(
-                RESYNC_SECONDS + _EPSILON if end.reason == "StartError" else SYNC_SECONDS
-            )
+            await self.clock.sleep(SYNC_SECONDS)
 
     async def _crash_loop_wait(self, backoff: Backoff, key: str, finished_at: float) -> None:
         pod_ref = _pod_ref(self.w.pod)
