@@ -215,6 +215,27 @@ def test_the_api_key_never_appears_in_logs(stub, caplog):
 # -- the fixer through the adapter ----------------------------------------------------------
 
 
+@pytest.fixture
+def two_images(monkeypatch):
+    """A second candidate beside the restore (an older tag): the model has a choice to make,
+    so it is asked (with one candidate and nothing to tune, hybrid does not ask it)."""
+    from aifixer import manifests, playbooks
+    from aifixer.models import FieldChange, FixProposal
+    from tests.unit.test_fixer import BAD_IMAGE, IMAGE, deployment
+
+    older = manifests.clean(deployment())
+    manifests.set_path(older, IMAGE, "web/storefront:3.0.8")
+    other = FixProposal(
+        source="playbook",
+        strategy="older-image",
+        rationale="An older tag.",
+        manifest=older,
+        changes=[FieldChange(path=IMAGE, before=BAD_IMAGE, after="web/storefront:3.0.8")],
+    )
+    real = playbooks.candidates
+    monkeypatch.setattr(playbooks, "candidates", lambda *a: [*real(*a), other])
+
+
 @pytest.mark.parametrize(
     "behaviour, why",
     [
@@ -226,7 +247,7 @@ def test_the_api_key_never_appears_in_logs(stub, caplog):
         ("hostile_registry", "is expected to be empty"),  # an image is not the model's to tune
     ],
 )
-def test_hostile_model_replies_never_become_the_proposal(stub, behaviour, why):
+def test_hostile_model_replies_never_become_the_proposal(stub, two_images, behaviour, why):
     from tests.unit.test_fixer import (
         GOOD_IMAGE,
         IMAGE,
