@@ -619,6 +619,7 @@ def _code(live: Manifest, proposed: Manifest, history: _History) -> list[str]:
                 where, container, before, healthy, runtime_cannot_exec(before, history.pods)
             )
         )
+        reasons.extend(_unrun_pair(where, container, before, healthy, reasons))
         known = [before, healthy]
         for probe in PROBES:
             reasons.extend(_probe_reach(f"{where}.{probe}", container.get(probe), known))
@@ -630,6 +631,29 @@ def _code(live: Manifest, proposed: Manifest, history: _History) -> list[str]:
                     f"container never had"
                 )
     return reasons
+
+
+def _unrun_pair(
+    where: str,
+    container: dict[str, Any],
+    before: dict[str, Any],
+    healthy: dict[str, Any],
+    found: list[str],
+) -> list[str]:
+    """`command` and `args` run together: each restored from a different revision (the
+    live command with the healthy args) is a pairing that never ran, even though each
+    half did. The pair must be the live one or the healthy one (either of which may be
+    "none": the image's own), unless a reason about them was already `found`."""
+    pair = (container.get("command"), container.get("args"))
+    if pair in ((before.get("command"), before.get("args")),
+                (healthy.get("command"), healthy.get("args"))):  # fmt: skip
+        return []
+    if any(r.startswith((f"{where}.command", f"{where}.args")) for r in found):
+        return []
+    return [
+        f"{where}.command and args: {_short(pair[0])} with {_short(pair[1])} never ran "
+        "together; a fix may only restore the pair of its last healthy revision"
+    ]
 
 
 def _pure_removal(

@@ -1797,6 +1797,9 @@ def _rollback(
             f"({', '.join(foreign[:3])}), left as it is",
             details,
         )
+    refusal = _restore_refusal(ctx, state, original, live)
+    if refusal:
+        return _rolled(ctx, state, False, f"{why}; not rolled back: {refusal}", details)
     generation = (live.get("metadata") or {}).get("generation")
     if state.apply is None:
         why = f"{why}; the partly applied fix was undone"
@@ -1810,6 +1813,32 @@ def _rollback(
             "kubernetes", f"{inc.workload.key} changed during the restore"
         ) from None
     return _converged(ctx, state, restored, why, details)
+
+
+def _restore_refusal(
+    ctx: Context, state: IncidentState, original: Any, live: dict[str, Any]
+) -> str | None:
+    """Why the stored original may not be written back over the workload; None when it may.
+
+    The snapshot and the record come from Redis, which anyone who reaches it could
+    write: a restore is a write like the fix's own, so its namespace must be one
+    aifixer may change, the original must be the incident's workload, and its pod
+    template one the cluster itself ran (a revision the workload owns), never a
+    template written into the store.
+    """
+    w = state.incident.workload
+    refusal = guardrails.namespace_refusal(w.namespace, ctx.settings)
+    if refusal:
+        return refusal
+    meta = original.get("metadata") if isinstance(original, dict) else None
+    if not isinstance(meta, dict) or (meta.get("namespace"), meta.get("name")) != (
+        w.namespace,
+        w.name,
+    ):
+        return f"the stored original is not the {w.kind} {w.key}"
+    if not ctx.kube.had_template(live, (original.get("spec") or {}).get("template")):
+        return f"the stored original's pod template is none of the {w.kind}'s revisions"
+    return None
 
 
 ROLLBACK_PENDING_TTL_S = 7 * 86400.0
@@ -2083,7 +2112,14 @@ def apply_object(ctx: Context, state: IncidentState) -> IncidentState:
     if live is None:
         if snap is None or target.kind != "PersistentVolumeClaim":
             raise PermanentError("kubernetes", f"{target.kind} {target.key} no longer exists")
-        ctx.kube.create_claim(proposal.manifest)  # the re-creation's delete had landed
+        # The re-creation's delete had landed: the claim it deleted is the snapshot.
+        refused = recheck_object(ctx, state, snap.manifest, workload)
+        if refused:
+            raise PermanentError(
+                "guardrails",
+                f"the fix was refused immediately before writing: {'; '.join(refused[:5])}",
+            )
+        ctx.kube.create_claim(proposal.manifest)
     elif snap is not None and not _object_changes(proposal.manifest, live):
         pass  # the fix is already live (a redelivery after the write)
     else:
@@ -2163,6 +2199,9 @@ def rollback_object(
     original = snap.manifest if snap is not None else None
     if original is None:
         return state if state.apply is None else _rolled(ctx, state, False, why, details)
+    refusal = _object_restore_refusal(ctx, state, original)
+    if refusal:
+        return _rolled(ctx, state, False, f"{why}; not rolled back: {refusal}", details)
     live = _object(ctx, state)
     if live is None:
         if target.kind == "PersistentVolumeClaim":
@@ -2196,6 +2235,34 @@ def rollback_object(
     except Conflict:
         raise TransientError("kubernetes", f"{target.key} changed during the restore") from None
     return _rolled(ctx, state, True, why, details)
+
+
+def _object_restore_refusal(ctx: Context, state: IncidentState, original: Any) -> str | None:
+    """`_restore_refusal` for a claim or a Service: the stored original must be the
+    fix's target, beside the workload in a namespace aifixer may change, and a claim
+    one aifixer would have re-created (the guardrails' rules for the fix, read the
+    other way: a claim that never bound, changed by nothing but its class)."""
+    proposal, target = _targeted(state)
+    w = state.incident.workload
+    refusal = guardrails.namespace_refusal(target.namespace, ctx.settings)
+    if refusal:
+        return refusal
+    meta = original.get("metadata") if isinstance(original, dict) else None
+    if (
+        target.namespace != w.namespace
+        or not isinstance(meta, dict)
+        or (meta.get("namespace"), meta.get("name"), original.get("kind") or target.kind)
+        != (target.namespace, target.name, target.kind)
+    ):
+        return f"the stored original is not the {target.kind} {target.key}"
+    if target.kind == "PersistentVolumeClaim":
+        classes = [c["metadata"]["name"] for c in ctx.kube.storage_classes()]
+        reasons = guardrails.check_object(
+            original, proposal.manifest, _live(ctx, state), classes, ctx.settings
+        )
+        if reasons:
+            return f"the stored original claim is not one aifixer re-creates ({reasons[0]})"
+    return None
 
 
 def open_pr(ctx: Context, state: IncidentState) -> IncidentState:

@@ -1187,6 +1187,21 @@ class Kube:
                 )
         return None
 
+    def had_template(self, workload: Manifest, template: Any) -> bool:
+        """Whether `template` is the pod template of one of the workload's revisions.
+
+        A stored original is written back only if the cluster itself ran it (a
+        ReplicaSet or ControllerRevision the workload owns holds it): the record comes
+        from Redis, and a template written into it is no revision of the workload.
+
+        Raises:
+            TransientError, PermanentError.
+        """
+        if not isinstance(template, dict):
+            return False
+        wanted = _normalized(_comparable(template))
+        return any(_normalized(_comparable(t)) == wanted for _, t in self.revisions(workload))
+
     def last_healthy_template(
         self, deployment: Manifest, revisions: list[tuple[Revision, Manifest]] | None = None
     ) -> Manifest | None:

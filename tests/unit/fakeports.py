@@ -88,12 +88,16 @@ class FakeKube(Faults):
         self.application: dict[str, Any] | None = None
         self.copies: dict[str, dict[str, Any]] = {}
         self.services: dict[str, dict[str, str]] = {"web": {"app": "web"}}
+        # Every pod template the Deployment had (its ReplicaSets), the first one included.
+        self.templates: list[dict[str, Any]] = [copy.deepcopy(self.live["spec"]["template"])]
 
     def _bump(self, spec_changed: bool) -> None:
         meta = self.live["metadata"]
         meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
         if spec_changed:
             meta["generation"] += 1
+            if self.live["spec"]["template"] not in self.templates:
+                self.templates.append(copy.deepcopy(self.live["spec"]["template"]))
 
     def person_sets_image(self, image: str) -> None:
         self.live["spec"]["template"]["spec"]["containers"][0]["image"] = image
@@ -168,6 +172,11 @@ class FakeKube(Faults):
             (Revision(revision=1, replicaset="web-1", images=["registry.local/web:1"],
                       ready_replicas=0, current=False), self.healthy_template()),
         ]  # fmt: skip
+
+    def had_template(self, dep, template):
+        self.hit("had_template")
+        known = [*self.templates, self.live["spec"]["template"], self.healthy_template()]
+        return template in known
 
     def last_healthy_template(self, dep, revisions=None):
         self.hit("last_healthy_template")

