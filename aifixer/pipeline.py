@@ -932,6 +932,9 @@ def apply(ctx: Context, state: IncidentState) -> IncidentState:
     if state.outcome or state.proposal is None or state.apply is not None:
         return state
     ctx = ctx.of(state)
+    refusal = guardrails.namespace_refusal(state.incident.workload.namespace, ctx.settings)
+    if refusal:  # before anything is read there: the record may have been written by anyone
+        raise PermanentError("guardrails", f"the fix was refused before any read: {refusal}")
     started = time.monotonic()
     if state.proposal.target is not None:
         return _timed(apply_object(ctx, state), "apply", started)

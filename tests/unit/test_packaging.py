@@ -415,6 +415,71 @@ def test_deployments_and_services(rendered):
     assert beat["strategy"]["type"] == "Recreate"
 
 
+def _labels_match(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A LabelSelector (matchLabels, matchExpressions In/NotIn/Exists) against labels."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        has, value = e["key"] in labels, labels.get(e["key"])
+        ok = {
+            "In": has and value in e.get("values", []),
+            "NotIn": not has or value not in e.get("values", []),
+            "Exists": has,
+            "DoesNotExist": not has,
+        }[e["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+def _admitted(policies: list[dict], pod: dict[str, str], port: int, source: dict | None) -> bool:
+    """Whether the rendered NetworkPolicies admit a connection to `pod` (its labels) on
+    `port` from a pod of the namespace with labels `source` (None: from outside it)."""
+    selecting = [p for p in policies if _labels_match(p["spec"]["podSelector"], pod)]
+    assert selecting, f"no NetworkPolicy selects {pod}: everything is admitted"
+    for policy in selecting:
+        for rule in policy["spec"].get("ingress") or []:
+            ports = [p["port"] for p in rule.get("ports") or []]
+            if ports and port not in ports:
+                continue
+            peers = rule.get("from")
+            if not peers:
+                return True  # from anywhere
+            for peer in peers:
+                if source is not None and set(peer) == {"podSelector"}:
+                    if _labels_match(peer["podSelector"], source):
+                        return True
+    return False
+
+
+def test_network_policies_admit_only_the_farm_to_redis_and_only_web_s_port(rendered):
+    policies = list(_by_kind(rendered, "NetworkPolicy").values())
+    deployments = _by_kind(rendered, "Deployment")
+
+    def labels(name: str) -> dict[str, str]:
+        return deployments[name]["spec"]["template"]["metadata"]["labels"]
+
+    redis = labels("redis")
+    for name in ("worker", "memory-worker", "beat", "flower", "web"):
+        assert _admitted(policies, redis, 6379, labels(name)), name
+    assert not _admitted(policies, redis, 6379, None)  # from outside the namespace
+    assert not _admitted(policies, redis, 6379, {"app.kubernetes.io/name": "debug"})
+    assert _admitted(policies, labels("web"), 8000, None)  # Twilio and Alertmanager
+    assert not _admitted(policies, labels("web"), 9000, None)
+    for name in ("flower", "worker", "beat", "memory-worker"):
+        assert not _admitted(policies, labels(name), 5555, None), name
+        assert not _admitted(policies, labels(name), 5555, labels("web")), name
+
+
+def test_flower_asks_for_a_login_from_a_secret(rendered):
+    flower = _by_kind(rendered, "Deployment")["flower"]["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in flower["containers"][0].get("env") or []}
+    auth = env["FLOWER_BASIC_AUTH"]
+    assert "value" not in auth and auth["valueFrom"]["secretKeyRef"]["key"]
+    service = _by_kind(rendered, "Service")["flower"]["spec"]
+    assert service.get("type", "ClusterIP") == "ClusterIP"  # never a LoadBalancer
+
+
 def test_redis_keeps_its_data_on_a_claim(rendered):
     redis = _by_kind(rendered, "Deployment")["redis"]["spec"]["template"]["spec"]
     claims = {
