@@ -54,3 +54,13 @@ def until(what: str, pred: Callable[[], object], timeout: float = 20) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def polled(check: Callable[[], object], timeout: float = 60, every: float = 0.2):
+    """Poll `check` until it returns something truthy; that value, or the last one."""
+    deadline = time.monotonic() + timeout
+    value = check()
+    while not value and time.monotonic() < deadline:
+        time.sleep(every)
+        value = check()
+    return value

@@ -9,10 +9,10 @@ from __future__ import annotations
 import copy
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from kube_cluster import polled
 
 from aifixer import detect
 from aifixer.adapters.errors import PermanentError, TransientError
@@ -35,16 +35,6 @@ def _kube(world, tmp_path: Path, **overrides) -> Kube:
         **overrides,
     )
     return Kube(settings)
-
-
-def _until(check: Callable, timeout: float = 60, every: float = 0.25):
-    """Poll `check` until it returns something truthy; that value, or the last one."""
-    deadline = time.monotonic() + timeout
-    value = check()
-    while not value and time.monotonic() < deadline:
-        time.sleep(every)
-        value = check()
-    return value
 
 
 def _manifest(sc, which: str = "manifests") -> dict:
@@ -80,7 +70,7 @@ def test_warning_signals_are_mapped_to_the_deployment_and_never_repeat(oom):
         signals.extend(batch)
         return any(s.reason == "BackOff" for s in signals)
 
-    assert _until(poll), f"no BackOff among {[s.reason for s in signals]}"
+    assert polled(poll), f"no BackOff among {[s.reason for s in signals]}"
     assert cursor
     mine = [s for s in signals if s.namespace == "shop"]
     assert mine and all(s.source == "events" for s in mine)
@@ -95,7 +85,7 @@ def test_warning_signals_are_mapped_to_the_deployment_and_never_repeat(oom):
 @pytest.mark.timeout(120)
 def test_an_expired_cursor_lists_again(oom):
     _, _, kube = oom
-    assert _until(lambda: kube.warning_signals(None)[0])
+    assert polled(lambda: kube.warning_signals(None)[0])
     # resourceVersion 1 is long compacted away in the sandbox's store: 410 Gone.
     signals, cursor = kube.warning_signals("1")
     assert signals and int(cursor) > 1
@@ -104,7 +94,7 @@ def test_an_expired_cursor_lists_again(oom):
 @pytest.mark.timeout(120)
 def test_pod_signals_and_pod_states_show_the_oom(oom):
     _, _, kube = oom
-    signals = _until(lambda: [s for s in kube.pod_signals() if s.reason == "OOMKilled"])
+    signals = polled(lambda: [s for s in kube.pod_signals() if s.reason == "OOMKilled"])
     assert signals and signals[0].workload == "report-api"
     assert signals[0].raw["exitCode"] == 137
     assert kube.owner_deployment("shop", signals[0].pod) == "report-api"
@@ -112,14 +102,14 @@ def test_pod_signals_and_pod_states_show_the_oom(oom):
 
     dep = kube.get_deployment("shop", "report-api")
     # A pod's first OOM shows in its state; its last termination, once it has restarted.
-    broken = _until(
+    broken = polled(
         lambda: [p for p in kube.pod_states(dep) if "OOMKilled" in p.reasons and p.last_termination]
     )
     assert broken and broken[0].last_termination["reason"] == "OOMKilled"
     states = kube.pod_states(dep)
     assert any(p.ready for p in states), "the old ReplicaSet keeps serving"
     # The kubelet's BackOff event follows the restart it delays.
-    backoff = _until(
+    backoff = polled(
         lambda: [
             e
             for e in kube.events_of(dep, kube.pods_of(dep))
@@ -189,7 +179,7 @@ def test_apply_heals_and_restore_breaks_again(oom):
     applied = kube.apply(_manifest(sc))
     assert _limits(applied) == {"memory": "256Mi"}
     assert any(m["manager"] == "aifixer" for m in applied["metadata"]["managedFields"])
-    assert _until(lambda: kube.rollout("report-api", "shop").done, 60)
+    assert polled(lambda: kube.rollout("report-api", "shop").done, 60)
 
     restored = kube.restore(original)
     assert _limits(restored) == {"memory": "64Mi"}
@@ -207,7 +197,7 @@ def test_apply_removes_a_field_the_fix_dropped(make_world, tmp_path):
     assert live["spec"]["template"]["spec"]["nodeSelector"] == {"accelerator": "gpu"}
     applied = kube.apply(_manifest(sc))
     assert "nodeSelector" not in applied["spec"]["template"]["spec"]
-    assert _until(lambda: kube.rollout("inference", "ml").done, 60)
+    assert polled(lambda: kube.rollout("inference", "ml").done, 60)
 
 
 def _closed_port() -> int:

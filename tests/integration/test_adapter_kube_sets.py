@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from kube_cluster import polled
 
 from aifixer import manifests
 from aifixer.adapters.kube import Kube, rollout_status
@@ -31,15 +31,6 @@ def _kube(world, tmp_path: Path) -> Kube:
     return Kube(
         Settings(kubeconfig=world.endpoints.kubeconfig, state_dir=tmp_path, request_timeout_s=10)
     )
-
-
-def _until(check: Callable, timeout: float = 60, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    value = check()
-    while not value and time.monotonic() < deadline:
-        time.sleep(every)
-        value = check()
-    return value
 
 
 def _image(obj: dict) -> str:
@@ -62,13 +53,13 @@ def test_statefulset_owner_history_apply_forced_rollback_and_restore(make_world,
     kube = _kube(world, tmp_path)
 
     # Detection: the stuck member's signals name the StatefulSet.
-    signals = _until(lambda: [s for s in kube.pod_signals() if s.reason == "ImagePullBackOff"])
+    signals = polled(lambda: [s for s in kube.pod_signals() if s.reason == "ImagePullBackOff"])
     assert signals and {(s.workload_kind, s.workload) for s in signals} == {
         ("StatefulSet", "session-store")
     }
     assert kube.owner_of_pod("web", "session-store-1") == ("StatefulSet", "session-store")
     assert kube.owner_deployment("web", "session-store-1") is None
-    events = _until(lambda: kube.warning_signals(None)[0])
+    events = polled(lambda: kube.warning_signals(None)[0])
     assert any(s.workload_kind == "StatefulSet" for s in events if s.workload == "session-store")
 
     live = kube.get_workload("web", "StatefulSet", "session-store")
@@ -91,7 +82,7 @@ def test_statefulset_owner_history_apply_forced_rollback_and_restore(make_world,
     kube.dry_run_apply(fix)
     applied = kube.apply(fix, resource_version=rv)
     assert _image(applied) == "cache/session-store:7.2.0"
-    observed = _until(
+    observed = polled(
         lambda: (
             (w := kube.get_workload("web", "StatefulSet", "session-store"))["status"].get(
                 "observedGeneration"
@@ -105,7 +96,7 @@ def test_statefulset_owner_history_apply_forced_rollback_and_restore(make_world,
     assert _image(stuck) == "cache/session-store:7.2.l"
     # ...the forced rollback deletes exactly that pod, never the ready member.
     assert kube.unblock_rollout(observed) == ["session-store-1"]
-    done = _until(
+    done = polled(
         lambda: rollout_status(kube.get_workload("web", "StatefulSet", "session-store")).done
     )
     assert done
@@ -122,7 +113,7 @@ def test_daemonset_owner_history_and_rollout(make_world, tmp_path):
     world = make_world(sc, speed=SPEED)
     kube = _kube(world, tmp_path)
 
-    signals = _until(lambda: [s for s in kube.pod_signals() if s.reason == "ImagePullBackOff"])
+    signals = polled(lambda: [s for s in kube.pod_signals() if s.reason == "ImagePullBackOff"])
     assert {(s.workload_kind, s.workload) for s in signals} == {("DaemonSet", "log-shipper")}
     live = kube.get_workload("observability", "DaemonSet", "log-shipper")
     verdict = rollout_status(live)
@@ -138,7 +129,7 @@ def test_daemonset_owner_history_and_rollout(make_world, tmp_path):
 
     fix = _fixed(live, "obs/log-shipper:3.0.2")
     kube.apply(fix, resource_version=live["metadata"]["resourceVersion"])
-    assert _until(
+    assert polled(
         lambda: rollout_status(kube.get_workload("observability", "DaemonSet", "log-shipper")).done
     )
     pods = kube.pods_of(live)

@@ -10,12 +10,11 @@ its value from are read from the failing workload's own namespace only.
 from __future__ import annotations
 
 import copy
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from kube_cluster import polled
 
 from aifixer import manifests, pipeline
 from aifixer.models import FieldChange, FixProposal, Incident, IncidentState, Workload
@@ -84,15 +83,6 @@ expect:
 """
 
 
-def _until(check: Callable, timeout: float = 60, every: float = 0.25):
-    deadline = time.monotonic() + timeout
-    value = check()
-    while not value and time.monotonic() < deadline:
-        time.sleep(every)
-        value = check()
-    return value
-
-
 @pytest.fixture
 def cluster(make_world, tmp_path: Path) -> pipeline.Context:
     path = tmp_path / "born-broken-removals.yaml"
@@ -116,7 +106,7 @@ def _terminated(ctx: pipeline.Context, name: str, reason: str) -> dict:
             else None
         )
 
-    live = _until(seen)
+    live = polled(seen)
     assert live, f"no pod of {name} terminated with {reason}"
     return live
 
@@ -221,7 +211,7 @@ def test_peer_probes_come_from_the_failing_workloads_namespace_only(make_world, 
         dep = ctx.kube.get_deployment("billing", "pdf-render")
         return dep if (dep.get("status") or {}).get("availableReplicas") else None
 
-    assert _until(available), "the healthy pdf-render never became available"
+    assert polled(available), "the healthy pdf-render never became available"
     found = {}
     for namespace in ("billing", "batch"):
         live = ctx.kube.get_deployment(namespace, "pdf-render-batch")

@@ -9,11 +9,10 @@ name another claim is refused, at the rollback and at a redelivered apply alike.
 from __future__ import annotations
 
 import copy
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
+from kube_cluster import polled
 
 from aifixer import pipeline
 from aifixer.adapters.errors import PermanentError
@@ -26,15 +25,6 @@ from tests.unit.fakeports import FakeForge, FakeModel, FakePhone
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 NS, NAME, CLAIM = "obs", "metrics-db", "metrics-data"
-
-
-def _until(check: Callable, timeout: float = 60, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    value = check()
-    while not value and time.monotonic() < deadline:
-        time.sleep(every)
-        value = check()
-    return value
 
 
 @pytest.fixture
@@ -51,8 +41,8 @@ def fixed(make_world, tmp_path, redis_url):
     ctx = pipeline.Context(s)
     kube = Kube(s)
     ctx.__dict__.update(kube=kube, forge=FakeForge(), phone=FakePhone(), model=FakeModel())
-    live = _until(lambda: kube.get_workload(NS, "Deployment", NAME))
-    assert live and _until(lambda: kube.get_claim(NS, CLAIM))
+    live = polled(lambda: kube.get_workload(NS, "Deployment", NAME))
+    assert live and polled(lambda: kube.get_claim(NS, CLAIM))
     opened = datetime.now(UTC)
     fp = "fp-metrics-db-volume"
     state = IncidentState(
@@ -88,7 +78,7 @@ def test_a_claim_fix_that_does_not_verify_brings_the_original_claim_back(fixed):
     creates the claim the cluster held, its class and all."""
     ctx, state = fixed
     ctx.kube.delete_claim(ctx.kube.get_claim(NS, CLAIM))
-    assert _until(lambda: ctx.kube.get_claim(NS, CLAIM) is None)
+    assert polled(lambda: ctx.kube.get_claim(NS, CLAIM) is None)
     state = pipeline.rollback(ctx, state, "not healthy within 0s")
     assert state.verification.rolled_back is True, state.verification.reason
     assert ctx.kube.get_claim(NS, CLAIM)["spec"]["storageClassName"] == "fast-ssd"
@@ -121,7 +111,7 @@ def test_a_redelivered_apply_after_the_delete_recreates_nothing_a_record_forged(
     rewritten meanwhile: the redelivered apply re-checks it before creating anything."""
     ctx, state = fixed
     ctx.kube.delete_claim(ctx.kube.get_claim(NS, CLAIM))
-    assert _until(lambda: ctx.kube.get_claim(NS, CLAIM) is None)
+    assert polled(lambda: ctx.kube.get_claim(NS, CLAIM) is None)
     _forge_snapshot(ctx, state, lambda m: m["spec"].update(volumeName="pv-of-another-tenant"))
     with pytest.raises(PermanentError, match="refused immediately before writing"):
         pipeline.apply_object(ctx, state)
@@ -143,9 +133,9 @@ def test_a_workload_had_the_templates_it_ran_and_no_other(
     itself, as their ReplicaSets or ControllerRevisions hold them; not an edited copy."""
     world = make_world(bundled_dir() / scenario, speed=40)
     kube = Kube(Settings(kubeconfig=world.endpoints.kubeconfig, state_dir=tmp_path))
-    live = _until(lambda: kube.get_workload(namespace, kind, name))
+    live = polled(lambda: kube.get_workload(namespace, kind, name))
     assert live
-    revisions = _until(lambda: kube.revisions(live) and kube.revisions(live))
+    revisions = polled(lambda: kube.revisions(live) and kube.revisions(live))
     templates = [t for _, t in revisions]
     assert templates and all(kube.had_template(live, t) for t in templates)
     assert kube.had_template(live, live["spec"]["template"])

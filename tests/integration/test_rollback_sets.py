@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from kube_cluster import polled
 
 from aifixer import guardrails, manifests, pipeline
 from aifixer.adapters.errors import TransientError
@@ -45,15 +45,6 @@ ORIGINAL, SERVING, BROKEN_FIX = (
     "cache/session-store:7.2.0",  # what session-store-0 still runs
     "cache/session-store:7.2.9",  # a fix that is no better: never pushed either
 )
-
-
-def _until(check: Callable, timeout: float = 60, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    value = check()
-    while not value and time.monotonic() < deadline:
-        time.sleep(every)
-        value = check()
-    return value
 
 
 def _image(obj: dict) -> str:
@@ -99,7 +90,7 @@ def _wait_stuck(kube: Kube) -> dict:
             and live
         )
 
-    live = _until(stuck)
+    live = polled(stuck)
     assert live, "session-store-1 never got stuck on the release"
     return live
 
@@ -109,7 +100,7 @@ def _observed(kube: Kube) -> dict:
         w = kube.get_workload(NS, "StatefulSet", NAME)
         return w["status"].get("observedGeneration") == w["metadata"]["generation"] and w
 
-    live = _until(seen)
+    live = polled(seen)
     assert live
     return live
 
@@ -169,8 +160,8 @@ def test_a_failed_fix_is_rolled_back_only_once_no_member_runs_it(make_world, tmp
             pass
         return _images(kube, live).get(f"{NAME}-1") == BROKEN_FIX
 
-    assert _until(fix_running, every=0.5)
-    assert _until(
+    assert polled(fix_running, every=0.5)
+    assert polled(
         lambda: (
             {"ErrImagePull", "ImagePullBackOff"}
             & set(next(p for p in kube.pod_states(live) if p.name == f"{NAME}-1").reasons)
@@ -191,7 +182,7 @@ def test_a_failed_fix_is_rolled_back_only_once_no_member_runs_it(make_world, tmp
             return False
         return state.verification is not None
 
-    assert _until(rolled_back, every=0.5)
+    assert polled(rolled_back, every=0.5)
     assert state.verification.rolled_back is True and state.verification.ok is False
     assert state.verification.reason.startswith("not healthy within 0s")
     assert _images(kube, live) == before  # nobody runs the fix any more
