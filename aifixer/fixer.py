@@ -1194,8 +1194,8 @@ SpeechOutcome = Literal[
 ]
 SPEECH_OUTCOMES: tuple[str, ...] = get_args(SpeechOutcome)
 
-# How the pipeline words a person's change in the record (pipeline.apply and rollback);
-# read here only to choose a sentence, never read out.
+# How the pipeline words a person's change: read only in a record written before
+# `IncidentState.person_changed` existed (a rolling upgrade), to choose a sentence.
 _PERSON_CHANGED = re.compile(r"changed by someone else|someone else changed")
 
 
@@ -1322,7 +1322,9 @@ def speech_outcome(state: IncidentState) -> SpeechOutcome:
         if state.pull_request is not None and state.pull_request.draft:
             return "draft_pr"
         return "pr_failed" if state.pr_error else "not_confirmed"
-    person = any(_PERSON_CHANGED.search(t or "") for t in (state.error, v and v.reason))
+    person = state.person_changed is not None or any(
+        _PERSON_CHANGED.search(t or "") for t in (state.error, v and v.reason)
+    )
     if state.proposal is None:
         return "nothing_safe"
     if v is not None and state.verify_copy is not None:

@@ -451,6 +451,9 @@ class IncidentState(Record):
     remembered: FixProposal | None = None  # a fix that verified on a similar past incident
     outcome: Outcome | None = None
     error: str | None = None  # the stage that failed for good, and why
+    # A person changed the workload: "before" aifixer wrote (nothing applied), "after"
+    # its fix (left as they set it). What the call says of the outcome rests on it.
+    person_changed: Literal["before", "after"] | None = None
     pr_error: str | None = None  # the fix is verified and live, but its pull request failed
     model_used: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)  # stage -> seconds

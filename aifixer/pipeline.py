@@ -1594,6 +1594,7 @@ def verify(ctx: Context, state: IncidentState) -> IncidentState:
             f"the {target.kind}" if target is not None
             else "the temporary copy" if copy is not None else "the Deployment"
         )  # fmt: skip
+        state.person_changed = "after"
         return rollback(
             ctx, state, f"someone else changed {what} during verification ({foreign[0]})"
         )
@@ -1792,6 +1793,7 @@ def _rollback(
         return _rolled(ctx, state, True, why, details)  # restored before a crash: done
     foreign = _foreign_changes(original, cleaned, state.proposal)
     if foreign:
+        state.person_changed = "after"
         return _rolled(
             ctx,
             state,
@@ -2215,6 +2217,7 @@ def rollback_object(
         return _rolled(ctx, state, True, why, details)  # nothing of the fix is live
     foreign = _object_changes(proposal.manifest, live)
     if foreign:
+        state.person_changed = "after"
         return _rolled(
             ctx, state, False,
             f"{why}; not rolled back: someone else changed the {target.kind} after the fix "

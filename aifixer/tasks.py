@@ -42,7 +42,7 @@ from kombu.transport.redis import PRIORITY_STEPS as REDIS_PRIORITY_STEPS
 from kombu.transport.redis import Channel as RedisChannel
 
 from . import metrics, pipeline
-from .adapters.errors import PermanentError, TransientError
+from .adapters.errors import Conflict, PermanentError, TransientError
 from .app import app
 from .models import IncidentState
 from .scaling import levels, scaler
@@ -194,6 +194,8 @@ def _attempt(
             log.exception("%s %s crashed", pipeline.tag(fresh), name)
             error = f"{name}: internal error: {type(exc).__name__}: {exc}"
         log.error("%s %s failed: %s", pipeline.tag(fresh), name, error)
+        if isinstance(exc, Conflict) and fresh.person_changed is None:
+            fresh.person_changed = "before" if fresh.apply is None else "after"
         fresh.error = fresh.error or error
         if failed is not None:
             failed.append(error)

@@ -187,6 +187,7 @@ def test_a_persons_change_during_verify_is_not_rolled_back(ctx):
     assert [w["op"] for w in ctx.kube.writes] == ["apply"]
     assert state.verification.rolled_back is False
     assert "someone else changed the Deployment" in state.verification.reason
+    assert state.person_changed == "after"
     assert len(ctx.phone.dialled) == 1
     assert "Someone changed the deployment meanwhile" in state.speech
     assert fixer.speech_problems(state.speech, state) == []
@@ -202,10 +203,14 @@ def test_a_hotfix_between_patch_and_apply_is_never_overwritten(ctx):
     assert ctx.kube.image == HOTFIX
     assert ctx.kube.writes == []
     assert "changed by someone else" in state.error
-    assert state.apply is None
+    assert state.apply is None and state.person_changed == "before"
     assert len(ctx.phone.dialled) == 1
     assert "Someone changed the deployment first, so nothing was applied" in state.speech
     assert fixer.speech_problems(state.speech, state) == []
+    # The sentence rests on the structured fact, whatever words the error was put in.
+    reworded = state.model_copy(update={"error": "apply: conflict"})
+    assert fixer.speech_outcome(reworded) == "person_before"
+    assert fixer.speech_outcome(reworded.model_copy(update={"person_changed": None})) == "stopped"
 
 
 def test_a_status_change_between_read_and_write_is_reread_not_refused(ctx):
