@@ -214,28 +214,14 @@ def table(
         }
         for c in columns
     ]
-    rows = []
-    for obj in items:
-        cells: list[Any] = [(obj.get("metadata") or {}).get("name", "")]
-        for c in columns:
-            cells.append(_cell(c.get("type", "string"), jsonpath(obj, c.get("jsonPath", "")), now))
-        row: dict[str, Any] = {"cells": cells}
-        if include_object == "Object":
-            row["object"] = obj
-        elif include_object != "None":
-            row["object"] = {
-                "kind": "PartialObjectMetadata",
-                "apiVersion": "meta.k8s.io/v1",
-                "metadata": obj.get("metadata") or {},
-            }
-        rows.append(row)
-    return {
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": list_meta,
-        "columnDefinitions": definitions if headers else None,
-        "rows": rows,
-    }
+
+    def cells(obj: dict[str, Any]) -> list[Any]:
+        return [(obj.get("metadata") or {}).get("name", "")] + [
+            _cell(c.get("type", "string"), jsonpath(obj, c.get("jsonPath", "")), now)
+            for c in columns
+        ]
+
+    return tables.assemble(items, cells, definitions, list_meta, include_object, headers)
 
 
 def _cell(kind: str, found: list[Any], now: datetime) -> Any:

@@ -63,11 +63,28 @@ def table(
     Without `headers` the column definitions are null, as the real server sends every watch
     event's Table after the first (the generator's NoHeaders option).
     """
-    now = now or datetime.now(UTC)
+    at = now or datetime.now(UTC)
     columns, printer = _PRINTERS.get(kind, ((NAME, AGE), _default_row))
+    return assemble(
+        items, lambda obj: printer(obj, at), [c.definition() for c in columns], list_meta,
+        include_object, headers,
+    )  # fmt: skip
+
+
+def assemble(
+    items: list[Obj],
+    cells: Callable[[Obj], list[Any]],
+    definitions: list[dict[str, Any]],
+    list_meta: dict[str, Any],
+    include_object: str,
+    headers: bool,
+) -> dict[str, Any]:
+    """The Table itself, for built-in kinds and custom resources alike: a row of
+    `cells(obj)` each, with the object as `include_object` asks (Object, Metadata as
+    PartialObjectMetadata, or None)."""
     rows = []
     for obj in items:
-        row: dict[str, Any] = {"cells": printer(obj, now)}
+        row: dict[str, Any] = {"cells": cells(obj)}
         if include_object == "Object":
             row["object"] = obj
         elif include_object != "None":
@@ -81,7 +98,7 @@ def table(
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": list_meta,
-        "columnDefinitions": [c.definition() for c in columns] if headers else None,
+        "columnDefinitions": definitions if headers else None,
         "rows": rows,
     }
 
