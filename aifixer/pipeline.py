@@ -1455,11 +1455,7 @@ def recheck(ctx: Context, state: IncidentState, live: dict[str, Any]) -> list[st
     if refusal:
         return [refusal]
     manifest = proposal.manifest if proposal is not None else None
-    meta = (manifest or {}).get("metadata") if isinstance(manifest, dict) else None
-    if not isinstance(meta, dict) or (meta.get("namespace"), meta.get("name")) != (
-        w.namespace,
-        w.name,
-    ):
+    if not _names(manifest, w.namespace, w.name):
         return [f"the proposal is not the Deployment {w.key}"]
     # A ReplicaSet an earlier attempt of this incident created never ran healthy: it is
     # not the workload's past (it could pass for its last healthy revision once scaled down).
@@ -1835,15 +1831,21 @@ def _restore_refusal(
     refusal = guardrails.namespace_refusal(w.namespace, ctx.settings)
     if refusal:
         return refusal
-    meta = original.get("metadata") if isinstance(original, dict) else None
-    if not isinstance(meta, dict) or (meta.get("namespace"), meta.get("name")) != (
-        w.namespace,
-        w.name,
-    ):
+    if not _names(original, w.namespace, w.name):
         return f"the stored original is not the {w.kind} {w.key}"
     if not ctx.kube.had_template(live, (original.get("spec") or {}).get("template")):
         return f"the stored original's pod template is none of the {w.kind}'s revisions"
     return None
+
+
+def _names(manifest: Any, namespace: str, name: str) -> bool:
+    """Whether `manifest` (anything: it may come from a stored record) is metadata-named
+    `namespace`/`name`."""
+    meta = manifest.get("metadata") if isinstance(manifest, dict) else None
+    return isinstance(meta, dict) and (meta.get("namespace"), meta.get("name")) == (
+        namespace,
+        name,
+    )
 
 
 ROLLBACK_PENDING_TTL_S = 7 * 86400.0
@@ -2069,6 +2071,11 @@ def _object_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
                                            "spec")]  # fmt: skip
 
 
+def _class_names(ctx: Context) -> list[str]:
+    """The names of the cluster's StorageClasses, read now."""
+    return [c["metadata"]["name"] for c in ctx.kube.storage_classes()]
+
+
 def recheck_object(
     ctx: Context, state: IncidentState, live: dict[str, Any], workload: dict[str, Any]
 ) -> list[str]:
@@ -2080,11 +2087,7 @@ def recheck_object(
     target, w = proposal.target, state.incident.workload
     if target.namespace != w.namespace:
         return [f"the {target.kind} is not in the workload's namespace"]
-    classes = (
-        [c["metadata"]["name"] for c in ctx.kube.storage_classes()]
-        if target.kind == "PersistentVolumeClaim"
-        else []
-    )
+    classes = _class_names(ctx) if target.kind == "PersistentVolumeClaim" else []
     reasons = guardrails.check_object(live, proposal.manifest, workload, classes, ctx.settings)
     if reasons:
         return reasons
@@ -2262,9 +2265,8 @@ def _object_restore_refusal(ctx: Context, state: IncidentState, original: Any) -
     ):
         return f"the stored original is not the {target.kind} {target.key}"
     if target.kind == "PersistentVolumeClaim":
-        classes = [c["metadata"]["name"] for c in ctx.kube.storage_classes()]
         reasons = guardrails.check_object(
-            original, proposal.manifest, _live(ctx, state), classes, ctx.settings
+            original, proposal.manifest, _live(ctx, state), _class_names(ctx), ctx.settings
         )
         if reasons:
             return f"the stored original claim is not one aifixer re-creates ({reasons[0]})"
