@@ -100,21 +100,28 @@ KILLS = {
     # diagnose asks no model (its explanation comes after the apply): its evidence reads
     # Loki's logs, which are slowed instead.
     "diagnose": ("loki", _fault(SERVICE_PATHS["loki"], delay=SLOW, duration=20)),
-    "patch": ("model", _fault(SERVICE_PATHS["model"], delay=SLOW, duration=30)),
+    # patch asks the model nothing for a single candidate with no amount to size (the
+    # fixed scenario's): its server-side dry-run, the first PATCH, is slowed instead.
+    "patch": ("kubernetes", _fault(r"/deployments/[^/]+$", method="PATCH", delay=SLOW, count=1)),
     "apply": ("kubernetes", _fault(r"/deployments/[^/]+$", method="PATCH", delay=SLOW, duration=40)),
-    "verify": ("loki", _fault(SERVICE_PATHS["loki"], delay=2.0, duration=40)),
+    # Each verify run counts the new error lines in Loki, then re-schedules itself; the
+    # fault lasts past detection, diagnose, patch and apply, into verify's runs.
+    "verify": ("loki", _fault(SERVICE_PATHS["loki"], delay=2.0, duration=120)),
     "open_pr": ("forge", _fault(SERVICE_PATHS["forge"], delay=SLOW, duration=90)),
     "call_oncall": ("twilio", _fault(SERVICE_PATHS["twilio"], method="POST", delay=SLOW, duration=40)),
     "call_next": ("twilio", _fault(SERVICE_PATHS["twilio"], method="POST", delay=SLOW, duration=90)),
     "finalize": ("kubernetes", _fault(r"/deployments/[^/]+$", method="GET", delay=1.0, duration=120)),
 }  # fmt: skip
 # Stages a scenario passes in milliseconds, held for a moment so the restart lands
-# there. The fixed one: the model answers patch's choice 2 s late (the incident waits
-# at "diagnosed"), the API server answers the dry-run and the apply 2 s late (it waits at
-# "patched"). The called one has nothing to apply and asks nobody anything between
-# "diagnosed" and "applied": it is held at "applied" while the first call is placed.
+# there. The fixed one: the API server answers patch's dry-run 2 s late (the incident
+# waits at "diagnosed"; patch asks the model nothing for its single candidate), and the
+# dry-run and the apply 2 s late (it waits at "patched"). The called one has nothing to
+# apply and asks nobody anything between "diagnosed" and "applied": it is held at
+# "applied" while the first call is placed.
 DWELL = {
-    (FIXED, "diagnosed"): ("model", _fault(SERVICE_PATHS["model"], delay=2.0, count=2)),
+    (FIXED, "diagnosed"): (
+        "kubernetes", _fault(r"/deployments/[^/]+$", method="PATCH", delay=2.0, count=1)
+    ),
     (FIXED, "patched"): (
         "kubernetes", _fault(r"/deployments/[^/]+$", method="PATCH", delay=2.0, count=2)
     ),
