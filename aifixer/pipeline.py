@@ -2256,12 +2256,10 @@ def _object_restore_refusal(ctx: Context, state: IncidentState, original: Any) -
     refusal = guardrails.namespace_refusal(target.namespace, ctx.settings)
     if refusal:
         return refusal
-    meta = original.get("metadata") if isinstance(original, dict) else None
     if (
         target.namespace != w.namespace
-        or not isinstance(meta, dict)
-        or (meta.get("namespace"), meta.get("name"), original.get("kind") or target.kind)
-        != (target.namespace, target.name, target.kind)
+        or not _names(original, target.namespace, target.name)
+        or (original.get("kind") or target.kind) != target.kind
     ):
         return f"the stored original is not the {target.kind} {target.key}"
     if target.kind == "PersistentVolumeClaim":

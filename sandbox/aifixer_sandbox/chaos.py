@@ -85,6 +85,7 @@ SERVICE_PATHS = {
     "forge": r"^/api/v3/repos/",
     "twilio": r"/Calls\.json$",
 }
+DEPLOYMENT = r"/deployments/[^/]+$"  # one Deployment: the fixer's reads, dry-run and apply
 # The stage each service is needed at first after the incident opened.
 SERVICE_AT = {
     "kubernetes": "opened",
@@ -102,15 +103,15 @@ KILLS = {
     "diagnose": ("loki", _fault(SERVICE_PATHS["loki"], delay=SLOW, duration=20)),
     # patch asks the model nothing for a single candidate with no amount to size (the
     # fixed scenario's): its server-side dry-run, the first PATCH, is slowed instead.
-    "patch": ("kubernetes", _fault(r"/deployments/[^/]+$", method="PATCH", delay=SLOW, count=1)),
-    "apply": ("kubernetes", _fault(r"/deployments/[^/]+$", method="PATCH", delay=SLOW, duration=40)),
+    "patch": ("kubernetes", _fault(DEPLOYMENT, method="PATCH", delay=SLOW, count=1)),
+    "apply": ("kubernetes", _fault(DEPLOYMENT, method="PATCH", delay=SLOW, duration=40)),
     # Each verify run counts the new error lines in Loki, then re-schedules itself; the
     # fault lasts past detection, diagnose, patch and apply, into verify's runs.
     "verify": ("loki", _fault(SERVICE_PATHS["loki"], delay=2.0, duration=120)),
     "open_pr": ("forge", _fault(SERVICE_PATHS["forge"], delay=SLOW, duration=90)),
     "call_oncall": ("twilio", _fault(SERVICE_PATHS["twilio"], method="POST", delay=SLOW, duration=40)),
     "call_next": ("twilio", _fault(SERVICE_PATHS["twilio"], method="POST", delay=SLOW, duration=90)),
-    "finalize": ("kubernetes", _fault(r"/deployments/[^/]+$", method="GET", delay=1.0, duration=120)),
+    "finalize": ("kubernetes", _fault(DEPLOYMENT, method="GET", delay=1.0, duration=120)),
 }  # fmt: skip
 # Stages a scenario passes in milliseconds, held for a moment so the restart lands
 # there. The fixed one: the API server answers patch's dry-run 2 s late (the incident
@@ -120,10 +121,10 @@ KILLS = {
 # "applied" while the first call is placed.
 DWELL = {
     (FIXED, "diagnosed"): (
-        "kubernetes", _fault(r"/deployments/[^/]+$", method="PATCH", delay=2.0, count=1)
+        "kubernetes", _fault(DEPLOYMENT, method="PATCH", delay=2.0, count=1)
     ),
     (FIXED, "patched"): (
-        "kubernetes", _fault(r"/deployments/[^/]+$", method="PATCH", delay=2.0, count=2)
+        "kubernetes", _fault(DEPLOYMENT, method="PATCH", delay=2.0, count=2)
     ),
     (CALLED, "applied"): (
         "twilio", _fault(SERVICE_PATHS["twilio"], method="POST", delay=2.0, count=1)
@@ -185,9 +186,7 @@ def cells() -> list[Cell]:
             at="patched",
             # The dry run (patch) and the apply both PATCH: both wait, so the person's
             # replace lands between aifixer's read and its write.
-            early=[
-                ("kubernetes", _fault(r"/deployments/[^/]+$", method="PATCH", delay=SLOW, count=2))
-            ],
+            early=[("kubernetes", _fault(DEPLOYMENT, method="PATCH", delay=SLOW, count=2))],
             person=True,
             ci=True,
         ),
